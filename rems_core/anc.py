@@ -1,0 +1,225 @@
+"""§1–§2: from reported observations to ANC results per µL, with categories and warnings.
+
+Values are read as decimals from their text, converted and derived exactly, then rounded half up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from decimal import ROUND_HALF_UP, Decimal
+
+from rems_core.codes import Code, finding
+from rems_core.model import (
+    AncCategory,
+    AncResult,
+    Designation,
+    Finding,
+    LabResult,
+    ResultStatus,
+    decimal_or_none,
+)
+from rems_core.rulepack import RulePack
+
+HUNDRED = Decimal(100)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One observation read against the rules: a count per µL or a percentage, or why not."""
+
+    value: Decimal | None
+    warnings: tuple[Finding, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None and not self.warnings
+
+
+def _unit_key(unit: str) -> str:
+    return unit.replace("µ", "u").replace("μ", "u").replace(" ", "").casefold()
+
+
+def count_factor(pack: RulePack, unit: str) -> Decimal | None:
+    units = pack.count_units.value
+    if unit in units:
+        return units[unit]
+    wanted = _unit_key(unit)
+    return next((f for name, f in units.items() if _unit_key(name) == wanted), None)
+
+
+def read_count(pack: RulePack, result: LabResult) -> Reading:
+    """A cell count (ANC or WBC) per µL, exact."""
+    value = decimal_or_none(result.value)
+    if value is None:
+        return Reading(
+            None, (finding(Code.ANC_VALUE_INVALID, value=result.value, code=result.code),)
+        )
+    factor = count_factor(pack, result.unit)
+    if factor is None:
+        return Reading(None, (finding(Code.ANC_UNIT_UNKNOWN, unit=result.unit, code=result.code),))
+    per_ul = value * factor
+    for bound in pack.suspect_magnitude.value:
+        if factor == bound.unit_factor and (
+            (bound.below is not None and value < bound.below)
+            or (bound.above is not None and value > bound.above)
+        ):
+            suspect = finding(Code.ANC_UNIT_SUSPECT, value=result.value, unit=result.unit)
+            return Reading(per_ul, (suspect,))
+    return Reading(per_ul)
+
+
+def read_percent(pack: RulePack, result: LabResult) -> Reading:
+    value = decimal_or_none(result.value)
+    if value is None:
+        return Reading(
+            None, (finding(Code.ANC_VALUE_INVALID, value=result.value, code=result.code),)
+        )
+    if result.unit.strip() not in pack.percent_units.value:
+        return Reading(None, (finding(Code.ANC_UNIT_UNKNOWN, unit=result.unit, code=result.code),))
+    return Reading(value)
+
+
+def round_half_up(value: Decimal) -> int:
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def category_of(pack: RulePack, anc: int, designation: Designation) -> tuple[AncCategory, str]:
+    for band in pack.anc_categories.value[designation.value]:
+        if anc >= band.from_:
+            return band.category, band.advice
+    lowest = pack.anc_categories.value[designation.value][-1]
+    return lowest.category, lowest.advice
+
+
+def rationale_threshold(pack: RulePack, designation: Designation) -> int:
+    return getattr(pack.rationale_below.value, designation.value)
+
+
+def below_threshold_finding(pack: RulePack, anc: AncResult, designation: Designation) -> Finding:
+    return finding(
+        Code.ANC_BELOW_THRESHOLD,
+        anc=anc.anc,
+        drawn=anc.drawn.date().isoformat(),
+        threshold=rationale_threshold(pack, designation),
+        population=designation.value,
+    )
+
+
+def _judge(
+    pack: RulePack,
+    designation: Designation,
+    per_ul: Decimal | None,
+    warnings: tuple[Finding, ...],
+    source: LabResult,
+    derived: bool,
+) -> AncResult:
+    """Round, range-check, categorize and flag one ANC."""
+    status_warnings = {
+        ResultStatus.PRELIMINARY: (finding(Code.RESULT_PRELIMINARY),),
+    }.get(source.status, ())
+    anc = round_half_up(per_ul) if per_ul is not None else None
+    usable = anc is not None and not warnings and not status_warnings
+    low, high = pack.anc_range.value.min, pack.anc_range.value.max
+    if anc is not None and not low <= anc <= high:
+        warnings = (*warnings, finding(Code.ANC_OUT_OF_RANGE, anc=anc))
+        usable = False
+    category, advice = (None, "")
+    if anc is not None and low <= anc <= high:
+        category, advice = category_of(pack, anc, designation)
+    result = AncResult(
+        anc=anc,
+        drawn=source.drawn,
+        category=category,
+        usable=usable,
+        derived=derived,
+        specimen=source.specimen,
+        code=source.code,
+        status=source.status,
+        warnings=(*warnings, *status_warnings),
+        advice=advice,
+    )
+    if usable and anc < rationale_threshold(pack, designation):
+        result = replace(
+            result, warnings=(*result.warnings, below_threshold_finding(pack, result, designation))
+        )
+    return result
+
+
+def _first(results: Iterable[LabResult], codes: list[str]) -> LabResult | None:
+    return next((r for r in results if r.code in codes), None)
+
+
+def _derive(
+    pack: RulePack, designation: Designation, specimen: list[LabResult]
+) -> AncResult | None:
+    """WBC × neutrophil % / 100, or WBC × (segs % + bands %) / 100; never bands on a total %."""
+    codes = pack.loinc.value
+    wbc = _first(specimen, codes.wbc)
+    if wbc is None:
+        return None
+    neutrophils = _first(specimen, codes.neutrophils_pct)
+    parts = (
+        [neutrophils]
+        if neutrophils is not None
+        else [
+            r
+            for r in (_first(specimen, codes.segmented_pct), _first(specimen, codes.bands_pct))
+            if r
+        ]
+    )
+    if not parts:
+        return None
+    wbc_reading = read_count(pack, wbc)
+    readings = [read_percent(pack, p) for p in parts]
+    warnings = tuple(w for r in (wbc_reading, *readings) for w in r.warnings)
+    per_ul = None
+    if wbc_reading.value is not None and all(r.value is not None for r in readings):
+        per_ul = wbc_reading.value * sum(r.value for r in readings) / HUNDRED
+    least_final = next((r for r in (wbc, *parts) if r.status == ResultStatus.PRELIMINARY), wbc)
+    source = replace(least_final, code="derived", drawn=wbc.drawn, specimen=wbc.specimen)
+    return _judge(pack, designation, per_ul, warnings, source, derived=True)
+
+
+def is_anc_relevant(pack: RulePack, code: str) -> bool:
+    codes = pack.loinc.value
+    return code in {
+        *codes.anc,
+        *codes.wbc,
+        *codes.neutrophils_pct,
+        *codes.segmented_pct,
+        *codes.bands_pct,
+    }
+
+
+def specimen_ancs(
+    pack: RulePack, designation: Designation, current: list[LabResult]
+) -> list[AncResult]:
+    """The ANC results one specimen yields from its current (not withdrawn) observations.
+
+    Direct ANCs are taken as they are; only without one is the ANC derived.
+    """
+    direct = [r for r in current if r.code in pack.loinc.value.anc]
+    if direct:
+        results = []
+        for result in direct:
+            reading = read_count(pack, result)
+            results.append(
+                _judge(pack, designation, reading.value, reading.warnings, result, False)
+            )
+        return results
+    derived = _derive(pack, designation, current)
+    return [derived] if derived is not None else []
+
+
+def cancelled(result: LabResult) -> AncResult:
+    return AncResult(
+        anc=None,
+        drawn=result.drawn,
+        category=None,
+        usable=False,
+        specimen=result.specimen,
+        code=result.code,
+        status=ResultStatus.CANCELLED,
+        warnings=(finding(Code.RESULT_CANCELLED),),
+    )

@@ -1,0 +1,117 @@
+"""Reason and warning codes, each with the sentence a pharmacist or prescriber reads."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from rems_core.model import Finding
+
+
+class Code(StrEnum):
+    # §6.1 dispense checks
+    PHARMACY_NOT_CERTIFIED = "PHARMACY_NOT_CERTIFIED"
+    PATIENT_NOT_ENROLLED = "PATIENT_NOT_ENROLLED"
+    PRESCRIBER_NOT_CERTIFIED = "PRESCRIBER_NOT_CERTIFIED"
+    TREATMENT_INTERRUPTED = "TREATMENT_INTERRUPTED"
+    TREATMENT_DISCONTINUED = "TREATMENT_DISCONTINUED"
+    PSF_OUT_OF_WINDOW = "PSF_OUT_OF_WINDOW"
+    ANC_BELOW_THRESHOLD = "ANC_BELOW_THRESHOLD"
+    LABS_MISSED = "LABS_MISSED"
+    # §6.2, §6.3
+    PHARMACIST_OVERRIDE = "PHARMACIST_OVERRIDE"
+    OVERRIDE_LIMIT_REACHED = "OVERRIDE_LIMIT_REACHED"
+    OVERRIDE_INCOMPLETE = "OVERRIDE_INCOMPLETE"
+    DISCHARGE_SUPPLY_EXCEEDS_LIMIT = "DISCHARGE_SUPPLY_EXCEEDS_LIMIT"
+    NOT_CLOZAPINE = "NOT_CLOZAPINE"
+    NO_RULE_PACK_FOR_DATE = "NO_RULE_PACK_FOR_DATE"
+    # warnings
+    ANC_OVERDUE = "ANC_OVERDUE"
+    REENROLLMENT_DUE = "REENROLLMENT_DUE"
+    # §1 lab results
+    ANC_UNIT_SUSPECT = "ANC_UNIT_SUSPECT"
+    ANC_UNIT_UNKNOWN = "ANC_UNIT_UNKNOWN"
+    ANC_VALUE_INVALID = "ANC_VALUE_INVALID"
+    ANC_OUT_OF_RANGE = "ANC_OUT_OF_RANGE"
+    RESULT_PRELIMINARY = "RESULT_PRELIMINARY"
+    RESULT_CANCELLED = "RESULT_CANCELLED"
+    PATIENT_NOT_MATCHED = "PATIENT_NOT_MATCHED"
+    # §4, §5 PSF
+    SUBMITTER_NOT_AUTHORIZED = "SUBMITTER_NOT_AUTHORIZED"
+    RATIONALE_REQUIRED = "RATIONALE_REQUIRED"
+    RATIONALE_INCOMPLETE = "RATIONALE_INCOMPLETE"
+    ENROLLMENT_ANC_MISSING_OR_OLD = "ENROLLMENT_ANC_MISSING_OR_OLD"
+    PRESCRIBER_SIGNATURE_REQUIRED = "PRESCRIBER_SIGNATURE_REQUIRED"
+    NO_PENDING_PSF = "NO_PENDING_PSF"
+    MONITORING_LESS_FREQUENT_THAN_RECOMMENDED = "MONITORING_LESS_FREQUENT_THAN_RECOMMENDED"
+    ANC_BELOW_INITIATION_THRESHOLD = "ANC_BELOW_INITIATION_THRESHOLD"
+
+
+TEXT: dict[Code, str] = {
+    Code.PHARMACY_NOT_CERTIFIED: "Pharmacy {pharmacy} has no certified {setting} enrollment.",
+    Code.PATIENT_NOT_ENROLLED: "The patient is not enrolled in the Clozapine REMS{detail}.",
+    Code.PRESCRIBER_NOT_CERTIFIED: (
+        "Prescriber {prescriber} is not certified in the Clozapine REMS."
+    ),
+    Code.TREATMENT_INTERRUPTED: (
+        "Treatment is interrupted per the Patient Status Form of {since}."
+    ),
+    Code.TREATMENT_DISCONTINUED: (
+        "Treatment is discontinued per the Patient Status Form of {since}."
+    ),
+    Code.PSF_OUT_OF_WINDOW: (
+        "No Patient Status Form in the last {days} days (last: {last}).{override}"
+    ),
+    Code.ANC_BELOW_THRESHOLD: (
+        "ANC {anc}/µL drawn {drawn} is below {threshold}/µL ({population}); the prescriber's "
+        "treatment rationale is needed to continue."
+    ),
+    Code.LABS_MISSED: (
+        "No usable ANC for more than {days} days (newest: {newest}); the prescriber's treatment "
+        "rationale is needed to continue."
+    ),
+    Code.PHARMACIST_OVERRIDE: (
+        "Authorized by pharmacist override ({used} of {limit} in {window} days)."
+    ),
+    Code.OVERRIDE_LIMIT_REACHED: (
+        "This patient already had {limit} pharmacist overrides in the last {window} days."
+    ),
+    Code.OVERRIDE_INCOMPLETE: "The pharmacist override is incomplete: {missing}.",
+    Code.DISCHARGE_SUPPLY_EXCEEDS_LIMIT: (
+        "A discharge supply from an inpatient-only pharmacy may be at most {cap} days "
+        "({requested} requested)."
+    ),
+    Code.NOT_CLOZAPINE: "Drug {drug} is not clozapine; the REMS does not apply.",
+    Code.NO_RULE_PACK_FOR_DATE: "{detail}",
+    Code.ANC_OVERDUE: (
+        "The newest ANC ({newest}) is older than the {frequency} monitoring interval "
+        "of {days} days."
+    ),
+    Code.REENROLLMENT_DUE: ("Enrolled in the previous REMS system only: re-enroll by {deadline}."),
+    Code.ANC_UNIT_SUSPECT: (
+        "Value {value} {unit} is implausible for that unit; not used until a person confirms it."
+    ),
+    Code.ANC_UNIT_UNKNOWN: "Unit {unit!r} is not a known unit for {code}; the result is not used.",
+    Code.ANC_VALUE_INVALID: "Value {value!r} for {code} is not a number; the result is not used.",
+    Code.ANC_OUT_OF_RANGE: "ANC {anc}/µL is outside 0–100,000/µL; the result is rejected.",
+    Code.RESULT_PRELIMINARY: "Preliminary result: stored, not used for decisions until final.",
+    Code.RESULT_CANCELLED: "Cancelled result: the earlier value of this specimen is withdrawn.",
+    Code.PATIENT_NOT_MATCHED: "No registry patient matches the identifiers; kept for review.",
+    Code.SUBMITTER_NOT_AUTHORIZED: "{submitter} may not submit for prescriber {prescriber}: {why}.",
+    Code.RATIONALE_REQUIRED: "A prescriber's treatment rationale is required: {why}.",
+    Code.RATIONALE_INCOMPLETE: "The treatment rationale is incomplete: {why}.",
+    Code.ENROLLMENT_ANC_MISSING_OR_OLD: (
+        "Enrollment needs a usable ANC drawn no more than {days} days before {date}."
+    ),
+    Code.PRESCRIBER_SIGNATURE_REQUIRED: ("Held for the certified prescriber's signature: {why}."),
+    Code.NO_PENDING_PSF: "No Patient Status Form of this patient is waiting for a signature.",
+    Code.MONITORING_LESS_FREQUENT_THAN_RECOMMENDED: (
+        "Reported monitoring {reported} is less frequent than the recommended {recommended}."
+    ),
+    Code.ANC_BELOW_INITIATION_THRESHOLD: (
+        "Enrollment ANC {anc}/µL is below the label's initiation threshold of {threshold}/µL."
+    ),
+}
+
+
+def finding(code: Code, **details: object) -> Finding:
+    return Finding(str(code), TEXT[code].format(**details))
