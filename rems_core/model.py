@@ -307,6 +307,8 @@ class Decision:
             "rule_pack_version": self.rule_pack_version,
             "rda": self.rda.number if self.rda else None,
             "rda_valid_until": self.rda.valid_until.isoformat() if self.rda else None,
+            "rda_pharmacy": self.rda.pharmacy_npi if self.rda else None,
+            "rda_prescriber": self.rda.prescriber_npi if self.rda else None,
             "max_days_supply": self.max_days_supply,
             "override_possible": self.override_possible,
             "decision_id": self.decision_id,
@@ -344,3 +346,29 @@ def decimal_or_none(text: str) -> Decimal | None:
     except (InvalidOperation, AttributeError):
         return None
     return value if value.is_finite() else None
+
+
+def decision_from_dict(data: dict) -> Decision:
+    """A stored decision as it was answered (for an idempotent repeat of the same request)."""
+    rda = None
+    if data.get("rda"):
+        rda = Rda(
+            number=data["rda"],
+            valid_until=datetime.fromisoformat(data["rda_valid_until"]),
+            patient=data.get("patient") or "",
+            pharmacy_npi=data.get("rda_pharmacy", ""),
+            prescriber_npi=data.get("rda_prescriber", ""),
+            max_days_supply=data.get("max_days_supply") or 0,
+        )
+    return Decision(
+        outcome=Outcome(data["outcome"]),
+        reasons=tuple(Finding(r["code"], r["text"]) for r in data["reasons"]),
+        warnings=tuple(Finding(w["code"], w["text"]) for w in data["warnings"]),
+        rule_pack=data["rule_pack"],
+        rule_pack_version=data["rule_pack_version"],
+        rda=rda,
+        max_days_supply=data.get("max_days_supply"),
+        override_possible=data.get("override_possible", False),
+        decision_id=data.get("decision_id", ""),
+        patient=data.get("patient"),
+    )

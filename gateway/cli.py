@@ -1,0 +1,113 @@
+"""The `rems-gateway` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from rems_core.registry import RegistryDocument
+from rems_core.rulepack import PackLibrary
+from rems_core.store.db import DEFAULT_URL, make_engine, upgrade
+
+app = typer.Typer(
+    help="Clozapine REMS gateway: HL7 v2 and FHIR in, REMS decisions out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+scenario_app = typer.Typer(help="Scenario files (contracts.md §2).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(scenario_app, name="scenario")
+
+DbOption = Annotated[
+    str, typer.Option("--db", envvar="REMS_DB", help="Database URL (SQLite file or PostgreSQL).")
+]
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = f"sqlite:///{DEFAULT_URL.split('///')[-1]}") -> None:
+    """Apply the schema migrations."""
+    upgrade(db)
+    typer.echo("database schema is up to date")
+
+
+@app.command("load-registry")
+def load_registry(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="YAML registry file")],
+    db: DbOption = DEFAULT_URL,
+) -> None:
+    """Load prescribers, designees, pharmacies and patients (idempotent; changes are updates)."""
+    from gateway.service import RegistryConflict, RemsService, Source
+    from gateway.writer import Writer
+
+    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    block = data.get("registry", data) if isinstance(data, dict) else data
+    try:
+        doc = RegistryDocument.model_validate(block)
+    except ValueError as exc:
+        typer.echo(f"{file}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    upgrade(db)
+    engine = make_engine(db)
+    writer = Writer(engine)
+    writer.start()
+    try:
+        loaded = asyncio.run(RemsService(writer).load_registry(doc, Source("cli", "load-registry")))
+    except RegistryConflict as exc:
+        typer.echo(f"{file}: refused, nothing loaded: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        writer.stop()
+        engine.dispose()
+    typer.echo(
+        f"loaded {len(doc.prescribers)} prescribers, {len(doc.pharmacies)} pharmacies, "
+        f"{len(loaded)} patients"
+    )
+
+
+@scenario_app.command("run")
+def scenario_run(
+    files: Annotated[list[Path], typer.Argument(help="Scenario YAML files")],
+    via: Annotated[str, typer.Option(help="inprocess (the application service)")] = "inprocess",
+    db: Annotated[
+        str | None, typer.Option("--db", help="Run every file against this database instead")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run scenario files; exit 1 on any mismatch, with a diff per failed step."""
+    from gateway.scenario import DatabaseFactory, format_report, run_file
+
+    if via != "inprocess":
+        typer.echo(f"--via {via}: not available yet; use --via inprocess", err=True)
+        raise typer.Exit(2)
+    packs = PackLibrary()
+    factory = None if db else DatabaseFactory()
+    if db:
+        upgrade(db)
+    failed = 0
+    try:
+        for path in files:
+            url = db or factory.fresh_url()  # type: ignore[union-attr]
+            report = asyncio.run(run_file(path, url, packs))
+            failed += not report.passed
+            if verbose or not report.passed:
+                typer.echo(format_report(report))
+            else:
+                typer.echo(f"PASS {path} — {report.name}")
+    finally:
+        if factory:
+            factory.close()
+    typer.echo(f"{len(files) - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_command(ctx: typer.Context) -> None:  # replaced by gateway.server when present
+    typer.echo("serve is not available yet", err=True)
+    sys.exit(2)

@@ -1,0 +1,78 @@
+"""§8 scheduled work up to a time: overdue labs, labs missed, the end of legacy enrollment.
+
+Runs as one unit of work; re-running it for the same time finds nothing new (restart-safe).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from rems_core import monitoring
+from rems_core.codes import Code, finding
+from rems_core.model import Finding, TreatmentStatus
+from rems_core.rulepack import OutOfScope
+from rems_core.store.repo import Store
+
+if TYPE_CHECKING:
+    from gateway.service import RemsService
+
+
+def monitoring_alerts(
+    service: RemsService, store: Store, until: datetime, patient_ids: list[str] | None
+) -> dict[str, tuple[Finding, ...]]:
+    try:
+        pack = service.pack_for(until)
+    except OutOfScope:
+        return {}
+    tz = service.tz
+    found: dict[str, tuple[Finding, ...]] = {}
+    for patient_id in patient_ids if patient_ids is not None else store.patient_ids():
+        patient = store.patient(patient_id)
+        snapshot = store.snapshot(patient)
+        status, _ = monitoring.treatment_status(pack, snapshot, until, tz)
+        if status == TreatmentStatus.NOT_ENROLLED:
+            _end_legacy_enrollment(store, pack, snapshot, until)
+            continue
+        newest = monitoring.newest_usable(snapshot, until)
+        newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
+        findings = []
+        if monitoring.labs_missed(pack, snapshot, until, tz):
+            findings.append(
+                finding(Code.LABS_MISSED, days=pack.labs_missed_after.value, newest=newest_text)
+            )
+        if monitoring.is_overdue(pack, snapshot, until, tz):
+            frequency, days = monitoring.overdue_interval(pack, snapshot, until, tz)
+            findings.append(
+                finding(Code.ANC_OVERDUE, newest=newest_text, frequency=frequency.value, days=days)
+            )
+        for item in findings:
+            _record_once(store, patient_id, item, until, newest.drawn if newest else None)
+        found[patient_id] = tuple(findings)
+    return found
+
+
+def _record_once(
+    store: Store, patient_id: str, item: Finding, until: datetime, newest: datetime | None
+) -> None:
+    """One alert per episode: a new one only after a newer ANC ended the previous episode."""
+    latest = store.latest_alert(patient_id, item.code)
+    if latest is None or (newest is not None and latest < newest):
+        store.add_alert(patient_id, item.code, until, item.text)
+
+
+def _end_legacy_enrollment(store: Store, pack, snapshot, until: datetime) -> None:
+    patient = snapshot.patient
+    if patient is None or not patient.legacy_enrolled or snapshot.accepted_psfs:
+        return
+    if store.latest_alert(patient.rems_id, "LEGACY_ENROLLMENT_ENDED") is not None:
+        return
+    store.add_alert(patient.rems_id, "LEGACY_ENROLLMENT_ENDED", until, "")
+    store.add_status_event(
+        patient.rems_id,
+        until,
+        TreatmentStatus.ACTIVE.value,
+        TreatmentStatus.NOT_ENROLLED.value,
+        "scheduler",
+        f"not re-enrolled by {pack.reenrollment_deadline.value.isoformat()}",
+    )

@@ -1,0 +1,476 @@
+"""The application service: the one place every channel calls.
+
+Each operation is one unit of work for the single writer (see ``writer.py``): it reads the
+patient's file, asks the pure engine, stores the outcome, and answers after the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, date, datetime, time, tzinfo
+from typing import Any
+
+from gateway.writer import Writer
+from rems_core import monitoring
+from rems_core.anc import cancelled, is_anc_relevant, specimen_ancs
+from rems_core.codes import Code, finding
+from rems_core.dispense import decide
+from rems_core.model import (
+    AncResult,
+    Decision,
+    DispenseRequest,
+    Finding,
+    Identifier,
+    LabResult,
+    Patient,
+    PatientStatusForm,
+    PsfOutcome,
+    PsfStatus,
+    PsfType,
+    ReportedAnc,
+    ResultStatus,
+    StoredPsf,
+    SubmitterRole,
+    decision_from_dict,
+)
+from rems_core.psf import judge_psf, signed_form, signer_problem
+from rems_core.registry import PatientEntry, RegistryDocument
+from rems_core.rulepack import AUTO, DEFAULT_PACK, PackLibrary, RulePack
+from rems_core.store.repo import Store, specimen_key
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an event came from, for the record: the channel and the authenticated actor."""
+
+    channel: str
+    actor: str = ""
+
+
+@dataclass(frozen=True)
+class LabOutcome:
+    patient: str | None
+    results: tuple[AncResult, ...]
+    warnings: tuple[Finding, ...] = ()
+
+    @property
+    def matched(self) -> bool:
+        return self.patient is not None
+
+
+class RequestConflict(ValueError):
+    """The same request id arrived with a different body."""
+
+
+class RegistryConflict(ValueError):
+    """A registry document contradicts itself; nothing of it was loaded."""
+
+
+class UnknownPatient(LookupError):
+    pass
+
+
+class RandomIds:
+    """Ids and RDA numbers: unique and not guessable."""
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}-{secrets.token_hex(8)}"
+
+    def rda_number(self) -> str:
+        return "RDA-" + secrets.token_hex(6).upper()
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    rules: str = DEFAULT_PACK  # a pack id, or "auto"
+    tz: tzinfo = UTC
+
+
+def request_hash(request: DispenseRequest) -> str:
+    body = asdict(request)
+    body.pop("dispense_date")  # a retry later in the day is still the same request
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def start_of_day(day: date, tz: tzinfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+
+
+class RemsService:
+    def __init__(
+        self,
+        writer: Writer,
+        packs: PackLibrary | None = None,
+        config: ServiceConfig | None = None,
+        ids: RandomIds | None = None,
+    ) -> None:
+        self.writer = writer
+        self.packs = packs or PackLibrary()
+        self.config = config or ServiceConfig()
+        self.ids = ids or RandomIds()
+
+    @property
+    def tz(self) -> tzinfo:
+        return self.config.tz
+
+    def pack_for(self, moment: datetime, rules: str | None = None) -> RulePack:
+        """The pack for an event's clinical time (raises OutOfScope before the program)."""
+        return self.packs.for_date(
+            rules or self.config.rules, monitoring.local_date(moment, self.tz)
+        )
+
+    def _lab_pack(self) -> RulePack:
+        # A lab's category and thresholds are the same in every pack (rems-rules.md §0).
+        choice = self.config.rules
+        return self.packs.get(DEFAULT_PACK if choice == AUTO else choice)
+
+    # --- registry ------------------------------------------------------------------------------
+
+    async def load_registry(self, doc: RegistryDocument, source: Source) -> dict[str, str]:
+        problems = doc.conflicts()
+        if problems:
+            raise RegistryConflict("; ".join(problems))
+        return await self.writer.run(lambda store: self._load_registry(store, doc, source))
+
+    def _load_registry(self, store: Store, doc: RegistryDocument, source: Source) -> dict[str, str]:
+        for prescriber in doc.prescribers:
+            store.upsert_prescriber(prescriber)
+        for pharmacy in doc.pharmacies:
+            store.upsert_pharmacy(pharmacy)
+        handles = {}
+        for entry in doc.patients:
+            patient_id = store.upsert_patient(entry, self.ids.new_id("RP"))
+            handles[entry.id or entry.identifiers[0].value] = patient_id
+            if entry.enrollment and not store.registry_enrollment_exists(patient_id):
+                self._registry_enrollment(store, entry, patient_id, source)
+        return handles
+
+    def _registry_enrollment(
+        self, store: Store, entry: PatientEntry, patient_id: str, source: Source
+    ) -> None:
+        enrollment = entry.enrollment
+        assert enrollment is not None
+        at = start_of_day(enrollment.date, self.tz)
+        by_prescriber = bool(store.prescribers([enrollment.by]))
+        form = PatientStatusForm(
+            type=PsfType.ENROLLMENT,
+            submitted_at=at,
+            submitter=enrollment.by,
+            role=SubmitterRole.PRESCRIBER if by_prescriber else SubmitterRole.DESIGNEE,
+            prescriber_npi=enrollment.prescriber or enrollment.by,
+            designation=entry.designation,
+            monitoring_frequency=enrollment.monitoring_frequency,
+            anc=tuple(self.reported_anc(a.value, a.unit, a.drawn, a.code) for a in enrollment.anc),
+            signed=by_prescriber,
+        )
+        patient = store.patient(patient_id)
+        self._store_reported_ancs(store, patient, form.anc, at, source)
+        stored = StoredPsf(self.ids.new_id("psf"), form, PsfStatus.ACCEPTED, at)
+        store.add_psf(stored, patient_id, (), (), ("registry", ""), "registry")
+        store.add_status_event(
+            patient_id, at, "not_enrolled", "active", enrollment.by, "enrollment"
+        )
+
+    def reported_anc(self, value: Any, unit: str, drawn: datetime | date, code: str) -> ReportedAnc:
+        if not isinstance(drawn, datetime):
+            drawn = start_of_day(drawn, self.tz)
+        elif drawn.tzinfo is None:
+            drawn = drawn.replace(tzinfo=self.tz)
+        return ReportedAnc(str(value), unit, drawn.astimezone(UTC), code)
+
+    # --- lab results ------------------------------------------------------------------------------
+
+    async def ingest_labs(
+        self,
+        identifiers: list[Identifier],
+        results: list[LabResult],
+        source: Source,
+        received: datetime,
+    ) -> LabOutcome:
+        return await self.writer.run(
+            lambda store: self._ingest(store, identifiers, results, source, received)
+        )
+
+    def _ingest(
+        self,
+        store: Store,
+        identifiers: list[Identifier],
+        results: list[LabResult],
+        source: Source,
+        received: datetime,
+    ) -> LabOutcome:
+        pack = self._lab_pack()
+        relevant = [r for r in results if is_anc_relevant(pack, r.code)]
+        patient = store.find_patient(identifiers)
+        if patient is None:
+            for result in relevant:
+                store.add_observation(None, result, received, source.channel, identifiers)
+            return LabOutcome(None, (), (finding(Code.PATIENT_NOT_MATCHED),))
+        return LabOutcome(
+            patient.rems_id, tuple(self._store_results(store, patient, relevant, source, received))
+        )
+
+    def _store_results(
+        self,
+        store: Store,
+        patient: Patient,
+        results: list[LabResult],
+        source: Source,
+        received: datetime,
+    ) -> list[AncResult]:
+        pack = self._lab_pack()
+        touched: dict[str, list[LabResult]] = {}
+        for result in results:
+            store.add_observation(patient.rems_id, result, received, source.channel)
+            touched.setdefault(specimen_key(result), []).append(result)
+        reported = []
+        for key, arrived in touched.items():
+            current = store.current_observations(patient.rems_id, key)
+            ancs = [
+                replace(a, result_id=self.ids.new_id("anc"), received=received)
+                for a in specimen_ancs(pack, patient.designation, current)
+            ]
+            store.replace_specimen_ancs(
+                patient.rems_id, key, ancs, {r.code: r for r in current}, received
+            )
+            withdrawn = [cancelled(r) for r in arrived if r.status == ResultStatus.CANCELLED]
+            reported += ancs or withdrawn
+        return reported
+
+    def _store_reported_ancs(
+        self,
+        store: Store,
+        patient: Patient | None,
+        reported: tuple[ReportedAnc, ...],
+        received: datetime,
+        source: Source,
+    ) -> list[AncResult]:
+        """ANCs carried on a PSF or an override are lab results like any other (§5.3)."""
+        if patient is None or not reported:
+            return []
+        known = {(a.code, a.drawn, a.anc) for a in store.anc_results(patient.rems_id)}
+        fresh, same = [], []
+        pack = self._lab_pack()
+        for anc in reported:
+            result = LabResult(anc.code, anc.value, anc.unit, anc.drawn)
+            judged = specimen_ancs(pack, patient.designation, [result])
+            if judged and (anc.code, anc.drawn, judged[0].anc) in known:
+                same += [a for a in store.anc_results(patient.rems_id) if a.drawn == anc.drawn]
+            else:
+                fresh.append(result)
+        return same + self._store_results(store, patient, fresh, source, received)
+
+    # --- PSF ----------------------------------------------------------------------------------
+
+    async def submit_psf(
+        self, identifiers: list[Identifier], form: PatientStatusForm, source: Source
+    ) -> PsfOutcome:
+        pack = self.pack_for(form.submitted_at)
+        return await self.writer.run(
+            lambda store: self._submit(store, identifiers, form, source, pack)
+        )
+
+    def _submit(
+        self,
+        store: Store,
+        identifiers: list[Identifier],
+        form: PatientStatusForm,
+        source: Source,
+        pack: RulePack,
+    ) -> PsfOutcome:
+        patient = store.find_patient(identifiers)
+        if patient is None:
+            return PsfOutcome(PsfStatus.REJECTED, (finding(Code.PATIENT_NOT_MATCHED),))
+        own = self._store_reported_ancs(store, patient, form.anc, form.submitted_at, source)
+        snapshot = store.snapshot(patient, [form.submitter, form.prescriber_npi])
+        judgement = judge_psf(pack, snapshot, form, own, self.tz)
+        stored = StoredPsf(self.ids.new_id("psf"), form, judgement.status, form.submitted_at)
+        versions = (pack.id, pack.version)
+        store.add_psf(
+            stored, patient.rems_id, judgement.reasons, judgement.warnings, versions, source.channel
+        )
+        if judgement.status == PsfStatus.ACCEPTED:
+            self._record_status_change(store, pack, snapshot, stored, patient)
+        return PsfOutcome(
+            judgement.status, judgement.reasons, judgement.warnings, stored.psf_id, *versions
+        )
+
+    def _record_status_change(
+        self, store: Store, pack: RulePack, before: Any, psf: StoredPsf, patient: Patient
+    ) -> None:
+        old, _ = monitoring.treatment_status(pack, before, psf.judged_at, self.tz)
+        if old.value != psf.form.treatment_status.value:
+            store.add_status_event(
+                patient.rems_id,
+                psf.judged_at,
+                old.value,
+                psf.form.treatment_status.value,
+                psf.form.signed_by or psf.form.submitter,
+                f"PSF {psf.psf_id} ({psf.form.type.value})",
+            )
+
+    async def sign_psf(
+        self,
+        identifiers: list[Identifier],
+        signer: str,
+        at: datetime,
+        source: Source,
+        psf_id: str | None = None,
+    ) -> PsfOutcome:
+        pack = self.pack_for(at)
+        return await self.writer.run(
+            lambda store: self._sign(store, identifiers, signer, at, pack, psf_id)
+        )
+
+    def _sign(
+        self,
+        store: Store,
+        identifiers: list[Identifier],
+        signer: str,
+        at: datetime,
+        pack: RulePack,
+        psf_id: str | None,
+    ) -> PsfOutcome:
+        patient = store.find_patient(identifiers)
+        if patient is None:
+            return PsfOutcome(PsfStatus.REJECTED, (finding(Code.PATIENT_NOT_MATCHED),))
+        pending = [
+            p
+            for p in store.psfs(patient.rems_id)
+            if p.status == PsfStatus.PENDING_PRESCRIBER_SIGNATURE and psf_id in (None, p.psf_id)
+        ]
+        if not pending:
+            return PsfOutcome(PsfStatus.REJECTED, (finding(Code.NO_PENDING_PSF),))
+        target = pending[-1]
+        snapshot = store.snapshot(patient, [signer, target.form.prescriber_npi])
+        problem = signer_problem(snapshot, target, signer)
+        if problem:
+            reason = finding(
+                Code.SUBMITTER_NOT_AUTHORIZED,
+                submitter=signer,
+                prescriber=target.form.prescriber_npi,
+                why=problem,
+            )
+            return PsfOutcome(PsfStatus.REJECTED, (reason,), psf_id=target.psf_id)
+        form = signed_form(target, signer, at)
+        judgement = judge_psf(pack, snapshot, form, [], self.tz)
+        signed = StoredPsf(target.psf_id, form, judgement.status, at)
+        versions = (pack.id, pack.version)
+        store.update_psf(signed, judgement.reasons, judgement.warnings, versions)
+        if judgement.status == PsfStatus.ACCEPTED:
+            self._record_status_change(store, pack, snapshot, signed, patient)
+        return PsfOutcome(
+            judgement.status, judgement.reasons, judgement.warnings, target.psf_id, *versions
+        )
+
+    # --- dispense -----------------------------------------------------------------------------
+
+    async def decide_dispense(
+        self, identifiers: list[Identifier], request: DispenseRequest, source: Source
+    ) -> Decision:
+        pack = self.pack_for(request.dispense_date)
+        return await self.writer.run(
+            lambda store: self._decide(store, identifiers, request, source, pack)
+        )
+
+    def _decide(
+        self,
+        store: Store,
+        identifiers: list[Identifier],
+        request: DispenseRequest,
+        source: Source,
+        pack: RulePack,
+    ) -> Decision:
+        digest = request_hash(request)
+        if request.request_id:
+            earlier = store.decision_for_request(request.request_id)
+            if earlier is not None:
+                if earlier[0] != digest:
+                    raise RequestConflict(
+                        f"request id {request.request_id!r} was used for a different request"
+                    )
+                return decision_from_dict(earlier[1])
+        patient = store.find_patient(identifiers)
+        override_anc = self._override_anc(store, patient, request, source)
+        snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
+        decision = decide(pack, request, snapshot, self.tz, self.ids, override_anc)
+        decision = replace(decision, decision_id=self.ids.new_id("dec"))
+        self._record_decision(store, request, decision, digest, source)
+        return decision
+
+    def _override_anc(
+        self, store: Store, patient: Patient | None, request: DispenseRequest, source: Source
+    ) -> AncResult | None:
+        if request.override is None or request.override.anc is None:
+            return None
+        stored = self._store_reported_ancs(
+            store, patient, (request.override.anc,), request.dispense_date, source
+        )
+        return stored[0] if stored else None
+
+    def _record_decision(
+        self,
+        store: Store,
+        request: DispenseRequest,
+        decision: Decision,
+        digest: str,
+        source: Source,
+    ) -> None:
+        store.add_decision(
+            {
+                "id": decision.decision_id,
+                "request_id": request.request_id,
+                "request_hash": digest,
+                "patient_id": decision.patient,
+                "at": request.dispense_date,
+                "decided_at": datetime.now(UTC),
+                "rule_pack": decision.rule_pack,
+                "rule_pack_version": decision.rule_pack_version,
+                "outcome": decision.outcome.value,
+                "result": decision.as_dict(),
+                "request": json.loads(json.dumps(asdict(request), default=str)),
+                "channel": source.channel,
+                "actor": source.actor,
+            }
+        )
+        if decision.rda is not None:
+            rda = decision.rda
+            store.add_rda(
+                {
+                    "number": rda.number,
+                    "decision_id": decision.decision_id,
+                    "patient_id": decision.patient,
+                    "pharmacy_npi": rda.pharmacy_npi,
+                    "prescriber_npi": rda.prescriber_npi,
+                    "max_days_supply": rda.max_days_supply,
+                    "valid_until": rda.valid_until,
+                }
+            )
+        if decision.override_used and decision.patient and request.override:
+            store.add_override(
+                {
+                    "patient_id": decision.patient,
+                    "decision_id": decision.decision_id,
+                    "at": request.dispense_date,
+                    "pharmacy_npi": request.pharmacy_npi,
+                    "prescriber_npi": request.override.prescriber_npi or "",
+                    "rationale": request.override.rationale or "",
+                }
+            )
+
+    # --- scheduled work (§8) ------------------------------------------------------------------
+
+    async def run_scheduled(
+        self, until: datetime, patient_ids: list[str] | None = None
+    ) -> dict[str, tuple[Finding, ...]]:
+        return await self.writer.run(lambda store: self._scheduled(store, until, patient_ids))
+
+    def _scheduled(
+        self, store: Store, until: datetime, patient_ids: list[str] | None
+    ) -> dict[str, tuple[Finding, ...]]:
+        from gateway.schedule import monitoring_alerts
+
+        return monitoring_alerts(self, store, until, patient_ids)

@@ -1,0 +1,118 @@
+"""The single writer: every change goes through one thread, in arrival order, with group commit.
+
+Each unit of work runs in its own SAVEPOINT (atomic on its own: a failing one rolls back alone),
+several units share one COMMIT, and a caller is answered only after that COMMIT returned — so
+nothing is acknowledged before it is durable, and decisions never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+
+from rems_core.store.repo import Store
+
+T = TypeVar("T")
+Work = Callable[[Store], Any]
+
+log = logging.getLogger("rems_gateway.writer")
+_STOP = object()
+
+
+class WriterStopped(RuntimeError):
+    pass
+
+
+class Writer:
+    def __init__(self, engine: Engine, max_batch: int = 128) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="rems-writer", daemon=True)
+        self._stopping = False
+        self.commits = 0
+        self.units = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish every queued unit of work, then stop."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._queue.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def submit(self, work: Callable[[Store], T]) -> Future[T]:
+        if self._stopping:
+            raise WriterStopped("the gateway is shutting down")
+        future: Future[T] = Future()
+        self._queue.put((work, future))
+        return future
+
+    def call(self, work: Callable[[Store], T]) -> T:
+        """Run a unit of work and wait for its commit (for synchronous callers)."""
+        return self.submit(work).result()
+
+    async def run(self, work: Callable[[Store], T]) -> T:
+        return await asyncio.wrap_future(self.submit(work))
+
+    def _next_batch(self) -> tuple[list[tuple[Work, Future]], bool]:
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self) -> None:
+        with self._engine.connect() as conn:
+            stop = False
+            while not stop:
+                batch, stop = self._next_batch()
+                if batch:
+                    self._commit_batch(conn, batch)
+
+    def _commit_batch(self, conn: Any, batch: list[tuple[Work, Future]]) -> None:
+        outcomes: list[tuple[Future, Any, BaseException | None]] = []
+        store = Store(conn)
+        try:
+            with conn.begin():
+                for work, future in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        result = work(store)
+                    except Exception as exc:
+                        savepoint.rollback()
+                        outcomes.append((future, None, exc))
+                    else:
+                        savepoint.commit()
+                        outcomes.append((future, result, None))
+        except Exception as exc:  # the COMMIT itself failed: nothing of the batch is durable
+            log.error("group commit of %d units failed: %s", len(batch), type(exc).__name__)
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        self.commits += 1
+        self.units += len(batch)
+        for future, result, error in outcomes:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)

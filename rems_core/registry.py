@@ -1,0 +1,134 @@
+"""§4 the registry block (contracts.md §2) as it is loaded: prescribers, designees, pharmacies,
+patients. Schema-checked; an unknown key or a bad NPI is an error, not a guess."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from rems_core.model import Designation, MonitoringFrequency, Setting
+
+
+def npi_is_valid(npi: str) -> bool:
+    """10 digits whose last is the Luhn check digit of ``80840`` + the first nine."""
+    if len(npi) != 10 or not npi.isdigit():
+        return False
+    total = 0
+    for position, char in enumerate(reversed("80840" + npi[:9])):
+        digit = int(char)
+        if position % 2 == 0:
+            digit *= 2
+            digit = digit - 9 if digit > 9 else digit
+        total += digit
+    return (10 - total % 10) % 10 == int(npi[9])
+
+
+def _check_npi(npi: str) -> str:
+    if not npi_is_valid(npi):
+        raise ValueError(f"{npi!r} is not a valid NPI (10 digits with the Luhn check)")
+    return npi
+
+
+Npi = Annotated[str, AfterValidator(_check_npi)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+class DesigneeEntry(_Strict):
+    id: str
+    name: str = ""
+
+
+class PrescriberEntry(_Strict):
+    npi: Npi
+    name: str = ""
+    certified: bool = False
+    certified_on: date | None = None
+    dea: str | None = None
+    email: str | None = None
+    designees: list[DesigneeEntry] = []
+
+
+class EnrollmentEntry(_Strict):
+    setting: Setting
+    certified: bool = False
+
+
+class PharmacyEntry(_Strict):
+    npi: Npi
+    name: str = ""
+    ncpdp: str | None = None
+    enrollments: list[EnrollmentEntry] = Field(default_factory=list, max_length=2)
+
+
+class IdentifierEntry(_Strict):
+    system: str
+    value: str
+
+
+class NameEntry(_Strict):
+    family: str = ""
+    given: str = ""
+
+
+class AncEntry(_Strict):
+    value: str
+    unit: str
+    drawn: datetime | date
+    code: str = "751-8"
+
+
+class PatientEnrollment(_Strict):
+    by: str
+    date: date
+    anc: list[AncEntry] = []
+    monitoring_frequency: MonitoringFrequency | None = None
+    prescriber: str | None = None  # when ``by`` is a designee
+
+    @field_validator("anc", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+
+class PatientEntry(_Strict):
+    id: str | None = None  # a handle used inside one file
+    identifiers: list[IdentifierEntry] = Field(min_length=1)
+    name: NameEntry = NameEntry()
+    birth_date: date | None = None
+    sex: str | None = None
+    designation: Designation = Designation.GENERAL
+    treatment_start: date | None = None
+    legacy_enrolled: bool = False
+    enrollment: PatientEnrollment | None = None
+
+
+class RegistryDocument(_Strict):
+    prescribers: list[PrescriberEntry] = []
+    pharmacies: list[PharmacyEntry] = []
+    patients: list[PatientEntry] = []
+
+    def conflicts(self) -> list[str]:
+        """One NPI or identifier given two different records in one document."""
+        problems = []
+        for kind, entries, key in (
+            ("prescriber", self.prescribers, lambda e: e.npi),
+            ("pharmacy", self.pharmacies, lambda e: e.npi),
+        ):
+            seen: dict[str, Any] = {}
+            for entry in entries:
+                k = key(entry)
+                if k in seen and seen[k] != entry:
+                    problems.append(f"{kind} {k} appears twice with different fields")
+                seen[k] = entry
+        owners: dict[tuple[str, str], int] = {}
+        for index, patient in enumerate(self.patients):
+            for ident in patient.identifiers:
+                other = owners.setdefault((ident.system, ident.value), index)
+                if other != index and self.patients[other] != patient:
+                    problems.append(f"identifier {ident.system}|{ident.value} names two patients")
+        return problems

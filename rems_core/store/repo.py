@@ -1,0 +1,481 @@
+"""Reads and writes of one unit of work, over one SQLAlchemy connection (Core, for speed).
+
+The caller owns the transaction; nothing here commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import Connection, and_, delete, insert, select, update
+
+from rems_core.model import (
+    AncCategory,
+    AncResult,
+    Designation,
+    Designee,
+    Finding,
+    Identifier,
+    LabResult,
+    Patient,
+    PatientSnapshot,
+    PatientStatusForm,
+    Pharmacy,
+    PharmacyEnrollment,
+    Prescriber,
+    PsfStatus,
+    ResultStatus,
+    Setting,
+    StoredPsf,
+)
+from rems_core.registry import PatientEntry, PharmacyEntry, PrescriberEntry
+from rems_core.store import tables as t
+
+FORM = TypeAdapter(PatientStatusForm)
+
+prescriber_t = t.PrescriberRow.__table__
+designee_t = t.DesigneeRow.__table__
+attachment_t = t.DesigneeAttachment.__table__
+pharmacy_t = t.PharmacyRow.__table__
+enrollment_t = t.PharmacyEnrollmentRow.__table__
+patient_t = t.PatientRow.__table__
+identifier_t = t.PatientIdentifierRow.__table__
+observation_t = t.ObservationRow.__table__
+anc_t = t.AncResultRow.__table__
+psf_t = t.PsfRow.__table__
+status_event_t = t.StatusEvent.__table__
+decision_t = t.DecisionRow.__table__
+rda_t = t.RdaRow.__table__
+override_t = t.OverrideRow.__table__
+alert_t = t.MonitoringAlert.__table__
+
+
+def specimen_key(result: LabResult) -> str:
+    """Results of one specimen share it; without an accession id, the draw time stands in."""
+    return result.specimen or f"drawn:{result.drawn.isoformat()}"
+
+
+def _findings(rows: Iterable[dict[str, str]]) -> tuple[Finding, ...]:
+    return tuple(Finding(r["code"], r["text"]) for r in rows)
+
+
+class Store:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    # --- registry ------------------------------------------------------------------------
+
+    def _upsert(self, table: Any, keys: dict[str, Any], values: dict[str, Any]) -> bool:
+        """Insert or update one row; True when something changed."""
+        where = and_(*(table.c[k] == v for k, v in keys.items()))
+        row = self.conn.execute(select(table).where(where)).mappings().first()
+        if row is None:
+            self.conn.execute(insert(table).values(**keys, **values))
+            return True
+        changed = {k: v for k, v in values.items() if row[k] != v}
+        if changed:
+            self.conn.execute(update(table).where(where).values(**changed))
+        return bool(changed)
+
+    def upsert_prescriber(self, entry: PrescriberEntry) -> None:
+        self._upsert(
+            prescriber_t,
+            {"npi": entry.npi},
+            {
+                "name": entry.name,
+                "certified": entry.certified,
+                "certified_on": entry.certified_on,
+                "dea": entry.dea,
+                "email": entry.email,
+            },
+        )
+        for designee in entry.designees:
+            self._upsert(designee_t, {"id": designee.id}, {"name": designee.name})
+            self._upsert(
+                attachment_t, {"designee_id": designee.id, "prescriber_npi": entry.npi}, {}
+            )
+
+    def upsert_pharmacy(self, entry: PharmacyEntry) -> None:
+        self._upsert(pharmacy_t, {"npi": entry.npi}, {"name": entry.name, "ncpdp": entry.ncpdp})
+        for enrollment in entry.enrollments:
+            self._upsert(
+                enrollment_t,
+                {"pharmacy_npi": entry.npi, "setting": enrollment.setting.value},
+                {"certified": enrollment.certified},
+            )
+
+    def upsert_patient(self, entry: PatientEntry, new_id: str) -> str:
+        """Match on identifier + system; a new patient gets ``new_id``. Returns the REMS id."""
+        idents = [Identifier(i.system, i.value) for i in entry.identifiers]
+        existing = self.find_patient(idents)
+        patient_id = existing.rems_id if existing else new_id
+        self._upsert(
+            patient_t,
+            {"id": patient_id},
+            {
+                "designation": entry.designation.value,
+                "treatment_start": entry.treatment_start,
+                "legacy_enrolled": entry.legacy_enrolled,
+                "family_name": entry.name.family,
+                "given_name": entry.name.given,
+                "birth_date": entry.birth_date,
+                "sex": entry.sex,
+            },
+        )
+        for ident in idents:
+            self._upsert(
+                identifier_t,
+                {"system": ident.system, "value": ident.value},
+                {"patient_id": patient_id},
+            )
+        return patient_id
+
+    def find_patient(self, identifiers: Iterable[Identifier]) -> Patient | None:
+        for ident in identifiers:
+            patient_id = self.conn.execute(
+                select(identifier_t.c.patient_id).where(
+                    identifier_t.c.system == ident.system, identifier_t.c.value == ident.value
+                )
+            ).scalar()
+            if patient_id is not None:
+                return self.patient(patient_id)
+        return None
+
+    def patient(self, patient_id: str) -> Patient | None:
+        row = self.conn.execute(select(patient_t).where(patient_t.c.id == patient_id)).first()
+        if row is None:
+            return None
+        idents = self.conn.execute(
+            select(identifier_t.c.system, identifier_t.c.value).where(
+                identifier_t.c.patient_id == patient_id
+            )
+        ).all()
+        return Patient(
+            rems_id=row.id,
+            identifiers=tuple(Identifier(s, v) for s, v in idents),
+            designation=Designation(row.designation),
+            treatment_start=row.treatment_start,
+            legacy_enrolled=row.legacy_enrolled,
+        )
+
+    def patient_ids(self) -> list[str]:
+        return list(self.conn.execute(select(patient_t.c.id).order_by(patient_t.c.id)).scalars())
+
+    def prescribers(self, npis: Iterable[str]) -> dict[str, Prescriber]:
+        wanted = {n for n in npis if n}
+        if not wanted:
+            return {}
+        rows = self.conn.execute(select(prescriber_t).where(prescriber_t.c.npi.in_(wanted))).all()
+        designees: dict[str, list[Designee]] = {}
+        for npi, designee_id, name in self.conn.execute(
+            select(attachment_t.c.prescriber_npi, designee_t.c.id, designee_t.c.name)
+            .join(designee_t, designee_t.c.id == attachment_t.c.designee_id)
+            .where(attachment_t.c.prescriber_npi.in_(wanted))
+        ):
+            designees.setdefault(npi, []).append(Designee(designee_id, name))
+        return {
+            r.npi: Prescriber(
+                npi=r.npi,
+                name=r.name,
+                certified=r.certified,
+                certified_on=r.certified_on,
+                dea=r.dea,
+                email=r.email,
+                designees=tuple(designees.get(r.npi, ())),
+            )
+            for r in rows
+        }
+
+    def pharmacies(self, npis: Iterable[str]) -> dict[str, Pharmacy]:
+        wanted = {n for n in npis if n}
+        if not wanted:
+            return {}
+        rows = self.conn.execute(select(pharmacy_t).where(pharmacy_t.c.npi.in_(wanted))).all()
+        enrollments: dict[str, list[PharmacyEnrollment]] = {}
+        for e in self.conn.execute(
+            select(enrollment_t).where(enrollment_t.c.pharmacy_npi.in_(wanted))
+        ):
+            enrollments.setdefault(e.pharmacy_npi, []).append(
+                PharmacyEnrollment(Setting(e.setting), e.certified)
+            )
+        return {
+            r.npi: Pharmacy(r.npi, r.name, r.ncpdp, tuple(enrollments.get(r.npi, ()))) for r in rows
+        }
+
+    # --- lab results -----------------------------------------------------------------------
+
+    def add_observation(
+        self,
+        patient_id: str | None,
+        result: LabResult,
+        received: datetime,
+        channel: str,
+        unmatched: list[Identifier] | None = None,
+    ) -> None:
+        """Store a reported observation; it replaces the current one of its specimen and code."""
+        key = specimen_key(result)
+        if patient_id is not None:
+            self.conn.execute(
+                update(observation_t)
+                .where(
+                    observation_t.c.patient_id == patient_id,
+                    observation_t.c.specimen_key == key,
+                    observation_t.c.code == result.code,
+                    observation_t.c.current.is_(True),
+                )
+                .values(current=False)
+            )
+        self.conn.execute(
+            insert(observation_t).values(
+                patient_id=patient_id,
+                unmatched_identifiers=[{"system": i.system, "value": i.value} for i in unmatched]
+                if unmatched
+                else None,
+                specimen_key=key,
+                code=result.code,
+                value=result.value,
+                unit=result.unit,
+                status=result.status.value,
+                drawn=result.drawn,
+                received=received,
+                current=result.status != ResultStatus.CANCELLED,
+                channel=channel,
+            )
+        )
+
+    def current_observations(self, patient_id: str, key: str) -> list[LabResult]:
+        rows = self.conn.execute(
+            select(observation_t)
+            .where(
+                observation_t.c.patient_id == patient_id,
+                observation_t.c.specimen_key == key,
+                observation_t.c.current.is_(True),
+            )
+            .order_by(observation_t.c.id)
+        ).all()
+        return [
+            LabResult(
+                code=r.code,
+                value=r.value,
+                unit=r.unit,
+                drawn=r.drawn,
+                status=ResultStatus(r.status),
+                specimen=None if r.specimen_key.startswith("drawn:") else r.specimen_key,
+            )
+            for r in rows
+        ]
+
+    def replace_specimen_ancs(
+        self,
+        patient_id: str,
+        key: str,
+        ancs: list[AncResult],
+        sources: dict[str, LabResult],
+        received: datetime,
+    ) -> None:
+        self.conn.execute(
+            update(anc_t)
+            .where(anc_t.c.patient_id == patient_id, anc_t.c.specimen_key == key)
+            .values(current=False)
+        )
+        for anc in ancs:
+            source = sources.get(anc.code)
+            self.conn.execute(
+                insert(anc_t).values(
+                    id=anc.result_id,
+                    patient_id=patient_id,
+                    specimen_key=key,
+                    code=anc.code,
+                    anc=anc.anc,
+                    original_value=source.value if source else "",
+                    original_unit=source.unit if source else "",
+                    category=anc.category.value if anc.category else None,
+                    usable=anc.usable,
+                    derived=anc.derived,
+                    status=anc.status.value,
+                    warnings=[w.as_dict() for w in anc.warnings],
+                    advice=anc.advice,
+                    drawn=anc.drawn,
+                    received=received,
+                    current=True,
+                )
+            )
+
+    def anc_results(self, patient_id: str) -> list[AncResult]:
+        rows = self.conn.execute(
+            select(anc_t).where(anc_t.c.patient_id == patient_id, anc_t.c.current.is_(True))
+        ).all()
+        return [
+            AncResult(
+                anc=r.anc,
+                drawn=r.drawn,
+                category=AncCategory(r.category) if r.category else None,
+                usable=r.usable,
+                derived=r.derived,
+                specimen=r.specimen_key,
+                code=r.code,
+                status=ResultStatus(r.status),
+                warnings=_findings(r.warnings or []),
+                advice=r.advice,
+                result_id=r.id,
+                received=r.received,
+            )
+            for r in rows
+        ]
+
+    # --- PSFs ---------------------------------------------------------------------------------
+
+    def add_psf(
+        self,
+        psf: StoredPsf,
+        patient_id: str,
+        reasons: Iterable[Finding],
+        warnings: Iterable[Finding],
+        pack: tuple[str, str],
+        source: str,
+    ) -> None:
+        self.conn.execute(
+            insert(psf_t).values(
+                id=psf.psf_id,
+                patient_id=patient_id,
+                type=psf.form.type.value,
+                status=psf.status.value,
+                submitted_at=psf.form.submitted_at,
+                judged_at=psf.judged_at,
+                form=FORM.dump_python(psf.form, mode="json"),
+                reasons=[r.as_dict() for r in reasons],
+                warnings=[w.as_dict() for w in warnings],
+                rule_pack=pack[0],
+                rule_pack_version=pack[1],
+                source=source,
+            )
+        )
+
+    def update_psf(
+        self,
+        psf: StoredPsf,
+        reasons: Iterable[Finding],
+        warnings: Iterable[Finding],
+        pack: tuple[str, str],
+    ) -> None:
+        self.conn.execute(
+            update(psf_t)
+            .where(psf_t.c.id == psf.psf_id)
+            .values(
+                status=psf.status.value,
+                judged_at=psf.judged_at,
+                form=FORM.dump_python(psf.form, mode="json"),
+                reasons=[r.as_dict() for r in reasons],
+                warnings=[w.as_dict() for w in warnings],
+                rule_pack=pack[0],
+                rule_pack_version=pack[1],
+            )
+        )
+
+    def registry_enrollment_exists(self, patient_id: str) -> bool:
+        return (
+            self.conn.execute(
+                select(psf_t.c.id).where(
+                    psf_t.c.patient_id == patient_id, psf_t.c.source == "registry"
+                )
+            ).first()
+            is not None
+        )
+
+    def psfs(self, patient_id: str) -> list[StoredPsf]:
+        rows = self.conn.execute(
+            select(psf_t.c.id, psf_t.c.form, psf_t.c.status, psf_t.c.judged_at)
+            .where(psf_t.c.patient_id == patient_id, psf_t.c.status != PsfStatus.REJECTED.value)
+            .order_by(psf_t.c.judged_at)
+        ).all()
+        return [
+            StoredPsf(r.id, FORM.validate_python(r.form), PsfStatus(r.status), r.judged_at)
+            for r in rows
+        ]
+
+    def add_status_event(
+        self, patient_id: str, at: datetime, before: str, after: str, actor: str, why: str
+    ) -> None:
+        self.conn.execute(
+            insert(status_event_t).values(
+                patient_id=patient_id,
+                at=at,
+                from_status=before,
+                to_status=after,
+                actor=actor,
+                why=why,
+            )
+        )
+
+    # --- decisions ------------------------------------------------------------------------------
+
+    def decision_for_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
+        row = self.conn.execute(
+            select(decision_t.c.request_hash, decision_t.c.result).where(
+                decision_t.c.request_id == request_id
+            )
+        ).first()
+        return (row.request_hash, row.result) if row else None
+
+    def add_decision(self, values: dict[str, Any]) -> None:
+        self.conn.execute(insert(decision_t).values(**values))
+
+    def add_rda(self, values: dict[str, Any]) -> None:
+        self.conn.execute(insert(rda_t).values(**values))
+
+    def add_override(self, values: dict[str, Any]) -> None:
+        self.conn.execute(insert(override_t).values(**values))
+
+    def override_dates(self, patient_id: str) -> list[datetime]:
+        return list(
+            self.conn.execute(
+                select(override_t.c.at).where(override_t.c.patient_id == patient_id)
+            ).scalars()
+        )
+
+    # --- scheduled work -----------------------------------------------------------------------
+
+    def latest_alert(self, patient_id: str, code: str) -> datetime | None:
+        return self.conn.execute(
+            select(alert_t.c.at)
+            .where(alert_t.c.patient_id == patient_id, alert_t.c.code == code)
+            .order_by(alert_t.c.at.desc())
+        ).scalar()
+
+    def add_alert(self, patient_id: str, code: str, at: datetime, detail: str) -> None:
+        self.conn.execute(
+            insert(alert_t).values(patient_id=patient_id, code=code, at=at, detail=detail)
+        )
+
+    def clear_alerts(self, patient_id: str, code: str) -> None:
+        self.conn.execute(
+            delete(alert_t).where(alert_t.c.patient_id == patient_id, alert_t.c.code == code)
+        )
+
+    # --- the engine's view ---------------------------------------------------------------------
+
+    def snapshot(
+        self,
+        patient: Patient | None,
+        prescriber_npis: Iterable[str] = (),
+        pharmacy_npis: Iterable[str] = (),
+    ) -> PatientSnapshot:
+        if patient is None:
+            return PatientSnapshot(
+                patient=None,
+                prescribers=self.prescribers(prescriber_npis),
+                pharmacies=self.pharmacies(pharmacy_npis),
+            )
+        psfs = self.psfs(patient.rems_id)
+        npis = {*prescriber_npis, *(p.form.prescriber_npi for p in psfs)}
+        return PatientSnapshot(
+            patient=patient,
+            anc_results=tuple(self.anc_results(patient.rems_id)),
+            psfs=tuple(psfs),
+            override_dates=tuple(self.override_dates(patient.rems_id)),
+            prescribers=self.prescribers(npis),
+            pharmacies=self.pharmacies(pharmacy_npis),
+        )

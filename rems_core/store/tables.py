@@ -1,0 +1,230 @@
+"""The database schema (SQLModel). Migrations in ``migrations/`` create exactly these tables.
+
+Times are stored as UTC; identifiers of people (names, birth dates, MRNs) live only here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class UtcDateTime(TypeDecorator):
+    """Timezone-aware UTC in Python, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc(**kw: Any) -> Any:
+    return Field(sa_column=Column(UtcDateTime(), **kw))
+
+
+def _json() -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class PrescriberRow(SQLModel, table=True):
+    __tablename__ = "prescriber"
+    npi: str = Field(primary_key=True, max_length=10)
+    name: str = ""
+    certified: bool = False
+    certified_on: date | None = None
+    dea: str | None = None
+    email: str | None = None
+
+
+class DesigneeRow(SQLModel, table=True):
+    __tablename__ = "designee"
+    id: str = Field(primary_key=True)
+    name: str = ""
+
+
+class DesigneeAttachment(SQLModel, table=True):
+    __tablename__ = "designee_attachment"
+    designee_id: str = Field(primary_key=True, foreign_key="designee.id")
+    prescriber_npi: str = Field(primary_key=True, foreign_key="prescriber.npi")
+
+
+class PharmacyRow(SQLModel, table=True):
+    __tablename__ = "pharmacy"
+    npi: str = Field(primary_key=True, max_length=10)
+    name: str = ""
+    ncpdp: str | None = None
+
+
+class PharmacyEnrollmentRow(SQLModel, table=True):
+    __tablename__ = "pharmacy_enrollment"
+    pharmacy_npi: str = Field(primary_key=True, foreign_key="pharmacy.npi")
+    setting: str = Field(primary_key=True)
+    certified: bool = False
+
+
+class PatientRow(SQLModel, table=True):
+    __tablename__ = "patient"
+    id: str = Field(primary_key=True)  # the REMS patient id the gateway issues
+    designation: str = "general"
+    treatment_start: date | None = None
+    legacy_enrolled: bool = False
+    family_name: str = ""
+    given_name: str = ""
+    birth_date: date | None = None
+    sex: str | None = None
+
+
+class PatientIdentifierRow(SQLModel, table=True):
+    __tablename__ = "patient_identifier"
+    system: str = Field(primary_key=True)
+    value: str = Field(primary_key=True)
+    patient_id: str = Field(foreign_key="patient.id", index=True)
+
+
+class ObservationRow(SQLModel, table=True):
+    """A reported observation as received: original value and unit, never rewritten."""
+
+    __tablename__ = "observation"
+    __table_args__ = (Index("ix_observation_specimen", "patient_id", "specimen_key", "code"),)
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: str | None = Field(default=None, foreign_key="patient.id")
+    unmatched_identifiers: list[dict[str, str]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+    specimen_key: str
+    code: str
+    value: str
+    unit: str
+    status: str
+    drawn: datetime = _utc(nullable=False)
+    received: datetime = _utc(nullable=False)
+    current: bool = True  # False once corrected, cancelled or replaced
+    channel: str = ""
+
+
+class AncResultRow(SQLModel, table=True):
+    """An ANC per µL (direct or derived) that a specimen yields; replaced when it is re-derived."""
+
+    __tablename__ = "anc_result"
+    __table_args__ = (Index("ix_anc_result_patient", "patient_id", "current"),)
+    id: str = Field(primary_key=True)
+    patient_id: str = Field(foreign_key="patient.id")
+    specimen_key: str
+    code: str
+    anc: int | None = None
+    original_value: str = ""
+    original_unit: str = ""
+    category: str | None = None
+    usable: bool = False
+    derived: bool = False
+    status: str = "final"
+    warnings: list[dict[str, str]] = Field(default_factory=list, sa_column=Column(JSON))
+    advice: str = ""
+    drawn: datetime = _utc(nullable=False)
+    received: datetime = _utc(nullable=False)
+    current: bool = True
+
+
+class PsfRow(SQLModel, table=True):
+    __tablename__ = "psf"
+    __table_args__ = (Index("ix_psf_patient", "patient_id", "status"),)
+    id: str = Field(primary_key=True)
+    patient_id: str = Field(foreign_key="patient.id")
+    type: str
+    status: str
+    submitted_at: datetime = _utc(nullable=False)
+    judged_at: datetime = _utc(nullable=False)
+    form: dict[str, Any] = _json()
+    reasons: list[dict[str, str]] = Field(default_factory=list, sa_column=Column(JSON))
+    warnings: list[dict[str, str]] = Field(default_factory=list, sa_column=Column(JSON))
+    rule_pack: str = ""
+    rule_pack_version: str = ""
+    source: str = ""  # channel, or "registry" for an enrollment loaded with the registry
+
+
+class StatusEvent(SQLModel, table=True):
+    """§7: every change of treatment status, with who, when and why."""
+
+    __tablename__ = "status_event"
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: str = Field(foreign_key="patient.id", index=True)
+    at: datetime = _utc(nullable=False)
+    from_status: str
+    to_status: str
+    actor: str
+    why: str
+
+
+class DecisionRow(SQLModel, table=True):
+    __tablename__ = "decision"
+    __table_args__ = (UniqueConstraint("request_id", name="uq_decision_request_id"),)
+    id: str = Field(primary_key=True)
+    request_id: str | None = None
+    request_hash: str
+    patient_id: str | None = Field(default=None, foreign_key="patient.id", index=True)
+    at: datetime = _utc(nullable=False)
+    decided_at: datetime = _utc(nullable=False)
+    rule_pack: str
+    rule_pack_version: str
+    outcome: str
+    result: dict[str, Any] = _json()
+    request: dict[str, Any] = _json()
+    channel: str = ""
+    actor: str = ""
+
+
+class RdaRow(SQLModel, table=True):
+    __tablename__ = "rda"
+    number: str = Field(primary_key=True)
+    decision_id: str = Field(foreign_key="decision.id")
+    patient_id: str | None = Field(default=None, foreign_key="patient.id")
+    pharmacy_npi: str
+    prescriber_npi: str
+    max_days_supply: int
+    valid_until: datetime = _utc(nullable=False)
+
+
+class OverrideRow(SQLModel, table=True):
+    """An authorized pharmacist override (§6.2); only these count towards the limit."""
+
+    __tablename__ = "pharmacist_override"
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: str = Field(foreign_key="patient.id", index=True)
+    decision_id: str = Field(foreign_key="decision.id")
+    at: datetime = _utc(nullable=False)
+    pharmacy_npi: str
+    prescriber_npi: str
+    rationale: str
+
+
+class MonitoringAlert(SQLModel, table=True):
+    """§8: overdue labs and labs missed as the scheduler found them."""
+
+    __tablename__ = "monitoring_alert"
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: str = Field(foreign_key="patient.id", index=True)
+    code: str
+    at: datetime = _utc(nullable=False)
+    detail: str = ""
+
+
+class SiteSetting(SQLModel, table=True):
+    """Small key-value facts the gateway keeps (e.g. the last scheduled run)."""
+
+    __tablename__ = "site_setting"
+    key: str = Field(primary_key=True)
+    value: str
