@@ -30,7 +30,7 @@ DbOption = Annotated[
 
 
 @db_app.command("upgrade")
-def db_upgrade(db: DbOption = f"sqlite:///{DEFAULT_URL.split('///')[-1]}") -> None:
+def db_upgrade(db: DbOption = DEFAULT_URL) -> None:
     """Apply the schema migrations."""
     upgrade(db)
     typer.echo("database schema is up to date")
