@@ -113,5 +113,5 @@ TEXT: dict[Code, str] = {
 }
 
 
-def finding(code: Code, **details: object) -> Finding:
+def finding(code: Code, /, **details: object) -> Finding:
     return Finding(str(code), TEXT[code].format(**details))
