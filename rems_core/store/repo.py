@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from rems_core.model import (
     AncCategory,
@@ -51,6 +51,68 @@ decision_t = t.DecisionRow.__table__
 rda_t = t.RdaRow.__table__
 override_t = t.OverrideRow.__table__
 alert_t = t.MonitoringAlert.__table__
+
+
+# Hot-path statements are built once: building a statement costs more than running it.
+_patient_by_identifier = (
+    select(patient_t, identifier_t.c.system, identifier_t.c.value)
+    .select_from(identifier_t)
+    .join(patient_t, patient_t.c.id == identifier_t.c.patient_id)
+    .where(
+        patient_t.c.id
+        == select(identifier_t.c.patient_id)
+        .where(
+            identifier_t.c.system == bindparam("system"), identifier_t.c.value == bindparam("value")
+        )
+        .scalar_subquery()
+    )
+)
+_patient_by_id = (
+    select(patient_t, identifier_t.c.system, identifier_t.c.value)
+    .select_from(patient_t)
+    .outerjoin(identifier_t, identifier_t.c.patient_id == patient_t.c.id)
+    .where(patient_t.c.id == bindparam("patient_id"))
+)
+_prescribers = select(prescriber_t).where(prescriber_t.c.npi.in_(bindparam("npis", expanding=True)))
+_designees = (
+    select(attachment_t.c.prescriber_npi, designee_t.c.id, designee_t.c.name)
+    .join(designee_t, designee_t.c.id == attachment_t.c.designee_id)
+    .where(attachment_t.c.prescriber_npi.in_(bindparam("npis", expanding=True)))
+)
+_pharmacies = select(pharmacy_t).where(pharmacy_t.c.npi.in_(bindparam("npis", expanding=True)))
+_enrollments = select(enrollment_t).where(
+    enrollment_t.c.pharmacy_npi.in_(bindparam("npis", expanding=True))
+)
+_current_ancs = select(anc_t).where(
+    anc_t.c.patient_id == bindparam("patient_id"), anc_t.c.current.is_(True)
+)
+_live_psfs = (
+    select(psf_t.c.id, psf_t.c.form, psf_t.c.status, psf_t.c.judged_at)
+    .where(
+        psf_t.c.patient_id == bindparam("patient_id"), psf_t.c.status != PsfStatus.REJECTED.value
+    )
+    .order_by(psf_t.c.judged_at)
+)
+_override_dates = select(override_t.c.at).where(override_t.c.patient_id == bindparam("patient_id"))
+_decision_by_request = select(decision_t.c.request_hash, decision_t.c.result).where(
+    decision_t.c.request_id == bindparam("request_id")
+)
+_insert_decision = insert(decision_t)
+_insert_rda = insert(rda_t)
+_insert_override = insert(override_t)
+
+
+def _patient(rows: list[Any]) -> Patient | None:
+    if not rows:
+        return None
+    row = rows[0]
+    return Patient(
+        rems_id=row.id,
+        identifiers=tuple(Identifier(r.system, r.value) for r in rows if r.system is not None),
+        designation=Designation(row.designation),
+        treatment_start=row.treatment_start,
+        legacy_enrolled=row.legacy_enrolled,
+    )
 
 
 def specimen_key(result: LabResult) -> str:
@@ -135,31 +197,15 @@ class Store:
 
     def find_patient(self, identifiers: Iterable[Identifier]) -> Patient | None:
         for ident in identifiers:
-            patient_id = self.conn.execute(
-                select(identifier_t.c.patient_id).where(
-                    identifier_t.c.system == ident.system, identifier_t.c.value == ident.value
-                )
-            ).scalar()
-            if patient_id is not None:
-                return self.patient(patient_id)
+            rows = self.conn.execute(
+                _patient_by_identifier, {"system": ident.system, "value": ident.value}
+            ).all()
+            if rows:
+                return _patient(rows)
         return None
 
     def patient(self, patient_id: str) -> Patient | None:
-        row = self.conn.execute(select(patient_t).where(patient_t.c.id == patient_id)).first()
-        if row is None:
-            return None
-        idents = self.conn.execute(
-            select(identifier_t.c.system, identifier_t.c.value).where(
-                identifier_t.c.patient_id == patient_id
-            )
-        ).all()
-        return Patient(
-            rems_id=row.id,
-            identifiers=tuple(Identifier(s, v) for s, v in idents),
-            designation=Designation(row.designation),
-            treatment_start=row.treatment_start,
-            legacy_enrolled=row.legacy_enrolled,
-        )
+        return _patient(self.conn.execute(_patient_by_id, {"patient_id": patient_id}).all())
 
     def patient_ids(self) -> list[str]:
         return list(self.conn.execute(select(patient_t.c.id).order_by(patient_t.c.id)).scalars())
@@ -168,13 +214,9 @@ class Store:
         wanted = {n for n in npis if n}
         if not wanted:
             return {}
-        rows = self.conn.execute(select(prescriber_t).where(prescriber_t.c.npi.in_(wanted))).all()
+        rows = self.conn.execute(_prescribers, {"npis": sorted(wanted)}).all()
         designees: dict[str, list[Designee]] = {}
-        for npi, designee_id, name in self.conn.execute(
-            select(attachment_t.c.prescriber_npi, designee_t.c.id, designee_t.c.name)
-            .join(designee_t, designee_t.c.id == attachment_t.c.designee_id)
-            .where(attachment_t.c.prescriber_npi.in_(wanted))
-        ):
+        for npi, designee_id, name in self.conn.execute(_designees, {"npis": sorted(wanted)}):
             designees.setdefault(npi, []).append(Designee(designee_id, name))
         return {
             r.npi: Prescriber(
@@ -193,11 +235,9 @@ class Store:
         wanted = {n for n in npis if n}
         if not wanted:
             return {}
-        rows = self.conn.execute(select(pharmacy_t).where(pharmacy_t.c.npi.in_(wanted))).all()
+        rows = self.conn.execute(_pharmacies, {"npis": sorted(wanted)}).all()
         enrollments: dict[str, list[PharmacyEnrollment]] = {}
-        for e in self.conn.execute(
-            select(enrollment_t).where(enrollment_t.c.pharmacy_npi.in_(wanted))
-        ):
+        for e in self.conn.execute(_enrollments, {"npis": sorted(wanted)}):
             enrollments.setdefault(e.pharmacy_npi, []).append(
                 PharmacyEnrollment(Setting(e.setting), e.certified)
             )
@@ -305,9 +345,7 @@ class Store:
             )
 
     def anc_results(self, patient_id: str) -> list[AncResult]:
-        rows = self.conn.execute(
-            select(anc_t).where(anc_t.c.patient_id == patient_id, anc_t.c.current.is_(True))
-        ).all()
+        rows = self.conn.execute(_current_ancs, {"patient_id": patient_id}).all()
         return [
             AncResult(
                 anc=r.anc,
@@ -386,11 +424,7 @@ class Store:
         )
 
     def psfs(self, patient_id: str) -> list[StoredPsf]:
-        rows = self.conn.execute(
-            select(psf_t.c.id, psf_t.c.form, psf_t.c.status, psf_t.c.judged_at)
-            .where(psf_t.c.patient_id == patient_id, psf_t.c.status != PsfStatus.REJECTED.value)
-            .order_by(psf_t.c.judged_at)
-        ).all()
+        rows = self.conn.execute(_live_psfs, {"patient_id": patient_id}).all()
         return [
             StoredPsf(r.id, FORM.validate_python(r.form), PsfStatus(r.status), r.judged_at)
             for r in rows
@@ -413,28 +447,20 @@ class Store:
     # --- decisions ------------------------------------------------------------------------------
 
     def decision_for_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
-        row = self.conn.execute(
-            select(decision_t.c.request_hash, decision_t.c.result).where(
-                decision_t.c.request_id == request_id
-            )
-        ).first()
+        row = self.conn.execute(_decision_by_request, {"request_id": request_id}).first()
         return (row.request_hash, row.result) if row else None
 
     def add_decision(self, values: dict[str, Any]) -> None:
-        self.conn.execute(insert(decision_t).values(**values))
+        self.conn.execute(_insert_decision, values)
 
     def add_rda(self, values: dict[str, Any]) -> None:
-        self.conn.execute(insert(rda_t).values(**values))
+        self.conn.execute(_insert_rda, values)
 
     def add_override(self, values: dict[str, Any]) -> None:
-        self.conn.execute(insert(override_t).values(**values))
+        self.conn.execute(_insert_override, values)
 
     def override_dates(self, patient_id: str) -> list[datetime]:
-        return list(
-            self.conn.execute(
-                select(override_t.c.at).where(override_t.c.patient_id == patient_id)
-            ).scalars()
-        )
+        return list(self.conn.execute(_override_dates, {"patient_id": patient_id}).scalars())
 
     # --- scheduled work -----------------------------------------------------------------------
 
@@ -448,11 +474,6 @@ class Store:
     def add_alert(self, patient_id: str, code: str, at: datetime, detail: str) -> None:
         self.conn.execute(
             insert(alert_t).values(patient_id=patient_id, code=code, at=at, detail=detail)
-        )
-
-    def clear_alerts(self, patient_id: str, code: str) -> None:
-        self.conn.execute(
-            delete(alert_t).where(alert_t.c.patient_id == patient_id, alert_t.c.code == code)
         )
 
     # --- the engine's view ---------------------------------------------------------------------

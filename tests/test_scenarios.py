@@ -1,0 +1,52 @@
+"""Every scenario file in fixtures/scenarios passes in-process, and together they cover every
+reason code, warning code and rule pack."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.scenario import DatabaseFactory, format_report, run_file
+from rems_core.codes import Code
+from tests.conftest import PACKS
+
+FOLDER = Path(__file__).parent.parent / "fixtures" / "scenarios"
+FILES = sorted(FOLDER.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def databases():
+    factory = DatabaseFactory()
+    yield factory
+    factory.close()
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_scenario_file_passes(path: Path, databases: DatabaseFactory) -> None:
+    report = asyncio.run(run_file(path, databases.fresh_url(), PACKS))
+    assert report.passed, format_report(report)
+
+
+def expected_codes_and_packs() -> tuple[set[str], set[str]]:
+    codes, packs = set(), set()
+    for path in FILES:
+        data = yaml.safe_load(path.read_text())
+        packs.add(str(data.get("rules") or "clozapine-rems-2021"))
+        for step in data.get("steps") or []:
+            expect = step.get("expect") or {}
+            codes |= {str(c) for c in expect.get("reasons") or ()}
+            codes |= {str(c) for c in expect.get("warnings") or ()}
+    return codes, packs
+
+
+def test_at_least_30_scenario_files() -> None:
+    assert len(FILES) >= 30
+
+
+def test_every_code_and_pack_appears_in_some_expectation() -> None:
+    codes, packs = expected_codes_and_packs()
+    assert sorted(set(Code) - codes) == []
+    assert sorted(set(PACKS.ids) - packs) == []

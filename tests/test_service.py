@@ -1,0 +1,261 @@
+"""The application service on a real SQLite database: storage, idempotency, serialization."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from gateway.service import RegistryConflict, RemsService, RequestConflict, Source
+from rems_core.model import (
+    Identifier,
+    LabResult,
+    Outcome,
+    Override,
+    ReportedAnc,
+    ResultStatus,
+)
+from rems_core.registry import RegistryDocument
+from rems_core.store import tables
+from tests.builders import PHARMACY, PRESCRIBER, at, dispense
+from tests.conftest import run
+
+SOURCE = Source("test", "pytest")
+MRN = [Identifier("urn:oid:2.16.840.1.113883.3.999.1", "MRN123")]
+
+
+def registry(certified: bool = True, enrolled_on: str = "2022-03-01") -> RegistryDocument:
+    return RegistryDocument.model_validate(
+        {
+            "prescribers": [
+                {"npi": PRESCRIBER, "certified": certified, "designees": [{"id": "D1"}]}
+            ],
+            "pharmacies": [
+                {
+                    "npi": PHARMACY,
+                    "enrollments": [
+                        {"setting": "inpatient", "certified": True},
+                        {"setting": "outpatient", "certified": True},
+                    ],
+                }
+            ],
+            "patients": [
+                {
+                    "id": "P1",
+                    "identifiers": [{"system": MRN[0].system, "value": "MRN123"}],
+                    "name": {"family": "Doe", "given": "Jane"},
+                    "treatment_start": "2020-01-01",
+                    "enrollment": {
+                        "by": PRESCRIBER,
+                        "date": enrolled_on,
+                        "anc": {"value": "2100", "unit": "/uL", "drawn": "2022-02-28"},
+                    },
+                }
+            ],
+        }
+    )
+
+
+def count(engine: Engine, table: type) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table.__table__)).scalar_one()
+
+
+def test_loading_the_registry_twice_is_idempotent(service: RemsService, engine: Engine) -> None:
+    first = run(service.load_registry(registry(), SOURCE))
+    second = run(service.load_registry(registry(), SOURCE))
+    assert first == second
+    assert count(engine, tables.PsfRow) == 1
+    assert count(engine, tables.PatientRow) == 1
+
+
+def test_a_decertification_is_an_update(service: RemsService) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    assert (
+        run(service.decide_dispense(MRN, dispense("2022-03-02"), SOURCE)).outcome
+        == Outcome.AUTHORIZED
+    )
+    run(service.load_registry(registry(certified=False), SOURCE))
+    decision = run(service.decide_dispense(MRN, dispense("2022-03-02"), SOURCE))
+    assert {r.code for r in decision.reasons} == {"PRESCRIBER_NOT_CERTIFIED"}
+
+
+def test_a_self_contradicting_registry_is_refused_whole(
+    service: RemsService, engine: Engine
+) -> None:
+    doc = registry()
+    doc = doc.model_copy(
+        update={
+            "prescribers": [
+                *doc.prescribers,
+                doc.prescribers[0].model_copy(update={"certified": False}),
+            ]
+        }
+    )
+    with pytest.raises(RegistryConflict, match=PRESCRIBER):
+        run(service.load_registry(doc, SOURCE))
+    assert count(engine, tables.PrescriberRow) == 0
+
+
+def test_the_same_request_id_returns_the_same_rda(service: RemsService, engine: Engine) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    request = dispense("2022-03-02", request_id="req-1")
+    first = run(service.decide_dispense(MRN, request, SOURCE))
+    again = run(
+        service.decide_dispense(MRN, replace(request, dispense_date=at("2022-03-02T15:00")), SOURCE)
+    )
+    assert first.rda is not None and again.rda is not None
+    assert again.rda.number == first.rda.number and again.decision_id == first.decision_id
+    assert count(engine, tables.RdaRow) == 1
+
+
+def test_the_same_request_id_with_another_body_is_a_conflict(
+    service: RemsService, engine: Engine
+) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    run(service.decide_dispense(MRN, dispense("2022-03-02", request_id="req-1"), SOURCE))
+    with pytest.raises(RequestConflict, match="req-1"):
+        run(
+            service.decide_dispense(
+                MRN, dispense("2022-03-02", request_id="req-1", days_supply=14), SOURCE
+            )
+        )
+    assert count(engine, tables.RdaRow) == 1
+
+
+def test_parallel_complete_overrides_authorize_exactly_three(
+    service: RemsService, engine: Engine
+) -> None:
+    run(service.load_registry(registry(enrolled_on="2022-01-01"), SOURCE))
+    override = Override(PRESCRIBER, ReportedAnc("2000", "/uL", at("2022-03-01")), "PSF on its way")
+
+    async def sixteen() -> list:
+        requests = [
+            dispense("2022-03-02", override=override, request_id=f"r{i}") for i in range(16)
+        ]
+        return await asyncio.gather(*(service.decide_dispense(MRN, r, SOURCE) for r in requests))
+
+    decisions = run(sixteen())
+    outcomes = [d.outcome for d in decisions]
+    assert outcomes.count(Outcome.AUTHORIZED) == 3
+    assert all(
+        {r.code for r in d.reasons} == {"PSF_OUT_OF_WINDOW", "OVERRIDE_LIMIT_REACHED"}
+        for d in decisions
+        if d.outcome == Outcome.DENIED
+    )
+    assert count(engine, tables.OverrideRow) == 3
+
+
+def test_concurrent_work_is_group_committed(service: RemsService) -> None:
+    run(service.load_registry(registry(), SOURCE))
+
+    async def many() -> None:
+        await asyncio.gather(
+            *(service.decide_dispense(MRN, dispense("2022-03-02"), SOURCE) for _ in range(64))
+        )
+
+    before = service.writer.commits
+    run(many())
+    assert service.writer.units >= 65
+    assert service.writer.commits - before < 64
+
+
+def test_an_answer_comes_only_after_the_commit(service: RemsService, db_url: str) -> None:
+    from rems_core.store.db import make_engine
+
+    run(service.load_registry(registry(), SOURCE))
+    decision = run(service.decide_dispense(MRN, dispense("2022-03-02"), SOURCE))
+    other = make_engine(db_url)  # another connection sees it at once
+    with other.connect() as conn:
+        stored = conn.execute(
+            text("SELECT outcome FROM decision WHERE id = :id"), {"id": decision.decision_id}
+        ).scalar()
+    other.dispose()
+    assert stored == "authorized"
+
+
+def lab(
+    value: str, status: ResultStatus = ResultStatus.FINAL, specimen: str = "ACC-1"
+) -> LabResult:
+    return LabResult("751-8", value, "/uL", at("2022-03-02T08:00"), status, specimen)
+
+
+def test_a_correction_replaces_the_earlier_value(service: RemsService) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    run(service.ingest_labs(MRN, [lab("900")], SOURCE, at("2022-03-02T09:00")))
+    assert (
+        run(service.decide_dispense(MRN, dispense("2022-03-03"), SOURCE)).outcome
+        == Outcome.RATIONALE_REQUIRED
+    )
+    run(
+        service.ingest_labs(
+            MRN, [lab("1900", ResultStatus.CORRECTED)], SOURCE, at("2022-03-02T10:00")
+        )
+    )
+    assert (
+        run(service.decide_dispense(MRN, dispense("2022-03-03"), SOURCE)).outcome
+        == Outcome.AUTHORIZED
+    )
+
+
+def test_a_cancellation_withdraws_the_earlier_value(service: RemsService) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    run(service.ingest_labs(MRN, [lab("900")], SOURCE, at("2022-03-02T09:00")))
+    outcome = run(
+        service.ingest_labs(MRN, [lab("", ResultStatus.CANCELLED)], SOURCE, at("2022-03-02T10:00"))
+    )
+    assert [w.code for r in outcome.results for w in r.warnings] == ["RESULT_CANCELLED"]
+    assert (
+        run(service.decide_dispense(MRN, dispense("2022-03-03"), SOURCE)).outcome
+        == Outcome.AUTHORIZED
+    )
+
+
+def test_a_correction_of_a_derivation_input_re_derives(service: RemsService) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    drawn = at("2022-03-02T08:00")
+    wbc = LabResult("6690-2", "2.0", "10*3/uL", drawn, specimen="ACC-9")
+    neut = LabResult("770-8", "40", "%", drawn, specimen="ACC-9")
+    first = run(service.ingest_labs(MRN, [wbc, neut], SOURCE, drawn))
+    assert [r.anc for r in first.results] == [800]
+    fixed = run(
+        service.ingest_labs(
+            MRN, [replace(wbc, value="4.0", status=ResultStatus.CORRECTED)], SOURCE, drawn
+        )
+    )
+    assert [r.anc for r in fixed.results] == [1600]
+
+
+def test_an_unmatched_lab_is_kept_for_review(service: RemsService, engine: Engine) -> None:
+    outcome = run(
+        service.ingest_labs([Identifier("urn:x", "NOPE")], [lab("2000")], SOURCE, at("2022-03-02"))
+    )
+    assert not outcome.matched and [w.code for w in outcome.warnings] == ["PATIENT_NOT_MATCHED"]
+    assert count(engine, tables.ObservationRow) == 1
+
+
+def test_a_failing_unit_of_work_rolls_back_alone(service: RemsService, engine: Engine) -> None:
+    patient_id = run(service.load_registry(registry(), SOURCE))["P1"]
+
+    def boom(store):
+        store.add_alert(patient_id, "X", at("2022-03-02"), "")
+        raise RuntimeError("boom")
+
+    async def both():
+        bad = service.writer.run(boom)
+        good = service.decide_dispense(MRN, dispense("2022-03-02"), SOURCE)
+        return await asyncio.gather(bad, good, return_exceptions=True)
+
+    bad, good = run(both())
+    assert isinstance(bad, RuntimeError) and good.outcome == Outcome.AUTHORIZED
+    assert count(engine, tables.MonitoringAlert) == 0
+
+
+def test_the_migrations_create_exactly_the_models(db_url: str) -> None:
+    from alembic import command
+
+    from rems_core.store.db import alembic_config
+
+    command.check(alembic_config(db_url))  # raises when models and migrations differ
