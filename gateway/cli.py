@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -108,6 +107,54 @@ def scenario_run(
 
 
 @app.command("serve")
-def serve_command(ctx: typer.Context) -> None:  # replaced by gateway.server when present
-    typer.echo("serve is not available yet", err=True)
-    sys.exit(2)
+def serve_command(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1)")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option("--http-port", "--port", help="HTTP port (default 8080)")
+    ] = None,
+    mllp_port: Annotated[int | None, typer.Option(help="MLLP port (default 2575)")] = None,
+    db: Annotated[str | None, typer.Option(help=f"Database URL (default {DEFAULT_URL})")] = None,
+    rules: Annotated[
+        str | None, typer.Option(help="Rule pack id, or auto (default clozapine-rems-2021)")
+    ] = None,
+    site_rules: Annotated[Path | None, typer.Option(help="Site override file of the packs")] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="Site time zone, IANA name; day counts use it (default UTC)")
+    ] = None,
+    clock: Annotated[
+        str | None, typer.Option(help="system, or message: the clinical now from each event")
+    ] = None,
+    production: Annotated[
+        bool | None, typer.Option("--production/--no-production", help="Production deployment")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(envvar="REMS_CONFIG", help="Config file (YAML or TOML; keys = settings)"),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(help="Bearer token for /admin/* (REMS_ADMIN_TOKEN keeps it out of ps)"),
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning, error (default info)")
+    ] = None,
+) -> None:
+    """Run the gateway: HTTP (health, readiness, metrics, admin). Flags > REMS_… > --config."""
+    flags = {name: value for name, value in locals().items() if name != "config"}
+    from gateway.config import ConfigError, load_settings
+    from gateway.server import StartupFailed, serve
+
+    try:
+        settings = load_settings(flags, config)
+    except ConfigError as exc:
+        typer.echo(f"rems-gateway serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        serve(settings)
+    except StartupFailed as exc:
+        typer.echo(f"rems-gateway serve: {exc}", err=True)
+        raise typer.Exit(1) from None

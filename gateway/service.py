@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
@@ -111,6 +112,7 @@ class RemsService:
         self.packs = packs or PackLibrary()
         self.config = config or ServiceConfig()
         self.ids = ids or RandomIds()
+        self.decision_observers: list[Callable[[Decision], None]] = []  # e.g. metrics
 
     @property
     def tz(self) -> tzinfo:
@@ -372,9 +374,12 @@ class RemsService:
         self, identifiers: list[Identifier], request: DispenseRequest, source: Source
     ) -> Decision:
         pack = self.pack_for(request.dispense_date)
-        return await self.writer.run(
+        decision = await self.writer.run(
             lambda store: self._decide(store, identifiers, request, source, pack)
         )
+        for observe in self.decision_observers:
+            observe(decision)
+        return decision
 
     def _decide(
         self,

@@ -43,6 +43,10 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
     def stop(self) -> None:
         """Finish every queued unit of work, then stop."""
         if self._stopping:

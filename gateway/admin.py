@@ -1,0 +1,103 @@
+"""Admin operations (admin scope): `POST /admin/registry`, the registry block of contracts.md §2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from typing import Annotated, Any
+
+import yaml
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+
+from gateway.errors import ApiError
+from gateway.service import RegistryConflict, RemsService, Source
+from rems_core.registry import RegistryDocument
+
+log = logging.getLogger("rems_gateway.admin")
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+JSON_TYPES = {"application/json"}
+YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml"}
+TOKEN_ACTOR = "admin-token"
+OPEN_ACTOR = "admin-unauthenticated"  # no admin token configured (warned about at start-up)
+
+
+def require_admin(request: Request) -> str:
+    """The actor holding admin scope: the bearer of the configured admin token."""
+    token = request.app.state.settings.admin_token
+    if token is None:
+        return OPEN_ACTOR
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(
+            401,
+            "unauthorized",
+            "admin scope required: send 'Authorization: Bearer <admin token>'",
+            {"WWW-Authenticate": 'Bearer realm="rems-gateway admin"'},
+        )
+    if not secrets.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise ApiError(403, "forbidden", "this token does not grant admin scope")
+    return TOKEN_ACTOR
+
+
+def parse_body(content_type: str, body: bytes) -> Any:
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type in JSON_TYPES:
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ApiError(400, "invalid_body", f"the body is not valid JSON{where}") from None
+    if media_type in YAML_TYPES:
+        try:
+            return yaml.safe_load(body)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ApiError(400, "invalid_body", f"the body is not valid YAML{where}") from None
+    accepted = ", ".join(sorted(JSON_TYPES | YAML_TYPES))
+    raise ApiError(415, "unsupported_media_type", f"send the registry block as one of: {accepted}")
+
+
+def registry_document(data: Any) -> RegistryDocument:
+    """The registry block, bare or wrapped in `registry:` (as in a scenario file)."""
+    block = data["registry"] if isinstance(data, dict) and "registry" in data else data
+    try:
+        return RegistryDocument.model_validate(block)
+    except ValidationError as exc:
+        issues = [
+            {
+                "loc": list(error["loc"]),
+                "msg": error["msg"].removeprefix("Value error, "),
+                "type": error["type"],
+            }
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+        detail = "; ".join(
+            f"{'.'.join(map(str, i['loc'])) or 'registry'}: {i['msg']}" for i in issues
+        )
+        raise ApiError(422, "invalid_registry", detail, issues=issues) from None
+
+
+@router.post("/registry")
+async def post_registry(
+    request: Request, actor: Annotated[str, Depends(require_admin)]
+) -> dict[str, Any]:
+    """Load prescribers, designees, pharmacies and patients; idempotent, changes are updates."""
+    doc = registry_document(
+        parse_body(request.headers.get("content-type", ""), await request.body())
+    )
+    service: RemsService = request.app.state.service
+    try:
+        patient_ids = await service.load_registry(doc, Source("admin", actor))
+    except RegistryConflict as exc:
+        raise ApiError(409, "registry_conflict", f"nothing loaded: {exc}") from None
+    counts = {
+        "prescribers": len(doc.prescribers),
+        "pharmacies": len(doc.pharmacies),
+        "patients": len(patient_ids),
+    }
+    log.info("registry loaded", extra={"actor": actor, **counts})
+    return {**counts, "patient_ids": patient_ids}

@@ -1,0 +1,112 @@
+"""The HTTP side of the gateway: health, readiness, metrics, admin (FHIR and CDS Hooks come later).
+
+Routes only translate: they call the application service and shape its answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.admin import router as admin_router
+from gateway.config import Settings
+from gateway.errors import ApiError, error_response
+from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
+from gateway.service import RemsService
+from gateway.writer import Writer, WriterStopped
+
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    """What the process owns besides the service: for readiness and shutdown."""
+
+    engine: Engine
+    writer: Writer
+
+
+def database_problem(engine: Engine) -> str | None:
+    # A raw DBAPI connection: SQLAlchemy's BEGIN (IMMEDIATE on SQLite) would take the write lock
+    # away from the writer on every probe.
+    try:
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SELECT version_num FROM alembic_version")
+            cursor.fetchall()
+        finally:
+            connection.close()
+    except Exception as exc:  # any driver error means "not ready"; its text may hold the URL
+        return f"the database does not answer ({type(exc).__name__})"
+    return None
+
+
+def readiness_problem(state: GatewayState) -> str | None:
+    if not state.writer.running:
+        return "the writer thread is not running"
+    return database_problem(state.engine)
+
+
+def create_app(service: RemsService, settings: Settings, state: GatewayState) -> FastAPI:
+    app = FastAPI(title="rems-gateway", summary="Clozapine REMS gateway")
+    metrics = GatewayMetrics(state.writer)
+    app.state.service = service
+    app.state.settings = settings
+    app.state.gateway = state
+    app.state.clock = settings.clock  # the channels read it: the system clock or the event's time
+    app.state.metrics = metrics
+    service.decision_observers.append(metrics.count_decision)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    _add_error_handlers(app)
+    _add_probes(app, state, metrics)
+    app.include_router(admin_router)
+    return app
+
+
+def _add_probes(app: FastAPI, state: GatewayState, metrics: GatewayMetrics) -> None:
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        problem = readiness_problem(state)
+        if problem:
+            return error_response(503, "not_ready", problem)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.detail, exc.headers, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(_: Request, exc: RequestValidationError) -> Response:
+        issues = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return error_response(422, "invalid_request", "the request is not valid", issues=issues)
+
+    @app.exception_handler(WriterStopped)
+    async def shutting_down(_: Request, exc: WriterStopped) -> Response:
+        return error_response(503, "shutting_down", str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> Response:
+        # Logged by the server (type and place only, see logs.py); the text may hold PHI.
+        return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")

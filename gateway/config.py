@@ -1,0 +1,195 @@
+"""Settings of `rems-gateway serve` (contracts.md §1).
+
+Precedence: command-line flags > environment (`REMS_…`) > config file (`--config`, YAML or
+TOML, keys are the field names) > defaults. Every problem is one line that names the setting.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from rems_core.rulepack import DEFAULT_PACK, PackLibrary, RulePackError
+from rems_core.store.db import DEFAULT_URL
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# The parsed --config file of the load_settings() call in progress (read by ConfigFileSource).
+_config_values: ContextVar[dict[str, Any] | None] = ContextVar("config_values", default=None)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line for the operator."""
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """The values of the `--config` file, read before the settings are built."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_config_values.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_config_values.get() or {})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REMS_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=1, le=65535)
+    mllp_port: int = Field(2575, ge=1, le=65535)  # reserved: the MLLP listener comes later
+    db: str = DEFAULT_URL
+    rules: str = DEFAULT_PACK
+    site_rules: FilePath | None = None
+    timezone: str = "UTC"
+    clock: Literal["system", "message"] = "system"
+    production: bool = False
+    admin_token: SecretStr | None = None
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
+    log_level: LogLevel = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, ConfigFileSource(settings_cls)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("db")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except ArgumentError:
+            # The value is not repeated: it may hold a password.
+            raise ValueError(
+                "not a database URL (e.g. sqlite:///rems-gateway.db or "
+                "postgresql+psycopg://user@host/rems)"
+            ) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone name (e.g. America/Chicago)"
+            ) from None
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (leave it unset to run without one)")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.clock == "message" and self.production:
+            raise ValueError(
+                "--clock message takes the clinical time from each event and is for replays "
+                "and tests only; it is refused together with --production"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        self._check_rules()
+        return self
+
+    def _check_rules(self) -> None:
+        try:
+            packs = PackLibrary(site_override=self.site_rules)
+        except RulePackError as exc:
+            raise ValueError(f"site_rules: {exc}") from None
+        if self.rules not in packs.ids:
+            raise ValueError(
+                f"rules: unknown rule pack {self.rules!r}; known: {', '.join(packs.ids)}"
+            )
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def timezone_is_explicit(self) -> bool:
+        return "timezone" in self.model_fields_set
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config file's mapping; unknown keys are an error, not ignored."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    data = _parse(path, text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings")
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        known = ", ".join(Settings.model_fields)
+        names = ", ".join(repr(key) for key in unknown)
+        raise ConfigError(f"config file {path}: unknown key {names}; known keys: {known}")
+    return data
+
+
+def _parse(path: Path, text: str) -> Any:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        if suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first_line = str(exc).splitlines()[0]
+        kind = suffix[1:].upper()
+        raise ConfigError(f"config file {path}: not valid {kind}: {first_line}") from None
+    raise ConfigError(f"config file {path}: use a .yaml, .yml or .toml file")
+
+
+def load_settings(flags: dict[str, Any], config_file: Path | None = None) -> Settings:
+    """Settings from flags (None means not given), the environment and the config file."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    token = _config_values.set(read_config_file(config_file) if config_file else {})
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from None
+    finally:
+        _config_values.reset(token)
+
+
+def describe(error: ValidationError) -> str:
+    """Pydantic's errors as one line: `setting: problem; …`, without the offending values."""
+    problems = []
+    for item in error.errors(include_input=False):
+        where = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting"
+        problems.append(f"{where}: {message}" if where else message)
+    return "invalid settings: " + "; ".join(problems)

@@ -1,0 +1,106 @@
+"""Prometheus metrics of one app, in its own registry (two apps in one process never mix)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.writer import Writer
+from rems_core.model import Decision, Outcome
+
+log = logging.getLogger("rems_gateway.http")
+UNMATCHED = "unmatched"  # every unknown path shares one label, so scanners cannot grow the series
+PROBES = {"/healthz", "/readyz", "/metrics"}  # polled every few seconds: debug, not info
+
+
+class WriterCollector(Collector):
+    """The writer's own counters, read at scrape time."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "rems_writer_commits", "Group commits of the single writer", value=self.writer.commits
+        )
+        yield CounterMetricFamily(
+            "rems_writer_units", "Units of work committed by the writer", value=self.writer.units
+        )
+
+
+class GatewayMetrics:
+    def __init__(self, writer: Writer) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "rems_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "rems_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "rems_decisions", "Dispense decisions by outcome", ["outcome"], registry=self.registry
+        )
+        for outcome in Outcome:
+            self.decisions.labels(outcome=outcome.value)
+        self.registry.register(WriterCollector(writer))
+
+    def count_decision(self, decision: Decision) -> None:
+        self.decisions.labels(outcome=decision.outcome.value).inc()
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, method=method, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+
+
+def route_template(scope: Scope) -> str:
+    """`/fhir/Patient/{id}`, never the concrete path: paths and queries may carry identifiers."""
+    route = scope.get("route")
+    return getattr(route, "path", UNMATCHED)
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every HTTP request, and writes the one access-log line without PHI."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            self.metrics.observe(route, scope["method"], status, elapsed)
+            log.log(
+                logging.DEBUG if route in PROBES else logging.INFO,
+                "%s %s %d",
+                scope["method"],
+                route,
+                status,
+                extra={"duration_ms": round(elapsed * 1000, 1)},
+            )

@@ -1,0 +1,148 @@
+"""`rems-gateway serve`: one process with the HTTP server and the single writer.
+
+Start-up: logging, migrations, rule packs, writer, service, app. Shutdown on SIGTERM/SIGINT:
+stop accepting, let in-flight requests finish, finish the writer's queue, close the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+
+from gateway.app import GatewayState, create_app
+from gateway.config import Settings
+from gateway.logs import configure_logging
+from gateway.service import RemsService, ServiceConfig
+from gateway.writer import Writer
+from rems_core.rulepack import PackLibrary
+from rems_core.store.db import make_engine, upgrade
+
+log = logging.getLogger("rems_gateway")
+
+# Inside the default 30 s grace period of common orchestrators, leaving time for the writer.
+GRACEFUL_SHUTDOWN_SECONDS = 20
+REMS_PACKS = ("clozapine-rems-2021", "clozapine-rems-2021+discretion")
+REMS_ENDED = "2025-06-13"  # rems-rules.md §0
+PACK_ADVICE = {
+    "clozapine-label-2025": "for today's hospitals",
+    "auto": "for replays by clinical date",
+}
+
+
+class StartupFailed(RuntimeError):
+    """The gateway cannot start; the message is one line for the operator."""
+
+
+class ShutdownSignals:
+    """SIGTERM/SIGINT before and after uvicorn's own handling of them.
+
+    uvicorn handles both while it serves and, once shut down, raises the signal again into the
+    handlers it found; without these the process would then die by the signal instead of
+    stopping the writer and exiting 0.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.server: uvicorn.Server | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.server is None:  # while serving, uvicorn logs the shutdown itself
+            log.info("shutdown requested (%s) before serving", signal.Signals(signum).name)
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+def startup_warnings(settings: Settings, packs: PackLibrary) -> list[str]:
+    warnings = []
+    if not settings.timezone_is_explicit:
+        warnings.append("no --timezone: day counts use UTC")
+    if settings.rules in REMS_PACKS:
+        others = [
+            f"{pack_id} ({PACK_ADVICE[pack_id]})" if pack_id in PACK_ADVICE else pack_id
+            for pack_id in packs.ids
+            if pack_id != settings.rules
+        ]
+        warnings.append(
+            f"rule pack {settings.rules} enforces the Clozapine REMS, which ended on "
+            f"{REMS_ENDED}; other packs: {', '.join(others)}"
+        )
+    if settings.admin_token is None:
+        warnings.append(
+            "no admin token (--admin-token, REMS_ADMIN_TOKEN or admin_token in --config): admin "
+            "operations such as POST /admin/registry are open to anyone who reaches the HTTP port"
+        )
+    return warnings
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway until SIGTERM/SIGINT; raises StartupFailed when it cannot start."""
+    configure_logging(settings.log_level)
+    signals = ShutdownSignals()
+    signals.install()
+    packs = PackLibrary(site_override=settings.site_rules)
+    for warning in startup_warnings(settings, packs):
+        log.warning(warning)
+    _migrate(settings.db)
+    engine = make_engine(settings.db)
+    writer = Writer(engine)
+    writer.start()
+    try:
+        service = RemsService(writer, packs, ServiceConfig(settings.rules, settings.tz))
+        app = create_app(service, settings, GatewayState(engine, writer))
+        if not signals.requested:
+            _run_http(app, settings, signals)
+    finally:
+        writer.stop()
+        engine.dispose()
+        log.info("stopped", extra={"writer_commits": writer.commits, "writer_units": writer.units})
+
+
+def _migrate(url: str) -> None:
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        upgrade(url)
+    except Exception as exc:
+        # No patient data is involved yet, so the driver's first line is safe and useful.
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise StartupFailed(
+            f"cannot migrate the database {shown}: {type(exc).__name__}: {first_line}"
+        ) from exc
+    log.info("database schema is up to date", extra={"db": shown})
+
+
+def _run_http(app: FastAPI, settings: Settings, signals: ShutdownSignals) -> None:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_config=None,  # logs.py formats every line
+        log_level=settings.log_level.lower(),
+        access_log=False,  # its lines carry raw paths and queries, which may carry identifiers
+        server_header=False,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    server = uvicorn.Server(config)
+    signals.server = server
+    log.info(
+        "serving",
+        extra={
+            "rules": settings.rules,
+            "timezone": settings.timezone,
+            "clock": settings.clock,
+            "production": settings.production,
+            "tls": settings.tls_cert is not None,
+        },
+    )
+    server.run()
