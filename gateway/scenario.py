@@ -98,7 +98,10 @@ class InProcessChannel:
             return await getattr(self, f"_{step.kind}")(step)
         except OutOfScope as exc:
             reason = {"code": OutOfScope.code, "text": str(exc)}
-            return {"reasons": [reason], "http_status": 422, "ack": "AE"}
+            refused = {"reasons": [reason], "http_status": 422, "ack": "AE"}
+            if step.kind in ("psf", "sign"):
+                refused |= {"accepted": False, "status": "rejected"}
+            return refused
 
     async def _lab(self, step: Step) -> dict[str, Any]:
         return await self._labs(step, [step.body])
@@ -146,7 +149,8 @@ class InProcessChannel:
 
         body = step.body if isinstance(step.body, dict) else {"to": step.body}
         until = aware(body.get("to") or body.get("until") or step.at, self.scenario.tz)
-        handles = [body["patient"]] if body.get("patient") else list(self.scenario.handles)
+        patient = body.get("patient") or step.raw.get("patient")
+        handles = [patient] if patient else list(self.scenario.handles)
         ids = [self.patient_ids[h] for h in handles if h in self.patient_ids]
         found = await self.service.run_scheduled(until, ids)
         return {"warnings": [f.as_dict() for items in found.values() for f in items]}

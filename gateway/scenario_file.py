@@ -165,7 +165,7 @@ def _step(index: int, raw: Any, tz: tzinfo) -> Step:
     if not isinstance(raw, dict):
         raise ScenarioError(f"step {index}: a step is a mapping")
     kinds = [k for k in STEP_KINDS if k in raw]
-    unknown = set(raw) - {*STEP_KINDS, "at", "expect", "note", "description"}
+    unknown = set(raw) - {*STEP_KINDS, "at", "expect", "patient", "note", "description"}
     if len(kinds) != 1 or unknown:
         problem = f"unknown keys {sorted(map(str, unknown))}" if unknown else f"kinds {kinds}"
         raise ScenarioError(
