@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.writer import Writer
 from rems_core import monitoring
-from rems_core.anc import cancelled, is_anc_relevant, specimen_ancs
+from rems_core.anc import cancelled, is_anc_relevant, specimen_ancs, with_repeat_advice
 from rems_core.codes import Code, finding
 from rems_core.dispense import decide
 from rems_core.model import (
@@ -229,10 +229,15 @@ class RemsService:
             store.add_observation(patient.rems_id, result, received, source.channel)
             touched.setdefault(specimen_key(result), []).append(result)
         reported = []
+        earlier = store.anc_results(patient.rems_id)
         for key, arrived in touched.items():
             current = store.current_observations(patient.rems_id, key)
             ancs = [
-                replace(a, result_id=self.ids.new_id("anc"), received=received)
+                replace(
+                    with_repeat_advice(pack, a, earlier),
+                    result_id=self.ids.new_id("anc"),
+                    received=received,
+                )
                 for a in specimen_ancs(pack, patient.designation, current)
             ]
             store.replace_specimen_ancs(
@@ -253,14 +258,15 @@ class RemsService:
         """ANCs carried on a PSF or an override are lab results like any other (§5.3)."""
         if patient is None or not reported:
             return []
-        known = {(a.code, a.drawn, a.anc) for a in store.anc_results(patient.rems_id)}
-        fresh, same = [], []
+        stored = {(a.code, a.drawn, a.anc): a for a in store.anc_results(patient.rems_id)}
         pack = self._lab_pack()
+        fresh, same = [], []
         for anc in reported:
             result = LabResult(anc.code, anc.value, anc.unit, anc.drawn)
             judged = specimen_ancs(pack, patient.designation, [result])
-            if judged and (anc.code, anc.drawn, judged[0].anc) in known:
-                same += [a for a in store.anc_results(patient.rems_id) if a.drawn == anc.drawn]
+            known = stored.get((anc.code, anc.drawn, judged[0].anc)) if judged else None
+            if known is not None:
+                same.append(known)
             else:
                 fresh.append(result)
         return same + self._store_results(store, patient, fresh, source, received)

@@ -223,3 +223,15 @@ def cancelled(result: LabResult) -> AncResult:
         status=ResultStatus.CANCELLED,
         warnings=(finding(Code.RESULT_CANCELLED),),
     )
+
+
+def with_repeat_advice(pack: RulePack, result: AncResult, earlier: list[AncResult]) -> AncResult:
+    """§2: a first result below normal should be repeated (within 24 h by default)."""
+    if not result.usable or result.category in (None, AncCategory.NORMAL):
+        return result
+    before = [a for a in earlier if a.usable and a.drawn < result.drawn]
+    if before and max(before, key=lambda a: a.drawn).category != AncCategory.NORMAL:
+        return result
+    hours = pack.repeat_first_low_within.value
+    advice = f"{result.advice} First result below normal: repeat within {hours} h."
+    return replace(result, advice=advice.strip())

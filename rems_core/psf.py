@@ -229,11 +229,17 @@ def judge_psf(
     """§5 acceptance: rejections first, then the prescriber's signature, then warnings."""
     warnings = tuple(_warnings(pack, snapshot, psf, own_ancs, tz))
     reasons = _rejections(pack, snapshot, psf, own_ancs, tz)
-    if reasons:
-        return PsfJudgement(PsfStatus.REJECTED, tuple(reasons), warnings)
     needs = _signature_needs(snapshot, psf)
     if needs and not signed_by_certified_prescriber(snapshot, psf):
         held = finding(Code.PRESCRIBER_SIGNATURE_REQUIRED, why="; ".join(needs))
+    else:
+        held = None
+    if pack.advisory:  # no REMS: the form is kept, what the REMS would refuse is a warning
+        advisories = (*reasons, *([held] if held else []))
+        return PsfJudgement(PsfStatus.ACCEPTED, (), (*advisories, *warnings))
+    if reasons:
+        return PsfJudgement(PsfStatus.REJECTED, tuple(reasons), warnings)
+    if held:
         return PsfJudgement(PsfStatus.PENDING_PRESCRIBER_SIGNATURE, (held,), warnings)
     return PsfJudgement(PsfStatus.ACCEPTED, (), warnings)
 

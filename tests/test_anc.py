@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from rems_core.anc import specimen_ancs
@@ -175,3 +177,13 @@ def test_a_derivation_from_a_preliminary_input_is_preliminary() -> None:
     ]
     (result,) = specimen_ancs(REMS, GENERAL, observations)
     assert result.anc == 1600 and not result.usable
+
+
+def test_a_first_result_below_normal_advises_a_repeat_within_24_hours() -> None:
+    from rems_core.anc import with_repeat_advice
+
+    normal, low, lower = replace(one("1600"), drawn=at("2022-02-27")), one("1200"), one("900")
+    assert "repeat within 24 h" in with_repeat_advice(REMS, low, [normal]).advice
+    assert "repeat within" not in with_repeat_advice(REMS, normal, []).advice
+    earlier_low = replace(low, drawn=at("2022-02-28"))
+    assert "repeat within" not in with_repeat_advice(REMS, lower, [earlier_low]).advice

@@ -148,3 +148,15 @@ def test_reporting_less_often_than_recommended_warns_but_is_accepted() -> None:
     result = judge(snapshot, form(monitoring_frequency=MonitoringFrequency.WEEKLY))
     assert result.status == PsfStatus.ACCEPTED
     assert "MONITORING_LESS_FREQUENT_THAN_RECOMMENDED" in codes(result.warnings)
+
+
+def test_under_the_label_pack_a_psf_is_kept_and_refusals_become_warnings() -> None:
+    from tests.builders import LABEL
+
+    snapshot = patient_file(ancs=(anc("400", "2025-03-02T08:00"),), enrolled_on="2025-03-01")
+    psf_form = form(
+        "2025-03-02", submitter=DESIGNEE, role=SubmitterRole.DESIGNEE, designation=Designation.BEN
+    )
+    result = judge_psf(LABEL, snapshot, psf_form, [], UTC)
+    assert result.status == PsfStatus.ACCEPTED and result.reasons == ()
+    assert {"RATIONALE_REQUIRED", "PRESCRIBER_SIGNATURE_REQUIRED"} <= codes(result.warnings)
