@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from rems_core import monitoring
 from rems_core.codes import Code, finding
-from rems_core.model import Finding, TreatmentStatus
-from rems_core.rulepack import OutOfScope
+from rems_core.model import Finding, PatientSnapshot, TreatmentStatus
+from rems_core.rulepack import OutOfScope, RulePack
 from rems_core.store.repo import Store
 
 if TYPE_CHECKING:
@@ -61,7 +61,9 @@ def _record_once(
         store.add_alert(patient_id, item.code, until, item.text)
 
 
-def _end_legacy_enrollment(store: Store, pack, snapshot, until: datetime) -> None:
+def _end_legacy_enrollment(
+    store: Store, pack: RulePack, snapshot: PatientSnapshot, until: datetime
+) -> None:
     patient = snapshot.patient
     if patient is None or not patient.legacy_enrolled or snapshot.accepted_psfs:
         return
