@@ -74,16 +74,24 @@ def _designation_for_thresholds(snapshot: PatientSnapshot, psf: PatientStatusFor
 
 
 def _low_ancs(
-    pack: RulePack, snapshot: PatientSnapshot, psf: PatientStatusForm, own: list[AncResult]
+    pack: RulePack,
+    snapshot: PatientSnapshot,
+    psf: PatientStatusForm,
+    own: list[AncResult],
+    tz: tzinfo,
 ) -> list[AncResult]:
-    """Usable ANCs on the PSF or received since the previous accepted PSF, below threshold."""
+    """Usable ANCs below threshold that this PSF must answer for: those on it, and those received
+    since the previous accepted PSF (for a first enrollment: its enrollment ANC)."""
     previous = monitoring.psfs_until(snapshot, psf.submitted_at)
-    since = previous[-1].judged_at if previous else None
-    threshold = rationale_threshold(pack, _designation_for_thresholds(snapshot, psf))
     candidates = [a for a in own if a.usable]
-    candidates += [
-        a for a in snapshot.usable_ancs if since is None or (a.received or a.drawn) > since
-    ]
+    if previous:
+        since = previous[-1].judged_at
+        candidates += [a for a in snapshot.usable_ancs if (a.received or a.drawn) > since]
+    elif psf.type == PsfType.ENROLLMENT:
+        candidates += [a for a in [_enrollment_anc(pack, snapshot, psf, tz)] if a is not None]
+    else:
+        candidates += snapshot.usable_ancs
+    threshold = rationale_threshold(pack, _designation_for_thresholds(snapshot, psf))
     return [a for a in candidates if a.anc is not None and a.anc < threshold]
 
 
@@ -163,7 +171,7 @@ def _rationale_needs(
         return []
     needs = [
         f"ANC {a.anc}/µL drawn {a.drawn.date().isoformat()}"
-        for a in _low_ancs(pack, snapshot, psf, own)
+        for a in _low_ancs(pack, snapshot, psf, own, tz)
     ]
     if psf.type != PsfType.ENROLLMENT and monitoring.labs_missed(
         pack, snapshot, psf.submitted_at, tz
