@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import cached_property
 
 
 class Setting(StrEnum):
@@ -328,14 +329,14 @@ class PatientSnapshot:
     prescribers: dict[str, Prescriber] = field(default_factory=dict)
     pharmacies: dict[str, Pharmacy] = field(default_factory=dict)
 
-    @property
-    def accepted_psfs(self) -> list[StoredPsf]:
+    @cached_property
+    def accepted_psfs(self) -> tuple[StoredPsf, ...]:
         accepted = [p for p in self.psfs if p.status == PsfStatus.ACCEPTED]
-        return sorted(accepted, key=lambda p: p.judged_at)
+        return tuple(sorted(accepted, key=lambda p: p.judged_at))
 
-    @property
-    def usable_ancs(self) -> list[AncResult]:
-        return sorted((a for a in self.anc_results if a.usable), key=lambda a: a.drawn)
+    @cached_property
+    def usable_ancs(self) -> tuple[AncResult, ...]:
+        return tuple(sorted((a for a in self.anc_results if a.usable), key=lambda a: a.drawn))
 
 
 def decimal_or_none(text: str) -> Decimal | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from itertools import count
+from typing import Any
 
 from rems_core.anc import specimen_ancs
 from rems_core.model import (
@@ -25,7 +26,7 @@ from rems_core.model import (
     StoredPsf,
     SubmitterRole,
 )
-from rems_core.rulepack import PackLibrary
+from rems_core.rulepack import PackLibrary, RulePack
 
 PACKS = PackLibrary()
 REMS = PACKS.get("clozapine-rems-2021")
@@ -73,7 +74,7 @@ def anc(
     drawn: str,
     unit: str = "/uL",
     designation: Designation = Designation.GENERAL,
-    pack=REMS,
+    pack: RulePack = REMS,
     received: str | None = None,
 ) -> AncResult:
     result = LabResult("751-8", value, unit, at(drawn))
@@ -81,7 +82,7 @@ def anc(
     return replace(judged, result_id=f"anc-{next(_ids)}", received=at(received or drawn))
 
 
-def psf(submitted: str, psf_type: PsfType = PsfType.MONTHLY, **fields) -> StoredPsf:
+def psf(submitted: str, psf_type: PsfType = PsfType.MONTHLY, **fields: Any) -> StoredPsf:
     form = PatientStatusForm(
         type=psf_type,
         submitted_at=at(submitted),
@@ -114,7 +115,7 @@ def patient_file(
     )
 
 
-def dispense(when: str, **fields) -> DispenseRequest:
+def dispense(when: str, **fields: Any) -> DispenseRequest:
     return DispenseRequest(
         pharmacy_npi=fields.pop("pharmacy_npi", PHARMACY),
         prescriber_npi=fields.pop("prescriber_npi", PRESCRIBER),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Engine
@@ -15,6 +16,8 @@ from rems_core.rulepack import PackLibrary
 from rems_core.store.db import make_engine, upgrade
 
 PACKS = PackLibrary()
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -44,5 +47,5 @@ def service(writer: Writer) -> RemsService:
     return RemsService(writer, PACKS, ServiceConfig(rules="clozapine-rems-2021"))
 
 
-def run(coroutine):
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)

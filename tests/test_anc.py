@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from rems_core.anc import specimen_ancs
-from rems_core.model import AncCategory, Designation, LabResult, ResultStatus
+from rems_core.model import AncCategory, AncResult, Designation, LabResult, ResultStatus
 from tests.builders import REMS, at
 
 GENERAL, BEN, HOSPICE = Designation.GENERAL, Designation.BEN, Designation.HOSPICE
 
 
-def one(value: str, unit: str = "/uL", code: str = "751-8", designation=GENERAL, **kw):
+def one(
+    value: str,
+    unit: str = "/uL",
+    code: str = "751-8",
+    designation: Designation = GENERAL,
+    **kw: Any,
+) -> AncResult:
     results = specimen_ancs(
         REMS, designation, [LabResult(code, value, unit, at("2022-03-01"), **kw)]
     )
@@ -21,7 +28,7 @@ def one(value: str, unit: str = "/uL", code: str = "751-8", designation=GENERAL,
     return results[0]
 
 
-def warning_codes(result) -> set[str]:
+def warning_codes(result: AncResult) -> set[str]:
     return {w.code for w in result.warnings}
 
 
@@ -112,7 +119,9 @@ def test_conversion_rounds_half_up_after_exact_decimal_arithmetic() -> None:
     assert one("0.9994", "10*3/uL").anc == 999
 
 
-def specimen(*observations: tuple[str, str, str], status=ResultStatus.FINAL):
+def specimen(
+    *observations: tuple[str, str, str], status: ResultStatus = ResultStatus.FINAL
+) -> list[LabResult]:
     drawn = at("2022-03-01T08:00")
     return [
         LabResult(code, value, unit, drawn, status, "ACC1") for code, value, unit in observations

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC
+from typing import Any
 
 import pytest
 
 from rems_core.dispense import decide
 from rems_core.model import (
+    AncResult,
+    Decision,
     Designation,
+    DispenseRequest,
+    Finding,
     MonitoringFrequency,
     Outcome,
     Override,
+    PatientSnapshot,
     ReportedAnc,
     Setting,
     TreatmentStatus,
 )
+from rems_core.rulepack import RulePack
 from tests.builders import (
     DISCRETION,
     INPATIENT_ONLY,
@@ -31,15 +39,20 @@ from tests.builders import (
 )
 
 
-def run(snapshot, request, pack=REMS, override_anc=None):
+def run(
+    snapshot: PatientSnapshot,
+    request: DispenseRequest,
+    pack: RulePack = REMS,
+    override_anc: AncResult | None = None,
+) -> Decision:
     return decide(pack, request, snapshot, UTC, CountingIds(), override_anc)
 
 
-def codes(findings) -> set[str]:
+def codes(findings: Iterable[Finding]) -> set[str]:
     return {f.code for f in findings}
 
 
-def well(enrolled_on: str = "2022-03-01", **kw):
+def well(enrolled_on: str = "2022-03-01", **kw: Any) -> PatientSnapshot:
     return patient_file(enrolled_on=enrolled_on, ancs=(anc("2000", "2022-03-01"),), **kw)
 
 
@@ -82,7 +95,9 @@ def test_inpatient_prescribing_needs_no_certification_for_an_enrolled_patient() 
         (TreatmentStatus.DISCONTINUED, "TREATMENT_DISCONTINUED"),
     ],
 )
-def test_an_interrupted_or_discontinued_treatment_is_denied(status, code) -> None:
+def test_an_interrupted_or_discontinued_treatment_is_denied(
+    status: TreatmentStatus, code: str
+) -> None:
     snapshot = well(psfs=(psf("2022-03-01T13:00", treatment_status=status),))
     assert codes(run(snapshot, dispense("2022-03-02")).reasons) == {code}
 
@@ -141,7 +156,7 @@ def test_a_ben_patient_uses_the_ben_threshold() -> None:
     assert run(snapshot, dispense("2022-03-02")).outcome == Outcome.AUTHORIZED
 
 
-def out_of_window(overrides: tuple[str, ...] = ()):
+def out_of_window(overrides: tuple[str, ...] = ()) -> PatientSnapshot:
     return patient_file(
         enrolled_on="2022-01-01", ancs=(anc("2000", "2022-03-01"),), overrides=overrides
     )

@@ -29,7 +29,9 @@ WEEKLY, BIWEEKLY, MONTHLY, THRICE = (
         (date(2023, 1, 1), MONTHLY),
     ],
 )
-def test_phase_schedule_counts_calendar_months_from_the_anchor(on: date, frequency) -> None:
+def test_phase_schedule_counts_calendar_months_from_the_anchor(
+    on: date, frequency: MonitoringFrequency
+) -> None:
     assert monitoring.phase_frequency(REMS, date(2022, 1, 1), on) == frequency
 
 

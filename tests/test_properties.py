@@ -147,14 +147,16 @@ def requests(draw: st.DrawFn) -> DispenseRequest:
 
 @SETTINGS
 @given(snapshots(enrolled=False), requests())
-def test_the_strict_pack_never_authorizes_a_patient_who_is_not_enrolled(snapshot, request) -> None:
+def test_the_strict_pack_never_authorizes_a_patient_who_is_not_enrolled(
+    snapshot: PatientSnapshot, request: DispenseRequest
+) -> None:
     decision = decide(REMS, request, snapshot, UTC, CountingIds())
     assert decision.outcome != Outcome.AUTHORIZED
 
 
 @SETTINGS
 @given(snapshots(), requests())
-def test_the_label_pack_never_denies(snapshot, request) -> None:
+def test_the_label_pack_never_denies(snapshot: PatientSnapshot, request: DispenseRequest) -> None:
     decision = decide(LABEL, request, snapshot, UTC, CountingIds())
     assert decision.outcome in (Outcome.AUTHORIZED, Outcome.NOT_APPLICABLE)
     assert decision.rda is None
@@ -168,7 +170,9 @@ def test_the_label_pack_never_denies(snapshot, request) -> None:
         ["clozapine-rems-2021", "clozapine-rems-2021+discretion", "clozapine-label-2025"]
     ),
 )
-def test_the_decision_is_deterministic(snapshot, request, pack_id: str) -> None:
+def test_the_decision_is_deterministic(
+    snapshot: PatientSnapshot, request: DispenseRequest, pack_id: str
+) -> None:
     pack = PACKS.get(pack_id)
     first = decide(pack, request, snapshot, UTC, CountingIds())
     second = decide(pack, request, snapshot, UTC, CountingIds())
@@ -177,7 +181,9 @@ def test_the_decision_is_deterministic(snapshot, request, pack_id: str) -> None:
 
 @SETTINGS
 @given(snapshots(), requests())
-def test_an_authorization_carries_no_reason_but_the_override(snapshot, request) -> None:
+def test_an_authorization_carries_no_reason_but_the_override(
+    snapshot: PatientSnapshot, request: DispenseRequest
+) -> None:
     decision = decide(REMS, request, snapshot, UTC, CountingIds())
     if decision.outcome == Outcome.AUTHORIZED:
         assert {r.code for r in decision.reasons} <= {"PHARMACIST_OVERRIDE"}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC
+from typing import Any
 
 from rems_core.model import (
+    AncResult,
     Designation,
+    Finding,
     MonitoringFrequency,
+    PatientSnapshot,
     PatientStatusForm,
     PsfStatus,
     PsfType,
@@ -14,13 +19,13 @@ from rems_core.model import (
     SubmitterRole,
     TreatmentStatus,
 )
-from rems_core.psf import judge_psf
+from rems_core.psf import PsfJudgement, judge_psf
 from tests.builders import DESIGNEE, PRESCRIBER, REMS, UNCERTIFIED, anc, at, patient_file
 
 RATIONALE = Rationale("benefit_outweighs_risk", "stable for years")
 
 
-def form(submitted: str = "2022-03-01", **fields) -> PatientStatusForm:
+def form(submitted: str = "2022-03-01", **fields: Any) -> PatientStatusForm:
     return PatientStatusForm(
         type=fields.pop("type", PsfType.MONTHLY),
         submitted_at=at(submitted),
@@ -31,15 +36,17 @@ def form(submitted: str = "2022-03-01", **fields) -> PatientStatusForm:
     )
 
 
-def judge(snapshot, psf_form, own=()):
+def judge(
+    snapshot: PatientSnapshot, psf_form: PatientStatusForm, own: Iterable[AncResult] = ()
+) -> PsfJudgement:
     return judge_psf(REMS, snapshot, psf_form, list(own), UTC)
 
 
-def codes(findings) -> set[str]:
+def codes(findings: Iterable[Finding]) -> set[str]:
     return {f.code for f in findings}
 
 
-def healthy():
+def healthy() -> PatientSnapshot:
     return patient_file(ancs=(anc("2000", "2022-02-25"),))
 
 
@@ -110,7 +117,7 @@ def test_missed_labs_need_a_rationale() -> None:
     assert judge(snapshot, form("2022-02-27")).status == PsfStatus.ACCEPTED
 
 
-def enrollment(submitted: str, **fields):
+def enrollment(submitted: str, **fields: Any) -> PatientStatusForm:
     return form(submitted, type=PsfType.ENROLLMENT, **fields)
 
 

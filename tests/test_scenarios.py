@@ -4,6 +4,7 @@ reason code, warning code and rule pack."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ FILES = sorted(FOLDER.glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def databases():
+def databases() -> Iterator[DatabaseFactory]:
     factory = DatabaseFactory()
     yield factory
     factory.close()

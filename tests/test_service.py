@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import Engine, func, select, text
 
 from gateway.service import RegistryConflict, RemsService, RequestConflict, Source
 from rems_core.model import (
+    Decision,
     Identifier,
     LabResult,
     Outcome,
@@ -19,6 +21,7 @@ from rems_core.model import (
 )
 from rems_core.registry import RegistryDocument
 from rems_core.store import tables
+from rems_core.store.repo import Store
 from tests.builders import PHARMACY, PRESCRIBER, at, dispense
 from tests.conftest import run
 
@@ -239,11 +242,11 @@ def test_an_unmatched_lab_is_kept_for_review(service: RemsService, engine: Engin
 def test_a_failing_unit_of_work_rolls_back_alone(service: RemsService, engine: Engine) -> None:
     patient_id = run(service.load_registry(registry(), SOURCE))["P1"]
 
-    def boom(store):
+    def boom(store: Store) -> NoReturn:
         store.add_alert(patient_id, "X", at("2022-03-02"), "")
         raise RuntimeError("boom")
 
-    async def both():
+    async def both() -> tuple[BaseException, Decision | BaseException]:
         bad = service.writer.run(boom)
         good = service.decide_dispense(MRN, dispense("2022-03-02"), SOURCE)
         return await asyncio.gather(bad, good, return_exceptions=True)
