@@ -196,3 +196,10 @@ def test_a_first_result_below_normal_advises_a_repeat_within_24_hours() -> None:
     assert "repeat within" not in with_repeat_advice(REMS, normal, []).advice
     earlier_low = replace(low, drawn=at("2022-02-28"))
     assert "repeat within" not in with_repeat_advice(REMS, lower, [earlier_low]).advice
+
+
+@pytest.mark.parametrize(("value", "suspect"), [("29999", True), ("30000", False)])
+def test_counts_per_litre_in_millions_below_30_per_microlitre_are_suspect(
+    value: str, suspect: bool
+) -> None:
+    assert ("ANC_UNIT_SUSPECT" in warning_codes(one(value, "10*6/L"))) is suspect

@@ -167,3 +167,9 @@ def test_under_the_label_pack_a_psf_is_kept_and_refusals_become_warnings() -> No
     result = judge_psf(LABEL, snapshot, psf_form, [], UTC)
     assert result.status == PsfStatus.ACCEPTED and result.reasons == ()
     assert {"RATIONALE_REQUIRED", "PRESCRIBER_SIGNATURE_REQUIRED"} <= codes(result.warnings)
+
+
+def test_an_enrollment_answers_for_its_enrollment_anc_not_for_old_results() -> None:
+    old_low = anc("800", "2021-06-01")
+    snapshot = patient_file(enrolled_on=None, ancs=(old_low, anc("2000", "2022-02-25")))
+    assert judge(snapshot, enrollment("2022-03-01")).status == PsfStatus.ACCEPTED
