@@ -9,11 +9,10 @@ from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Depends, Request
-from pydantic import ValidationError
 
 from gateway.errors import ApiError
 from gateway.service import RegistryConflict, RemsService, Source
-from rems_core.registry import RegistryDocument
+from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from
 
 log = logging.getLogger("rems_gateway.admin")
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -62,23 +61,10 @@ def parse_body(content_type: str, body: bytes) -> Any:
 
 
 def registry_document(data: Any) -> RegistryDocument:
-    """The registry block, bare or wrapped in `registry:` (as in a scenario file)."""
-    block = data["registry"] if isinstance(data, dict) and "registry" in data else data
     try:
-        return RegistryDocument.model_validate(block)
-    except ValidationError as exc:
-        issues = [
-            {
-                "loc": list(error["loc"]),
-                "msg": error["msg"].removeprefix("Value error, "),
-                "type": error["type"],
-            }
-            for error in exc.errors(include_input=False, include_url=False)
-        ]
-        detail = "; ".join(
-            f"{'.'.join(map(str, i['loc'])) or 'registry'}: {i['msg']}" for i in issues
-        )
-        raise ApiError(422, "invalid_registry", detail, issues=issues) from None
+        return registry_from(data)
+    except RegistryInvalid as exc:
+        raise ApiError(422, "invalid_registry", str(exc), issues=exc.issues) from None
 
 
 @router.post("/registry")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from rems_core.registry import RegistryDocument
+from rems_core.registry import RegistryInvalid, registry_from
 from rems_core.rulepack import PackLibrary
 from rems_core.store.db import DEFAULT_URL, make_engine, upgrade
 
@@ -44,11 +44,9 @@ def load_registry(
     from gateway.service import RegistryConflict, RemsService, Source
     from gateway.writer import Writer
 
-    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    block = data.get("registry", data) if isinstance(data, dict) else data
     try:
-        doc = RegistryDocument.model_validate(block)
-    except ValueError as exc:
+        doc = registry_from(yaml.safe_load(file.read_text(encoding="utf-8")))
+    except (RegistryInvalid, yaml.YAMLError) as exc:
         typer.echo(f"{file}: {exc}", err=True)
         raise typer.Exit(2) from exc
     upgrade(db)

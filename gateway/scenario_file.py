@@ -27,7 +27,7 @@ from rems_core.model import (
     SubmitterRole,
     TreatmentStatus,
 )
-from rems_core.registry import RegistryDocument
+from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from
 from rems_core.rulepack import DEFAULT_PACK
 
 STEP_KINDS = ("lab", "labs", "dispense", "psf", "sign", "advance_to", "hl7", "fhir")
@@ -134,9 +134,9 @@ def load(path: Path) -> Scenario:
         raise ScenarioError(f"unknown top-level keys: {', '.join(sorted(map(str, unknown)))}")
     tz = ZoneInfo(data.get("timezone") or "UTC")
     try:
-        registry = RegistryDocument.model_validate(_stringify(data.get("registry") or {}))
-    except ValueError as exc:
-        raise ScenarioError(f"registry: {exc}") from exc
+        registry = registry_from(_stringify(data.get("registry") or {}))
+    except RegistryInvalid as exc:
+        raise ScenarioError(f"registry: {exc}") from None
     scenario = Scenario(
         path=path,
         name=str(data.get("name") or path.stem),

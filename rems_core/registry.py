@@ -6,7 +6,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from rems_core.model import Designation, MonitoringFrequency, Setting
 
@@ -132,3 +139,31 @@ class RegistryDocument(_Strict):
                 if other != index and self.patients[other] != patient:
                     problems.append(f"identifier {ident.system}|{ident.value} names two patients")
         return problems
+
+
+class RegistryInvalid(ValueError):
+    """A registry block that does not fit the schema; messages name places, never values (PHI)."""
+
+    def __init__(self, issues: list[dict[str, Any]]) -> None:
+        self.issues = issues
+        super().__init__(
+            "; ".join(f"{'.'.join(map(str, i['loc'])) or 'registry'}: {i['msg']}" for i in issues)
+        )
+
+
+def registry_from(data: Any) -> RegistryDocument:
+    """The registry block, bare or wrapped in ``registry:`` (as in a scenario file)."""
+    block = data["registry"] if isinstance(data, dict) and "registry" in data else data
+    try:
+        return RegistryDocument.model_validate(block if block is not None else {})
+    except ValidationError as exc:
+        raise RegistryInvalid(
+            [
+                {
+                    "loc": list(error["loc"]),
+                    "msg": error["msg"].removeprefix("Value error, "),
+                    "type": error["type"],
+                }
+                for error in exc.errors(include_input=False, include_url=False)
+            ]
+        ) from None
