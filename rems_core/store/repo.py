@@ -124,6 +124,21 @@ def _findings(rows: Iterable[dict[str, str]]) -> tuple[Finding, ...]:
     return tuple(Finding(r["code"], r["text"]) for r in rows)
 
 
+def _judgement(
+    psf: StoredPsf, reasons: Iterable[Finding], warnings: Iterable[Finding], pack: tuple[str, str]
+) -> dict[str, Any]:
+    """The columns a PSF's (re-)judgement sets."""
+    return {
+        "status": psf.status.value,
+        "judged_at": psf.judged_at,
+        "form": FORM.dump_python(psf.form, mode="json"),
+        "reasons": [r.as_dict() for r in reasons],
+        "warnings": [w.as_dict() for w in warnings],
+        "rule_pack": pack[0],
+        "rule_pack_version": pack[1],
+    }
+
+
 class Store:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -380,15 +395,9 @@ class Store:
                 id=psf.psf_id,
                 patient_id=patient_id,
                 type=psf.form.type.value,
-                status=psf.status.value,
                 submitted_at=psf.form.submitted_at,
-                judged_at=psf.judged_at,
-                form=FORM.dump_python(psf.form, mode="json"),
-                reasons=[r.as_dict() for r in reasons],
-                warnings=[w.as_dict() for w in warnings],
-                rule_pack=pack[0],
-                rule_pack_version=pack[1],
                 source=source,
+                **_judgement(psf, reasons, warnings, pack),
             )
         )
 
@@ -402,15 +411,7 @@ class Store:
         self.conn.execute(
             update(psf_t)
             .where(psf_t.c.id == psf.psf_id)
-            .values(
-                status=psf.status.value,
-                judged_at=psf.judged_at,
-                form=FORM.dump_python(psf.form, mode="json"),
-                reasons=[r.as_dict() for r in reasons],
-                warnings=[w.as_dict() for w in warnings],
-                rule_pack=pack[0],
-                rule_pack_version=pack[1],
-            )
+            .values(**_judgement(psf, reasons, warnings, pack))
         )
 
     def registry_enrollment_exists(self, patient_id: str) -> bool:
