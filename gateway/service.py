@@ -16,7 +16,13 @@ from typing import Any
 
 from gateway.writer import Writer
 from rems_core import monitoring
-from rems_core.anc import cancelled, is_anc_relevant, specimen_ancs, with_repeat_advice
+from rems_core.anc import (
+    cancelled,
+    is_anc_relevant,
+    same_result,
+    specimen_ancs,
+    with_repeat_advice,
+)
 from rems_core.codes import Code, finding
 from rems_core.dispense import decide
 from rems_core.model import (
@@ -225,11 +231,16 @@ class RemsService:
     ) -> list[AncResult]:
         pack = self._lab_pack()
         touched: dict[str, list[LabResult]] = {}
+        repeated: set[str] = set()
         for result in results:
+            known = self._stored_as(store, patient, result)
+            if known is not None:
+                repeated.add(known)
+                continue
             store.add_observation(patient.rems_id, result, received, source.channel)
             touched.setdefault(specimen_key(result), []).append(result)
-        reported = []
         earlier = store.anc_results(patient.rems_id)
+        reported = [a for a in earlier if a.specimen in repeated - touched.keys()]
         for key, arrived in touched.items():
             current = store.current_observations(patient.rems_id, key)
             ancs = [
@@ -247,6 +258,19 @@ class RemsService:
             reported += ancs or withdrawn
         return reported
 
+    def _stored_as(self, store: Store, patient: Patient, result: LabResult) -> str | None:
+        """The specimen key under which the same result is already stored (a re-send), if any."""
+        if result.status in (ResultStatus.CANCELLED, ResultStatus.PRELIMINARY):
+            return None
+        for key, stored in store.current_observations_at(
+            patient.rems_id, result.code, result.drawn
+        ):
+            if stored.status != ResultStatus.PRELIMINARY and same_result(
+                self._lab_pack(), stored, result
+            ):
+                return key
+        return None
+
     def _store_reported_ancs(
         self,
         store: Store,
@@ -258,18 +282,8 @@ class RemsService:
         """ANCs carried on a PSF or an override are lab results like any other (§5.3)."""
         if patient is None or not reported:
             return []
-        stored = {(a.code, a.drawn, a.anc): a for a in store.anc_results(patient.rems_id)}
-        pack = self._lab_pack()
-        fresh, same = [], []
-        for anc in reported:
-            result = LabResult(anc.code, anc.value, anc.unit, anc.drawn)
-            judged = specimen_ancs(pack, patient.designation, [result])
-            known = stored.get((anc.code, anc.drawn, judged[0].anc)) if judged else None
-            if known is not None:
-                same.append(known)
-            else:
-                fresh.append(result)
-        return same + self._store_results(store, patient, fresh, source, received)
+        results = [LabResult(a.code, a.value, a.unit, a.drawn) for a in reported]
+        return self._store_results(store, patient, results, source, received)
 
     # --- PSF ----------------------------------------------------------------------------------
 

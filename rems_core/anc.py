@@ -121,8 +121,12 @@ def _judge(
     anc = round_half_up(per_ul) if per_ul is not None else None
     usable = anc is not None and not warnings and not status_warnings
     low, high = pack.anc_range.value.min, pack.anc_range.value.max
-    if anc is not None and not low <= anc <= high:
-        warnings = (*warnings, finding(Code.ANC_OUT_OF_RANGE, anc=anc))
+    suspect = any(w.code == Code.ANC_UNIT_SUSPECT for w in warnings)
+    if anc is not None and (anc < low or (anc > high and not suspect)):
+        # A negative count is impossible in any unit: rejected, not "suspect, confirm it". A huge
+        # one in a 10*3/uL-class unit is most likely a count per µL with the wrong unit: suspect.
+        kept = tuple(w for w in warnings if w.code != Code.ANC_UNIT_SUSPECT)
+        warnings = (*kept, finding(Code.ANC_OUT_OF_RANGE, anc=anc))
         usable = False
     category, advice = (None, "")
     if anc is not None and low <= anc <= high:
@@ -158,6 +162,7 @@ def _derive(
     wbc = _first(specimen, codes.wbc)
     if wbc is None:
         return None
+    specimen = [r for r in specimen if r.drawn == wbc.drawn]  # one specimen, one collection time
     neutrophils = _first(specimen, codes.neutrophils_pct)
     parts = (
         [neutrophils]
@@ -179,6 +184,17 @@ def _derive(
     least_final = next((r for r in (wbc, *parts) if r.status == ResultStatus.PRELIMINARY), wbc)
     source = replace(least_final, code="derived", drawn=wbc.drawn, specimen=wbc.specimen)
     return _judge(pack, designation, per_ul, warnings, source, derived=True)
+
+
+def same_result(pack: RulePack, a: LabResult, b: LabResult) -> bool:
+    """§5.3: the same analyte, draw time and value (compared per µL or in %) is one result."""
+    if a.code != b.code or a.drawn != b.drawn:
+        return False
+    codes = pack.loinc.value
+    is_percent = a.code in {*codes.neutrophils_pct, *codes.segmented_pct, *codes.bands_pct}
+    read = read_percent if is_percent else read_count
+    first, second = read(pack, a), read(pack, b)
+    return first.value is not None and first.value == second.value
 
 
 def is_anc_relevant(pack: RulePack, code: str) -> bool:

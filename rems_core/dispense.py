@@ -101,7 +101,7 @@ def _registry_checks(
         checks.denials.append(finding(Code.PATIENT_NOT_ENROLLED, detail=detail))
     prescriber = snapshot.prescribers.get(request.prescriber_npi)
     certified = prescriber is not None and prescriber.certified
-    if not certified and (setting == Setting.OUTPATIENT or not enrolled):
+    if not certified and setting == Setting.OUTPATIENT:  # inpatient: §6.1 b covers initiation
         checks.denials.append(
             finding(Code.PRESCRIBER_NOT_CERTIFIED, prescriber=request.prescriber_npi)
         )

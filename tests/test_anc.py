@@ -203,3 +203,15 @@ def test_counts_per_litre_in_millions_below_30_per_microlitre_are_suspect(
     value: str, suspect: bool
 ) -> None:
     assert ("ANC_UNIT_SUSPECT" in warning_codes(one(value, "10*6/L"))) is suspect
+
+
+def test_derivation_inputs_must_share_the_collection_time() -> None:
+    observations = [
+        LabResult("6690-2", "2.0", "10*3/uL", at("2022-03-01T08:00"), specimen="A"),
+        LabResult("770-8", "20", "%", at("2022-03-01T08:45"), specimen="A"),
+    ]
+    assert specimen_ancs(REMS, GENERAL, observations) == []
+
+
+def test_an_out_of_range_value_is_rejected_not_merely_suspect() -> None:
+    assert warning_codes(one("-5")) == {"ANC_OUT_OF_RANGE"}

@@ -97,6 +97,21 @@ _override_dates = select(override_t.c.at).where(override_t.c.patient_id == bindp
 _decision_by_request = select(decision_t.c.request_hash, decision_t.c.result).where(
     decision_t.c.request_id == bindparam("request_id")
 )
+_current_observations = (
+    select(observation_t)
+    .where(
+        observation_t.c.patient_id == bindparam("patient_id"),
+        observation_t.c.specimen_key == bindparam("key"),
+        observation_t.c.current.is_(True),
+    )
+    .order_by(observation_t.c.id)
+)
+_current_observations_at = select(observation_t).where(
+    observation_t.c.patient_id == bindparam("patient_id"),
+    observation_t.c.code == bindparam("code"),
+    observation_t.c.drawn == bindparam("drawn"),
+    observation_t.c.current.is_(True),
+)
 _insert_decision = insert(decision_t)
 _insert_rda = insert(rda_t)
 _insert_override = insert(override_t)
@@ -112,6 +127,17 @@ def _patient(rows: list[Any]) -> Patient | None:
         designation=Designation(row.designation),
         treatment_start=row.treatment_start,
         legacy_enrolled=row.legacy_enrolled,
+    )
+
+
+def _observation(row: Any) -> LabResult:
+    return LabResult(
+        code=row.code,
+        value=row.value,
+        unit=row.unit,
+        drawn=row.drawn,
+        status=ResultStatus(row.status),
+        specimen=None if row.specimen_key.startswith("drawn:") else row.specimen_key,
     )
 
 
@@ -303,25 +329,18 @@ class Store:
 
     def current_observations(self, patient_id: str, key: str) -> list[LabResult]:
         rows = self.conn.execute(
-            select(observation_t)
-            .where(
-                observation_t.c.patient_id == patient_id,
-                observation_t.c.specimen_key == key,
-                observation_t.c.current.is_(True),
-            )
-            .order_by(observation_t.c.id)
+            _current_observations, {"patient_id": patient_id, "key": key}
         ).all()
-        return [
-            LabResult(
-                code=r.code,
-                value=r.value,
-                unit=r.unit,
-                drawn=r.drawn,
-                status=ResultStatus(r.status),
-                specimen=None if r.specimen_key.startswith("drawn:") else r.specimen_key,
-            )
-            for r in rows
-        ]
+        return [_observation(r) for r in rows]
+
+    def current_observations_at(
+        self, patient_id: str, code: str, drawn: datetime
+    ) -> list[tuple[str, LabResult]]:
+        """Current observations of one analyte drawn at one time, with their specimen keys."""
+        rows = self.conn.execute(
+            _current_observations_at, {"patient_id": patient_id, "code": code, "drawn": drawn}
+        ).all()
+        return [(r.specimen_key, _observation(r)) for r in rows]
 
     def replace_specimen_ancs(
         self,
