@@ -33,6 +33,7 @@ from rems_core.model import (
     Identifier,
     LabResult,
     Patient,
+    PatientSnapshot,
     PatientStatusForm,
     PsfOutcome,
     PsfStatus,
@@ -309,19 +310,27 @@ class RemsService:
         own = self._store_reported_ancs(store, patient, form.anc, form.submitted_at, source)
         snapshot = store.snapshot(patient, [form.submitter, form.prescriber_npi])
         judgement = judge_psf(pack, snapshot, form, own, self.tz)
+        # What the lab rules said of the form's own ANCs (e.g. a suspect unit) is news to the
+        # prescriber too.
+        warnings = tuple(
+            dict.fromkeys((*judgement.warnings, *(w for a in own for w in a.warnings)))
+        )
         stored = StoredPsf(self.ids.new_id("psf"), form, judgement.status, form.submitted_at)
         versions = (pack.id, pack.version)
         store.add_psf(
-            stored, patient.rems_id, judgement.reasons, judgement.warnings, versions, source.channel
+            stored, patient.rems_id, judgement.reasons, warnings, versions, source.channel
         )
         if judgement.status == PsfStatus.ACCEPTED:
             self._record_status_change(store, pack, snapshot, stored, patient)
-        return PsfOutcome(
-            judgement.status, judgement.reasons, judgement.warnings, stored.psf_id, *versions
-        )
+        return PsfOutcome(judgement.status, judgement.reasons, warnings, stored.psf_id, *versions)
 
     def _record_status_change(
-        self, store: Store, pack: RulePack, before: Any, psf: StoredPsf, patient: Patient
+        self,
+        store: Store,
+        pack: RulePack,
+        before: PatientSnapshot,
+        psf: StoredPsf,
+        patient: Patient,
     ) -> None:
         old, _ = monitoring.treatment_status(pack, before, psf.judged_at, self.tz)
         if old.value != psf.form.treatment_status.value:

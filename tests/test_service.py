@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy import Engine, func, select, text
@@ -16,8 +16,12 @@ from rems_core.model import (
     LabResult,
     Outcome,
     Override,
+    PatientStatusForm,
+    PsfType,
+    Rationale,
     ReportedAnc,
     ResultStatus,
+    SubmitterRole,
 )
 from rems_core.registry import RegistryDocument
 from rems_core.store import tables
@@ -262,3 +266,35 @@ def test_the_migrations_create_exactly_the_models(db_url: str) -> None:
     from rems_core.store.db import alembic_config
 
     command.check(alembic_config(db_url))  # raises when models and migrations differ
+
+
+def monthly_psf(submitted: str, **fields: Any) -> PatientStatusForm:
+    return PatientStatusForm(
+        type=PsfType.MONTHLY,
+        submitted_at=at(submitted),
+        submitter=PRESCRIBER,
+        role=SubmitterRole.PRESCRIBER,
+        prescriber_npi=PRESCRIBER,
+        signed=True,
+        **fields,
+    )
+
+
+def test_a_psf_reports_what_the_lab_rules_said_of_its_ancs(service: RemsService) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    form = monthly_psf("2022-03-05", anc=(ReportedAnc("1.5", "/uL", at("2022-03-04")),))
+    outcome = run(service.submit_psf(MRN, form, SOURCE))
+    assert outcome.accepted and "ANC_UNIT_SUSPECT" in {w.code for w in outcome.warnings}
+
+
+def test_a_re_sent_result_is_the_same_result_not_a_new_one(service: RemsService) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    low = ReportedAnc("800", "/uL", at("2022-03-04T08:00"))
+    rationale = Rationale("benefit_outweighs_risk", "stable")
+    assert run(
+        service.submit_psf(MRN, monthly_psf("2022-03-05", anc=(low,), rationale=rationale), SOURCE)
+    ).accepted
+    resent = LabResult("751-8", "0.8", "10*3/uL", low.drawn, specimen="ACC-7")
+    outcome = run(service.ingest_labs(MRN, [resent], SOURCE, at("2022-03-06")))
+    assert [r.anc for r in outcome.results] == [800]
+    assert run(service.submit_psf(MRN, monthly_psf("2022-03-07"), SOURCE)).accepted
