@@ -92,10 +92,7 @@ def scenario_run(
             url = db or factory.fresh_url()  # type: ignore[union-attr]
             report = asyncio.run(run_file(path, url, packs))
             failed += not report.passed
-            if verbose or not report.passed:
-                typer.echo(format_report(report))
-            else:
-                typer.echo(f"PASS {path} — {report.name}")
+            typer.echo(format_report(report, verbose))
     finally:
         if factory:
             factory.close()

@@ -8,19 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.scenario_file import (
-    Scenario,
-    ScenarioError,
-    Step,
-    dispense_request,
-    lab_results,
-    load,
-    psf_form,
-)
-from gateway.service import RemsService, ServiceConfig, Source
+from gateway.scenario_file import Scenario, ScenarioError, Step, load, read
+from gateway.service import RemsService, RequestConflict, ServiceConfig, Source
 from gateway.writer import Writer
 from rems_core.model import Identifier
-from rems_core.rulepack import OutOfScope, PackLibrary
+from rems_core.rulepack import OutOfScope, PackLibrary, RulePackError
 from rems_core.store.db import make_engine, upgrade
 
 SOURCE = Source("scenario", "scenario-runner")
@@ -68,6 +60,11 @@ def compare(expect: dict[str, Any], actual: dict[str, Any]) -> list[str]:
             missing = sorted(set(map(str, wanted or ())) - got)
             if missing:
                 problems.append(f"warnings: missing {missing}; got {sorted(got)}")
+        elif key == "rda" and isinstance(wanted, bool):
+            if bool(actual.get("rda")) != wanted:
+                problems.append(
+                    f"rda: expected {'one' if wanted else 'none'}, got {actual.get('rda')!r}"
+                )
         else:
             got = actual.get(key)
             same = (
@@ -96,6 +93,8 @@ class InProcessChannel:
     async def run(self, step: Step) -> dict[str, Any]:
         try:
             return await getattr(self, f"_{step.kind}")(step)
+        except RequestConflict as exc:
+            return {"reasons": [], "http_status": 409, "ack": "AE", "error": str(exc)}
         except OutOfScope as exc:
             reason = {"code": OutOfScope.code, "text": str(exc)}
             refused = {"reasons": [reason], "http_status": 422, "ack": "AE"}
@@ -104,13 +103,12 @@ class InProcessChannel:
             return refused
 
     async def _lab(self, step: Step) -> dict[str, Any]:
-        return await self._labs(step, [step.body])
+        return await self._labs(step)
 
-    async def _labs(self, step: Step, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        items = items if items is not None else list(step.body)
-        handle = items[0].get("patient") or step.raw.get("patient")
-        results = lab_results(items, self.scenario.tz)
-        outcome = await self.service.ingest_labs(self.identifiers(handle), results, SOURCE, step.at)
+    async def _labs(self, step: Step) -> dict[str, Any]:
+        outcome = await self.service.ingest_labs(
+            self.identifiers(step.patient), step.request, SOURCE, step.at
+        )
         warnings = [w.as_dict() for w in outcome.warnings]
         warnings += [w.as_dict() for r in outcome.results for w in r.warnings]
         first = outcome.results[0] if outcome.results else None
@@ -118,41 +116,35 @@ class InProcessChannel:
             "anc": first.anc if first else None,
             "category": first.category.value if first and first.category else None,
             "derived": first.derived if first else None,
+            "usable": first.usable if first else None,
             "warnings": warnings,
             "ack": "AA",
             "http_status": 201,
         }
 
     async def _dispense(self, step: Step) -> dict[str, Any]:
-        request = dispense_request(step.body, step.at, self.scenario.tz)
         decision = await self.service.decide_dispense(
-            self.identifiers(step.body.get("patient")), request, SOURCE
+            self.identifiers(step.patient), step.request, SOURCE
         )
         return {**decision.as_dict(), "ack": "AA", "http_status": 201}
 
     async def _psf(self, step: Step) -> dict[str, Any]:
-        form = psf_form(step.body, step.at, self.scenario.tz)
         outcome = await self.service.submit_psf(
-            self.identifiers(step.body.get("patient")), form, SOURCE
+            self.identifiers(step.patient), step.request, SOURCE
         )
         return {**outcome.as_dict(), "ack": "AA", "http_status": 201}
 
     async def _sign(self, step: Step) -> dict[str, Any]:
-        body = step.body
+        signer, psf_id = step.request
         outcome = await self.service.sign_psf(
-            self.identifiers(body.get("patient")), str(body["by"]), step.at, SOURCE, body.get("psf")
+            self.identifiers(step.patient), signer, step.at, SOURCE, psf_id
         )
         return {**outcome.as_dict(), "ack": "AA", "http_status": 200}
 
     async def _advance_to(self, step: Step) -> dict[str, Any]:
-        from gateway.scenario_file import aware
-
-        body = step.body if isinstance(step.body, dict) else {"to": step.body}
-        until = aware(body.get("to") or body.get("until") or step.at, self.scenario.tz)
-        patient = body.get("patient") or step.raw.get("patient")
-        handles = [patient] if patient else list(self.scenario.handles)
+        handles = [step.patient] if step.patient else list(self.scenario.handles)
         ids = [self.patient_ids[h] for h in handles if h in self.patient_ids]
-        found = await self.service.run_scheduled(until, ids)
+        found = await self.service.run_scheduled(step.request, ids)
         return {"warnings": [f.as_dict() for items in found.values() for f in items]}
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
@@ -191,8 +183,16 @@ async def run_file(path: Path, db_url: str, packs: PackLibrary) -> FileReport:
         scenario = load(path)
     except (ScenarioError, OSError) as exc:
         report.error = str(exc)
+        report.name = _name_of(path)
         return report
     report.name = scenario.name
+    try:
+        packs.for_date(scenario.rules, scenario.steps[0].at.date())
+    except RulePackError as exc:
+        report.error = f"rules: {exc}"
+        return report
+    except OutOfScope:
+        pass  # each step says so for itself
     engine = make_engine(db_url)
     writer = Writer(engine)
     writer.start()
@@ -206,8 +206,8 @@ async def run_file(path: Path, db_url: str, packs: PackLibrary) -> FileReport:
             except NotSupportedYet as exc:
                 report.steps.append(StepReport(step, {}, [], skipped=str(exc)))
                 continue
-            except (ScenarioError, KeyError, ValueError) as exc:
-                report.steps.append(StepReport(step, {}, [f"cannot run: {exc!r}"]))
+            except (ScenarioError, ValueError) as exc:
+                report.steps.append(StepReport(step, {}, [f"cannot run: {exc}"]))
                 continue
             report.steps.append(StepReport(step, actual, compare(step.expect, actual)))
     except Exception as exc:
@@ -218,7 +218,26 @@ async def run_file(path: Path, db_url: str, packs: PackLibrary) -> FileReport:
     return report
 
 
-def format_report(report: FileReport) -> str:
+def _name_of(path: Path) -> str:
+    try:
+        return str(read(path).get("name") or "")
+    except (ScenarioError, OSError):
+        return ""
+
+
+def summary(actual: dict[str, Any]) -> str:
+    """One line of what a step answered, for ``-v``."""
+    parts = []
+    for key in ("outcome", "status", "anc", "category", "max_days_supply", "rda"):
+        if actual.get(key) is not None:
+            parts.append(f"{key}={actual[key]}")
+    for key in ("reasons", "warnings"):
+        if actual.get(key):
+            parts.append(f"{key}={sorted(codes(actual[key]))}")
+    return " ".join(parts) or "(nothing to report)"
+
+
+def format_report(report: FileReport, verbose: bool = False) -> str:
     status = "PASS" if report.passed else "FAIL"
     lines = [f"{status} {report.path} — {report.name}"]
     if report.error:
@@ -226,6 +245,9 @@ def format_report(report: FileReport) -> str:
     for step in report.steps:
         if step.skipped:
             lines.append(f"    {step.step.label}: skipped ({step.skipped})")
+        elif verbose:
+            mark = "ok  " if not step.problems else "DIFF"
+            lines.append(f"    {mark} {step.step.label}: {summary(step.actual)}")
         for problem in step.problems:
             lines.append(f"    {step.step.label}: {problem}")
     return "\n".join(lines)

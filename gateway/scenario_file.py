@@ -1,13 +1,19 @@
-"""Scenario files (contracts.md §2): reading them, and their steps as domain requests."""
+"""Scenario files (contracts.md §2): reading them strictly, and their steps as domain requests.
+
+Every step is parsed when the file is loaded, so a typo is reported before anything runs, with
+the step and the key it concerns.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -30,22 +36,40 @@ from rems_core.model import (
 from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from
 from rems_core.rulepack import DEFAULT_PACK
 
-STEP_KINDS = ("lab", "labs", "dispense", "psf", "sign", "advance_to", "hl7", "fhir")
-EXPECT_KEYS = frozenset(
-    {
-        "outcome",
-        "reasons",
-        "warnings",
-        "anc",
-        "category",
-        "accepted",
-        "status",
-        "max_days_supply",
-        "ack",
-        "http_status",
-    }
-)
+E = TypeVar("E", bound=StrEnum)
+
 DEFAULT_DRUG = "197536"  # clozapine 100 MG Oral Tablet (an SCD of ingredient 2626)
+TOP_LEVEL = {"name", "rules", "timezone", "registry", "steps", "description"}
+STEP_COMMON = {"at", "expect", "patient", "note", "description"}
+LAB_KEYS = {"patient", "code", "value", "unit", "drawn", "status", "specimen"}
+STEP_KEYS: dict[str, set[str]] = {
+    "lab": LAB_KEYS,
+    "labs": LAB_KEYS,
+    "dispense": {
+        "patient", "pharmacy", "prescriber", "setting", "discharge", "days_supply", "drug",
+        "request_id", "override",
+    },
+    "psf": {
+        "patient", "type", "by", "role", "prescriber", "designation", "treatment_status",
+        "status_effective", "monitoring_frequency", "anc", "missed_draws", "justification",
+        "rationale", "signed",
+    },
+    "sign": {"patient", "by", "psf"},
+    "advance_to": {"to", "until", "patient"},
+    "hl7": set(),
+    "fhir": set(),
+}  # fmt: skip
+COMMON_EXPECT = {"warnings", "ack", "http_status"}
+EXPECT_KEYS: dict[str, set[str]] = {
+    "lab": COMMON_EXPECT | {"anc", "category", "derived", "usable"},
+    "dispense": COMMON_EXPECT
+    | {"outcome", "reasons", "max_days_supply", "override_possible", "rule_pack", "rda"},
+    "psf": COMMON_EXPECT | {"accepted", "status", "reasons", "rule_pack"},
+    "advance_to": {"warnings"},
+}
+EXPECT_KEYS["labs"] = EXPECT_KEYS["lab"]
+EXPECT_KEYS["sign"] = EXPECT_KEYS["psf"]
+EXPECT_KEYS["hl7"] = EXPECT_KEYS["fhir"] = set().union(*EXPECT_KEYS.values())
 
 RESULT_STATUS = {
     "final": ResultStatus.FINAL,
@@ -66,14 +90,110 @@ class ScenarioError(ValueError):
     """A scenario file that cannot be run as written."""
 
 
-class _DecimalLoader(yaml.SafeLoader):
-    """Numbers with a fraction stay exact decimals (0.8 is 0.8, not a binary float)."""
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 in spirit: only true/false are booleans (``on``, ``no`` stay text), and numbers
+    with a fraction stay exact decimals (0.8 is 0.8, not a binary float)."""
 
 
-_DecimalLoader.add_constructor(
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_constructor(
     "tag:yaml.org,2002:float",
     lambda loader, node: Decimal(loader.construct_scalar(node).replace("_", "")),
 )
+
+
+def aware(value: Any, tz: tzinfo, where: str = "time") -> datetime:
+    """ISO text, a YAML timestamp or a date (its midnight); local to the file's zone if naive."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ScenarioError(f"{where}: {value!r} is not an ISO 8601 time") from None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time(0))
+    if not isinstance(value, datetime):
+        raise ScenarioError(f"{where}: {value!r} is not an ISO 8601 time")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    return value.astimezone(UTC)
+
+
+class Fields:
+    """One mapping of a scenario file, read strictly: unknown keys and bad values are errors
+    that name the place (``step 4 dispense.days_supply``)."""
+
+    def __init__(self, data: Any, where: str, allowed: set[str], tz: tzinfo) -> None:
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{where}: expected a mapping, got {data!r}")
+        unknown = sorted(map(str, set(data) - allowed))
+        if unknown:
+            raise ScenarioError(
+                f"{where}: unknown keys {unknown} (known: {', '.join(sorted(allowed))})"
+            )
+        self.data, self.where, self.tz = data, where, tz
+
+    def _missing(self, key: str) -> ScenarioError:
+        return ScenarioError(f"{self.where}: `{key}` is required")
+
+    def text(self, key: str, default: str | None = None, required: bool = False) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self._missing(key)
+            return default
+        return str(value)
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        value = self.data.get(key, default)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ScenarioError(
+                f"{self.where}.{key}: {value!r} is not true or false (scenario files are YAML 1.2 "
+                "in spirit: yes/no/on/off are text)"
+            )
+        return value
+
+    def integer(self, key: str, default: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ScenarioError(f"{self.where}.{key}: {value!r} is not a whole number")
+        try:
+            return int(value)
+        except ValueError:
+            raise ScenarioError(f"{self.where}.{key}: {value!r} is not a whole number") from None
+
+    def choice(self, key: str, kind: type[E], default: E | None = None) -> E | None:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        try:
+            return kind(str(value))
+        except ValueError:
+            known = ", ".join(m.value for m in kind)
+            raise ScenarioError(f"{self.where}.{key}: {value!r} is not one of {known}") from None
+
+    def moment(self, key: str) -> datetime:
+        if self.data.get(key) is None:
+            raise self._missing(key)
+        return aware(self.data[key], self.tz, f"{self.where}.{key}")
+
+    def day(self, value: Any, key: str) -> date:
+        if isinstance(value, datetime):
+            return value.date()
+        if isinstance(value, date):
+            return value
+        try:
+            return date.fromisoformat(str(value))
+        except ValueError:
+            raise ScenarioError(f"{self.where}.{key}: {value!r} is not a date") from None
 
 
 @dataclass
@@ -84,10 +204,19 @@ class Step:
     body: Any
     expect: dict[str, Any]
     raw: dict[str, Any]
+    request: Any = None  # the parsed domain request (LabResult list, DispenseRequest, …)
 
     @property
     def label(self) -> str:
         return f"step {self.index} ({self.kind} at {self.at.isoformat()})"
+
+    @property
+    def patient(self) -> str | None:
+        body = self.body if isinstance(self.body, dict) else {}
+        if self.kind == "labs" and isinstance(self.body, list) and self.body:
+            body = self.body[0]
+        handle = body.get("patient", self.raw.get("patient"))
+        return None if handle is None else str(handle)
 
 
 @dataclass
@@ -101,42 +230,29 @@ class Scenario:
     handles: dict[str, list[Identifier]] = field(default_factory=dict)
 
 
-def aware(value: Any, tz: tzinfo) -> datetime:
-    """A step's time: ISO text, a YAML timestamp or a date; local to the file's zone if naive."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime.combine(value, time(0))
-    if not isinstance(value, datetime):
-        raise ScenarioError(f"{value!r} is not a time")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=tz)
-    return value.astimezone(UTC)
-
-
-def _day(value: Any) -> date:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value))
+def read(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError("a scenario file is a mapping with name, registry and steps")
+    return data
 
 
 def load(path: Path) -> Scenario:
+    data = read(path)
+    Fields(data, "file", TOP_LEVEL, UTC)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_DecimalLoader)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ScenarioError("a scenario file is a mapping with name, registry and steps")
-    unknown = set(data) - {"name", "rules", "timezone", "registry", "steps", "description"}
-    if unknown:
-        raise ScenarioError(f"unknown top-level keys: {', '.join(sorted(map(str, unknown)))}")
-    tz = ZoneInfo(data.get("timezone") or "UTC")
+        tz = ZoneInfo(str(data.get("timezone") or "UTC"))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScenarioError(f"timezone: {data['timezone']!r} is not an IANA time zone") from None
     try:
         registry = registry_from(_stringify(data.get("registry") or {}))
     except RegistryInvalid as exc:
         raise ScenarioError(f"registry: {exc}") from None
+    if not data.get("steps"):
+        raise ScenarioError("the file has no steps")
     scenario = Scenario(
         path=path,
         name=str(data.get("name") or path.stem),
@@ -147,8 +263,14 @@ def load(path: Path) -> Scenario:
     for patient in registry.patients:
         handle = patient.id or patient.identifiers[0].value
         scenario.handles[handle] = [Identifier(i.system, i.value) for i in patient.identifiers]
-    for index, raw in enumerate(data.get("steps") or [], start=1):
-        scenario.steps.append(_step(index, raw, tz))
+    for index, raw in enumerate(data["steps"], start=1):
+        step = _step(index, raw, tz)
+        if scenario.steps and step.at < scenario.steps[-1].at:
+            raise ScenarioError(
+                f"{step.label}: steps run in time order, and this one is before step "
+                f"{index - 1} ({scenario.steps[-1].at.isoformat()})"
+            )
+        scenario.steps.append(step)
     return scenario
 
 
@@ -162,107 +284,153 @@ def _stringify(value: Any) -> Any:
 
 
 def _step(index: int, raw: Any, tz: tzinfo) -> Step:
+    where = f"step {index}"
     if not isinstance(raw, dict):
-        raise ScenarioError(f"step {index}: a step is a mapping")
-    kinds = [k for k in STEP_KINDS if k in raw]
-    unknown = set(raw) - {*STEP_KINDS, "at", "expect", "patient", "note", "description"}
-    if len(kinds) != 1 or unknown:
-        problem = f"unknown keys {sorted(map(str, unknown))}" if unknown else f"kinds {kinds}"
+        raise ScenarioError(f"{where}: a step is a mapping")
+    kinds = [k for k in STEP_KEYS if k in raw]
+    Fields(raw, where, STEP_COMMON | set(STEP_KEYS), tz)
+    if len(kinds) != 1:
         raise ScenarioError(
-            f"step {index}: needs exactly one step kind of {STEP_KINDS} ({problem})"
+            f"{where}: needs exactly one step kind of {', '.join(STEP_KEYS)} (has {kinds})"
         )
-    expect = raw.get("expect") or {}
-    bad = set(expect) - EXPECT_KEYS
-    if bad:
-        raise ScenarioError(f"step {index}: unknown expect keys {sorted(map(str, bad))}")
+    kind = kinds[0]
     if "at" not in raw:
-        raise ScenarioError(f"step {index}: every step needs `at`")
-    return Step(index, aware(raw["at"], tz), kinds[0], raw[kinds[0]], expect, raw)
+        raise ScenarioError(f"{where}: every step needs `at`")
+    at = aware(raw["at"], tz, f"{where}.at")
+    expect = raw.get("expect") or {}
+    Fields(expect, f"{where} expect (of a {kind} step)", EXPECT_KEYS[kind], tz)
+    step = Step(index, at, kind, raw[kind], expect, raw)
+    step.request = PARSERS[kind](raw[kind], f"{where} {kind}", at, tz)
+    return step
 
 
-def lab_results(items: list[dict[str, Any]], tz: tzinfo) -> list[LabResult]:
+def lab_results(items: Any, where: str, at: datetime, tz: tzinfo) -> list[LabResult]:
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise ScenarioError(f"{where}: expected one lab result or a list of them")
     results = []
-    for item in items:
-        status_text = str(item.get("status", "final")).lower()
-        if status_text not in RESULT_STATUS:
-            raise ScenarioError(f"unknown result status {status_text!r}")
-        specimen = item.get("specimen")
+    for n, item in enumerate(items, start=1):
+        fields = Fields(item, f"{where}[{n}]" if len(items) > 1 else where, LAB_KEYS, tz)
+        status = (fields.text("status") or "final").lower()
+        if status not in RESULT_STATUS:
+            known = ", ".join(RESULT_STATUS)
+            raise ScenarioError(f"{fields.where}.status: {status!r} is not one of {known}")
         results.append(
             LabResult(
-                code=str(item["code"]),
-                value=str(item.get("value", "")),
-                unit=str(item.get("unit", "")),
-                drawn=aware(item["drawn"], tz),
-                status=RESULT_STATUS[status_text],
-                specimen=str(specimen) if specimen is not None else None,
+                code=fields.text("code", required=True) or "",
+                value=fields.text("value", "") or "",
+                unit=fields.text("unit", "") or "",
+                drawn=fields.moment("drawn"),
+                status=RESULT_STATUS[status],
+                specimen=fields.text("specimen"),
             )
         )
     return results
 
 
-def reported_ancs(items: Any, tz: tzinfo) -> tuple[ReportedAnc, ...]:
+def reported_ancs(items: Any, where: str, tz: tzinfo) -> tuple[ReportedAnc, ...]:
     if items is None:
         return ()
     if isinstance(items, dict):
         items = [items]
-    return tuple(
-        ReportedAnc(
-            value=str(a["value"]),
-            unit=str(a.get("unit", "/uL")),
-            drawn=aware(a["drawn"], tz),
-            code=str(a.get("code", "751-8")),
+    ancs = []
+    for item in items:
+        fields = Fields(item, where, {"value", "unit", "drawn", "code"}, tz)
+        ancs.append(
+            ReportedAnc(
+                value=fields.text("value", required=True) or "",
+                unit=fields.text("unit", "/uL") or "/uL",
+                drawn=fields.moment("drawn"),
+                code=fields.text("code", "751-8") or "751-8",
+            )
         )
-        for a in items
-    )
+    return tuple(ancs)
 
 
-def dispense_request(body: dict[str, Any], at: datetime, tz: tzinfo) -> DispenseRequest:
+def dispense_request(body: Any, where: str, at: datetime, tz: tzinfo) -> DispenseRequest:
+    fields = Fields(body, where, STEP_KEYS["dispense"], tz)
     override = None
-    if "override" in body and body["override"] is not None:
-        o = body["override"]
-        anc = reported_ancs(o.get("anc"), tz)
+    if body.get("override") is not None:
+        o = Fields(
+            body["override"], f"{where}.override", {"prescriber_npi", "anc", "rationale"}, tz
+        )
+        anc = reported_ancs(body["override"].get("anc"), f"{where}.override.anc", tz)
         override = Override(
-            prescriber_npi=str(o["prescriber_npi"]) if o.get("prescriber_npi") else None,
+            prescriber_npi=o.text("prescriber_npi"),
             anc=anc[0] if anc else None,
-            rationale=o.get("rationale"),
+            rationale=o.text("rationale"),
         )
     return DispenseRequest(
-        pharmacy_npi=str(body.get("pharmacy", "")),
-        prescriber_npi=str(body.get("prescriber", "")),
-        setting=Setting(body.get("setting", "outpatient")),
+        pharmacy_npi=fields.text("pharmacy", "") or "",
+        prescriber_npi=fields.text("prescriber", "") or "",
+        setting=fields.choice("setting", Setting, Setting.OUTPATIENT) or Setting.OUTPATIENT,
         dispense_date=at,
-        days_supply=int(body.get("days_supply", 7)),
-        drug=str(body.get("drug", DEFAULT_DRUG)),
-        discharge=bool(body.get("discharge", False)),
-        request_id=str(body["request_id"]) if body.get("request_id") is not None else None,
+        days_supply=fields.integer("days_supply", 7),
+        drug=fields.text("drug", DEFAULT_DRUG) or DEFAULT_DRUG,
+        discharge=fields.flag("discharge"),
+        request_id=fields.text("request_id"),
         override=override,
     )
 
 
-def psf_form(body: dict[str, Any], at: datetime, tz: tzinfo) -> PatientStatusForm:
-    by = str(body["by"])
-    role = SubmitterRole(body.get("role", "prescriber"))
-    rationale = body.get("rationale")
-    frequency = body.get("monitoring_frequency")
-    designation = body.get("designation")
+def psf_form(body: Any, where: str, at: datetime, tz: tzinfo) -> PatientStatusForm:
+    fields = Fields(body, where, STEP_KEYS["psf"], tz)
+    by = fields.text("by", required=True) or ""
+    role = fields.choice("role", SubmitterRole, SubmitterRole.PRESCRIBER)
+    signed = fields.flag("signed")
+    rationale = None
+    if body.get("rationale") is not None:
+        r = Fields(body["rationale"], f"{where}.rationale", {"reason", "text"}, tz)
+        rationale = Rationale(r.text("reason", required=True) or "", r.text("text", "") or "")
     effective = body.get("status_effective")
     return PatientStatusForm(
-        type=PsfType(body.get("type", "monthly")),
+        type=fields.choice("type", PsfType, PsfType.MONTHLY) or PsfType.MONTHLY,
         submitted_at=at,
         submitter=by,
-        role=role,
-        prescriber_npi=str(body.get("prescriber", by)),
-        designation=Designation(designation) if designation else None,
-        treatment_status=TreatmentStatus(body.get("treatment_status", "active")),
-        status_effective=_day(effective) if effective else None,
-        monitoring_frequency=MonitoringFrequency(frequency) if frequency else None,
-        anc=reported_ancs(body.get("anc"), tz),
-        missed_draws=tuple(_day(d) for d in body.get("missed_draws") or ()),
-        justification=str(body.get("justification", "")),
-        rationale=Rationale(str(rationale["reason"]), str(rationale.get("text") or ""))
-        if rationale
-        else None,
-        signed=bool(body.get("signed", False)),
-        signed_by=by if body.get("signed") and role == SubmitterRole.PRESCRIBER else None,
-        signed_at=at if body.get("signed") else None,
+        role=role or SubmitterRole.PRESCRIBER,
+        prescriber_npi=fields.text("prescriber", by) or by,
+        designation=fields.choice("designation", Designation),
+        treatment_status=fields.choice("treatment_status", TreatmentStatus, TreatmentStatus.ACTIVE)
+        or TreatmentStatus.ACTIVE,
+        status_effective=fields.day(effective, "status_effective") if effective else None,
+        monitoring_frequency=fields.choice("monitoring_frequency", MonitoringFrequency),
+        anc=reported_ancs(body.get("anc"), f"{where}.anc", tz),
+        missed_draws=tuple(fields.day(d, "missed_draws") for d in body.get("missed_draws") or ()),
+        justification=fields.text("justification", "") or "",
+        rationale=rationale,
+        signed=signed,
+        signed_by=by if signed and role == SubmitterRole.PRESCRIBER else None,
+        signed_at=at if signed else None,
     )
+
+
+def sign_request(body: Any, where: str, at: datetime, tz: tzinfo) -> tuple[str, str | None]:
+    fields = Fields(body, where, STEP_KEYS["sign"], tz)
+    return fields.text("by", required=True) or "", fields.text("psf")
+
+
+def advance_until(body: Any, where: str, at: datetime, tz: tzinfo) -> datetime:
+    if not isinstance(body, dict):
+        return at if body is None or body is True else aware(body, tz, where)
+    fields = Fields(body, where, STEP_KEYS["advance_to"], tz)
+    for key in ("to", "until"):
+        if body.get(key) is not None:
+            return fields.moment(key)
+    return at
+
+
+def raw_message(body: Any, where: str, at: datetime, tz: tzinfo) -> Any:
+    return body
+
+
+PARSERS = {
+    "lab": lab_results,
+    "labs": lab_results,
+    "dispense": dispense_request,
+    "psf": psf_form,
+    "sign": sign_request,
+    "advance_to": advance_until,
+    "hl7": raw_message,
+    "fhir": raw_message,
+}

@@ -72,7 +72,10 @@ def test_a_scenario_with_an_unknown_expect_key_fails_clearly(tmp_path: Path) -> 
         )
     )
     result = cli("scenario", "run", str(path))
-    assert result.returncode == 1 and "unknown expect keys ['reason']" in result.stdout
+    assert (
+        result.returncode == 1
+        and "expect (of a dispense step): unknown keys ['reason']" in result.stdout
+    )
 
 
 def test_db_upgrade_and_load_registry_are_idempotent(tmp_path: Path) -> None:
@@ -90,3 +93,45 @@ def test_load_registry_refuses_a_bad_npi(tmp_path: Path) -> None:
     path.write_text('registry:\n  prescribers: [{npi: "1234567890", certified: true}]\n')
     result = cli("load-registry", str(path), "--db", f"sqlite:///{tmp_path / 'x.db'}")
     assert result.returncode == 2 and "not a valid NPI" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("days_supply: 30}", "dayssupply: 30}"), "step 1 dispense: unknown keys ['dayssupply']"),
+        (
+            ("setting: outpatient, days", "setting: outpatent, days"),
+            "setting: 'outpatent' is not one of inpatient, outpatient",
+        ),
+        (
+            ("at: 2022-03-02T09:00:00Z", "at: 03/02/2022"),
+            "step 1.at: '03/02/2022' is not an ISO 8601 time",
+        ),
+        (
+            ("name: typo", "name: typo\ntimezone: Eastern"),
+            "timezone: 'Eastern' is not an IANA time zone",
+        ),
+        (
+            ("days_supply: 30}", "days_supply: 30, discharge: yes}"),
+            "discharge: 'yes' is not true or false",
+        ),
+    ],
+)
+def test_a_malformed_step_is_reported_before_anything_runs(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text(
+        SCENARIO.format(name="typo", outcome="authorized", reasons="[]").replace(*change)
+    )
+    result = cli("scenario", "run", str(path))
+    assert result.returncode == 1
+    assert message in result.stdout and "Traceback" not in result.stdout + result.stderr
+    assert "FAIL" in result.stdout and "— typo" in result.stdout
+
+
+def test_verbose_shows_what_each_step_answered(scenario_files: tuple[Path, Path]) -> None:
+    result = cli("scenario", "run", "-v", str(scenario_files[0]))
+    assert (
+        "ok   step 1 (dispense at 2022-03-02T09:00:00+00:00): outcome=authorized" in result.stdout
+    )
