@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Depends, Request
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from gateway.errors import ApiError
 from gateway.service import RegistryConflict, RemsService, Source
@@ -87,3 +89,32 @@ async def post_registry(
     }
     log.info("registry loaded", extra={"actor": actor, **counts})
     return {**counts, "patient_ids": patient_ids}
+
+
+class ScheduledWork(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    until: AwareDatetime | None = None  # default: now
+    patients: list[str] | None = None  # REMS patient ids; default: every patient
+
+
+@router.post("/scheduled-work")
+async def post_scheduled_work(
+    work: ScheduledWork, request: Request, actor: Annotated[str, Depends(require_admin)]
+) -> dict[str, Any]:
+    """Run §8 scheduled work up to a time (replays and scenario runs: ``--clock message``)."""
+    now = datetime.now(UTC)
+    until = work.until or now
+    if until > now and request.app.state.settings.clock == "system":
+        raise ApiError(
+            422,
+            "until_in_future",
+            "this gateway runs on the system clock: until must not be after now",
+        )
+    service: RemsService = request.app.state.service
+    found = await service.run_scheduled(until, work.patients)
+    log.info("scheduled work run", extra={"actor": actor, "patients": len(found)})
+    return {
+        "until": until.isoformat(),
+        "patients": {pid: [f.as_dict() for f in findings] for pid, findings in found.items()},
+    }

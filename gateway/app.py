@@ -5,6 +5,8 @@ Routes only translate: they call the application service and shape its answer.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -18,6 +20,7 @@ from gateway.admin import router as admin_router
 from gateway.config import Settings
 from gateway.errors import ApiError, error_response
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
+from gateway.scheduler import start_scheduler
 from gateway.service import RemsService
 from gateway.writer import Writer, WriterStopped
 
@@ -55,7 +58,16 @@ def readiness_problem(state: GatewayState) -> str | None:
 
 
 def create_app(service: RemsService, settings: Settings, state: GatewayState) -> FastAPI:
-    app = FastAPI(title="rems-gateway", summary="Clozapine REMS gateway")
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        scheduler = None
+        if settings.clock == "system":
+            scheduler = start_scheduler(service, settings.schedule_every_minutes)
+        yield
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+
+    app = FastAPI(title="rems-gateway", summary="Clozapine REMS gateway", lifespan=lifespan)
     metrics = GatewayMetrics(state.writer)
     app.state.service = service
     app.state.settings = settings

@@ -137,8 +137,14 @@ def serve_command(
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning, error (default info)")
     ] = None,
+    schedule_every_minutes: Annotated[
+        int | None,
+        typer.Option(help="Run scheduled monitoring work every N minutes (default 15)"),
+    ] = None,
 ) -> None:
-    """Run the gateway: HTTP (health, readiness, metrics, admin). Flags > REMS_… > --config."""
+    """Run the gateway: HTTP (health, readiness, metrics, admin) and the scheduler.
+
+    Flags > REMS_… > --config."""
     flags = {name: value for name, value in locals().items() if name != "config"}
     from gateway.config import ConfigError, load_settings
     from gateway.server import StartupFailed, serve

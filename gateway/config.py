@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     tls_cert: FilePath | None = None
     tls_key: FilePath | None = None
     log_level: LogLevel = "INFO"
+    schedule_every_minutes: int = Field(15, ge=1, le=24 * 60)
 
     @classmethod
     def settings_customise_sources(

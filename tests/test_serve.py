@@ -241,6 +241,41 @@ def test_admin_with_the_token_is_200(gateway: Gateway, admin: dict[str, str]) ->
     assert post_json(gateway, registry(), admin).status_code == 200
 
 
+# --- scheduled work ---------------------------------------------------------------------------
+
+
+def test_the_scheduler_runs_monitoring_work_at_start_up(gateway: Gateway) -> None:
+    deadline = time.monotonic() + 10
+    while "scheduled work done" not in gateway.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "scheduled work done" in gateway.output()
+
+
+def test_scheduled_work_in_the_future_is_refused_on_the_system_clock(
+    gateway: Gateway, admin: dict[str, str]
+) -> None:
+    response = gateway.http.post(
+        "/admin/scheduled-work", json={"until": "2999-01-01T00:00:00Z"}, headers=admin
+    )
+    assert response.status_code == 422 and response.json()["error"] == "until_in_future"
+
+
+def test_scheduled_work_up_to_a_time_on_the_message_clock(tmp_path: Path) -> None:
+    gateway = start(tmp_path, "--clock", "message")
+    try:
+        patient = post_json(gateway, registry(), {}).json()["patient_ids"]["P1"]
+        response = gateway.http.post(
+            "/admin/scheduled-work",
+            json={"until": "2021-12-20T12:00:00Z", "patients": [patient]},
+        )
+        assert response.status_code == 200, response.text
+        codes = {f["code"] for f in response.json()["patients"][patient]}
+        assert "LABS_MISSED" in codes  # enrollment ANC drawn 2021-11-18: 32 days
+        assert "scheduled work done" not in gateway.output()  # no periodic job on this clock
+    finally:
+        assert gateway.terminate() == 0
+
+
 # --- start-up and shutdown --------------------------------------------------------------------
 
 
