@@ -307,6 +307,7 @@ class RemsService:
         patient = store.find_patient(identifiers)
         if patient is None:
             return PsfOutcome(PsfStatus.REJECTED, (finding(Code.PATIENT_NOT_MATCHED),))
+        form = self._with_designees_prescriber(store, form)
         own = self._store_reported_ancs(store, patient, form.anc, form.submitted_at, source)
         snapshot = store.snapshot(patient, [form.submitter, form.prescriber_npi])
         judgement = judge_psf(pack, snapshot, form, own, self.tz)
@@ -323,6 +324,14 @@ class RemsService:
         if judgement.status == PsfStatus.ACCEPTED:
             self._record_status_change(store, pack, snapshot, stored, patient)
         return PsfOutcome(judgement.status, judgement.reasons, warnings, stored.psf_id, *versions)
+
+    @staticmethod
+    def _with_designees_prescriber(store: Store, form: PatientStatusForm) -> PatientStatusForm:
+        """A designee's PSF that names no prescriber is for the one prescriber it acts for."""
+        if form.role != SubmitterRole.DESIGNEE or form.prescriber_npi not in ("", form.submitter):
+            return form
+        prescribers = store.prescribers_of_designee(form.submitter)
+        return replace(form, prescriber_npi=prescribers[0]) if len(prescribers) == 1 else form
 
     def _record_status_change(
         self,

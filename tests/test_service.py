@@ -298,3 +298,17 @@ def test_a_re_sent_result_is_the_same_result_not_a_new_one(service: RemsService)
     outcome = run(service.ingest_labs(MRN, [resent], SOURCE, at("2022-03-06")))
     assert [r.anc for r in outcome.results] == [800]
     assert run(service.submit_psf(MRN, monthly_psf("2022-03-07"), SOURCE)).accepted
+
+
+def test_a_designees_psf_without_a_prescriber_is_for_the_one_it_acts_for(
+    service: RemsService,
+) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    form = replace(
+        monthly_psf("2022-03-05"),
+        submitter="D1",
+        role=SubmitterRole.DESIGNEE,
+        prescriber_npi="D1",
+        signed=False,
+    )
+    assert run(service.submit_psf(MRN, form, SOURCE)).accepted

@@ -272,6 +272,15 @@ class Store:
             for r in rows
         }
 
+    def prescribers_of_designee(self, designee_id: str) -> list[str]:
+        return list(
+            self.conn.execute(
+                select(attachment_t.c.prescriber_npi).where(
+                    attachment_t.c.designee_id == designee_id
+                )
+            ).scalars()
+        )
+
     def pharmacies(self, npis: Iterable[str]) -> dict[str, Pharmacy]:
         wanted = {n for n in npis if n}
         if not wanted:
