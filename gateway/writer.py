@@ -37,6 +37,7 @@ class Writer:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="rems-writer", daemon=True)
         self._stopping = False
+        self._lock = threading.Lock()
         self.commits = 0
         self.units = 0
 
@@ -49,18 +50,21 @@ class Writer:
 
     def stop(self) -> None:
         """Finish every queued unit of work, then stop."""
-        if self._stopping:
-            return
-        self._stopping = True
-        self._queue.put(_STOP)
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._queue.put(_STOP)
         if self._thread.is_alive():
             self._thread.join()
+        self._fail_queued()
 
     def submit(self, work: Callable[[Store], T]) -> Future[T]:
-        if self._stopping:
-            raise WriterStopped("the gateway is shutting down")
         future: Future[T] = Future()
-        self._queue.put((work, future))
+        with self._lock:  # never queue behind the stop marker, or to a writer that died
+            if not self.running:
+                raise WriterStopped("the gateway's writer is not running")
+            self._queue.put((work, future))
         return future
 
     def call(self, work: Callable[[Store], T]) -> T:
@@ -86,19 +90,40 @@ class Writer:
         return batch, False
 
     def _run(self) -> None:
-        with self._engine.connect() as conn:
-            stop = False
-            while not stop:
-                batch, stop = self._next_batch()
-                if batch:
-                    self._commit_batch(conn, batch)
+        try:
+            with self._engine.connect() as conn:
+                stop = False
+                while not stop:
+                    batch, stop = self._next_batch()
+                    if batch:
+                        self._commit_batch(conn, batch)
+        except BaseException as exc:  # the thread ends here; every caller is answered below
+            log.critical("the writer stopped: %s", type(exc).__name__)
+        finally:
+            with self._lock:
+                self._stopping = True
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP and item[1].set_running_or_notify_cancel():
+                item[1].set_exception(WriterStopped("the gateway's writer stopped"))
 
     def _commit_batch(self, conn: Any, batch: list[tuple[Work, Future]]) -> None:
+        # A caller that gave up before its unit started is skipped; once started, a unit's
+        # future can no longer be cancelled, so its answer always arrives.
+        live = [(work, future) for work, future in batch if future.set_running_or_notify_cancel()]
         outcomes: list[tuple[Future, Any, BaseException | None]] = []
         store = Store(conn)
+        failure: BaseException = WriterStopped("the writer stopped during this unit of work")
+        committed = False
         try:
             with conn.begin():
-                for work, future in batch:
+                for work, future in live:
                     savepoint = conn.begin_nested()
                     try:
                         result = work(store)
@@ -108,15 +133,17 @@ class Writer:
                     else:
                         savepoint.commit()
                         outcomes.append((future, result, None))
+            committed = True
+            self.commits += 1
+            self.units += len(live)
         except Exception as exc:  # the COMMIT itself failed: nothing of the batch is durable
-            log.error("group commit of %d units failed: %s", len(batch), type(exc).__name__)
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        self.commits += 1
-        self.units += len(batch)
-        for future, result, error in outcomes:
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+            log.error("group commit of %d units failed: %s", len(live), type(exc).__name__)
+            failure = exc
+        finally:
+            if not committed:
+                outcomes = [(future, None, failure) for _, future in live]
+            for future, result, error in outcomes:
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)

@@ -1,0 +1,94 @@
+"""The single writer: answers only after the commit, survives callers that give up, never strands
+a caller."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, text
+
+from gateway.writer import Writer, WriterStopped
+from rems_core.store.repo import Store
+
+_keys = iter(range(1_000_000))
+
+
+def insert_setting(store: Store) -> int:
+    store.conn.execute(
+        text("INSERT INTO site_setting (key, value) VALUES (:k, 'x')"), {"k": f"k{next(_keys)}"}
+    )
+    return 1
+
+
+@pytest.fixture
+def gated_commit(engine: Engine) -> Iterator[threading.Event]:
+    """COMMITs wait until the test opens the gate."""
+    gate = threading.Event()
+
+    def wait_for_gate(_conn: Any) -> None:
+        gate.wait(10)
+
+    event.listen(engine, "commit", wait_for_gate)
+    yield gate
+    gate.set()
+    event.remove(engine, "commit", wait_for_gate)
+
+
+def test_a_caller_is_answered_only_after_the_commit(
+    engine: Engine, gated_commit: threading.Event
+) -> None:
+    writer = Writer(engine)
+    writer.start()
+    try:
+        future = writer.submit(insert_setting)
+        assert not future.done() and not future.cancelled()
+        with pytest.raises(TimeoutError):
+            future.result(timeout=0.3)  # the unit ran; its COMMIT is held at the gate
+        gated_commit.set()
+        assert future.result(timeout=5) == 1
+    finally:
+        gated_commit.set()
+        writer.stop()
+
+
+def test_a_caller_that_gives_up_does_not_stop_the_writer(writer: Writer) -> None:
+    async def impatient() -> None:
+        task = asyncio.ensure_future(writer.run(insert_setting))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(impatient())
+    assert writer.call(insert_setting) == 1
+    assert writer.running
+
+
+def test_work_after_stop_is_refused_not_stranded(engine: Engine) -> None:
+    writer = Writer(engine)
+    writer.start()
+    writer.stop()
+    with pytest.raises(WriterStopped):
+        writer.submit(insert_setting)
+
+
+def test_a_unit_that_raises_base_exception_fails_its_batch_and_the_writer_reports_it(
+    engine: Engine,
+) -> None:
+    writer = Writer(engine)
+    writer.start()
+
+    def fatal(_store: Store) -> None:
+        raise SystemExit(3)
+
+    future = writer.submit(fatal)
+    with pytest.raises(WriterStopped):
+        future.result(timeout=5)
+    writer._thread.join(5)
+    assert not writer.running
+    with pytest.raises(WriterStopped):
+        writer.submit(insert_setting)
