@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from rems_core import monitoring
 from rems_core.codes import Code, finding
-from rems_core.model import Finding, PatientSnapshot, TreatmentStatus
+from rems_core.model import Finding, PatientSnapshot, PsfType, TreatmentStatus
 from rems_core.rulepack import OutOfScope, RulePack
 from rems_core.store.repo import Store
 
@@ -65,7 +65,8 @@ def _end_legacy_enrollment(
     store: Store, pack: RulePack, snapshot: PatientSnapshot, until: datetime
 ) -> None:
     patient = snapshot.patient
-    if patient is None or not patient.legacy_enrolled or snapshot.accepted_psfs:
+    re_enrolled = any(p.form.type == PsfType.ENROLLMENT for p in snapshot.accepted_psfs)
+    if patient is None or not patient.legacy_enrolled or re_enrolled:
         return
     if store.latest_alert(patient.rems_id, "LEGACY_ENROLLMENT_ENDED") is not None:
         return

@@ -97,9 +97,11 @@ class ServiceConfig:
     tz: tzinfo = UTC
 
 
-def request_hash(request: DispenseRequest) -> str:
+def request_hash(identifiers: list[Identifier], request: DispenseRequest) -> str:
+    """What makes two requests with one request id the same request: patient and body."""
     body = asdict(request)
     body.pop("dispense_date")  # a retry later in the day is still the same request
+    body["patient"] = sorted((i.system, i.value) for i in identifiers)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -233,15 +235,22 @@ class RemsService:
         pack = self._lab_pack()
         touched: dict[str, list[LabResult]] = {}
         repeated: set[str] = set()
+        late_preliminaries: list[AncResult] = []
         for result in results:
             known = self._stored_as(store, patient, result)
             if known is not None:
                 repeated.add(known)
-                continue
-            store.add_observation(patient.rems_id, result, received, source.channel)
-            touched.setdefault(specimen_key(result), []).append(result)
+            elif self._behind_a_final(store, patient, result):
+                store.add_observation(
+                    patient.rems_id, result, received, source.channel, supersede=False
+                )
+                late_preliminaries += specimen_ancs(pack, patient.designation, [result])
+            else:
+                store.add_observation(patient.rems_id, result, received, source.channel)
+                touched.setdefault(specimen_key(result), []).append(result)
         earlier = store.anc_results(patient.rems_id)
-        reported = [a for a in earlier if a.specimen in repeated - touched.keys()]
+        reported = [a for a in earlier if specimen_key(a) in repeated - touched.keys()]
+        reported += late_preliminaries
         for key, arrived in touched.items():
             current = store.current_observations(patient.rems_id, key)
             ancs = [
@@ -258,6 +267,17 @@ class RemsService:
             withdrawn = [cancelled(r) for r in arrived if r.status == ResultStatus.CANCELLED]
             reported += ancs or withdrawn
         return reported
+
+    @staticmethod
+    def _behind_a_final(store: Store, patient: Patient, result: LabResult) -> bool:
+        """A preliminary that arrives after the final (or corrected) result never replaces it."""
+        if result.status != ResultStatus.PRELIMINARY:
+            return False
+        current = store.current_observations(patient.rems_id, specimen_key(result))
+        return any(
+            r.code == result.code and r.status in (ResultStatus.FINAL, ResultStatus.CORRECTED)
+            for r in current
+        )
 
     def _stored_as(self, store: Store, patient: Patient, result: LabResult) -> str | None:
         """The specimen key under which the same result is already stored (a re-send), if any."""
@@ -322,7 +342,7 @@ class RemsService:
             stored, patient.rems_id, judgement.reasons, warnings, versions, source.channel
         )
         if judgement.status == PsfStatus.ACCEPTED:
-            self._record_status_change(store, pack, snapshot, stored, patient)
+            self._record_acceptance(store, pack, snapshot, stored, patient)
         return PsfOutcome(judgement.status, judgement.reasons, warnings, stored.psf_id, *versions)
 
     @staticmethod
@@ -333,7 +353,7 @@ class RemsService:
         prescribers = store.prescribers_of_designee(form.submitter)
         return replace(form, prescriber_npi=prescribers[0]) if len(prescribers) == 1 else form
 
-    def _record_status_change(
+    def _record_acceptance(
         self,
         store: Store,
         pack: RulePack,
@@ -341,6 +361,9 @@ class RemsService:
         psf: StoredPsf,
         patient: Patient,
     ) -> None:
+        designation = psf.form.designation
+        if designation is not None and designation != patient.designation:
+            store.set_designation(patient.rems_id, designation)  # accepted: signed if BEN/hospice
         old, _ = monitoring.treatment_status(pack, before, psf.judged_at, self.tz)
         if old.value != psf.form.treatment_status.value:
             store.add_status_event(
@@ -401,7 +424,7 @@ class RemsService:
         versions = (pack.id, pack.version)
         store.update_psf(signed, judgement.reasons, judgement.warnings, versions)
         if judgement.status == PsfStatus.ACCEPTED:
-            self._record_status_change(store, pack, snapshot, signed, patient)
+            self._record_acceptance(store, pack, snapshot, signed, patient)
         return PsfOutcome(
             judgement.status, judgement.reasons, judgement.warnings, target.psf_id, *versions
         )
@@ -427,7 +450,7 @@ class RemsService:
         source: Source,
         pack: RulePack,
     ) -> Decision:
-        digest = request_hash(request)
+        digest = request_hash(identifiers, request)
         if request.request_id:
             earlier = store.decision_for_request(request.request_id)
             if earlier is not None:

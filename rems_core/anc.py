@@ -96,11 +96,14 @@ def rationale_threshold(pack: RulePack, designation: Designation) -> int:
     return getattr(pack.rationale_below.value, designation.value)
 
 
-def below_threshold_finding(pack: RulePack, anc: AncResult, designation: Designation) -> Finding:
+def below_threshold_finding(
+    pack: RulePack, anc: AncResult, designation: Designation, drawn: str | None = None
+) -> Finding:
+    """``drawn``: the draw as the reader should see it (the site's date); default UTC time."""
     return finding(
         Code.ANC_BELOW_THRESHOLD,
         anc=anc.anc,
-        drawn=anc.drawn.date().isoformat(),
+        drawn=drawn or f"{anc.drawn:%Y-%m-%d %H:%M} UTC",
         threshold=rationale_threshold(pack, designation),
         population=designation.value,
     )
@@ -164,16 +167,13 @@ def _derive(
         return None
     specimen = [r for r in specimen if r.drawn == wbc.drawn]  # one specimen, one collection time
     neutrophils = _first(specimen, codes.neutrophils_pct)
-    parts = (
-        [neutrophils]
-        if neutrophils is not None
-        else [
-            r
-            for r in (_first(specimen, codes.segmented_pct), _first(specimen, codes.bands_pct))
-            if r
-        ]
-    )
-    if not parts:
+    segmented = _first(specimen, codes.segmented_pct)
+    if neutrophils is not None:
+        parts = [neutrophils]
+    elif segmented is not None:  # bands are added to segmented neutrophils, never used alone
+        bands = _first(specimen, codes.bands_pct)
+        parts = [segmented, *([bands] if bands else [])]
+    else:
         return None
     wbc_reading = read_count(pack, wbc)
     readings = [read_percent(pack, p) for p in parts]

@@ -229,7 +229,8 @@ def _rationale_checks(
         and newest.anc is not None
         and newest.anc < rationale_threshold(pack, designation)
     ) and not any(p.judged_at > newest.drawn for p in rationales):
-        findings.append(below_threshold_finding(pack, newest, designation))
+        drawn = monitoring.local_date(newest.drawn, tz).isoformat()
+        findings.append(below_threshold_finding(pack, newest, designation, drawn))
     if monitoring.labs_missed(pack, snapshot, moment, tz):
         window = pack.labs_missed_rationale_window.value
         if not any(monitoring.days_between(p.judged_at, moment, tz) <= window for p in rationales):
@@ -268,15 +269,15 @@ def evaluate(
             else None
         )
         if window_failure is not None:
-            if checks.denials:
-                checks.denials.append(window_failure)
+            if checks.denials or pack.warns_on_administrative_failures:
+                checks.denials.append(window_failure)  # no override needed, or none possible
             else:
                 _pharmacist_override(
                     pack, request, snapshot, override_anc, tz, checks, window_failure
                 )
         if pack.warns_on_administrative_failures:
-            checks.warnings += checks.denials
-            checks.denials = []
+            checks.warnings += [d for d in checks.denials if d.code in ADMINISTRATIVE]
+            checks.denials = [d for d in checks.denials if d.code not in ADMINISTRATIVE]
             checks.override_possible = False
         cap = discharge_cap(pack, request, snapshot, tz)
         if cap is not None:

@@ -26,6 +26,9 @@ from rems_core.model import (
 )
 from rems_core.rulepack import RulePack
 
+#: What the label pack still reports of a PSF: the clinical finding, not registry or form checks.
+CLINICAL = frozenset({Code.RATIONALE_REQUIRED})
+
 
 @dataclass(frozen=True)
 class PsfJudgement:
@@ -170,7 +173,7 @@ def _rationale_needs(
     if psf.treatment_status != TreatmentStatus.ACTIVE:
         return []
     needs = [
-        f"ANC {a.anc}/µL drawn {a.drawn.date().isoformat()}"
+        f"ANC {a.anc}/µL drawn {monitoring.local_date(a.drawn, tz).isoformat()}"
         for a in _low_ancs(pack, snapshot, psf, own, tz)
     ]
     if psf.type != PsfType.ENROLLMENT and monitoring.labs_missed(
@@ -242,8 +245,8 @@ def judge_psf(
         held = finding(Code.PRESCRIBER_SIGNATURE_REQUIRED, why="; ".join(needs))
     else:
         held = None
-    if pack.advisory:  # no REMS: the form is kept, what the REMS would refuse is a warning
-        advisories = (*reasons, *([held] if held else []))
+    if pack.advisory:  # no REMS: the form is kept; only the clinical refusals remain, as advice
+        advisories = tuple(r for r in reasons if r.code in CLINICAL)
         return PsfJudgement(PsfStatus.ACCEPTED, (), (*advisories, *warnings))
     if reasons:
         return PsfJudgement(PsfStatus.REJECTED, tuple(reasons), warnings)

@@ -215,3 +215,17 @@ def test_derivation_inputs_must_share_the_collection_time() -> None:
 
 def test_an_out_of_range_value_is_rejected_not_merely_suspect() -> None:
     assert warning_codes(one("-5")) == {"ANC_OUT_OF_RANGE"}
+
+
+def test_bands_alone_derive_nothing() -> None:
+    assert (
+        specimen_ancs(REMS, GENERAL, specimen(("6690-2", "5.0", "10*3/uL"), ("764-1", "5", "%")))
+        == []
+    )
+
+
+def test_segmented_alone_derive_without_bands() -> None:
+    (result,) = specimen_ancs(
+        REMS, GENERAL, specimen(("6690-2", "5.0", "10*3/uL"), ("26505-8", "40", "%"))
+    )
+    assert result.anc == 2000

@@ -261,3 +261,11 @@ def test_an_overdue_anc_is_a_warning_only() -> None:
     )
     decision = run(snapshot, dispense("2022-03-09"))
     assert decision.outcome == Outcome.AUTHORIZED and "ANC_OVERDUE" in codes(decision.warnings)
+
+
+def test_under_discretion_an_override_is_not_spent_on_an_administrative_failure() -> None:
+    decision = run(
+        out_of_window(), dispense("2022-03-02", override=OVERRIDE), DISCRETION, override_anc=CURRENT
+    )
+    assert decision.outcome == Outcome.AUTHORIZED and not decision.override_used
+    assert "PSF_OUT_OF_WINDOW" in codes(decision.warnings) and decision.reasons == ()

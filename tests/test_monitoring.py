@@ -104,3 +104,10 @@ def test_treatment_status_follows_the_latest_accepted_psf() -> None:
         REMS, patient_file(enrolled_on=None), at("2022-02-02"), UTC
     )
     assert status == TreatmentStatus.NOT_ENROLLED
+
+
+def test_the_reported_frequency_is_the_newest_stated_one() -> None:
+    older = psf("2022-01-01", monitoring_frequency=MONTHLY)
+    newer = psf("2022-02-01", monitoring_frequency=BIWEEKLY)
+    snapshot = patient_file(psfs=(newer, older))
+    assert monitoring.reported_frequency(REMS, snapshot, at("2022-02-02"), UTC) == BIWEEKLY

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, select
 
 from gateway.service import RemsService, Source
+from rems_core.model import Identifier, PatientStatusForm, PsfType, SubmitterRole
 from rems_core.registry import RegistryDocument
 from rems_core.store import tables
 from tests.builders import PRESCRIBER, at
@@ -72,3 +73,21 @@ def test_legacy_patients_become_not_enrolled_after_the_deadline(
             .all()
         )
     assert to == ["not_enrolled"]
+
+
+def test_a_monthly_psf_is_no_re_enrollment(service: RemsService, engine: Engine) -> None:
+    ids = run(service.load_registry(registry(), Source("test")))
+    legacy = [
+        Identifier("urn:oid:1.2.3", "MRN2"),
+    ]
+    form = PatientStatusForm(
+        PsfType.MONTHLY,
+        at("2021-12-01"),
+        PRESCRIBER,
+        SubmitterRole.PRESCRIBER,
+        PRESCRIBER,
+        signed=True,
+    )
+    assert run(service.submit_psf(legacy, form, Source("test"))).accepted  # enrolled until 12-22
+    run(service.run_scheduled(at("2021-12-23")))
+    assert (ids["L1"], "LEGACY_ENROLLMENT_ENDED") in alerts(engine)

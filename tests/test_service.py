@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 from gateway.service import RegistryConflict, RemsService, RequestConflict, Source
 from rems_core.model import (
     Decision,
+    Designation,
     Identifier,
     LabResult,
     Outcome,
@@ -298,3 +299,50 @@ def test_a_designees_psf_without_a_prescriber_is_for_the_one_it_acts_for(
         signed=False,
     )
     assert run(service.submit_psf(MRN, form, SOURCE)).accepted
+
+
+def test_one_request_id_for_another_patient_is_a_conflict(
+    service: RemsService, engine: Engine
+) -> None:
+    doc = registry()
+    other = doc.patients[0].model_copy(
+        update={
+            "id": "P2",
+            "identifiers": [doc.patients[0].identifiers[0].model_copy(update={"value": "MRN999"})],
+        }
+    )
+    run(service.load_registry(doc.model_copy(update={"patients": [*doc.patients, other]}), SOURCE))
+    run(service.decide_dispense(MRN, dispense("2022-03-02", request_id="req-9"), SOURCE))
+    with pytest.raises(RequestConflict):
+        run(
+            service.decide_dispense(
+                [Identifier(MRN[0].system, "MRN999")],
+                dispense("2022-03-02", request_id="req-9"),
+                SOURCE,
+            )
+        )
+    assert count(engine, tables.RdaRow) == 1
+
+
+def test_a_preliminary_after_the_final_never_replaces_it(service: RemsService) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    run(service.ingest_labs(MRN, [lab("900")], SOURCE, at("2022-03-02T09:00")))
+    late = run(
+        service.ingest_labs(
+            MRN, [lab("2000", ResultStatus.PRELIMINARY)], SOURCE, at("2022-03-02T10:00")
+        )
+    )
+    assert [w.code for r in late.results for w in r.warnings] == ["RESULT_PRELIMINARY"]
+    decision = run(service.decide_dispense(MRN, dispense("2022-03-03"), SOURCE))
+    assert decision.outcome == Outcome.RATIONALE_REQUIRED
+
+
+def test_an_accepted_ben_designation_changes_the_thresholds(service: RemsService) -> None:
+    run(service.load_registry(registry(), SOURCE))
+    ben = monthly_psf("2022-03-05", designation=Designation.BEN)
+    assert run(service.submit_psf(MRN, ben, SOURCE)).accepted
+    run(service.ingest_labs(MRN, [lab("800")], SOURCE, at("2022-03-06")))
+    assert (
+        run(service.decide_dispense(MRN, dispense("2022-03-06T12:00"), SOURCE)).outcome
+        == Outcome.AUTHORIZED
+    )

@@ -141,7 +141,7 @@ def _observation(row: Any) -> LabResult:
     )
 
 
-def specimen_key(result: LabResult) -> str:
+def specimen_key(result: LabResult | AncResult) -> str:
     """Results of one specimen share it; without an accession id, the draw time stands in."""
     return result.specimen or f"drawn:{result.drawn.isoformat()}"
 
@@ -248,6 +248,13 @@ class Store:
     def patient(self, patient_id: str) -> Patient | None:
         return _patient(self.conn.execute(_patient_by_id, {"patient_id": patient_id}).all())
 
+    def set_designation(self, patient_id: str, designation: Designation) -> None:
+        self.conn.execute(
+            update(patient_t)
+            .where(patient_t.c.id == patient_id)
+            .values(designation=designation.value)
+        )
+
     def patient_ids(self) -> list[str]:
         return list(self.conn.execute(select(patient_t.c.id).order_by(patient_t.c.id)).scalars())
 
@@ -304,10 +311,12 @@ class Store:
         received: datetime,
         channel: str,
         unmatched: list[Identifier] | None = None,
+        supersede: bool = True,
     ) -> None:
-        """Store a reported observation; it replaces the current one of its specimen and code."""
+        """Store a reported observation; it replaces the current one of its specimen and code,
+        unless ``supersede`` is false (it is then kept for the record only)."""
         key = specimen_key(result)
-        if patient_id is not None:
+        if patient_id is not None and supersede:
             self.conn.execute(
                 update(observation_t)
                 .where(
@@ -331,7 +340,7 @@ class Store:
                 status=result.status.value,
                 drawn=result.drawn,
                 received=received,
-                current=result.status != ResultStatus.CANCELLED,
+                current=supersede and result.status != ResultStatus.CANCELLED,
                 channel=channel,
             )
         )
@@ -396,7 +405,7 @@ class Store:
                 category=AncCategory(r.category) if r.category else None,
                 usable=r.usable,
                 derived=r.derived,
-                specimen=r.specimen_key,
+                specimen=None if r.specimen_key.startswith("drawn:") else r.specimen_key,
                 code=r.code,
                 status=ResultStatus(r.status),
                 warnings=_findings(r.warnings or []),
