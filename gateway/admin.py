@@ -12,7 +12,7 @@ import yaml
 from fastapi import APIRouter, Depends, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, yaml_problem
 from gateway.service import RegistryConflict, RemsService, Source
 from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from
 
@@ -55,9 +55,7 @@ def parse_body(content_type: str, body: bytes) -> Any:
         try:
             return yaml.safe_load(body)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ApiError(400, "invalid_body", f"the body is not valid YAML{where}") from None
+            raise ApiError(400, "invalid_body", f"the body is {yaml_problem(exc)}") from None
     accepted = ", ".join(sorted(JSON_TYPES | YAML_TYPES))
     raise ApiError(415, "unsupported_media_type", f"send the registry block as one of: {accepted}")
 

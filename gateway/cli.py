@@ -41,14 +41,18 @@ def load_registry(
     db: DbOption = DEFAULT_URL,
 ) -> None:
     """Load prescribers, designees, pharmacies and patients (idempotent; changes are updates)."""
+    from gateway.errors import yaml_problem
     from gateway.service import RegistryConflict, RemsService, Source
     from gateway.writer import Writer
 
     try:
         doc = registry_from(yaml.safe_load(file.read_text(encoding="utf-8")))
-    except (RegistryInvalid, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
+        typer.echo(f"{file}: {yaml_problem(exc)}", err=True)
+        raise typer.Exit(2) from None
+    except RegistryInvalid as exc:
         typer.echo(f"{file}: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
     upgrade(db)
     engine = make_engine(db)
     writer = Writer(engine)

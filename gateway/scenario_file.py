@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from gateway.errors import yaml_problem
 from rems_core.model import (
     Designation,
     DispenseRequest,
@@ -234,7 +235,7 @@ def read(path: Path) -> dict[str, Any]:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise ScenarioError(f"not valid YAML: {exc}") from None
+        raise ScenarioError(yaml_problem(exc)) from None
     if not isinstance(data, dict):
         raise ScenarioError("a scenario file is a mapping with name, registry and steps")
     return data

@@ -77,10 +77,6 @@ class RegistryConflict(ValueError):
     """A registry document contradicts itself; nothing of it was loaded."""
 
 
-class UnknownPatient(LookupError):
-    pass
-
-
 class RandomIds:
     """Ids and RDA numbers: unique and not guessable."""
 

@@ -31,10 +31,6 @@ class Reading:
     value: Decimal | None
     warnings: tuple[Finding, ...] = ()
 
-    @property
-    def ok(self) -> bool:
-        return self.value is not None and not self.warnings
-
 
 def _unit_key(unit: str) -> str:
     return unit.replace("µ", "u").replace("μ", "u").replace(" ", "").casefold()

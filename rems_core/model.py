@@ -132,12 +132,6 @@ class Patient:
     legacy_enrolled: bool = False
 
 
-@dataclass(frozen=True)
-class Registry:
-    prescribers: tuple[Prescriber, ...] = ()
-    pharmacies: tuple[Pharmacy, ...] = ()
-
-
 # --- lab results ----------------------------------------------------------------------------
 
 

@@ -137,7 +137,10 @@ class RegistryDocument(_Strict):
             for ident in patient.identifiers:
                 other = owners.setdefault((ident.system, ident.value), index)
                 if other != index and self.patients[other] != patient:
-                    problems.append(f"identifier {ident.system}|{ident.value} names two patients")
+                    # The identifier's value is PHI: name the entries, not the value.
+                    problems.append(
+                        f"patients {other} and {index} share an identifier of {ident.system}"
+                    )
         return problems
 
 

@@ -14,12 +14,13 @@ DEFAULT_URL = "sqlite:///rems-gateway.db"
 
 
 def make_engine(url: str = DEFAULT_URL) -> Engine:
-    """An engine whose commits are durable: SQLite in WAL with synchronous=FULL."""
+    """An engine whose commits are durable: SQLite in WAL with synchronous=FULL. Bound values
+    (names, identifiers) never appear in its error messages."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
         _sqlite_durable(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def _sqlite_durable(engine: Engine) -> None:
