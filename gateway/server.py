@@ -19,19 +19,13 @@ from gateway.config import Settings
 from gateway.logs import configure_logging
 from gateway.service import RemsService, ServiceConfig
 from gateway.writer import Writer
-from rems_core.rulepack import PackLibrary
+from rems_core.rulepack import AUTO, PackLibrary
 from rems_core.store.db import make_engine, upgrade
 
 log = logging.getLogger("rems_gateway")
 
 # Inside the default 30 s grace period of common orchestrators, leaving time for the writer.
 GRACEFUL_SHUTDOWN_SECONDS = 20
-REMS_PACKS = ("clozapine-rems-2021", "clozapine-rems-2021+discretion")
-REMS_ENDED = "2025-06-13"  # rems-rules.md §0
-PACK_ADVICE = {
-    "clozapine-label-2025": "for today's hospitals",
-    "auto": "for replays by clinical date",
-}
 
 
 class StartupFailed(RuntimeError):
@@ -66,15 +60,15 @@ def startup_warnings(settings: Settings, packs: PackLibrary) -> list[str]:
     warnings = []
     if not settings.timezone_is_explicit:
         warnings.append("no --timezone: day counts use UTC")
-    if settings.rules in REMS_PACKS:
+    if settings.rules != AUTO and not packs.get(settings.rules).advisory:
         others = [
-            f"{pack_id} ({PACK_ADVICE[pack_id]})" if pack_id in PACK_ADVICE else pack_id
+            f"{pack_id} (for {packs.use_for(pack_id)})"
             for pack_id in packs.ids
             if pack_id != settings.rules
         ]
         warnings.append(
             f"rule pack {settings.rules} enforces the Clozapine REMS, which ended on "
-            f"{REMS_ENDED}; other packs: {', '.join(others)}"
+            f"{packs.program_ended.isoformat()}; other packs: {'; '.join(others)}"
         )
     if settings.admin_token is None:
         warnings.append(

@@ -125,7 +125,7 @@ def _judge(
         # A negative count is impossible in any unit: rejected, not "suspect, confirm it". A huge
         # one in a 10*3/uL-class unit is most likely a count per µL with the wrong unit: suspect.
         kept = tuple(w for w in warnings if w.code != Code.ANC_UNIT_SUSPECT)
-        warnings = (*kept, finding(Code.ANC_OUT_OF_RANGE, anc=anc))
+        warnings = (*kept, finding(Code.ANC_OUT_OF_RANGE, anc=anc, low=low, high=high))
         usable = False
     category, advice = (None, "")
     if anc is not None and low <= anc <= high:

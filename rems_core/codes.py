@@ -92,7 +92,7 @@ TEXT: dict[Code, str] = {
     ),
     Code.ANC_UNIT_UNKNOWN: "Unit {unit!r} is not a known unit for {code}; the result is not used.",
     Code.ANC_VALUE_INVALID: "Value {value!r} for {code} is not a number; the result is not used.",
-    Code.ANC_OUT_OF_RANGE: "ANC {anc}/µL is outside 0–100,000/µL; the result is rejected.",
+    Code.ANC_OUT_OF_RANGE: "ANC {anc}/µL is outside {low:,}–{high:,}/µL; the result is rejected.",
     Code.RESULT_PRELIMINARY: "Preliminary result: stored, not used for decisions until final.",
     Code.RESULT_CANCELLED: "Cancelled result: the earlier value of this specimen is withdrawn.",
     Code.PATIENT_NOT_MATCHED: "No registry patient matches the identifiers; kept for review.",

@@ -74,7 +74,7 @@ def discharge_cap(
     on = monitoring.local_date(request.dispense_date, tz)
     if cap.by_monitoring_frequency_from is not None and on >= cap.by_monitoring_frequency_from:
         frequency = monitoring.reported_frequency(pack, snapshot, request.dispense_date, tz)
-        return max(cap.inpatient_only, monitoring.interval_days(pack, frequency))
+        return cap.by_monitoring_frequency[frequency]
     return cap.inpatient_only
 
 

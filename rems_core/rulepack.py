@@ -80,6 +80,7 @@ class OverrideLimit(_Strict):
 class DischargeCap(_Strict):
     inpatient_only: int
     by_monitoring_frequency_from: date | None = None
+    by_monitoring_frequency: dict[MonitoringFrequency, int]
 
 
 class AncRange(_Strict):
@@ -97,6 +98,7 @@ class RulePack(_Strict):
     id: str
     version: str
     title: str
+    use_for: str
     extends: str | None = None
     mode: Param[Literal["enforce", "advisory"]]
     administrative_failures: Param[Literal["deny", "warn"]]
@@ -141,6 +143,8 @@ class AutoRow(_Strict):
 class AutoChoice(_Strict):
     id: Literal["auto"]
     section: str
+    use_for: str
+    program_ended: date
     choose_by_clinical_date: list[AutoRow]
 
 
@@ -191,6 +195,7 @@ class PackLibrary:
         if unknown:
             raise RulePackError(f"auto.yaml names unknown packs: {', '.join(unknown)}")
         self._auto = sorted(auto.choose_by_clinical_date, key=lambda row: row.from_)
+        self.auto = auto
 
     @staticmethod
     def _validate(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
@@ -223,6 +228,13 @@ class PackLibrary:
             data = _merge(pack.model_dump(by_alias=True), site.parameters)
             data["version"] = f"{pack.version}+{site.site}.{digest}"
             self._packs[pack_id] = self._validate(RulePack, data, path.name)
+
+    def use_for(self, choice: str) -> str:
+        return self.auto.use_for if choice == AUTO else self.get(choice).use_for
+
+    @property
+    def program_ended(self) -> date:
+        return self.auto.program_ended
 
     @property
     def ids(self) -> list[str]:
