@@ -32,7 +32,9 @@ def monitoring_alerts(
         snapshot = store.snapshot(patient)
         status, _ = monitoring.treatment_status(pack, snapshot, until, tz)
         if status == TreatmentStatus.NOT_ENROLLED:
-            _end_legacy_enrollment(store, pack, snapshot, until)
+            ended = _end_legacy_enrollment(store, pack, snapshot, until)
+            if ended is not None:
+                found[patient_id] = (ended,)
             continue
         newest = monitoring.newest_usable(snapshot, until)
         newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
@@ -63,19 +65,23 @@ def _record_once(
 
 def _end_legacy_enrollment(
     store: Store, pack: RulePack, snapshot: PatientSnapshot, until: datetime
-) -> None:
+) -> Finding | None:
+    """§8: after the re-enrollment deadline a legacy patient becomes not enrolled (once)."""
     patient = snapshot.patient
     re_enrolled = any(p.form.type == PsfType.ENROLLMENT for p in snapshot.accepted_psfs)
     if patient is None or not patient.legacy_enrolled or re_enrolled:
-        return
-    if store.latest_alert(patient.rems_id, "LEGACY_ENROLLMENT_ENDED") is not None:
-        return
-    store.add_alert(patient.rems_id, "LEGACY_ENROLLMENT_ENDED", until, "")
+        return None
+    if store.latest_alert(patient.rems_id, Code.LEGACY_ENROLLMENT_ENDED) is not None:
+        return None
+    deadline = pack.reenrollment_deadline.value.isoformat()
+    ended = finding(Code.LEGACY_ENROLLMENT_ENDED, deadline=deadline)
+    store.add_alert(patient.rems_id, ended.code, until, ended.text)
     store.add_status_event(
         patient.rems_id,
         until,
         TreatmentStatus.ACTIVE.value,
         TreatmentStatus.NOT_ENROLLED.value,
         "scheduler",
-        f"not re-enrolled by {pack.reenrollment_deadline.value.isoformat()}",
+        f"not re-enrolled by {deadline}",
     )
+    return ended

@@ -27,6 +27,7 @@ class Code(StrEnum):
     # warnings
     ANC_OVERDUE = "ANC_OVERDUE"
     REENROLLMENT_DUE = "REENROLLMENT_DUE"
+    LEGACY_ENROLLMENT_ENDED = "LEGACY_ENROLLMENT_ENDED"
     # §1 lab results
     ANC_UNIT_SUSPECT = "ANC_UNIT_SUSPECT"
     ANC_UNIT_UNKNOWN = "ANC_UNIT_UNKNOWN"
@@ -87,6 +88,10 @@ TEXT: dict[Code, str] = {
         "of {days} days."
     ),
     Code.REENROLLMENT_DUE: ("Enrolled in the previous REMS system only: re-enroll by {deadline}."),
+    Code.LEGACY_ENROLLMENT_ENDED: (
+        "Enrolled in the previous REMS system only and not re-enrolled by {deadline}: "
+        "not enrolled from now on."
+    ),
     Code.ANC_UNIT_SUSPECT: (
         "Value {value} {unit} is implausible for that unit; not used until a person confirms it."
     ),
