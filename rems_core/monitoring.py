@@ -5,6 +5,7 @@ Day counts compare calendar dates in the site's time zone.
 
 from __future__ import annotations
 
+import calendar
 from datetime import date, datetime, tzinfo
 
 from rems_core.model import (
@@ -29,14 +30,10 @@ def days_between(earlier: datetime | date, later: datetime | date, tz: tzinfo) -
 
 
 def add_months(start: date, months: int) -> date:
+    """The same day ``months`` calendar months later, or that month's last day."""
     month_index = start.month - 1 + months
     year, month = start.year + month_index // 12, month_index % 12 + 1
-    for day in range(start.day, 27, -1):
-        try:
-            return date(year, month, day)
-        except ValueError:
-            continue
-    return date(year, month, min(start.day, 28))
+    return date(year, month, min(start.day, calendar.monthrange(year, month)[1]))
 
 
 def interval_days(pack: RulePack, frequency: MonitoringFrequency) -> int:

@@ -61,19 +61,19 @@ def signed_by_certified_prescriber(snapshot: PatientSnapshot, psf: PatientStatus
     return _certified(snapshot, signer)
 
 
-def carried_designation(snapshot: PatientSnapshot, psf: PatientStatusForm) -> Designation:
-    """A PSF states a designation; an enrollment carries the patient's registry designation."""
+def carried_designation(snapshot: PatientSnapshot, psf: PatientStatusForm) -> Designation | None:
+    """The designation a PSF carries: its own; an enrollment carries the registry's."""
     if psf.designation is not None:
         return psf.designation
     if psf.type == PsfType.ENROLLMENT and snapshot.patient is not None:
         return snapshot.patient.designation
-    return Designation.GENERAL
+    return None
 
 
-def _designation_for_thresholds(snapshot: PatientSnapshot, psf: PatientStatusForm) -> Designation:
-    if psf.designation is not None:
-        return psf.designation
-    return snapshot.patient.designation if snapshot.patient else Designation.GENERAL
+def population(snapshot: PatientSnapshot, psf: PatientStatusForm) -> Designation:
+    """Whose thresholds apply: the designation the PSF carries, else the patient's."""
+    patient = snapshot.patient.designation if snapshot.patient else Designation.GENERAL
+    return carried_designation(snapshot, psf) or patient
 
 
 def _low_ancs(
@@ -94,8 +94,9 @@ def _low_ancs(
         candidates += [a for a in [_enrollment_anc(pack, snapshot, psf, tz)] if a is not None]
     else:
         candidates += snapshot.usable_ancs
-    threshold = rationale_threshold(pack, _designation_for_thresholds(snapshot, psf))
-    return [a for a in candidates if a.anc is not None and a.anc < threshold]
+    threshold = rationale_threshold(pack, population(snapshot, psf))
+    unique = {a.result_id or id(a): a for a in candidates}  # its own ANCs are in the snapshot too
+    return [a for a in unique.values() if a.anc is not None and a.anc < threshold]
 
 
 def _rationale_problem(pack: RulePack, psf: PatientStatusForm) -> str | None:
@@ -222,7 +223,7 @@ def _warnings(
         )
     if psf.type == PsfType.ENROLLMENT:
         anc = _enrollment_anc(pack, snapshot, psf, tz)
-        threshold = getattr(pack.initiation_below.value, carried_designation(snapshot, psf).value)
+        threshold = getattr(pack.initiation_below.value, population(snapshot, psf).value)
         if anc is not None and anc.anc is not None and anc.anc < threshold:
             warnings.append(
                 finding(Code.ANC_BELOW_INITIATION_THRESHOLD, anc=anc.anc, threshold=threshold)
