@@ -110,7 +110,7 @@ async def post_scheduled_work(
             "this gateway runs on the system clock: until must not be after now",
         )
     service: RemsService = request.app.state.service
-    found = await service.run_scheduled(until, work.patients)
+    found = await service.run_scheduled(until, work.patients, Source("admin", actor))
     log.info("scheduled work run", extra={"actor": actor, "patients": len(found)})
     return {
         "until": until.isoformat(),

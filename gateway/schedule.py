@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from gateway import audit_log
 from rems_core import monitoring
 from rems_core.codes import Code, finding
 from rems_core.model import Finding, PatientSnapshot, PsfType, TreatmentStatus
@@ -15,12 +16,17 @@ from rems_core.rulepack import OutOfScope, RulePack
 from rems_core.store.repo import Store
 
 if TYPE_CHECKING:
-    from gateway.service import RemsService
+    from gateway.service import RemsService, Source
 
 
 def monitoring_alerts(
-    service: RemsService, store: Store, until: datetime, patient_ids: list[str] | None
+    service: RemsService,
+    store: Store,
+    until: datetime,
+    patient_ids: list[str] | None,
+    source: Source,
 ) -> dict[str, tuple[Finding, ...]]:
+    """What each patient's file shows at ``until``; new alerts are stored and audited."""
     try:
         pack = service.pack_for(until)
     except OutOfScope:
@@ -35,6 +41,7 @@ def monitoring_alerts(
             ended = _end_legacy_enrollment(store, pack, snapshot, until)
             if ended is not None:
                 found[patient_id] = (ended,)
+                store.append_audit(audit_log.scheduled(source, patient_id, (ended,), until))
             continue
         newest = monitoring.newest_usable(snapshot, until)
         newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
@@ -48,19 +55,26 @@ def monitoring_alerts(
             findings.append(
                 finding(Code.ANC_OVERDUE, newest=newest_text, frequency=frequency.value, days=days)
             )
-        for item in findings:
-            _record_once(store, patient_id, item, until, newest.drawn if newest else None)
+        new = [
+            item
+            for item in findings
+            if _record_once(store, patient_id, item, until, newest.drawn if newest else None)
+        ]
+        if new:
+            store.append_audit(audit_log.scheduled(source, patient_id, tuple(new), until))
         found[patient_id] = tuple(findings)
     return found
 
 
 def _record_once(
     store: Store, patient_id: str, item: Finding, until: datetime, newest: datetime | None
-) -> None:
+) -> bool:
     """One alert per episode: a new one only after a newer ANC ended the previous episode."""
     latest = store.latest_alert(patient_id, item.code)
     if latest is None or (newest is not None and latest < newest):
         store.add_alert(patient_id, item.code, until, item.text)
+        return True
+    return False
 
 
 def _end_legacy_enrollment(

@@ -11,9 +11,9 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, date, datetime, time, tzinfo
-from typing import Any
+from datetime import UTC, datetime, tzinfo
 
+from gateway import audit_log, registry_load
 from gateway.writer import Writer
 from rems_core import monitoring
 from rems_core.anc import (
@@ -37,7 +37,6 @@ from rems_core.model import (
     PatientStatusForm,
     PsfOutcome,
     PsfStatus,
-    PsfType,
     ReportedAnc,
     ResultStatus,
     StoredPsf,
@@ -45,7 +44,7 @@ from rems_core.model import (
     decision_from_dict,
 )
 from rems_core.psf import judge_psf, signed_form, signer_problem
-from rems_core.registry import PatientEntry, RegistryDocument
+from rems_core.registry import RegistryConflict, RegistryDocument
 from rems_core.rulepack import AUTO, DEFAULT_PACK, PackLibrary, RulePack
 from rems_core.store.repo import Store, specimen_key
 
@@ -56,6 +55,9 @@ class Source:
 
     channel: str
     actor: str = ""
+
+
+SCHEDULER = Source("scheduler", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,6 @@ class LabOutcome:
 
 class RequestConflict(ValueError):
     """The same request id arrived with a different body."""
-
-
-class RegistryConflict(ValueError):
-    """A registry document contradicts itself; nothing of it was loaded."""
 
 
 class RandomIds:
@@ -99,10 +97,6 @@ def request_hash(identifiers: list[Identifier], request: DispenseRequest) -> str
     body.pop("dispense_date")  # a retry later in the day is still the same request
     body["patient"] = sorted((i.system, i.value) for i in identifiers)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def start_of_day(day: date, tz: tzinfo) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
 
 
 class RemsService:
@@ -140,53 +134,7 @@ class RemsService:
         problems = doc.conflicts()
         if problems:
             raise RegistryConflict("; ".join(problems))
-        return await self.writer.run(lambda store: self._load_registry(store, doc, source))
-
-    def _load_registry(self, store: Store, doc: RegistryDocument, source: Source) -> dict[str, str]:
-        for prescriber in doc.prescribers:
-            store.upsert_prescriber(prescriber)
-        for pharmacy in doc.pharmacies:
-            store.upsert_pharmacy(pharmacy)
-        handles = {}
-        for entry in doc.patients:
-            patient_id = store.upsert_patient(entry, self.ids.new_id("RP"))
-            handles[entry.id or entry.identifiers[0].value] = patient_id
-            if entry.enrollment and not store.registry_enrollment_exists(patient_id):
-                self._registry_enrollment(store, entry, patient_id, source)
-        return handles
-
-    def _registry_enrollment(
-        self, store: Store, entry: PatientEntry, patient_id: str, source: Source
-    ) -> None:
-        enrollment = entry.enrollment
-        assert enrollment is not None
-        at = start_of_day(enrollment.date, self.tz)
-        by_prescriber = bool(store.prescribers([enrollment.by]))
-        form = PatientStatusForm(
-            type=PsfType.ENROLLMENT,
-            submitted_at=at,
-            submitter=enrollment.by,
-            role=SubmitterRole.PRESCRIBER if by_prescriber else SubmitterRole.DESIGNEE,
-            prescriber_npi=enrollment.prescriber or enrollment.by,
-            designation=entry.designation,
-            monitoring_frequency=enrollment.monitoring_frequency,
-            anc=tuple(self.reported_anc(a.value, a.unit, a.drawn, a.code) for a in enrollment.anc),
-            signed=by_prescriber,
-        )
-        patient = store.patient(patient_id)
-        self._store_reported_ancs(store, patient, form.anc, at, source)
-        stored = StoredPsf(self.ids.new_id("psf"), form, PsfStatus.ACCEPTED, at)
-        store.add_psf(stored, patient_id, (), (), ("registry", ""), "registry")
-        store.add_status_event(
-            patient_id, at, "not_enrolled", "active", enrollment.by, "enrollment"
-        )
-
-    def reported_anc(self, value: Any, unit: str, drawn: datetime | date, code: str) -> ReportedAnc:
-        if not isinstance(drawn, datetime):
-            drawn = start_of_day(drawn, self.tz)
-        elif drawn.tzinfo is None:
-            drawn = drawn.replace(tzinfo=self.tz)
-        return ReportedAnc(str(value), unit, drawn.astimezone(UTC), code)
+        return await self.writer.run(lambda store: registry_load.load(self, store, doc, source))
 
     # --- lab results ------------------------------------------------------------------------------
 
@@ -215,10 +163,12 @@ class RemsService:
         if patient is None:
             for result in relevant:
                 store.add_observation(None, result, received, source.channel, identifiers)
-            return LabOutcome(None, (), (finding(Code.PATIENT_NOT_MATCHED),))
-        return LabOutcome(
-            patient.rems_id, tuple(self._store_results(store, patient, relevant, source, received))
-        )
+            outcome = LabOutcome(None, (), (finding(Code.PATIENT_NOT_MATCHED),))
+        else:
+            stored = self._store_results(store, patient, relevant, source, received)
+            outcome = LabOutcome(patient.rems_id, tuple(stored))
+        store.append_audit(audit_log.labs(source, results, outcome, received, pack))
+        return outcome
 
     def _store_results(
         self,
@@ -288,7 +238,7 @@ class RemsService:
                 return key
         return None
 
-    def _store_reported_ancs(
+    def store_reported_ancs(
         self,
         store: Store,
         patient: Patient | None,
@@ -308,9 +258,13 @@ class RemsService:
         self, identifiers: list[Identifier], form: PatientStatusForm, source: Source
     ) -> PsfOutcome:
         pack = self.pack_for(form.submitted_at)
-        return await self.writer.run(
-            lambda store: self._submit(store, identifiers, form, source, pack)
-        )
+
+        def unit(store: Store) -> PsfOutcome:
+            outcome = self._submit(store, identifiers, form, source, pack)
+            store.append_audit(audit_log.psf(source, form, outcome))
+            return outcome
+
+        return await self.writer.run(unit)
 
     def _submit(
         self,
@@ -324,7 +278,7 @@ class RemsService:
         if patient is None:
             return PsfOutcome(PsfStatus.REJECTED, (finding(Code.PATIENT_NOT_MATCHED),))
         form = self._with_designees_prescriber(store, form)
-        own = self._store_reported_ancs(store, patient, form.anc, form.submitted_at, source)
+        own = self.store_reported_ancs(store, patient, form.anc, form.submitted_at, source)
         snapshot = store.snapshot(patient, [form.submitter, form.prescriber_npi])
         judgement = judge_psf(pack, snapshot, form, own, self.tz)
         # What the lab rules said of the form's own ANCs (e.g. a suspect unit) is news to the
@@ -339,7 +293,9 @@ class RemsService:
         )
         if judgement.status == PsfStatus.ACCEPTED:
             self._record_acceptance(store, pack, snapshot, stored, patient)
-        return PsfOutcome(judgement.status, judgement.reasons, warnings, stored.psf_id, *versions)
+        return PsfOutcome(
+            judgement.status, judgement.reasons, warnings, stored.psf_id, *versions, patient.rems_id
+        )
 
     @staticmethod
     def _with_designees_prescriber(store: Store, form: PatientStatusForm) -> PatientStatusForm:
@@ -380,9 +336,13 @@ class RemsService:
         psf_id: str | None = None,
     ) -> PsfOutcome:
         pack = self.pack_for(at)
-        return await self.writer.run(
-            lambda store: self._sign(store, identifiers, signer, at, pack, psf_id)
-        )
+
+        def unit(store: Store) -> PsfOutcome:
+            outcome = self._sign(store, identifiers, signer, at, pack, psf_id)
+            store.append_audit(audit_log.signature(source, signer, psf_id, at, outcome))
+            return outcome
+
+        return await self.writer.run(unit)
 
     def _sign(
         self,
@@ -402,7 +362,9 @@ class RemsService:
             if p.status == PsfStatus.PENDING_PRESCRIBER_SIGNATURE and psf_id in (None, p.psf_id)
         ]
         if not pending:
-            return PsfOutcome(PsfStatus.REJECTED, (finding(Code.NO_PENDING_PSF),))
+            return PsfOutcome(
+                PsfStatus.REJECTED, (finding(Code.NO_PENDING_PSF),), patient=patient.rems_id
+            )
         target = pending[-1]
         snapshot = store.snapshot(patient, [signer, target.form.prescriber_npi])
         problem = signer_problem(snapshot, target, signer)
@@ -413,7 +375,9 @@ class RemsService:
                 prescriber=target.form.prescriber_npi,
                 why=problem,
             )
-            return PsfOutcome(PsfStatus.REJECTED, (reason,), psf_id=target.psf_id)
+            return PsfOutcome(
+                PsfStatus.REJECTED, (reason,), psf_id=target.psf_id, patient=patient.rems_id
+            )
         form = signed_form(target, signer, at)
         judgement = judge_psf(pack, snapshot, form, [], self.tz)
         signed = StoredPsf(target.psf_id, form, judgement.status, at)
@@ -422,7 +386,12 @@ class RemsService:
         if judgement.status == PsfStatus.ACCEPTED:
             self._record_acceptance(store, pack, snapshot, signed, patient)
         return PsfOutcome(
-            judgement.status, judgement.reasons, judgement.warnings, target.psf_id, *versions
+            judgement.status,
+            judgement.reasons,
+            judgement.warnings,
+            target.psf_id,
+            *versions,
+            patient.rems_id,
         )
 
     # --- dispense -----------------------------------------------------------------------------
@@ -461,6 +430,7 @@ class RemsService:
         decision = decide(pack, request, snapshot, self.tz, self.ids, override_anc)
         decision = replace(decision, decision_id=self.ids.new_id("dec"))
         self._record_decision(store, request, decision, digest, source)
+        store.append_audit(audit_log.dispense(source, identifiers, request, decision, digest))
         return decision
 
     def _override_anc(
@@ -468,7 +438,7 @@ class RemsService:
     ) -> AncResult | None:
         if request.override is None or request.override.anc is None:
             return None
-        stored = self._store_reported_ancs(
+        stored = self.store_reported_ancs(
             store, patient, (request.override.anc,), request.dispense_date, source
         )
         return stored[0] if stored else None
@@ -526,13 +496,13 @@ class RemsService:
     # --- scheduled work (§8) ------------------------------------------------------------------
 
     async def run_scheduled(
-        self, until: datetime, patient_ids: list[str] | None = None
-    ) -> dict[str, tuple[Finding, ...]]:
-        return await self.writer.run(lambda store: self._scheduled(store, until, patient_ids))
-
-    def _scheduled(
-        self, store: Store, until: datetime, patient_ids: list[str] | None
+        self,
+        until: datetime,
+        patient_ids: list[str] | None = None,
+        source: Source = SCHEDULER,
     ) -> dict[str, tuple[Finding, ...]]:
         from gateway.schedule import monitoring_alerts
 
-        return monitoring_alerts(self, store, until, patient_ids)
+        return await self.writer.run(
+            lambda store: monitoring_alerts(self, store, until, patient_ids, source)
+        )

@@ -2,7 +2,9 @@
 
 Each unit of work runs in its own SAVEPOINT (atomic on its own: a failing one rolls back alone),
 several units share one COMMIT, and a caller is answered only after that COMMIT returned — so
-nothing is acknowledged before it is durable, and decisions never interleave.
+nothing is acknowledged before it is durable, and decisions never interleave. Across processes,
+each batch first takes the audit chain head's row lock (SQLite: BEGIN IMMEDIATE takes the whole
+database), so batches of all writers apply one after another and the chain stays one chain.
 """
 
 from __future__ import annotations
@@ -91,11 +93,13 @@ class Writer:
 
     def _run(self) -> None:
         try:
-            with self._engine.connect() as conn:
-                stop = False
-                while not stop:
-                    batch, stop = self._next_batch()
-                    if batch:
+            stop = False
+            while not stop:
+                batch, stop = self._next_batch()
+                if batch:
+                    # A connection per batch from the pool: one broken by a database restart is
+                    # replaced at the next checkout (pre-ping), and the writer goes on.
+                    with self._engine.connect() as conn:
                         self._commit_batch(conn, batch)
         except BaseException as exc:  # the thread ends here; every caller is answered below
             log.critical("the writer stopped: %s", type(exc).__name__)
@@ -123,6 +127,7 @@ class Writer:
         committed = False
         try:
             with conn.begin():
+                store.lock_chain_head()  # one batch at a time across processes, in chain order
                 for work, future in live:
                     savepoint = conn.begin_nested()
                     try:

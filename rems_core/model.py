@@ -229,6 +229,7 @@ class PsfOutcome:
     psf_id: str = ""
     rule_pack: str = ""
     rule_pack_version: str = ""
+    patient: str | None = None  # the REMS patient id
 
     @property
     def accepted(self) -> bool:
@@ -243,6 +244,7 @@ class PsfOutcome:
             "psf_id": self.psf_id,
             "rule_pack": self.rule_pack,
             "rule_pack_version": self.rule_pack_version,
+            "patient": self.patient,
         }
 
 

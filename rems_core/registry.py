@@ -144,6 +144,10 @@ class RegistryDocument(_Strict):
         return problems
 
 
+class RegistryConflict(ValueError):
+    """A registry load that contradicts itself or the registry; nothing of it is loaded."""
+
+
 class RegistryInvalid(ValueError):
     """A registry block that does not fit the schema; messages name places, never values (PHI)."""
 

@@ -5,44 +5,33 @@ The caller owns the transaction; nothing here commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
+from rems_core.audit import AuditEntry, ChainHead, chained
 from rems_core.model import (
     AncCategory,
     AncResult,
-    Designation,
-    Designee,
     Finding,
     Identifier,
     LabResult,
     Patient,
     PatientSnapshot,
     PatientStatusForm,
-    Pharmacy,
-    PharmacyEnrollment,
-    Prescriber,
     PsfStatus,
     ResultStatus,
-    Setting,
     StoredPsf,
 )
-from rems_core.registry import PatientEntry, PharmacyEntry, PrescriberEntry
 from rems_core.store import tables as t
+from rems_core.store.registry_repo import RegistryRepo
 
 FORM = TypeAdapter(PatientStatusForm)
 
-prescriber_t = t.PrescriberRow.__table__
-designee_t = t.DesigneeRow.__table__
-attachment_t = t.DesigneeAttachment.__table__
-pharmacy_t = t.PharmacyRow.__table__
-enrollment_t = t.PharmacyEnrollmentRow.__table__
-patient_t = t.PatientRow.__table__
-identifier_t = t.PatientIdentifierRow.__table__
 observation_t = t.ObservationRow.__table__
 anc_t = t.AncResultRow.__table__
 psf_t = t.PsfRow.__table__
@@ -51,38 +40,11 @@ decision_t = t.DecisionRow.__table__
 rda_t = t.RdaRow.__table__
 override_t = t.OverrideRow.__table__
 alert_t = t.MonitoringAlert.__table__
+audit_t = t.AuditRecord.__table__
+head_t = t.AuditHead.__table__
 
 
 # Hot-path statements are built once: building a statement costs more than running it.
-_patient_by_identifier = (
-    select(patient_t, identifier_t.c.system, identifier_t.c.value)
-    .select_from(identifier_t)
-    .join(patient_t, patient_t.c.id == identifier_t.c.patient_id)
-    .where(
-        patient_t.c.id
-        == select(identifier_t.c.patient_id)
-        .where(
-            identifier_t.c.system == bindparam("system"), identifier_t.c.value == bindparam("value")
-        )
-        .scalar_subquery()
-    )
-)
-_patient_by_id = (
-    select(patient_t, identifier_t.c.system, identifier_t.c.value)
-    .select_from(patient_t)
-    .outerjoin(identifier_t, identifier_t.c.patient_id == patient_t.c.id)
-    .where(patient_t.c.id == bindparam("patient_id"))
-)
-_prescribers = select(prescriber_t).where(prescriber_t.c.npi.in_(bindparam("npis", expanding=True)))
-_designees = (
-    select(attachment_t.c.prescriber_npi, designee_t.c.id, designee_t.c.name)
-    .join(designee_t, designee_t.c.id == attachment_t.c.designee_id)
-    .where(attachment_t.c.prescriber_npi.in_(bindparam("npis", expanding=True)))
-)
-_pharmacies = select(pharmacy_t).where(pharmacy_t.c.npi.in_(bindparam("npis", expanding=True)))
-_enrollments = select(enrollment_t).where(
-    enrollment_t.c.pharmacy_npi.in_(bindparam("npis", expanding=True))
-)
 _current_ancs = select(anc_t).where(
     anc_t.c.patient_id == bindparam("patient_id"), anc_t.c.current.is_(True)
 )
@@ -112,22 +74,13 @@ _current_observations_at = select(observation_t).where(
     observation_t.c.drawn == bindparam("drawn"),
     observation_t.c.current.is_(True),
 )
+_chain_head = select(head_t.c.seq, head_t.c.hash).where(head_t.c.id == 1)
+_locked_chain_head = _chain_head.with_for_update()
+_insert_audit = insert(audit_t)
+_move_head = update(head_t).where(head_t.c.id == 1)
 _insert_decision = insert(decision_t)
 _insert_rda = insert(rda_t)
 _insert_override = insert(override_t)
-
-
-def _patient(rows: list[Any]) -> Patient | None:
-    if not rows:
-        return None
-    row = rows[0]
-    return Patient(
-        rems_id=row.id,
-        identifiers=tuple(Identifier(r.system, r.value) for r in rows if r.system is not None),
-        designation=Designation(row.designation),
-        treatment_start=row.treatment_start,
-        legacy_enrolled=row.legacy_enrolled,
-    )
 
 
 def _observation(row: Any) -> LabResult:
@@ -165,142 +118,11 @@ def _judgement(
     }
 
 
-class Store:
+class Store(RegistryRepo):
+    """One unit of work's reads and writes."""
+
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-
-    # --- registry ------------------------------------------------------------------------
-
-    def _upsert(self, table: Any, keys: dict[str, Any], values: dict[str, Any]) -> bool:
-        """Insert or update one row; True when something changed."""
-        where = and_(*(table.c[k] == v for k, v in keys.items()))
-        row = self.conn.execute(select(table).where(where)).mappings().first()
-        if row is None:
-            self.conn.execute(insert(table).values(**keys, **values))
-            return True
-        changed = {k: v for k, v in values.items() if row[k] != v}
-        if changed:
-            self.conn.execute(update(table).where(where).values(**changed))
-        return bool(changed)
-
-    def upsert_prescriber(self, entry: PrescriberEntry) -> None:
-        self._upsert(
-            prescriber_t,
-            {"npi": entry.npi},
-            {
-                "name": entry.name,
-                "certified": entry.certified,
-                "certified_on": entry.certified_on,
-                "dea": entry.dea,
-                "email": entry.email,
-            },
-        )
-        for designee in entry.designees:
-            self._upsert(designee_t, {"id": designee.id}, {"name": designee.name})
-            self._upsert(
-                attachment_t, {"designee_id": designee.id, "prescriber_npi": entry.npi}, {}
-            )
-
-    def upsert_pharmacy(self, entry: PharmacyEntry) -> None:
-        self._upsert(pharmacy_t, {"npi": entry.npi}, {"name": entry.name, "ncpdp": entry.ncpdp})
-        for enrollment in entry.enrollments:
-            self._upsert(
-                enrollment_t,
-                {"pharmacy_npi": entry.npi, "setting": enrollment.setting.value},
-                {"certified": enrollment.certified},
-            )
-
-    def upsert_patient(self, entry: PatientEntry, new_id: str) -> str:
-        """Match on identifier + system; a new patient gets ``new_id``. Returns the REMS id."""
-        idents = [Identifier(i.system, i.value) for i in entry.identifiers]
-        existing = self.find_patient(idents)
-        patient_id = existing.rems_id if existing else new_id
-        self._upsert(
-            patient_t,
-            {"id": patient_id},
-            {
-                "designation": entry.designation.value,
-                "treatment_start": entry.treatment_start,
-                "legacy_enrolled": entry.legacy_enrolled,
-                "family_name": entry.name.family,
-                "given_name": entry.name.given,
-                "birth_date": entry.birth_date,
-                "sex": entry.sex,
-            },
-        )
-        for ident in idents:
-            self._upsert(
-                identifier_t,
-                {"system": ident.system, "value": ident.value},
-                {"patient_id": patient_id},
-            )
-        return patient_id
-
-    def find_patient(self, identifiers: Iterable[Identifier]) -> Patient | None:
-        for ident in identifiers:
-            rows = self.conn.execute(
-                _patient_by_identifier, {"system": ident.system, "value": ident.value}
-            ).all()
-            if rows:
-                return _patient(rows)
-        return None
-
-    def patient(self, patient_id: str) -> Patient | None:
-        return _patient(self.conn.execute(_patient_by_id, {"patient_id": patient_id}).all())
-
-    def set_designation(self, patient_id: str, designation: Designation) -> None:
-        self.conn.execute(
-            update(patient_t)
-            .where(patient_t.c.id == patient_id)
-            .values(designation=designation.value)
-        )
-
-    def patient_ids(self) -> list[str]:
-        return list(self.conn.execute(select(patient_t.c.id).order_by(patient_t.c.id)).scalars())
-
-    def prescribers(self, npis: Iterable[str]) -> dict[str, Prescriber]:
-        wanted = {n for n in npis if n}
-        if not wanted:
-            return {}
-        rows = self.conn.execute(_prescribers, {"npis": sorted(wanted)}).all()
-        designees: dict[str, list[Designee]] = {}
-        for npi, designee_id, name in self.conn.execute(_designees, {"npis": sorted(wanted)}):
-            designees.setdefault(npi, []).append(Designee(designee_id, name))
-        return {
-            r.npi: Prescriber(
-                npi=r.npi,
-                name=r.name,
-                certified=r.certified,
-                certified_on=r.certified_on,
-                dea=r.dea,
-                email=r.email,
-                designees=tuple(designees.get(r.npi, ())),
-            )
-            for r in rows
-        }
-
-    def prescribers_of_designee(self, designee_id: str) -> list[str]:
-        return list(
-            self.conn.execute(
-                select(attachment_t.c.prescriber_npi).where(
-                    attachment_t.c.designee_id == designee_id
-                )
-            ).scalars()
-        )
-
-    def pharmacies(self, npis: Iterable[str]) -> dict[str, Pharmacy]:
-        wanted = {n for n in npis if n}
-        if not wanted:
-            return {}
-        rows = self.conn.execute(_pharmacies, {"npis": sorted(wanted)}).all()
-        enrollments: dict[str, list[PharmacyEnrollment]] = {}
-        for e in self.conn.execute(_enrollments, {"npis": sorted(wanted)}):
-            enrollments.setdefault(e.pharmacy_npi, []).append(
-                PharmacyEnrollment(Setting(e.setting), e.certified)
-            )
-        return {
-            r.npi: Pharmacy(r.npi, r.name, r.ncpdp, tuple(enrollments.get(r.npi, ()))) for r in rows
-        }
 
     # --- lab results -----------------------------------------------------------------------
 
@@ -513,6 +335,41 @@ class Store:
         self.conn.execute(
             insert(alert_t).values(patient_id=patient_id, code=code, at=at, detail=detail)
         )
+
+    # --- audit (§9) ---------------------------------------------------------------------------
+
+    def lock_chain_head(self) -> ChainHead:
+        """Take the chain head's row lock: writers of every process append in one order."""
+        seq, hash_ = self.conn.execute(_locked_chain_head).one()
+        return ChainHead(seq, hash_)
+
+    def chain_head(self) -> ChainHead:
+        seq, hash_ = self.conn.execute(_chain_head).one()
+        return ChainHead(seq, hash_)
+
+    def append_audit(self, entry: AuditEntry) -> AuditEntry:
+        record = chained(entry, self.chain_head())
+        values = asdict(record)
+        values["reasons"], values["warnings"] = list(record.reasons), list(record.warnings)
+        self.conn.execute(_insert_audit, values)
+        self.conn.execute(_move_head, {"seq": record.seq, "hash": record.hash})
+        return record
+
+    def audit_records(self, batch: int = 1000) -> Iterator[AuditEntry]:
+        """Every record in chain order, read in batches."""
+        after = 0
+        while True:
+            rows = self.conn.execute(
+                select(audit_t).where(audit_t.c.seq > after).order_by(audit_t.c.seq).limit(batch)
+            ).all()
+            for row in rows:
+                values = row._asdict()
+                values["reasons"] = tuple(values["reasons"])
+                values["warnings"] = tuple(values["warnings"])
+                yield AuditEntry(**values)
+            if len(rows) < batch:
+                return
+            after = rows[-1].seq
 
     # --- the engine's view ---------------------------------------------------------------------
 

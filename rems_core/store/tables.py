@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -228,3 +228,34 @@ class SiteSetting(SQLModel, table=True):
     __tablename__ = "site_setting"
     key: str = Field(primary_key=True)
     value: str
+
+
+class AuditRecord(SQLModel, table=True):
+    """§9: one append-only, hash-chained record of every decision and change."""
+
+    __tablename__ = "audit_record"
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    at: datetime = _utc(nullable=False)  # when it was recorded
+    clinical_at: datetime = _utc(nullable=False)  # the event's clinical time
+    kind: str  # dispense | psf | psf_signature | lab | registry | scheduled
+    channel: str
+    actor: str
+    subject: str | None = None  # REMS patient id, NPI or designee id
+    input_hash: str  # sha256 of the input as received or as decided on
+    input_ref: str  # where the input is stored (decision, PSF, observations, …)
+    rule_pack: str = ""
+    rule_pack_version: str = ""
+    outcome: str
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    warnings: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    prev_hash: str
+    hash: str
+
+
+class AuditHead(SQLModel, table=True):
+    """The newest record of the chain; its row lock orders writers across processes."""
+
+    __tablename__ = "audit_head"
+    id: int = Field(primary_key=True)  # always 1
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    hash: str

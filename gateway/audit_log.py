@@ -1,0 +1,140 @@
+"""§9: the audit record of each kind of unit of work (appended inside that unit's transaction).
+
+Inputs are recorded by hash and by a pointer to where the gateway stored them; the record itself
+holds no names or identifier values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rems_core.audit import AuditEntry, digest
+from rems_core.model import (
+    Decision,
+    DispenseRequest,
+    Finding,
+    Identifier,
+    LabResult,
+    PatientStatusForm,
+    PsfOutcome,
+)
+from rems_core.rulepack import RulePack
+
+if TYPE_CHECKING:
+    from gateway.service import LabOutcome, Source
+
+
+def _codes(findings: tuple[Finding, ...] | list[Finding]) -> tuple[str, ...]:
+    return tuple(f.code for f in findings)
+
+
+def _entry(source: Source, clinical_at: datetime, **fields: Any) -> AuditEntry:
+    return AuditEntry(
+        at=datetime.now(UTC),
+        clinical_at=clinical_at,
+        channel=source.channel,
+        actor=source.actor,
+        **fields,
+    )
+
+
+def dispense(
+    source: Source,
+    identifiers: list[Identifier],
+    request: DispenseRequest,
+    decision: Decision,
+    request_digest: str,
+) -> AuditEntry:
+    return _entry(
+        source,
+        request.dispense_date,
+        kind="dispense",
+        subject=decision.patient,
+        input_hash=request_digest,
+        input_ref=f"decision/{decision.decision_id}",
+        outcome=decision.outcome.value,
+        rule_pack=decision.rule_pack,
+        rule_pack_version=decision.rule_pack_version,
+        reasons=_codes(decision.reasons),
+        warnings=_codes(decision.warnings),
+    )
+
+
+def psf(source: Source, form: PatientStatusForm, outcome: PsfOutcome) -> AuditEntry:
+    return _psf_entry(source, "psf", form.submitted_at, asdict(form), outcome)
+
+
+def signature(
+    source: Source, signer: str, psf_id: str | None, at: datetime, outcome: PsfOutcome
+) -> AuditEntry:
+    signed = {"signer": signer, "psf": psf_id, "at": at.isoformat()}
+    return _psf_entry(source, "psf_signature", at, signed, outcome)
+
+
+def _psf_entry(
+    source: Source, kind: str, at: datetime, received: Any, outcome: PsfOutcome
+) -> AuditEntry:
+    return _entry(
+        source,
+        at,
+        kind=kind,
+        subject=outcome.patient,
+        input_hash=digest(received),
+        input_ref=f"psf/{outcome.psf_id}" if outcome.psf_id else "",
+        outcome=outcome.status.value,
+        rule_pack=outcome.rule_pack,
+        rule_pack_version=outcome.rule_pack_version,
+        reasons=_codes(outcome.reasons),
+        warnings=_codes(outcome.warnings),
+    )
+
+
+def labs(
+    source: Source,
+    results: list[LabResult],
+    outcome: LabOutcome,
+    received: datetime,
+    pack: RulePack,
+) -> AuditEntry:
+    return _entry(
+        source,
+        received,
+        kind="lab",
+        subject=outcome.patient,
+        input_hash=digest([asdict(r) for r in results]),
+        input_ref=",".join(sorted({a.result_id for a in outcome.results if a.result_id})),
+        outcome="stored" if outcome.matched else "unmatched",
+        rule_pack=pack.id,
+        rule_pack_version=pack.version,
+        warnings=_codes([*outcome.warnings, *(w for a in outcome.results for w in a.warnings)]),
+    )
+
+
+def registry_change(
+    source: Source, subject: str, change: str, fields: list[str], entry: Any, at: datetime
+) -> AuditEntry:
+    """A registry record inserted or updated: which fields, never their values."""
+    return _entry(
+        source,
+        at,
+        kind="registry",
+        subject=subject,
+        input_hash=digest(entry),
+        input_ref=",".join(fields),
+        outcome=change,
+    )
+
+
+def scheduled(source: Source, patient: str, found: tuple[Finding, ...], at: datetime) -> AuditEntry:
+    return _entry(
+        source,
+        at,
+        kind="scheduled",
+        subject=patient,
+        input_hash=digest({"until": at.isoformat(), "patient": patient}),
+        input_ref="monitoring_alert",
+        outcome="flagged",
+        warnings=_codes(found),
+    )

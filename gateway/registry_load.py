@@ -1,0 +1,88 @@
+"""Loading the registry block (contracts.md §1–§2): an upsert that audits every change.
+
+A patient's ``enrollment`` is an accepted enrollment PSF submitted at the start of its day, its
+ANCs stored as lab results; loading the same block again changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, tzinfo
+from typing import TYPE_CHECKING
+
+from gateway import audit_log
+from rems_core.model import (
+    PatientStatusForm,
+    PsfStatus,
+    PsfType,
+    ReportedAnc,
+    StoredPsf,
+    SubmitterRole,
+)
+from rems_core.registry import AncEntry, PatientEntry, RegistryDocument
+from rems_core.store.registry_repo import Change
+from rems_core.store.repo import Store
+
+if TYPE_CHECKING:
+    from gateway.service import RemsService, Source
+
+
+def start_of_day(day: date, tz: tzinfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+
+
+def load(
+    service: RemsService, store: Store, doc: RegistryDocument, source: Source
+) -> dict[str, str]:
+    """Upsert everything; the REMS patient ids by handle (or first identifier value)."""
+    now = datetime.now(UTC)
+    changes: list[tuple[str, Change]] = []
+    for prescriber in doc.prescribers:
+        changes += store.upsert_prescriber(prescriber)
+    for pharmacy in doc.pharmacies:
+        changes += store.upsert_pharmacy(pharmacy)
+    handles = {}
+    for entry in doc.patients:
+        patient_id, patient_changes = store.upsert_patient(entry, service.ids.new_id("RP"))
+        changes += patient_changes
+        handles[entry.id or entry.identifiers[0].value] = patient_id
+        if entry.enrollment and not store.registry_enrollment_exists(patient_id):
+            _enrollment(service, store, entry, patient_id, source)
+    for subject, change in changes:
+        store.append_audit(
+            audit_log.registry_change(source, subject, change.kind, change.fields, subject, now)
+        )
+    return handles
+
+
+def _reported(anc: AncEntry, tz: tzinfo) -> ReportedAnc:
+    drawn = anc.drawn
+    if not isinstance(drawn, datetime):
+        drawn = start_of_day(drawn, tz)
+    elif drawn.tzinfo is None:
+        drawn = drawn.replace(tzinfo=tz)
+    return ReportedAnc(anc.value, anc.unit, drawn.astimezone(UTC), anc.code)
+
+
+def _enrollment(
+    service: RemsService, store: Store, entry: PatientEntry, patient_id: str, source: Source
+) -> None:
+    enrollment = entry.enrollment
+    assert enrollment is not None
+    at = start_of_day(enrollment.date, service.tz)
+    by_prescriber = bool(store.prescribers([enrollment.by]))
+    form = PatientStatusForm(
+        type=PsfType.ENROLLMENT,
+        submitted_at=at,
+        submitter=enrollment.by,
+        role=SubmitterRole.PRESCRIBER if by_prescriber else SubmitterRole.DESIGNEE,
+        prescriber_npi=enrollment.prescriber or enrollment.by,
+        designation=entry.designation,
+        monitoring_frequency=enrollment.monitoring_frequency,
+        anc=tuple(_reported(a, service.tz) for a in enrollment.anc),
+        signed=by_prescriber,
+    )
+    patient = store.patient(patient_id)
+    service.store_reported_ancs(store, patient, form.anc, at, source)
+    stored = StoredPsf(service.ids.new_id("psf"), form, PsfStatus.ACCEPTED, at)
+    store.add_psf(stored, patient_id, (), (), ("registry", ""), "registry")
+    store.add_status_event(patient_id, at, "not_enrolled", "active", enrollment.by, "enrollment")
