@@ -20,7 +20,9 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 scenario_app = typer.Typer(help="Scenario files (contracts.md §2).", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail (rems-rules.md §9).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
 app.add_typer(scenario_app, name="scenario")
 
 DbOption = Annotated[
@@ -33,6 +35,37 @@ def db_upgrade(db: DbOption = DEFAULT_URL) -> None:
     """Apply the schema migrations."""
     upgrade(db)
     typer.echo("database schema is up to date")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    db: DbOption = DEFAULT_URL,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="A checkpoint from `audit checkpoint`"),
+    ] = None,
+) -> None:
+    """Check every audit record, its link to the previous one, the head and a checkpoint;
+    exit 1 naming the first bad record."""
+    from gateway.audit_trail import read_checkpoint, verify_database
+
+    problem, head = verify_database(db, read_checkpoint(checkpoint) if checkpoint else None)
+    if problem is not None:
+        typer.echo(f"audit chain broken: {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"audit chain intact: {head.seq} records, head {head.hash[:16]}…")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Where to write it")],
+    db: DbOption = DEFAULT_URL,
+) -> None:
+    """Write the chain head to a file kept outside the database (to detect truncation)."""
+    from gateway.audit_trail import write_checkpoint
+
+    head = write_checkpoint(db, out)
+    typer.echo(f"checkpoint written to {out}: record {head.seq}")
 
 
 @app.command("load-registry")
