@@ -346,3 +346,78 @@ def test_an_accepted_ben_designation_changes_the_thresholds(service: RemsService
         run(service.decide_dispense(MRN, dispense("2022-03-06T12:00"), SOURCE)).outcome
         == Outcome.AUTHORIZED
     )
+
+
+def audit_of(engine: Engine, kind: str) -> list[tuple[str | None, str, str]]:
+    with engine.connect() as conn:
+        return [
+            (r.subject, r.outcome, r.input_ref)
+            for r in Store(conn).audit_records()
+            if r.kind == kind
+        ]
+
+
+def test_registry_upkeep_updates_and_audits_each_change(
+    service: RemsService, engine: Engine
+) -> None:
+    ids = run(service.load_registry(registry(), SOURCE))
+    first = audit_of(engine, "registry")
+    assert (PRESCRIBER, "inserted", "certified,certified_on,dea,email,name") in first
+    doc = registry(certified=False)
+    prescriber = doc.prescribers[0].model_copy(update={"designees": []})
+    pharmacy = doc.pharmacies[0]
+    pharmacy = pharmacy.model_copy(
+        update={
+            "enrollments": [
+                pharmacy.enrollments[0],
+                pharmacy.enrollments[1].model_copy(update={"certified": False}),
+            ]
+        }
+    )
+    patient = doc.patients[0]
+    patient = patient.model_copy(
+        update={
+            "identifiers": [
+                *patient.identifiers,
+                patient.identifiers[0].model_copy(
+                    update={"system": "urn:oid:1.2.3.4", "value": "EPI-77"}
+                ),
+            ]
+        }
+    )
+    doc = doc.model_copy(
+        update={"prescribers": [prescriber], "pharmacies": [pharmacy], "patients": [patient]}
+    )
+    assert run(service.load_registry(doc, SOURCE)) == ids
+    changes = audit_of(engine, "registry")[len(first) :]
+    assert (PRESCRIBER, "updated", "certified") in changes
+    assert ("D1", "detached", PRESCRIBER) in changes
+    assert (f"{PHARMACY}/outpatient", "updated", "certified") in changes
+    assert (ids["P1"], "identifier added", "urn:oid:1.2.3.4") in changes
+    assert all("EPI-77" not in str(change) for change in changes)  # no identifier values
+    assert run(service.load_registry(doc, SOURCE)) == ids
+    assert audit_of(engine, "registry")[len(first) + len(changes) :] == []  # nothing changed
+
+
+def test_an_entry_naming_two_known_patients_is_refused_whole(
+    service: RemsService, engine: Engine
+) -> None:
+    doc = registry()
+    other = doc.patients[0].model_copy(
+        update={
+            "id": "P2",
+            "identifiers": [doc.patients[0].identifiers[0].model_copy(update={"value": "MRN999"})],
+        }
+    )
+    run(service.load_registry(doc.model_copy(update={"patients": [*doc.patients, other]}), SOURCE))
+    merged = doc.patients[0].model_copy(
+        update={"identifiers": [*doc.patients[0].identifiers, *other.identifiers]}
+    )
+    before = count(engine, tables.AuditRecord)
+    with pytest.raises(RegistryConflict, match="2 different patients"):
+        run(
+            service.load_registry(
+                doc.model_copy(update={"prescribers": [], "patients": [merged]}), SOURCE
+            )
+        )
+    assert count(engine, tables.AuditRecord) == before
