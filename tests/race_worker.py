@@ -1,0 +1,54 @@
+"""One gateway process of a race test: its own engine, writer and service on a shared database.
+
+    python -m tests.race_worker DB_URL overrides|same-request|other-body COUNT
+
+Prints one JSON line: the outcomes and RDA numbers (or errors) of COUNT concurrent requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from gateway.service import RemsService, RequestConflict, ServiceConfig, Source
+from gateway.writer import Writer
+from rems_core.model import Override, ReportedAnc
+from rems_core.rulepack import PackLibrary
+from rems_core.store.db import make_engine
+from tests.builders import PRESCRIBER, at, dispense
+from tests.test_service import MRN
+
+OVERRIDE = Override(PRESCRIBER, ReportedAnc("2000", "/uL", at("2022-03-01")), "PSF on its way")
+
+
+def request(mode: str, n: int) -> Any:
+    if mode == "overrides":
+        return dispense("2022-03-02", override=OVERRIDE, request_id=f"{sys.argv[4]}-{n}")
+    days = 14 if mode == "other-body" else 30
+    return dispense("2022-03-02", request_id="shared-request", days_supply=days)
+
+
+async def one(service: RemsService, mode: str, n: int) -> dict[str, Any]:
+    try:
+        decision = await service.decide_dispense(MRN, request(mode, n), Source("race", f"p{n}"))
+    except RequestConflict:
+        return {"error": "conflict"}
+    return {"outcome": decision.outcome.value, "rda": decision.rda.number if decision.rda else None}
+
+
+async def main(url: str, mode: str, count: int) -> list[dict[str, Any]]:
+    engine = make_engine(url)
+    writer = Writer(engine, max_batch=4)  # small batches: more interleaving with the other process
+    writer.start()
+    try:
+        service = RemsService(writer, PackLibrary(), ServiceConfig())
+        return list(await asyncio.gather(*(one(service, mode, n) for n in range(count))))
+    finally:
+        writer.stop()
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))))
