@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -19,8 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from concurrent.futures import ThreadPoolExecutor
+
 from sqlalchemy import text
 
+from gateway.scenario import DatabaseFactory
 from gateway.service import RandomIds, RemsService, ServiceConfig, Source
 from gateway.writer import Writer
 from rems_core.anc import specimen_ancs
@@ -45,7 +48,7 @@ from rems_core.model import (
 )
 from rems_core.registry import RegistryDocument
 from rems_core.rulepack import PackLibrary
-from rems_core.store.db import make_engine, upgrade
+from rems_core.store.db import make_engine
 
 PRESCRIBER, PHARMACY = "1234567893", "1588667638"
 DAY = datetime(2022, 3, 10, 12, tzinfo=UTC)
@@ -130,9 +133,9 @@ def registry() -> RegistryDocument:
 
 
 class ServiceBench:
-    def __init__(self, folder: Path, packs: PackLibrary) -> None:
-        url = f"sqlite:///{folder / 'bench.db'}"
-        upgrade(url)
+    """The application service on one database, with the registry of PATIENTS patients."""
+
+    def __init__(self, url: str, packs: PackLibrary) -> None:
         self.engine = make_engine(url)
         self.writer = Writer(self.engine)
         self.writer.start()
@@ -141,6 +144,16 @@ class ServiceBench:
         self.loop.run_until_complete(self.service.load_registry(registry(), Source("bench")))
         self.request = DispenseRequest(PHARMACY, PRESCRIBER, Setting.OUTPATIENT, DAY, 30, "197536")
         self.i = 0
+
+    def durability(self) -> str:
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "postgresql":
+                sync = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+                fsync = conn.exec_driver_sql("SHOW fsync").scalar()
+                return f"PostgreSQL synchronous_commit={sync}, fsync={fsync}"
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            return f"SQLite journal_mode={mode}, synchronous={'FULL' if sync == 2 else sync}"
 
     def _ids(self) -> list[Identifier]:
         self.i += 1
@@ -166,6 +179,34 @@ class ServiceBench:
 
         self.loop.run_until_complete(go())
 
+    def threads(self, seconds: float, count: int = 8) -> tuple[float, float, float]:
+        """``count`` threads, each deciding one request after another for ``seconds``:
+        decisions per second, p50 and p99 latency in ms."""
+        stop_at = time.perf_counter() + seconds
+
+        def worker(k: int) -> list[float]:
+            loop = asyncio.new_event_loop()
+            latencies = []
+            n = k
+            while time.perf_counter() < stop_at:
+                n += count
+                ids = [Identifier("urn:oid:2.16.840.1.113883.3.999.1", f"MRN{n % PATIENTS}")]
+                started = time.perf_counter()
+                loop.run_until_complete(
+                    self.service.decide_dispense(ids, self.request, Source("bench", f"t{k}"))
+                )
+                latencies.append(time.perf_counter() - started)
+            loop.close()
+            return latencies
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            latencies = sorted(x for batch in pool.map(worker, range(count)) for x in batch)
+        elapsed = time.perf_counter() - started
+        p50 = latencies[len(latencies) // 2] * 1000
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+        return len(latencies) / elapsed, p50, p99
+
     def durable_commit(self, n: int) -> None:
         """Baseline: one tiny INSERT per durable COMMIT, straight on the driver."""
         with self.engine.connect() as conn:
@@ -181,10 +222,66 @@ class ServiceBench:
         self.loop.close()
 
 
+def print_rows(
+    rows: list[tuple[str, tuple[float, list[float]]]], baseline: float, engine: float
+) -> None:
+    print(f"{'measure':40} {'median/s':>10} {'vs commit':>10} {'vs engine':>10}  runs")
+    for name, (median, values) in rows:
+        print(
+            f"{name:40} {median:10.0f} {median / baseline:10.2f} {median / engine:10.3f}  "
+            + " ".join(f"{v:.0f}" for v in values)
+        )
+
+
+def bench_database(
+    label: str, url: str, packs: PackLibrary, args: argparse.Namespace, engine_rate: float
+) -> None:
+    bench = ServiceBench(url, packs)
+    try:
+        rows = [
+            (
+                "durable commit, 1 row (baseline)",
+                median_of(args.runs, lambda: rate(bench.durable_commit, args.seconds)),
+            ),
+            (
+                "service, sequential (1 in flight)",
+                median_of(args.runs, lambda: rate(bench.sequential, args.seconds)),
+            ),
+            (
+                "service, 64 in flight (group commit)",
+                median_of(args.runs, lambda: rate(bench.concurrent, args.seconds)),
+            ),
+        ]
+        threaded = [bench.threads(args.seconds, args.threads) for _ in range(args.runs)]
+        print(f"\n== {label}: {bench.durability()}")
+        print_rows(rows, rows[0][1][0], engine_rate)
+        per_second = statistics.median(t[0] for t in threaded)
+        p50 = statistics.median(t[1] for t in threaded)
+        p99 = statistics.median(t[2] for t in threaded)
+        print(
+            f"{f'service, {args.threads} threads':40} {per_second:10.0f} "
+            f"{per_second / rows[0][1][0]:10.2f} {per_second / engine_rate:10.3f}  "
+            + " ".join(f"{t[0]:.0f}" for t in threaded)
+        )
+        print(
+            f"  {args.threads} threads latency (median of runs): p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        )
+        print(f"  writer: {bench.writer.units} units in {bench.writer.commits} commits")
+    finally:
+        bench.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("REMS_BENCH_POSTGRES_URL")
+        or os.environ.get("REMS_TEST_POSTGRES_URL"),
+        help="a PostgreSQL server's maintenance database; a fresh database is made there",
+    )
     args = parser.parse_args()
     packs = PackLibrary()
     snapshot, request = engine_snapshot(packs)
@@ -194,40 +291,24 @@ def main() -> None:
         for _ in range(n):
             decide(pack, request, snapshot, UTC, ids)
 
-    with tempfile.TemporaryDirectory() as folder:
-        bench = ServiceBench(Path(folder), packs)
-        try:
-            rows = [
-                ("pure engine (decide)", median_of(args.runs, lambda: rate(pure, args.seconds))),
-                (
-                    "durable commit, 1 row (baseline)",
-                    median_of(args.runs, lambda: rate(bench.durable_commit, args.seconds)),
-                ),
-                (
-                    "service, sequential (1 in flight)",
-                    median_of(args.runs, lambda: rate(bench.sequential, args.seconds)),
-                ),
-                (
-                    "service, 64 in flight (group commit)",
-                    median_of(args.runs, lambda: rate(bench.concurrent, args.seconds)),
-                ),
-            ]
-            commits, units = bench.writer.commits, bench.writer.units
-        finally:
-            bench.close()
+    engine_rate, engine_runs = median_of(args.runs, lambda: rate(pure, args.seconds))
+    print(f"{args.runs} runs of ~{args.seconds}s each; Python {sys.version.split()[0]}")
     print(
-        f"SQLite WAL, synchronous=FULL; {args.runs} runs of ~{args.seconds}s; "
-        f"Python {sys.version.split()[0]}"
+        f"pure engine (decide): median {engine_rate:.0f}/s  runs "
+        + " ".join(f"{v:.0f}" for v in engine_runs)
     )
-    baseline = rows[1][1][0]
-    engine_rate = rows[0][1][0]
-    print(f"{'measure':40} {'median/s':>10} {'vs commit':>10} {'vs engine':>10}  runs")
-    for name, (median, values) in rows:
-        print(
-            f"{name:40} {median:10.0f} {median / baseline:10.2f} {median / engine_rate:10.3f}  "
-            + " ".join(f"{v:.0f}" for v in values)
-        )
-    print(f"writer: {units} units in {commits} commits ({units / max(commits, 1):.1f} per commit)")
+    backends = [
+        ("SQLite", None),
+        *([("PostgreSQL", args.postgres_url)] if args.postgres_url else []),
+    ]
+    for label, base in backends:
+        factory = DatabaseFactory(base)
+        try:
+            url = factory.fresh_url()
+            bench_database(label, url, packs, args, engine_rate)
+            factory.drop(url)
+        finally:
+            factory.close()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from rems_core.store.repo import Store
 
@@ -92,21 +93,28 @@ class Writer:
         return batch, False
 
     def _run(self) -> None:
+        conn: Connection | None = None
         try:
             stop = False
             while not stop:
                 batch, stop = self._next_batch()
-                if batch:
-                    # A connection per batch from the pool: one broken by a database restart is
-                    # replaced at the next checkout (pre-ping), and the writer goes on.
-                    with self._engine.connect() as conn:
-                        self._commit_batch(conn, batch)
+                # A caller that gave up before its unit started is skipped; once started, a
+                # unit's future can no longer be cancelled, so its answer always arrives.
+                live = [
+                    (work, future)
+                    for work, future in batch
+                    if future.set_running_or_notify_cancel()
+                ]
+                if live:
+                    conn = self._commit_batch(conn, live)
         except BaseException as exc:  # the thread ends here; every caller is answered below
             log.critical("the writer stopped: %s", type(exc).__name__)
         finally:
             with self._lock:
                 self._stopping = True
             self._fail_queued()
+            if conn is not None:
+                conn.close()
 
     def _fail_queued(self) -> None:
         while True:
@@ -117,38 +125,77 @@ class Writer:
             if item is not _STOP and item[1].set_running_or_notify_cancel():
                 item[1].set_exception(WriterStopped("the gateway's writer stopped"))
 
-    def _commit_batch(self, conn: Any, batch: list[tuple[Work, Future]]) -> None:
-        # A caller that gave up before its unit started is skipped; once started, a unit's
-        # future can no longer be cancelled, so its answer always arrives.
-        live = [(work, future) for work, future in batch if future.set_running_or_notify_cancel()]
-        outcomes: list[tuple[Future, Any, BaseException | None]] = []
-        store = Store(conn)
+    def _commit_batch(
+        self, conn: Connection | None, live: list[tuple[Work, Future]]
+    ) -> Connection | None:
+        """Apply and commit one batch, then answer its callers; returns the connection to keep.
+
+        A connection the database dropped (a restart) is replaced and the batch tried once more:
+        nothing of it was committed, so nothing is applied twice.
+        """
+        outcomes: list[tuple[Future, Any, BaseException | None]] | None = None
         failure: BaseException = WriterStopped("the writer stopped during this unit of work")
-        committed = False
         try:
-            with conn.begin():
-                store.lock_chain_head()  # one batch at a time across processes, in chain order
-                for work, future in live:
-                    savepoint = conn.begin_nested()
-                    try:
-                        result = work(store)
-                    except Exception as exc:
-                        savepoint.rollback()
-                        outcomes.append((future, None, exc))
-                    else:
-                        savepoint.commit()
-                        outcomes.append((future, result, None))
-            committed = True
-            self.commits += 1
-            self.units += len(live)
-        except Exception as exc:  # the COMMIT itself failed: nothing of the batch is durable
+            for attempt in (1, 2):
+                conn = conn if conn is not None else self._engine.connect()
+                try:
+                    outcomes = self._apply(conn, live)
+                    break
+                except DBAPIError as exc:
+                    conn.close()
+                    conn = None
+                    if not exc.connection_invalidated or attempt == 2:
+                        raise
+                    log.warning("database connection lost; reconnecting")
+        except Exception as exc:  # nothing of the batch is durable
             log.error("group commit of %d units failed: %s", len(live), type(exc).__name__)
             failure = exc
+            if conn is not None:
+                conn.close()
+                conn = None
         finally:
-            if not committed:
+            if outcomes is None:
                 outcomes = [(future, None, failure) for _, future in live]
             for future, result, error in outcomes:
                 if error is None:
                     future.set_result(result)
                 else:
                     future.set_exception(error)
+        return conn
+
+    def _apply(
+        self, conn: Connection, live: list[tuple[Work, Future]]
+    ) -> list[tuple[Future, Any, BaseException | None]]:
+        """Every unit in one transaction, each atomic on its own; COMMIT unless nothing is left
+        to keep. A lone unit needs no SAVEPOINT: the transaction is its own."""
+        store = Store(conn)
+        outcomes: list[tuple[Future, Any, BaseException | None]] = []
+        alone = len(live) == 1
+        with conn.begin() as transaction:
+            store.lock_chain_head()  # one batch at a time across processes, in chain order
+            for work, future in live:
+                outcomes.append(self._unit(conn, store, work, future, savepoint=not alone))
+            if alone and outcomes[0][2] is not None:
+                transaction.rollback()
+                return outcomes
+            store.flush_chain_head()
+        self.commits += 1
+        self.units += len(live)
+        return outcomes
+
+    @staticmethod
+    def _unit(
+        conn: Connection, store: Store, work: Work, future: Future, savepoint: bool
+    ) -> tuple[Future, Any, BaseException | None]:
+        nested, head = (conn.begin_nested() if savepoint else None), store.head
+        try:
+            result = work(store)
+        except Exception as exc:
+            if nested is not None:
+                nested.rollback()
+            store.head = head  # its audit records are gone with it
+            store.forget_cached()
+            return future, None, exc
+        if nested is not None:
+            nested.commit()
+        return future, result, None

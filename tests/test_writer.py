@@ -92,3 +92,32 @@ def test_a_unit_that_raises_base_exception_fails_its_batch_and_the_writer_report
     assert not writer.running
     with pytest.raises(WriterStopped):
         writer.submit(insert_setting)
+
+
+def test_a_failed_unit_takes_its_audit_records_with_it(writer: Writer, db_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from gateway.audit_trail import verify_database
+    from rems_core.audit import AuditEntry
+
+    def entry(outcome: str) -> AuditEntry:
+        now = datetime.now(UTC)
+        return AuditEntry(now, now, "test", "test", "pytest", None, "0" * 64, "", outcome)
+
+    def appends_then_fails(store: Store) -> None:
+        store.append_audit(entry("rolled back"))
+        raise RuntimeError("after its audit record")
+
+    async def batch() -> list[object]:
+        return await asyncio.gather(
+            writer.run(lambda store: store.append_audit(entry("first"))),
+            writer.run(appends_then_fails),
+            writer.run(lambda store: store.append_audit(entry("second"))),
+            return_exceptions=True,
+        )
+
+    first, failed, second = asyncio.run(batch())
+    assert isinstance(failed, RuntimeError)
+    assert (first.seq, second.seq) == (1, 2)  # type: ignore[union-attr]
+    problem, head = verify_database(db_url)
+    assert problem is None and head.seq == 2

@@ -52,15 +52,19 @@ _patient_by_id = (
     .outerjoin(identifier_t, identifier_t.c.patient_id == patient_t.c.id)
     .where(patient_t.c.id == bindparam("patient_id"))
 )
-_prescribers = select(prescriber_t).where(prescriber_t.c.npi.in_(bindparam("npis", expanding=True)))
-_designees = (
-    select(attachment_t.c.prescriber_npi, designee_t.c.id, designee_t.c.name)
-    .join(designee_t, designee_t.c.id == attachment_t.c.designee_id)
-    .where(attachment_t.c.prescriber_npi.in_(bindparam("npis", expanding=True)))
+# One round trip each: the record with its designees / enrollments (a row per one of those).
+_prescribers = (
+    select(prescriber_t, designee_t.c.id.label("designee_id"), designee_t.c.name.label("designee"))
+    .select_from(prescriber_t)
+    .outerjoin(attachment_t, attachment_t.c.prescriber_npi == prescriber_t.c.npi)
+    .outerjoin(designee_t, designee_t.c.id == attachment_t.c.designee_id)
+    .where(prescriber_t.c.npi.in_(bindparam("npis", expanding=True)))
 )
-_pharmacies = select(pharmacy_t).where(pharmacy_t.c.npi.in_(bindparam("npis", expanding=True)))
-_enrollments = select(enrollment_t).where(
-    enrollment_t.c.pharmacy_npi.in_(bindparam("npis", expanding=True))
+_pharmacies = (
+    select(pharmacy_t, enrollment_t.c.setting, enrollment_t.c.certified)
+    .select_from(pharmacy_t)
+    .outerjoin(enrollment_t, enrollment_t.c.pharmacy_npi == pharmacy_t.c.npi)
+    .where(pharmacy_t.c.npi.in_(bindparam("npis", expanding=True)))
 )
 
 
@@ -90,10 +94,19 @@ def _named(subject: str, change: Change | None) -> list[tuple[str, Change]]:
 
 
 class RegistryRepo:
+    """Registry reads are remembered for the life of one Store (one batch, under the chain
+    head's lock, so no other writer can change the registry meanwhile); any write forgets them."""
+
     conn: Connection
+    _prescribers: dict[str, Prescriber | None]
+    _pharmacies: dict[str, Pharmacy | None]
+
+    def forget_cached(self) -> None:
+        self._prescribers, self._pharmacies = {}, {}
 
     def _upsert(self, table: Any, keys: dict[str, Any], values: dict[str, Any]) -> Change | None:
         """Insert or update one row; what changed (field names only), or None."""
+        self.forget_cached()
         where = and_(*(table.c[k] == v for k, v in keys.items()))
         row = self.conn.execute(select(table).where(where)).mappings().first()
         if row is None:
@@ -208,12 +221,19 @@ class RegistryRepo:
 
     def prescribers(self, npis: Iterable[str]) -> dict[str, Prescriber]:
         wanted = {n for n in npis if n}
-        if not wanted:
-            return {}
+        missing = wanted - self._prescribers.keys()
+        if missing:
+            found = self._read_prescribers(missing)
+            self._prescribers.update({npi: found.get(npi) for npi in missing})
+        return {n: p for n in wanted if (p := self._prescribers[n]) is not None}
+
+    def _read_prescribers(self, wanted: set[str]) -> dict[str, Prescriber]:
         rows = self.conn.execute(_prescribers, {"npis": sorted(wanted)}).all()
         designees: dict[str, list[Designee]] = {}
-        for npi, designee_id, name in self.conn.execute(_designees, {"npis": sorted(wanted)}):
-            designees.setdefault(npi, []).append(Designee(designee_id, name))
+        for r in rows:
+            attached = designees.setdefault(r.npi, [])
+            if r.designee_id is not None:
+                attached.append(Designee(r.designee_id, r.designee))
         return {
             r.npi: Prescriber(
                 npi=r.npi,
@@ -222,7 +242,7 @@ class RegistryRepo:
                 certified_on=r.certified_on,
                 dea=r.dea,
                 email=r.email,
-                designees=tuple(designees.get(r.npi, ())),
+                designees=tuple(designees[r.npi]),
             )
             for r in rows
         }
@@ -238,14 +258,17 @@ class RegistryRepo:
 
     def pharmacies(self, npis: Iterable[str]) -> dict[str, Pharmacy]:
         wanted = {n for n in npis if n}
-        if not wanted:
-            return {}
+        missing = wanted - self._pharmacies.keys()
+        if missing:
+            found = self._read_pharmacies(missing)
+            self._pharmacies.update({npi: found.get(npi) for npi in missing})
+        return {n: p for n in wanted if (p := self._pharmacies[n]) is not None}
+
+    def _read_pharmacies(self, wanted: set[str]) -> dict[str, Pharmacy]:
         rows = self.conn.execute(_pharmacies, {"npis": sorted(wanted)}).all()
         enrollments: dict[str, list[PharmacyEnrollment]] = {}
-        for e in self.conn.execute(_enrollments, {"npis": sorted(wanted)}):
-            enrollments.setdefault(e.pharmacy_npi, []).append(
-                PharmacyEnrollment(Setting(e.setting), e.certified)
-            )
-        return {
-            r.npi: Pharmacy(r.npi, r.name, r.ncpdp, tuple(enrollments.get(r.npi, ()))) for r in rows
-        }
+        for r in rows:
+            settings = enrollments.setdefault(r.npi, [])
+            if r.setting is not None:
+                settings.append(PharmacyEnrollment(Setting(r.setting), r.certified))
+        return {r.npi: Pharmacy(r.npi, r.name, r.ncpdp, tuple(enrollments[r.npi])) for r in rows}

@@ -123,6 +123,9 @@ class Store(RegistryRepo):
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.forget_cached()
+        self.head: ChainHead | None = None  # while the chain head is locked for a batch
+        self._flushed: ChainHead | None = None
 
     # --- lab results -----------------------------------------------------------------------
 
@@ -339,20 +342,31 @@ class Store(RegistryRepo):
     # --- audit (§9) ---------------------------------------------------------------------------
 
     def lock_chain_head(self) -> ChainHead:
-        """Take the chain head's row lock: writers of every process append in one order."""
+        """Take the chain head's row lock: writers of every process append in one order. Until
+        ``flush_chain_head``, appends move the head in memory (one UPDATE per batch)."""
         seq, hash_ = self.conn.execute(_locked_chain_head).one()
-        return ChainHead(seq, hash_)
+        self.head = self._flushed = ChainHead(seq, hash_)
+        return self.head
+
+    def flush_chain_head(self) -> None:
+        if self.head is not None and self.head != self._flushed:
+            self.conn.execute(_move_head, {"seq": self.head.seq, "hash": self.head.hash})
+            self._flushed = self.head
 
     def chain_head(self) -> ChainHead:
         seq, hash_ = self.conn.execute(_chain_head).one()
         return ChainHead(seq, hash_)
 
     def append_audit(self, entry: AuditEntry) -> AuditEntry:
-        record = chained(entry, self.chain_head())
+        locked = self.head is not None
+        record = chained(entry, self.head if locked else self.chain_head())
         values = asdict(record)
         values["reasons"], values["warnings"] = list(record.reasons), list(record.warnings)
         self.conn.execute(_insert_audit, values)
-        self.conn.execute(_move_head, {"seq": record.seq, "hash": record.hash})
+        if locked:
+            self.head = ChainHead(record.seq, record.hash)
+        else:
+            self.conn.execute(_move_head, {"seq": record.seq, "hash": record.hash})
         return record
 
     def audit_records(self, batch: int = 1000) -> Iterator[AuditEntry]:
