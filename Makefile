@@ -14,9 +14,11 @@ $(BIN)/rems-gateway: pyproject.toml
 run: $(BIN)/rems-gateway
 	$(BIN)/rems-gateway serve $(ARGS)
 
-## Run the whole test suite (lint, unit, property, scenarios, integration)
+## Run the whole test suite (lint, unit, property, scenarios, integration) on SQLite, and on
+## PostgreSQL too when REMS_TEST_POSTGRES_URL is set (see README, .ci/run)
 test: $(BIN)/rems-gateway
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
 scenarios: $(BIN)/rems-gateway

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
 
 from gateway.scenario_file import Scenario, ScenarioError, Step, load, read
 from gateway.service import RemsService, RequestConflict, ServiceConfig, Source
@@ -159,12 +165,34 @@ class NotSupportedYet(RuntimeError):
 
 
 class DatabaseFactory:
-    """A fresh, migrated SQLite database per scenario file, copied from one migrated template."""
+    """Fresh, migrated databases, made fast by cloning one template migrated once.
 
+    ``base_url`` None: SQLite files, each a copy of a migrated template file in a temporary folder.
+    A PostgreSQL URL: the server, and the maintenance database on it from which databases are
+    created; each fresh database is ``CREATE DATABASE … TEMPLATE rems_tpl_<pid>_<k>``.
+    """
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self._databases = _SqliteDatabases() if base_url is None else _PostgresDatabases(base_url)
+
+    def fresh_url(self) -> str:
+        return self._databases.fresh_url()
+
+    def drop(self, url: str) -> None:
+        """Remove one database that ``fresh_url`` made (its engines should be disposed)."""
+        self._databases.drop(url)
+
+    def close(self) -> None:
+        """Remove every database made here, and the template."""
+        self._databases.close()
+
+
+class _SqliteDatabases:
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="rems-scenarios-"))
-        self.template = self.folder / "template.db"
-        upgrade(f"sqlite:///{self.template}")
+        template = self.folder / "template.db"
+        upgrade(f"sqlite:///{template}")
+        self.template = template
         self.count = 0
 
     def fresh_url(self) -> str:
@@ -173,8 +201,83 @@ class DatabaseFactory:
         shutil.copyfile(self.template, target)
         return f"sqlite:///{target}"
 
+    def drop(self, url: str) -> None:
+        path = Path(make_url(url).database or "")
+        if path.parent != self.folder:
+            return  # not one of ours
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _PostgresDatabases:
+    """Databases named after the process and the factory, ``rems_tpl_<pid>_<k>`` and
+    ``rems_<pid>_<k>_<n>``: parallel runs on one server, and two factories in one process,
+    never collide."""
+
+    def __init__(self, base_url: str) -> None:
+        self.url = make_url(base_url)
+        if self.url.get_backend_name() != "postgresql":
+            raise ValueError("a database factory takes a PostgreSQL URL (or none, for SQLite)")
+        self.admin = create_engine(
+            self.url, isolation_level="AUTOCOMMIT", poolclass=NullPool, hide_parameters=True
+        )
+        self.tag = f"{os.getpid()}_{next(_FACTORIES)}"
+        self.template = f"rems_tpl_{self.tag}"
+        self.made: set[str] = set()
+        self.count = 0
+        try:
+            self._create(self.template)
+            upgrade(self._url_of(self.template))
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one worth reading
+                self.close()
+            raise
+
+    def fresh_url(self) -> str:
+        self.count += 1
+        name = f"rems_{self.tag}_{self.count}"
+        self.made.add(name)
+        self._create(name, template=self.template)
+        return self._url_of(name)
+
+    def drop(self, url: str) -> None:
+        name = make_url(url).database
+        if name in self.made:
+            self.made.discard(name)
+            self._drop(name)
+
+    def close(self) -> None:
+        for name in sorted(self.made):
+            self._drop(name)
+        self.made.clear()
+        self._drop(self.template)
+        self.admin.dispose()
+
+    def _url_of(self, name: str) -> str:
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def _create(self, name: str, template: str | None = None) -> None:
+        self._drop(name)  # a leftover of an earlier process that had this pid
+        quote = self.admin.dialect.identifier_preparer.quote
+        clone = f" TEMPLATE {quote(template)}" if template else ""
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {quote(name)}{clone}")
+
+    def _drop(self, name: str) -> None:
+        quote = self.admin.dialect.identifier_preparer.quote
+        with self.admin.connect() as conn:
+            conn.execute(_TERMINATE, {"name": name})
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote(name)}")
+
+
+_FACTORIES = itertools.count(1)
+_TERMINATE = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE datname = :name AND pid <> pg_backend_pid()"
+)
 
 
 async def run_file(path: Path, db_url: str, packs: PackLibrary) -> FileReport:

@@ -1,30 +1,59 @@
-"""Shared fixtures: a real, migrated SQLite database and the application service on it."""
+"""Shared fixtures: a real, migrated database and the application service on it.
+
+Every test that uses ``db_url`` (or ``engine``, ``writer``, ``service``) runs on SQLite and, when
+REMS_TEST_POSTGRES_URL names a PostgreSQL server's maintenance database, on PostgreSQL too. Each
+test gets a fresh database cloned from one template migrated once per session and backend.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Engine
 
+from gateway.scenario import DatabaseFactory
 from gateway.service import RemsService, ServiceConfig
 from gateway.writer import Writer
 from rems_core.rulepack import PackLibrary
-from rems_core.store.db import make_engine, upgrade
+from rems_core.store.db import make_engine
 
 PACKS = PackLibrary()
+POSTGRES_URL = os.environ.get("REMS_TEST_POSTGRES_URL") or None
+BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+
+# For a test that only means something on PostgreSQL: it runs there, and is skipped without it.
+postgresql_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 T = TypeVar("T")
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'rems.db'}"
-    upgrade(url)
-    return url
+@pytest.fixture(scope="session")
+def sqlite_databases() -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory()
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="session")
+def postgresql_databases() -> Iterator[DatabaseFactory]:
+    if POSTGRES_URL is None:
+        pytest.skip("REMS_TEST_POSTGRES_URL is not set")
+    factory = DatabaseFactory(POSTGRES_URL)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, migrated database of the backend named by the test id: [sqlite], [postgresql]."""
+    factory: DatabaseFactory = request.getfixturevalue(f"{request.param}_databases")
+    url = factory.fresh_url()
+    yield url
+    factory.drop(url)
 
 
 @pytest.fixture

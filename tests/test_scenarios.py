@@ -1,16 +1,15 @@
-"""Every scenario file in fixtures/scenarios passes in-process, and together they cover every
-reason code, warning code and rule pack."""
+"""Every scenario file in fixtures/scenarios passes in-process, on every backend of conftest's
+db_url, and together they cover every reason code, warning code and rule pack."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from gateway.scenario import DatabaseFactory, format_report, run_file
+from gateway.scenario import format_report, run_file
 from rems_core.codes import Code
 from tests.conftest import PACKS
 
@@ -18,16 +17,10 @@ FOLDER = Path(__file__).parent.parent / "fixtures" / "scenarios"
 FILES = sorted(FOLDER.glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def databases() -> Iterator[DatabaseFactory]:
-    factory = DatabaseFactory()
-    yield factory
-    factory.close()
-
-
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_scenario_file_passes(path: Path, databases: DatabaseFactory) -> None:
-    report = asyncio.run(run_file(path, databases.fresh_url(), PACKS))
+def test_scenario_file_passes(path: Path, db_url: str) -> None:
+    """On every backend (conftest's db_url): a fresh database per file."""
+    report = asyncio.run(run_file(path, db_url, PACKS))
     assert report.passed, format_report(report)
 
 

@@ -7,20 +7,51 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.pool import QueuePool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEFAULT_URL = "sqlite:///rems-gateway.db"
 
+# PostgreSQL pool: room for the writer, readiness probes and reads.
+POOL_SIZE = 10
+MAX_OVERFLOW = 10
+DURABLE_COMMIT = "-c synchronous_commit=on"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
 
 def make_engine(url: str = DEFAULT_URL) -> Engine:
-    """An engine whose commits are durable: SQLite in WAL with synchronous=FULL. Bound values
-    (names, identifiers) never appear in its error messages."""
-    if url.startswith("sqlite"):
+    """An engine whose commits are durable: SQLite in WAL with synchronous=FULL, PostgreSQL with
+    synchronous_commit=on. Bound values (names, identifiers) never appear in its error messages."""
+    if is_sqlite(url):
         engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
         _sqlite_durable(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    return _postgres_engine(url)
+
+
+def _postgres_engine(url: str) -> Engine:
+    # pool_pre_ping: a connection the server dropped (restart, failover, pg_terminate_backend)
+    # is noticed at checkout and replaced, instead of failing the unit of work that gets it.
+    return create_engine(
+        url,
+        poolclass=QueuePool,
+        pool_size=POOL_SIZE,
+        max_overflow=MAX_OVERFLOW,
+        pool_pre_ping=True,
+        hide_parameters=True,
+        connect_args={"options": _postgres_options(url)},
+    )
+
+
+def _postgres_options(url: str) -> str:
+    """The URL's own ``options`` (if any) plus a durable commit for every connection."""
+    given = make_url(url).query.get("options")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return f"{given} {DURABLE_COMMIT}" if given else DURABLE_COMMIT
 
 
 def _sqlite_durable(engine: Engine) -> None:
