@@ -6,7 +6,6 @@ holds no names or identifier values.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from rems_core.model import (
     LabResult,
     PatientStatusForm,
     PsfOutcome,
+    to_plain,
 )
 from rems_core.rulepack import RulePack
 
@@ -63,7 +63,7 @@ def dispense(
 
 
 def psf(source: Source, form: PatientStatusForm, outcome: PsfOutcome) -> AuditEntry:
-    return _psf_entry(source, "psf", form.submitted_at, asdict(form), outcome)
+    return _psf_entry(source, "psf", form.submitted_at, to_plain(form), outcome)
 
 
 def signature(
@@ -103,7 +103,7 @@ def labs(
         received,
         kind="lab",
         subject=outcome.patient,
-        input_hash=digest([asdict(r) for r in results]),
+        input_hash=digest(to_plain(results)),
         input_ref=",".join(sorted({a.result_id for a in outcome.results if a.result_id})),
         outcome="stored" if outcome.matched else "unmatched",
         rule_pack=pack.id,

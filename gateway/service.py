@@ -10,7 +10,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
 
 from gateway import audit_log, registry_load
@@ -42,6 +42,7 @@ from rems_core.model import (
     StoredPsf,
     SubmitterRole,
     decision_from_dict,
+    to_plain,
 )
 from rems_core.psf import judge_psf, signed_form, signer_problem
 from rems_core.registry import RegistryConflict, RegistryDocument
@@ -93,7 +94,7 @@ class ServiceConfig:
 
 def request_hash(identifiers: list[Identifier], request: DispenseRequest) -> str:
     """What makes two requests with one request id the same request: patient and body."""
-    body = asdict(request)
+    body = to_plain(request)
     body.pop("dispense_date")  # a retry later in the day is still the same request
     body["patient"] = sorted((i.system, i.value) for i in identifiers)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
@@ -463,7 +464,7 @@ class RemsService:
                 "rule_pack_version": decision.rule_pack_version,
                 "outcome": decision.outcome.value,
                 "result": decision.as_dict(),
-                "request": json.loads(json.dumps(asdict(request), default=str)),
+                "request": to_plain(request),
                 "channel": source.channel,
                 "actor": source.actor,
             }

@@ -1,7 +1,7 @@
 """The single writer: every change goes through one thread, in arrival order, with group commit.
 
-Each unit of work runs in its own SAVEPOINT (atomic on its own: a failing one rolls back alone),
-several units share one COMMIT, and a caller is answered only after that COMMIT returned — so
+Each unit of work is atomic on its own (a failing one leaves no trace: the batch is rolled back
+and run again without it), several units share one COMMIT, and a caller is answered only after that COMMIT returned — so
 nothing is acknowledged before it is durable, and decisions never interleave. Across processes,
 each batch first takes the audit chain head's row lock (SQLite: BEGIN IMMEDIATE takes the whole
 database), so batches of all writers apply one after another and the chain stays one chain.
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from rems_core.store.registry_repo import RegistryCache
 from rems_core.store.repo import Store
 
 T = TypeVar("T")
@@ -41,6 +42,8 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="rems-writer", daemon=True)
         self._stopping = False
         self._lock = threading.Lock()
+        # Registry reads kept between batches while the registry version is unchanged.
+        self._registry: tuple[int, RegistryCache] | None = None
         self.commits = 0
         self.units = 0
 
@@ -166,36 +169,49 @@ class Writer:
     def _apply(
         self, conn: Connection, live: list[tuple[Work, Future]]
     ) -> list[tuple[Future, Any, BaseException | None]]:
-        """Every unit in one transaction, each atomic on its own; COMMIT unless nothing is left
-        to keep. A lone unit needs no SAVEPOINT: the transaction is its own."""
-        store = Store(conn)
-        outcomes: list[tuple[Future, Any, BaseException | None]] = []
-        alone = len(live) == 1
-        with conn.begin() as transaction:
-            store.lock_chain_head()  # one batch at a time across processes, in chain order
-            for work, future in live:
-                outcomes.append(self._unit(conn, store, work, future, savepoint=not alone))
-            if alone and outcomes[0][2] is not None:
-                transaction.rollback()
-                return outcomes
-            store.flush_chain_head()
-        self.commits += 1
-        self.units += len(live)
-        return outcomes
+        """Every unit in one transaction, each atomic on its own, then one COMMIT.
+
+        Units rarely fail, so none pays for a SAVEPOINT: when one raises, the transaction is
+        rolled back and the batch run again without it (nothing was committed or answered yet,
+        so the units before it simply run once more).
+        """
+        failed: dict[int, BaseException] = {}
+        while True:
+            store = Store(conn)
+            with conn.begin() as transaction:
+                store.lock_chain_head()  # one batch at a time across processes, in chain order
+                if self._registry is not None and self._registry[0] == store.registry_version:
+                    store.share_cache(self._registry[1])
+                results, failure = self._run_units(store, live, failed)
+                if failure is not None:
+                    transaction.rollback()
+                    failed[failure[0]] = failure[1]
+                    continue
+                if len(failed) == len(live):
+                    transaction.rollback()
+                    break
+                version = store.registry_version + (1 if store.registry_changed else 0)
+                store.flush_chain_head()
+            self._registry = (version, store.cache())
+            self.commits += 1
+            self.units += len(live) - len(failed)
+            break
+        return [
+            (future, None, failed[n]) if n in failed else (future, results[n], None)
+            for n, (_, future) in enumerate(live)
+        ]
 
     @staticmethod
-    def _unit(
-        conn: Connection, store: Store, work: Work, future: Future, savepoint: bool
-    ) -> tuple[Future, Any, BaseException | None]:
-        nested, head = (conn.begin_nested() if savepoint else None), store.head
-        try:
-            result = work(store)
-        except Exception as exc:
-            if nested is not None:
-                nested.rollback()
-            store.head = head  # its audit records are gone with it
-            store.forget_cached()
-            return future, None, exc
-        if nested is not None:
-            nested.commit()
-        return future, result, None
+    def _run_units(
+        store: Store, live: list[tuple[Work, Future]], failed: dict[int, BaseException]
+    ) -> tuple[dict[int, Any], tuple[int, BaseException] | None]:
+        """Each unit not known to fail; the first that raises ends the attempt."""
+        results: dict[int, Any] = {}
+        for n, (work, _) in enumerate(live):
+            if n in failed:
+                continue
+            try:
+                results[n] = work(store)
+            except Exception as exc:
+                return results, (n, exc)
+        return results, None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -50,14 +50,18 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def columns(entry: AuditEntry) -> dict[str, Any]:
+    """The record's fields as stored."""
+    values = {f.name: getattr(entry, f.name) for f in fields(entry)}
+    values["reasons"], values["warnings"] = list(entry.reasons), list(entry.warnings)
+    return values
+
+
 def record_hash(entry: AuditEntry) -> str:
-    fields = asdict(entry)
-    fields.pop("hash")
-    fields["at"] = entry.at.isoformat()
-    fields["clinical_at"] = entry.clinical_at.isoformat()
-    fields["reasons"] = list(entry.reasons)
-    fields["warnings"] = list(entry.warnings)
-    return digest(fields)
+    hashed = columns(entry)
+    hashed.pop("hash")
+    hashed["at"], hashed["clinical_at"] = entry.at.isoformat(), entry.clinical_at.isoformat()
+    return digest(hashed)
 
 
 def chained(entry: AuditEntry, head: ChainHead) -> AuditEntry:

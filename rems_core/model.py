@@ -5,11 +5,12 @@ Plain frozen dataclasses; every time is timezone-aware UTC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
+from typing import Any
 
 
 class Setting(StrEnum):
@@ -333,6 +334,22 @@ class PatientSnapshot:
     @cached_property
     def usable_ancs(self) -> tuple[AncResult, ...]:
         return tuple(sorted((a for a in self.anc_results if a.usable), key=lambda a: a.drawn))
+
+
+def to_plain(value: Any) -> Any:
+    """A value as JSON-ready data: dataclasses as dicts, times as ISO text, enums as values.
+    (``dataclasses.asdict`` deep-copies and is several times slower on the hot path.)"""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
 
 
 def decimal_or_none(text: str) -> Decimal | None:

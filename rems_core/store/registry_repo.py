@@ -93,20 +93,35 @@ def _named(subject: str, change: Change | None) -> list[tuple[str, Change]]:
     return [(subject, change)] if change else []
 
 
+@dataclass
+class RegistryCache:
+    prescribers: dict[str, Prescriber | None]
+    pharmacies: dict[str, Pharmacy | None]
+
+
 class RegistryRepo:
     """Registry reads are remembered for the life of one Store (one batch, under the chain
     head's lock, so no other writer can change the registry meanwhile); any write forgets them."""
 
     conn: Connection
+    registry_changed: bool
     _prescribers: dict[str, Prescriber | None]
     _pharmacies: dict[str, Pharmacy | None]
 
     def forget_cached(self) -> None:
         self._prescribers, self._pharmacies = {}, {}
 
+    def share_cache(self, cache: RegistryCache) -> None:
+        """Use (and fill) reads that an earlier batch made at the same registry version."""
+        self._prescribers, self._pharmacies = cache.prescribers, cache.pharmacies
+
+    def cache(self) -> RegistryCache:
+        return RegistryCache(self._prescribers, self._pharmacies)
+
     def _upsert(self, table: Any, keys: dict[str, Any], values: dict[str, Any]) -> Change | None:
         """Insert or update one row; what changed (field names only), or None."""
         self.forget_cached()
+        self.registry_changed = True
         where = and_(*(table.c[k] == v for k, v in keys.items()))
         row = self.conn.execute(select(table).where(where)).mappings().first()
         if row is None:

@@ -6,14 +6,13 @@ The caller owns the transaction; nothing here commits.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from rems_core.audit import AuditEntry, ChainHead, chained
+from rems_core.audit import AuditEntry, ChainHead, chained, columns
 from rems_core.model import (
     AncCategory,
     AncResult,
@@ -75,9 +74,16 @@ _current_observations_at = select(observation_t).where(
     observation_t.c.current.is_(True),
 )
 _chain_head = select(head_t.c.seq, head_t.c.hash).where(head_t.c.id == 1)
-_locked_chain_head = _chain_head.with_for_update()
+_locked_chain_head = (
+    select(head_t.c.seq, head_t.c.hash, head_t.c.registry_version)
+    .where(head_t.c.id == 1)
+    .with_for_update()
+)
 _insert_audit = insert(audit_t)
 _move_head = update(head_t).where(head_t.c.id == 1)
+_move_head_and_registry = (
+    update(head_t).where(head_t.c.id == 1).values(registry_version=head_t.c.registry_version + 1)
+)
 _insert_decision = insert(decision_t)
 _insert_rda = insert(rda_t)
 _insert_override = insert(override_t)
@@ -126,6 +132,8 @@ class Store(RegistryRepo):
         self.forget_cached()
         self.head: ChainHead | None = None  # while the chain head is locked for a batch
         self._flushed: ChainHead | None = None
+        self.registry_version = -1
+        self.registry_changed = False
 
     # --- lab results -----------------------------------------------------------------------
 
@@ -344,14 +352,21 @@ class Store(RegistryRepo):
     def lock_chain_head(self) -> ChainHead:
         """Take the chain head's row lock: writers of every process append in one order. Until
         ``flush_chain_head``, appends move the head in memory (one UPDATE per batch)."""
-        seq, hash_ = self.conn.execute(_locked_chain_head).one()
+        seq, hash_, self.registry_version = self.conn.execute(_locked_chain_head).one()
         self.head = self._flushed = ChainHead(seq, hash_)
         return self.head
 
     def flush_chain_head(self) -> None:
-        if self.head is not None and self.head != self._flushed:
-            self.conn.execute(_move_head, {"seq": self.head.seq, "hash": self.head.hash})
-            self._flushed = self.head
+        """Write the moved head; a registry change also bumps the registry version."""
+        if self.registry_changed:
+            statement = _move_head_and_registry
+        elif self.head is not None and self.head != self._flushed:
+            statement = _move_head
+        else:
+            return
+        assert self.head is not None
+        self.conn.execute(statement, {"seq": self.head.seq, "hash": self.head.hash})
+        self._flushed, self.registry_changed = self.head, False
 
     def chain_head(self) -> ChainHead:
         seq, hash_ = self.conn.execute(_chain_head).one()
@@ -360,9 +375,7 @@ class Store(RegistryRepo):
     def append_audit(self, entry: AuditEntry) -> AuditEntry:
         locked = self.head is not None
         record = chained(entry, self.head if locked else self.chain_head())
-        values = asdict(record)
-        values["reasons"], values["warnings"] = list(record.reasons), list(record.warnings)
-        self.conn.execute(_insert_audit, values)
+        self.conn.execute(_insert_audit, columns(record))
         if locked:
             self.head = ChainHead(record.seq, record.hash)
         else:

@@ -259,3 +259,5 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(primary_key=True)  # always 1
     seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     hash: str
+    # Bumped with every registry change, so that writers may keep registry reads between batches.
+    registry_version: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -46,9 +46,12 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("hash", sa.String(), nullable=False),
+        sa.Column("registry_version", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.execute(f"INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')")
+    op.execute(
+        f"INSERT INTO audit_head (id, seq, hash, registry_version) VALUES (1, 0, '{GENESIS}', 0)"
+    )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             "CREATE FUNCTION audit_record_append_only() RETURNS trigger LANGUAGE plpgsql AS "
