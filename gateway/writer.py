@@ -1,8 +1,9 @@
 """The single writer: every change goes through one thread, in arrival order, with group commit.
 
 Each unit of work is atomic on its own (a failing one leaves no trace: the batch is rolled back
-and run again without it), several units share one COMMIT, and a caller is answered only after that COMMIT returned — so
-nothing is acknowledged before it is durable, and decisions never interleave. Across processes,
+and run again without it), several units share one COMMIT, and a caller is answered only after
+that COMMIT returned — so nothing is acknowledged before it is durable, and decisions never
+interleave. Across processes,
 each batch first takes the audit chain head's row lock (SQLite: BEGIN IMMEDIATE takes the whole
 database), so batches of all writers apply one after another and the chain stays one chain.
 """
