@@ -134,6 +134,7 @@ class Store(RegistryRepo):
         self._flushed: ChainHead | None = None
         self.registry_version = -1
         self.registry_changed = False
+        self._deferred: dict[Any, list[dict[str, Any]]] = {}
 
     # --- lab results -----------------------------------------------------------------------
 
@@ -325,7 +326,15 @@ class Store(RegistryRepo):
         self.conn.execute(_insert_decision, values)
 
     def add_rda(self, values: dict[str, Any]) -> None:
-        self.conn.execute(_insert_rda, values)
+        self._write(_insert_rda, values)
+
+    def _write(self, statement: Any, values: dict[str, Any]) -> None:
+        """Rows nothing reads again within the batch (RDAs, audit records) are sent together
+        at its end, one round trip per table; outside a batch, at once."""
+        if self.head is None:
+            self.conn.execute(statement, values)
+        else:
+            self._deferred.setdefault(statement, []).append(values)
 
     def add_override(self, values: dict[str, Any]) -> None:
         self.conn.execute(_insert_override, values)
@@ -357,7 +366,11 @@ class Store(RegistryRepo):
         return self.head
 
     def flush_chain_head(self) -> None:
-        """Write the moved head; a registry change also bumps the registry version."""
+        """Write the deferred rows and the moved head; a registry change also bumps the registry
+        version."""
+        for statement, rows in self._deferred.items():
+            self.conn.execute(statement, rows)
+        self._deferred.clear()
         if self.registry_changed:
             statement = _move_head_and_registry
         elif self.head is not None and self.head != self._flushed:
@@ -375,7 +388,7 @@ class Store(RegistryRepo):
     def append_audit(self, entry: AuditEntry) -> AuditEntry:
         locked = self.head is not None
         record = chained(entry, self.head if locked else self.chain_head())
-        self.conn.execute(_insert_audit, columns(record))
+        self._write(_insert_audit, columns(record))
         if locked:
             self.head = ChainHead(record.seq, record.hash)
         else:
