@@ -24,7 +24,7 @@ from rems_core.model import (
     ResultStatus,
     SubmitterRole,
 )
-from rems_core.registry import RegistryDocument
+from rems_core.registry import PatientEntry, RegistryDocument
 from rems_core.store import tables
 from rems_core.store.repo import Store
 from tests.builders import PHARMACY, PRESCRIBER, at, dispense
@@ -301,17 +301,24 @@ def test_a_designees_psf_without_a_prescriber_is_for_the_one_it_acts_for(
     assert run(service.submit_psf(MRN, form, SOURCE)).accepted
 
 
-def test_one_request_id_for_another_patient_is_a_conflict(
-    service: RemsService, engine: Engine
-) -> None:
+def with_second_patient(service: RemsService) -> tuple[RegistryDocument, PatientEntry]:
+    """The registry with a second patient, P2 (MRN999), loaded."""
     doc = registry()
-    other = doc.patients[0].model_copy(
+    first = doc.patients[0]
+    other = first.model_copy(
         update={
             "id": "P2",
-            "identifiers": [doc.patients[0].identifiers[0].model_copy(update={"value": "MRN999"})],
+            "identifiers": [first.identifiers[0].model_copy(update={"value": "MRN999"})],
         }
     )
     run(service.load_registry(doc.model_copy(update={"patients": [*doc.patients, other]}), SOURCE))
+    return doc, other
+
+
+def test_one_request_id_for_another_patient_is_a_conflict(
+    service: RemsService, engine: Engine
+) -> None:
+    with_second_patient(service)
     run(service.decide_dispense(MRN, dispense("2022-03-02", request_id="req-9"), SOURCE))
     with pytest.raises(RequestConflict):
         run(
@@ -402,14 +409,7 @@ def test_registry_upkeep_updates_and_audits_each_change(
 def test_an_entry_naming_two_known_patients_is_refused_whole(
     service: RemsService, engine: Engine
 ) -> None:
-    doc = registry()
-    other = doc.patients[0].model_copy(
-        update={
-            "id": "P2",
-            "identifiers": [doc.patients[0].identifiers[0].model_copy(update={"value": "MRN999"})],
-        }
-    )
-    run(service.load_registry(doc.model_copy(update={"patients": [*doc.patients, other]}), SOURCE))
+    doc, other = with_second_patient(service)
     merged = doc.patients[0].model_copy(
         update={"identifiers": [*doc.patients[0].identifiers, *other.identifiers]}
     )
