@@ -20,13 +20,15 @@ def read_checkpoint(path: Path) -> ChainHead:
     return ChainHead(int(data["seq"]), str(data["hash"]))
 
 
-def write_checkpoint(url: str, path: Path) -> ChainHead:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            head = Store(conn).chain_head()
-    finally:
-        engine.dispose()
+class ChainBroken(ValueError):
+    """No checkpoint of a chain that does not verify."""
+
+
+def write_checkpoint(url: str, path: Path, previous: ChainHead | None = None) -> ChainHead:
+    """Verify the chain (against the previous checkpoint, if any), then write its head."""
+    problem, head = verify_database(url, previous)
+    if problem is not None:
+        raise ChainBroken(str(problem))
     written = {"seq": head.seq, "hash": head.hash, "written_at": datetime.now(UTC).isoformat()}
     path.write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
     return head
@@ -38,7 +40,10 @@ def verify_database(
     """The first bad record (or None) and the head, read in one consistent snapshot."""
     engine = make_engine(url)
     try:
-        with engine.connect() as conn, conn.begin():
+        # One snapshot for the head and every record, and no write lock held while reading.
+        isolation = "REPEATABLE READ" if engine.dialect.name == "postgresql" else None
+        options = {"read_only": True, **({"isolation_level": isolation} if isolation else {})}
+        with engine.connect().execution_options(**options) as conn, conn.begin():
             store = Store(conn)
             head = store.chain_head()
             return verify(store.audit_records(), head, checkpoint), head

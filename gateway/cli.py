@@ -61,10 +61,16 @@ def audit_checkpoint(
     out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Where to write it")],
     db: DbOption = DEFAULT_URL,
 ) -> None:
-    """Write the chain head to a file kept outside the database (to detect truncation)."""
-    from gateway.audit_trail import write_checkpoint
+    """Verify the chain (against the checkpoint already in OUT, if any), then write its head to
+    OUT, a file kept outside the database (it catches a truncation that rewrote the head)."""
+    from gateway.audit_trail import ChainBroken, read_checkpoint, write_checkpoint
 
-    head = write_checkpoint(db, out)
+    previous = read_checkpoint(out) if out.exists() else None
+    try:
+        head = write_checkpoint(db, out, previous)
+    except ChainBroken as exc:
+        typer.echo(f"audit chain broken, no checkpoint written: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"checkpoint written to {out}: record {head.seq}")
 
 

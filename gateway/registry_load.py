@@ -7,7 +7,7 @@ ANCs stored as lab results; loading the same block again changes nothing.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, tzinfo
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import audit_log
 from rems_core.model import (
@@ -35,21 +35,23 @@ def load(
 ) -> dict[str, str]:
     """Upsert everything; the REMS patient ids by handle (or first identifier value)."""
     now = datetime.now(UTC)
-    changes: list[tuple[str, Change]] = []
+    changes: list[tuple[str, Change, Any]] = []  # with the entry that made each change
     for prescriber in doc.prescribers:
-        changes += store.upsert_prescriber(prescriber)
+        changes += [(*c, prescriber) for c in store.upsert_prescriber(prescriber)]
     for pharmacy in doc.pharmacies:
-        changes += store.upsert_pharmacy(pharmacy)
+        changes += [(*c, pharmacy) for c in store.upsert_pharmacy(pharmacy)]
     handles = {}
     for entry in doc.patients:
         patient_id, patient_changes = store.upsert_patient(entry, service.ids.new_id("RP"))
-        changes += patient_changes
+        changes += [(*c, entry) for c in patient_changes]
         handles[entry.id or entry.identifiers[0].value] = patient_id
         if entry.enrollment and not store.registry_enrollment_exists(patient_id):
             _enrollment(service, store, entry, patient_id, source)
-    for subject, change in changes:
+    for subject, change, entry in changes:
         store.append_audit(
-            audit_log.registry_change(source, subject, change.kind, change.fields, subject, now)
+            audit_log.registry_change(
+                source, subject, change.kind, change.fields, entry.model_dump(mode="json"), now
+            )
         )
     return handles
 

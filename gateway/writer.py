@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from rems_core.audit import ChainHead
 from rems_core.store.registry_repo import RegistryCache
 from rems_core.store.repo import Store
 
 T = TypeVar("T")
 Work = Callable[[Store], Any]
+Outcome = tuple[Future, Any, BaseException | None]
 
 log = logging.getLogger("rems_gateway.writer")
 _STOP = object()
@@ -134,16 +136,22 @@ class Writer:
     ) -> Connection | None:
         """Apply and commit one batch, then answer its callers; returns the connection to keep.
 
-        A connection the database dropped (a restart) is replaced and the batch tried once more:
-        nothing of it was committed, so nothing is applied twice.
+        A connection the database dropped before the COMMIT (a restart) is replaced and the batch
+        tried once more: nothing of it was committed. A drop during the COMMIT is settled by
+        reading the chain head on a new connection: moved as this batch moved it → committed.
         """
-        outcomes: list[tuple[Future, Any, BaseException | None]] | None = None
+        outcomes: list[Outcome] | None = None
         failure: BaseException = WriterStopped("the writer stopped during this unit of work")
         try:
             for attempt in (1, 2):
                 conn = conn if conn is not None else self._engine.connect()
                 try:
                     outcomes = self._apply(conn, live)
+                    break
+                except CommitUncertain as uncertain:
+                    conn.close()
+                    conn = self._engine.connect()
+                    outcomes = self._settle(conn, uncertain)
                     break
                 except DBAPIError as exc:
                     conn.close()
@@ -167,52 +175,89 @@ class Writer:
                     future.set_exception(error)
         return conn
 
-    def _apply(
-        self, conn: Connection, live: list[tuple[Work, Future]]
-    ) -> list[tuple[Future, Any, BaseException | None]]:
-        """Every unit in one transaction, each atomic on its own, then one COMMIT.
-
-        Units rarely fail, so none pays for a SAVEPOINT: when one raises, the transaction is
-        rolled back and the batch run again without it (nothing was committed or answered yet,
-        so the units before it simply run once more).
-        """
-        failed: dict[int, BaseException] = {}
-        while True:
-            store = Store(conn)
-            with conn.begin() as transaction:
-                store.lock_chain_head()  # one batch at a time across processes, in chain order
-                if self._registry is not None and self._registry[0] == store.registry_version:
-                    store.share_cache(self._registry[1])
-                results, failure = self._run_units(store, live, failed)
-                if failure is not None:
-                    transaction.rollback()
-                    failed[failure[0]] = failure[1]
-                    continue
-                if len(failed) == len(live):
-                    transaction.rollback()
-                    break
-                version = store.registry_version + (1 if store.registry_changed else 0)
-                store.flush_chain_head()
-            self._registry = (version, store.cache())
+    def _settle(self, conn: Connection, uncertain: CommitUncertain) -> list[Outcome] | None:
+        with conn.begin():
+            head = Store(conn).chain_head()
+        if uncertain.moved and head == uncertain.head:
+            log.warning("the COMMIT's answer was lost, but the batch is committed")
             self.commits += 1
-            self.units += len(live) - len(failed)
-            break
-        return [
-            (future, None, failed[n]) if n in failed else (future, results[n], None)
-            for n, (_, future) in enumerate(live)
-        ]
+            return uncertain.outcomes
+        raise uncertain.cause
+
+    def _apply(self, conn: Connection, live: list[tuple[Work, Future]]) -> list[Outcome]:
+        """Every unit in one transaction, then one COMMIT. Units rarely fail, so the first
+        attempt pays for no SAVEPOINT and sends some rows once per batch; if anything fails, the
+        batch is rolled back and run once more with each unit in its own SAVEPOINT (nothing was
+        committed or answered yet, so the units simply run again)."""
+        outcomes = self._attempt(conn, live, careful=False)
+        if outcomes is None:
+            outcomes = self._attempt(conn, live, careful=True)
+        assert outcomes is not None
+        return outcomes
+
+    def _attempt(
+        self, conn: Connection, live: list[tuple[Work, Future]], careful: bool
+    ) -> list[Outcome] | None:
+        store = Store(conn, defer=not careful)
+        transaction = conn.begin()
+        try:
+            before = store.lock_chain_head()  # one batch at a time across processes, in order
+            if self._registry is not None and self._registry[0] == store.registry_version:
+                store.share_cache(self._registry[1])
+            outcomes = [self._unit(conn, store, work, future, careful) for work, future in live]
+            if all(error is not None for _, _, error in outcomes):
+                transaction.rollback()
+                return outcomes
+            version = store.registry_version + (1 if store.registry_changed else 0)
+            store.flush_chain_head()
+        except _UnitFailed:
+            transaction.rollback()
+            return None
+        except DBAPIError as exc:
+            transaction.rollback()
+            if careful or exc.connection_invalidated:
+                raise
+            return None  # e.g. a deferred row: the careful attempt finds whose
+        except BaseException:
+            transaction.rollback()
+            raise
+        try:
+            transaction.commit()
+        except DBAPIError as exc:
+            raise CommitUncertain(store.head, store.head != before, outcomes, exc) from exc
+        self._registry = (version, store.cache())
+        self.commits += 1
+        self.units += sum(1 for _, _, error in outcomes if error is None)
+        return outcomes
 
     @staticmethod
-    def _run_units(
-        store: Store, live: list[tuple[Work, Future]], failed: dict[int, BaseException]
-    ) -> tuple[dict[int, Any], tuple[int, BaseException] | None]:
-        """Each unit not known to fail; the first that raises ends the attempt."""
-        results: dict[int, Any] = {}
-        for n, (work, _) in enumerate(live):
-            if n in failed:
-                continue
+    def _unit(conn: Connection, store: Store, work: Work, future: Future, careful: bool) -> Outcome:
+        if not careful:
             try:
-                results[n] = work(store)
+                return future, work(store), None
             except Exception as exc:
-                return results, (n, exc)
-        return results, None
+                raise _UnitFailed from exc
+        savepoint, head = conn.begin_nested(), store.head
+        try:
+            result = work(store)
+        except Exception as exc:
+            savepoint.rollback()
+            store.head = head  # its audit records are gone with it
+            store.forget_cached()
+            return future, None, exc
+        savepoint.commit()
+        return future, result, None
+
+
+class _UnitFailed(Exception):
+    """A unit raised in a batch run without SAVEPOINTs: run the batch again, carefully."""
+
+
+class CommitUncertain(Exception):
+    """The connection failed during COMMIT: the batch may or may not be committed."""
+
+    def __init__(
+        self, head: ChainHead | None, moved: bool, outcomes: list[Outcome], cause: DBAPIError
+    ) -> None:
+        super().__init__(str(cause))
+        self.head, self.moved, self.outcomes, self.cause = head, moved, outcomes, cause

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 GENESIS = "0" * 64
@@ -60,7 +60,9 @@ def columns(entry: AuditEntry) -> dict[str, Any]:
 def record_hash(entry: AuditEntry) -> str:
     hashed = columns(entry)
     hashed.pop("hash")
-    hashed["at"], hashed["clinical_at"] = entry.at.isoformat(), entry.clinical_at.isoformat()
+    # As stored: UTC to the microsecond, whatever offset the caller's times carried.
+    hashed["at"] = entry.at.astimezone(UTC).isoformat(timespec="microseconds")
+    hashed["clinical_at"] = entry.clinical_at.astimezone(UTC).isoformat(timespec="microseconds")
     return digest(hashed)
 
 

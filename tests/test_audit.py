@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, exc, text
+from sqlalchemy import Engine, exc, insert, text
 
-from gateway.audit_trail import verify_database, write_checkpoint
+from gateway.audit_trail import ChainBroken, verify_database, write_checkpoint
 from gateway.service import RemsService, Source
-from rems_core.audit import ChainHead, record_hash
-from rems_core.store.repo import Store
+from rems_core.audit import ChainHead, chained, columns, record_hash
+from rems_core.store.repo import Store, audit_t
 from tests.builders import at, dispense
 from tests.conftest import run
 from tests.test_service import MRN, lab, registry
@@ -33,9 +34,14 @@ def tamper(engine: Engine, *statements: str) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("ALTER TABLE audit_record DISABLE TRIGGER USER")
+            conn.exec_driver_sql("ALTER TABLE audit_head DISABLE TRIGGER USER")
         else:
-            conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_record_no_update")
-            conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_record_no_delete")
+            for trigger in (
+                "audit_record_no_update",
+                "audit_record_no_delete",
+                "audit_head_forward_only",
+            ):
+                conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger}")
         for statement in statements:
             conn.execute(text(statement))
 
@@ -111,15 +117,48 @@ def test_a_record_appended_behind_the_heads_back_is_found(
     service: RemsService, db_url: str, engine: Engine
 ) -> None:
     some_history(service)
-    seq = head_seq(engine)
-    tamper(
-        engine,
-        f"INSERT INTO audit_record SELECT seq + 1, at, clinical_at, kind, channel, actor, subject, "
-        f"input_hash, input_ref, rule_pack, rule_pack_version, outcome, reasons, warnings, hash, "
-        f"hash FROM audit_record WHERE seq = {seq}",
-    )
+    with engine.connect() as conn:
+        store = Store(conn)
+        last = list(store.audit_records())[-1]
+    forged = chained(replace(last, outcome="authorized"), ChainHead(last.seq, last.hash))
+    with engine.begin() as conn:
+        conn.execute(insert(audit_t), columns(forged))  # linked and hashed like a real record
     problem, _ = verify_database(db_url)
-    assert problem is not None and problem.seq == seq + 1
+    assert (
+        problem is not None
+        and problem.seq == last.seq + 1
+        and "beyond the chain head" in problem.problem
+    )
+
+
+def test_the_chain_head_only_moves_forward_and_the_table_cannot_be_truncated(
+    service: RemsService, engine: Engine
+) -> None:
+    some_history(service)
+    with pytest.raises(exc.DatabaseError, match="only moves forward"), engine.begin() as conn:
+        conn.execute(text("UPDATE audit_head SET seq = 1"))
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(exc.DatabaseError, match="append-only"), engine.begin() as conn:
+            conn.execute(text("TRUNCATE audit_record"))
+
+
+def test_times_with_an_offset_hash_as_stored(service: RemsService, db_url: str) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    some_history(service)
+    eastern = datetime(2022, 3, 10, 7, 0, tzinfo=timezone(timedelta(hours=-5)))
+    run(service.run_scheduled(eastern))
+    assert verify_database(db_url)[0] is None
+
+
+def test_no_checkpoint_of_a_broken_chain(
+    service: RemsService, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    some_history(service)
+    tamper(engine, "UPDATE audit_record SET actor = 'x' WHERE seq = 2")
+    with pytest.raises(ChainBroken):
+        write_checkpoint(db_url, tmp_path / "head.json")
+    assert not (tmp_path / "head.json").exists()
 
 
 def test_a_truncation_that_rewrote_the_head_is_found_by_the_checkpoint(

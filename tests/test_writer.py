@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, text
 
+from gateway.service import RemsService
 from gateway.writer import Writer, WriterStopped
 from rems_core.store.repo import Store
 
@@ -121,3 +122,45 @@ def test_a_failed_unit_takes_its_audit_records_with_it(writer: Writer, db_url: s
     assert (first.seq, second.seq) == (1, 2)  # type: ignore[union-attr]
     problem, head = verify_database(db_url)
     assert problem is None and head.seq == 2
+
+
+def test_a_commit_whose_answer_is_lost_is_applied_once(
+    service: RemsService, engine: Engine
+) -> None:
+    """The server commits, then the connection drops before the writer hears it (fault injection
+    on the driver call): the writer reads the chain head anew and does not apply the batch twice."""
+    from sqlalchemy import func, select
+
+    from rems_core.store import tables
+    from tests.builders import dispense
+    from tests.conftest import run
+    from tests.race_worker import OVERRIDE
+    from tests.test_service import MRN, SOURCE, registry
+
+    run(service.load_registry(registry(enrolled_on="2022-01-01"), SOURCE))
+    dialect, armed = engine.dialect, {"now": True}
+    real_commit = dialect.do_commit
+
+    def commit_then_drop(dbapi_connection: Any) -> None:
+        real_commit(dbapi_connection)
+        if armed["now"]:
+            armed["now"] = False
+            raise dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly")
+
+    def is_disconnect(context: Any) -> None:
+        if "server closed the connection" in str(context.original_exception):
+            context.is_disconnect = True
+
+    dialect.do_commit = commit_then_drop  # type: ignore[method-assign]
+    event.listen(engine, "handle_error", is_disconnect)
+    try:
+        decision = run(
+            service.decide_dispense(MRN, dispense("2022-03-02", override=OVERRIDE), SOURCE)
+        )
+    finally:
+        dialect.do_commit = real_commit  # type: ignore[method-assign]
+        event.remove(engine, "handle_error", is_disconnect)
+    assert decision.outcome.value == "authorized" and not armed["now"]
+    with engine.connect() as conn:
+        for table in (tables.DecisionRow, tables.OverrideRow):
+            assert conn.execute(select(func.count()).select_from(table.__table__)).scalar_one() == 1

@@ -68,8 +68,10 @@ def _sqlite_durable(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin_immediate(connection: Any) -> None:
-        # Take the write lock at BEGIN so that two writers never interleave (and never deadlock).
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Take the write lock at BEGIN so that two writers never interleave (and never deadlock);
+        # a read-only connection (audit verify) takes none and never holds the writers up.
+        read_only = connection.get_execution_options().get("read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def alembic_config(url: str) -> Config:

@@ -27,6 +27,7 @@ from rems_core.model import (
     StoredPsf,
 )
 from rems_core.store import tables as t
+from rems_core.store.message_repo import MessageRepo
 from rems_core.store.registry_repo import RegistryRepo
 
 FORM = TypeAdapter(PatientStatusForm)
@@ -124,11 +125,12 @@ def _judgement(
     }
 
 
-class Store(RegistryRepo):
+class Store(RegistryRepo, MessageRepo):
     """One unit of work's reads and writes."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, defer: bool = False) -> None:
         self.conn = conn
+        self.defer = defer  # send some rows once per batch (see _write)
         self.forget_cached()
         self.head: ChainHead | None = None  # while the chain head is locked for a batch
         self._flushed: ChainHead | None = None
@@ -331,7 +333,7 @@ class Store(RegistryRepo):
     def _write(self, statement: Any, values: dict[str, Any]) -> None:
         """Rows nothing reads again within the batch (RDAs, audit records) are sent together
         at its end, one round trip per table; outside a batch, at once."""
-        if self.head is None:
+        if self.head is None or not self.defer:
             self.conn.execute(statement, values)
         else:
             self._deferred.setdefault(statement, []).append(values)

@@ -18,6 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 GENESIS = "0" * 64
 APPEND_ONLY = "audit records are append-only"
+HEAD_FORWARD = "the audit chain head only moves forward"
 
 
 def upgrade() -> None:
@@ -61,12 +62,29 @@ def upgrade() -> None:
             "CREATE TRIGGER audit_record_append_only BEFORE UPDATE OR DELETE ON audit_record "
             "FOR EACH ROW EXECUTE FUNCTION audit_record_append_only()"
         )
+        op.execute(
+            "CREATE TRIGGER audit_record_no_truncate BEFORE TRUNCATE ON audit_record "
+            "FOR EACH STATEMENT EXECUTE FUNCTION audit_record_append_only()"
+        )
+        op.execute(
+            "CREATE FUNCTION audit_head_forward_only() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN IF NEW.seq < OLD.seq THEN RAISE EXCEPTION '{HEAD_FORWARD}'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        op.execute(
+            "CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head "
+            "FOR EACH ROW EXECUTE FUNCTION audit_head_forward_only()"
+        )
     else:
         for action in ("UPDATE", "DELETE"):
             op.execute(
                 f"CREATE TRIGGER audit_record_no_{action.lower()} BEFORE {action} ON audit_record "
                 f"BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"
             )
+        op.execute(
+            "CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head "
+            f"WHEN NEW.seq < OLD.seq BEGIN SELECT RAISE(ABORT, '{HEAD_FORWARD}'); END"
+        )
 
 
 def downgrade() -> None:
@@ -74,3 +92,4 @@ def downgrade() -> None:
     op.drop_table("audit_record")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS audit_record_append_only()")
+        op.execute("DROP FUNCTION IF EXISTS audit_head_forward_only()")
