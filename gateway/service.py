@@ -11,7 +11,7 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from gateway import audit_log, registry_load
 from gateway.writer import Writer
@@ -59,6 +59,18 @@ class Source:
 
 
 SCHEDULER = Source("scheduler", "scheduler")
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """An HL7 v2 message as the store keeps it."""
+
+    sender: str  # MSH-3|MSH-4
+    control_id: str  # MSH-10
+    content_hash: str  # of the message without MSH-7, to tell a resend from a reuse of the id
+    message_type: str
+    raw: bytes
+    received: datetime  # the clinical "now" of its arrival
 
 
 @dataclass(frozen=True)
@@ -493,6 +505,61 @@ class RemsService:
                     "rationale": request.override.rationale or "",
                 }
             )
+
+    # --- HL7 v2 messages ------------------------------------------------------------------
+
+    async def receive_message(
+        self,
+        message: ReceivedMessage,
+        identifiers: list[Identifier],
+        results: list[LabResult],
+        answer: Callable[[LabOutcome | None, str], str],
+        source: Source,
+    ) -> str:
+        """Store a message with its results and its ACK in one unit of work; the ACK (built by
+        ``answer`` from the outcome and the disposition) leaves only after the commit. A repeated
+        control id with the same content gets the stored ACK; with other content, a conflict."""
+        return await self.writer.run(
+            lambda store: self._receive(store, message, identifiers, results, answer, source)
+        )
+
+    def _receive(
+        self,
+        store: Store,
+        message: ReceivedMessage,
+        identifiers: list[Identifier],
+        results: list[LabResult],
+        answer: Callable[[LabOutcome | None, str], str],
+        source: Source,
+    ) -> str:
+        earlier = store.message_by_control_id(message.sender, message.control_id)
+        if earlier is not None and earlier[0] == message.content_hash:
+            return earlier[1]  # the same message again: not processed twice
+        outcome = None
+        if earlier is not None:
+            disposition = "conflict"  # held for review
+        elif results:
+            outcome = self._ingest(store, identifiers, results, source, message.received)
+            disposition = "accepted" if outcome.matched else "unmatched"
+        else:
+            disposition = "no_results"
+        ack = answer(outcome, disposition)
+        kept = message.received + timedelta(days=7) if disposition == "no_results" else None
+        store.add_message(
+            {
+                "sender": message.sender,
+                "control_id": message.control_id,
+                "content_hash": message.content_hash,
+                "message_type": message.message_type,
+                "received": message.received,
+                "raw": message.raw,
+                "ack": ack,
+                "disposition": disposition,
+                "patient_id": outcome.patient if outcome else None,
+                "purge_after": kept,
+            }
+        )
+        return ack
 
     # --- scheduled work (§8) ------------------------------------------------------------------
 

@@ -8,7 +8,16 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -261,3 +270,21 @@ class AuditHead(SQLModel, table=True):
     hash: str
     # Bumped with every registry change, so that writers may keep registry reads between batches.
     registry_version: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Hl7MessageRow(SQLModel, table=True):
+    """An HL7 v2 message as received, with the ACK it was answered with (for duplicates)."""
+
+    __tablename__ = "hl7_message"
+    __table_args__ = (Index("ix_hl7_message_control", "sender", "control_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    sender: str  # MSH-3|MSH-4
+    control_id: str  # MSH-10
+    content_hash: str  # sha256 of the message without MSH-7
+    message_type: str
+    received: datetime = _utc(nullable=False)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    ack: str
+    disposition: str  # accepted | no_results | unmatched | conflict (held for review)
+    patient_id: str | None = None
+    purge_after: datetime | None = _utc(nullable=True)

@@ -1,0 +1,717 @@
+"""MLLP transport (asyncio): framing, connections, TLS. It knows nothing about HL7 content.
+
+Each framed message is handed to a `Handler` and the handler's reply is written back, strictly in
+order per connection: the reply to message n is written before message n+1 is handled. Many
+messages share one persistent connection; connections are served concurrently.
+
+Framing (MLLP release 1): ``0x0B message 0x1C 0x0D``.
+
+* Bytes outside a frame (before a ``0x0B``) are junk: skipped, logged as a byte count only.
+* Only ``0x1C 0x0D`` ends a frame. A ``0x0B`` or a lone ``0x1C`` inside a frame is content (the
+  lone ``0x1C`` is logged once per frame as a framing warning; the handler sees it and the HL7
+  layer rejects the message).
+* A frame whose content exceeds ``max_frame_bytes`` is discarded up to its end block without
+  calling the handler; the ``oversize_reply`` hook gets the frame's first ≤ 4 KiB (to build an
+  AR/AE ACK with the control id) and its reply, if any, is sent. The connection stays open.
+
+Failure policy (what a sender sees):
+
+* A handler exception (or a reply that is not bytes) is logged as its type and location, never
+  its message, and **that connection is closed without a reply**. The sender gets no ACK and
+  resends the message on a new connection (as Google's MLLP adapter does); replying nothing on
+  an open connection would leave the sender waiting, and a later reply could be matched to the
+  wrong message by a sender that does not check MSA-2. The HL7 layer is expected to turn its own
+  failures into AR/AE replies; this is the last resort. The server keeps running.
+* Beyond ``max_connections``, a connection is accepted and closed at once (before any TLS
+  handshake), and logged.
+* A connection with no bytes received (or a reply not taken by the peer) for ``idle_timeout_s``
+  is closed.
+* A TLS handshake failure (no client certificate, one from another CA, a plain-TCP client on a TLS
+  port) is logged with the peer and the TLS reason, and the handler is never called.
+
+No message content reaches a log line or an event: byte counts, peer address, TLS reason, error
+type only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.logs import safe_exception
+
+log = logging.getLogger(__name__)
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+_VT = 0x0B
+_FS = 0x1C
+_CR = 0x0D
+
+#: How much of an oversize frame the `oversize_reply` hook is given.
+OVERSIZE_HEAD_BYTES = 4096
+_READ_CHUNK = 65536
+_TLS_HANDSHAKE_TIMEOUT_S = 30.0
+_CLOSE_TIMEOUT_S = 2.0
+# TCP keepalive on accepted sockets: probe after 2 min of silence (below the 10 min after which
+# cloud NATs and VPNs drop idle flows), every 30 s, give up after 4 unanswered probes.
+_KEEPALIVE_IDLE_S = 120
+_KEEPALIVE_INTERVAL_S = 30
+_KEEPALIVE_COUNT = 4
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    host: str
+    port: int
+    tls_subject: str | None = None  # RFC 4514 subject of a verified client certificate
+    tls_fingerprint_sha256: str | None = None  # lower-case hex of SHA-256 over the DER certificate
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+Handler = Callable[[bytes, PeerInfo], Awaitable[bytes | None]]
+"""Message bytes (without framing) → reply bytes (without framing), or None to send nothing."""
+
+OversizeReply = Callable[[bytes], bytes | None]
+"""First ≤ 4 KiB of an oversize frame's content → reply bytes (without framing), or None."""
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class MllpSettings:
+    host: str = "127.0.0.1"
+    port: int = 2575
+    max_frame_bytes: int = 1_048_576
+    max_connections: int = 256
+    idle_timeout_s: float | None = 600.0  # None or <= 0: no idle timeout
+    keepalive: bool = True
+    tls_cert: Path | None = None  # PEM certificate chain; enables TLS
+    tls_key: Path | None = None  # PEM private key (None: the key is in tls_cert)
+    tls_client_ca: Path | None = None  # mutual TLS: require client certificates from this CA
+
+    def __post_init__(self) -> None:
+        if self.max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be at least 1")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if self.tls_cert is None and (self.tls_key is not None or self.tls_client_ca is not None):
+            raise ValueError("tls_key and tls_client_ca need tls_cert")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+def frame(message: bytes) -> bytes:
+    """One MLLP block: start block, the message, end block."""
+    return START_BLOCK + message + END_BLOCK
+
+
+def server_tls(settings: MllpSettings) -> ssl.SSLContext | None:
+    """The server's TLS context from the settings' files (None without tls_cert)."""
+    if settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=settings.tls_client_ca)
+    return context
+
+
+# --- framing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Junk:
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Oversize:
+    size: int  # content bytes discarded
+    head: bytes  # first ≤ OVERSIZE_HEAD_BYTES of the content
+
+
+@dataclass(frozen=True, slots=True)
+class BareEndBlock:
+    """A 0x1C not followed by 0x0D inside a frame (reported once per frame)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incomplete:
+    size: int  # content bytes of a frame still open at end of stream
+
+
+FrameEvent = Frame | Junk | Oversize | BareEndBlock | Incomplete
+
+
+class MllpDecoder:
+    """Incremental MLLP deframer: feed it bytes as read, get frames and framing events in order."""
+
+    _OUTSIDE, _IN_FRAME, _DISCARDING = range(3)
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._state = self._OUTSIDE
+        self._junk = 0
+        self._buf = bytearray()
+        self._bare_reported = False
+        self._head = b""
+        self._discarded = 0
+        self._last_was_fs = False
+
+    @property
+    def in_frame(self) -> bool:
+        return self._state != self._OUTSIDE
+
+    def feed(self, data: bytes) -> list[FrameEvent]:
+        events: list[FrameEvent] = []
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._state == self._OUTSIDE:
+                start = data.find(START_BLOCK, pos)
+                if start == -1:
+                    self._junk += n - pos
+                    break
+                self._junk += start - pos
+                if self._junk:
+                    events.append(Junk(self._junk))
+                    self._junk = 0
+                self._open_frame()
+                pos = start + 1
+            elif self._state == self._IN_FRAME:
+                pos = self._feed_frame(data, pos, events)
+            else:
+                pos = self._feed_discard(data, pos, events)
+        return events
+
+    def finish(self) -> list[FrameEvent]:
+        """End of stream: report pending junk and an unfinished frame."""
+        events: list[FrameEvent] = []
+        if self._junk:
+            events.append(Junk(self._junk))
+            self._junk = 0
+        if self._state == self._IN_FRAME:
+            events.append(Incomplete(len(self._buf)))
+        elif self._state == self._DISCARDING:
+            events.append(Incomplete(self._discarded))
+        self._state = self._OUTSIDE
+        self._buf = bytearray()
+        return events
+
+    def _open_frame(self) -> None:
+        self._state = self._IN_FRAME
+        self._buf = bytearray()
+        self._bare_reported = False
+
+    def _feed_frame(self, data: bytes, pos: int, events: list[FrameEvent]) -> int:
+        buf = self._buf
+        if buf and buf[-1] == _FS and data[pos] == _CR:  # end block split across reads
+            del buf[-1]
+            self._complete(bytes(buf), events)
+            return pos + 1
+        end = data.find(END_BLOCK, pos)
+        if end != -1:
+            size = len(buf) + end - pos
+            if size > self.max_frame_bytes:
+                events.append(Oversize(size, self._head_of(data, pos, end)))
+                self._state = self._OUTSIDE
+                self._buf = bytearray()
+            else:
+                buf += data[pos:end]
+                self._complete(bytes(buf), events)
+            return end + 2
+        # No end block in this read. Up to max_frame_bytes + 1 bytes are held: the last one may be
+        # the first half of an end block.
+        size = len(buf) + len(data) - pos
+        if size > self.max_frame_bytes + 1:
+            self._head = self._head_of(data, pos, len(data))
+            self._discarded = size
+            self._last_was_fs = data[-1] == _FS
+            self._state = self._DISCARDING
+            self._buf = bytearray()
+            return len(data)
+        check_from = max(len(buf) - 1, 0)
+        buf += data[pos:]
+        if not self._bare_reported and buf.find(_FS, check_from, len(buf) - 1) != -1:
+            self._bare_reported = True
+            events.append(BareEndBlock())
+        return len(data)
+
+    def _head_of(self, data: bytes, pos: int, stop: int) -> bytes:
+        head = bytes(self._buf[:OVERSIZE_HEAD_BYTES])
+        return head + data[pos : min(stop, pos + OVERSIZE_HEAD_BYTES - len(head))]
+
+    def _complete(self, content: bytes, events: list[FrameEvent]) -> None:
+        if not self._bare_reported and _FS in content:
+            events.append(BareEndBlock())
+        events.append(Frame(content))
+        self._state = self._OUTSIDE
+        self._buf = bytearray()
+
+    def _feed_discard(self, data: bytes, pos: int, events: list[FrameEvent]) -> int:
+        if self._last_was_fs and data[pos] == _CR:  # end block split across reads
+            self._discarded -= 1  # the held 0x1C was not content
+            self._head = self._head[: self._discarded]
+            return self._end_discard(pos + 1, events)
+        end = data.find(END_BLOCK, pos)
+        stop = len(data) if end == -1 else end
+        if len(self._head) < OVERSIZE_HEAD_BYTES:  # fill the head when reads are small
+            self._head += data[pos : min(stop, pos + OVERSIZE_HEAD_BYTES - len(self._head))]
+        self._discarded += stop - pos
+        if end == -1:
+            self._last_was_fs = data[-1] == _FS
+            return len(data)
+        return self._end_discard(end + 2, events)
+
+    def _end_discard(self, pos: int, events: list[FrameEvent]) -> int:
+        events.append(Oversize(self._discarded, self._head))
+        self._state = self._OUTSIDE
+        self._head = b""
+        self._discarded = 0
+        self._last_was_fs = False
+        return pos
+
+
+# --- server -----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Connection:
+    peer: PeerInfo
+    writer: asyncio.StreamWriter
+    task: asyncio.Task[None] | None
+    waiting: bool = True  # waiting for the peer (handshake or read): safe to cancel on stop
+    messages: int = 0
+    opened: float = field(default_factory=time.monotonic)
+
+
+class MllpServer:
+    """An asyncio MLLP listener. `start()`, then `stop()`; see the module docstring for policy."""
+
+    def __init__(
+        self,
+        settings: MllpSettings,
+        handler: Handler,
+        on_event: EventSink | None = None,
+        *,
+        oversize_reply: OversizeReply | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.on_event = on_event
+        self.oversize_reply = oversize_reply
+        self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._port: int | None = None
+        self._stopping = False
+        self._connections: set[_Connection] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when settings.port is 0)."""
+        if self._port is None:
+            raise RuntimeError("the MLLP server has not been started")
+        return self._port
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None and not self._stopping
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("the MLLP server is already started")
+        self._tls = server_tls(self.settings)
+        self._stopping = False
+        self._server = await asyncio.start_server(
+            self._on_client,
+            self.settings.host,
+            self.settings.port,
+            limit=_READ_CHUNK,
+            reuse_address=True,
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "mllp listening",
+            extra={
+                "host": self.settings.host,
+                "port": self._port,
+                "tls": self._tls is not None,
+                "mutual_tls": self.settings.tls_client_ca is not None,
+            },
+        )
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting; let handlers in flight finish and their replies be written (up to
+        grace_s), then close every connection. Frames received but not yet handled get no reply:
+        their senders resend them."""
+        server = self._server
+        if server is None or self._stopping:
+            return
+        self._stopping = True
+        server.close()
+        for conn in list(self._connections):
+            if conn.waiting and conn.task is not None:
+                conn.task.cancel()
+        tasks = [c.task for c in self._connections if c.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            if pending:
+                log.warning("mllp stop: grace period over", extra={"connections": len(pending)})
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await server.wait_closed()
+        self._server = None
+        log.info("mllp stopped")
+
+    # --- one connection ---
+
+    def _emit(self, name: str, **data: Any) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(name, data)
+        except Exception as exc:
+            log.warning(
+                "mllp event sink failed",
+                extra={"event": name, "error": safe_exception(type(exc), exc.__traceback__)},
+            )
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # No await may come before start_tls: bytes read into the plain stream would be lost.
+        host, port = _peer_address(writer)
+        peer = PeerInfo(host, port)
+        if self._stopping:
+            writer.transport.abort()
+            return
+        if len(self._connections) >= self.settings.max_connections:
+            log.warning(
+                "mllp connection refused: connection limit reached",
+                extra={"peer": peer.address, "max_connections": self.settings.max_connections},
+            )
+            self._emit("connection_refused", reason="max_connections", peer=peer.address)
+            writer.transport.abort()
+            return
+        conn = _Connection(peer, writer, asyncio.current_task())
+        self._connections.add(conn)
+        reason = "closed"
+        try:
+            if self.settings.keepalive:
+                _set_keepalive(writer)
+            if self._tls is not None:
+                peer = await self._handshake(writer, peer)
+                if peer is None:
+                    reason = "tls_handshake_failed"
+                    return
+                conn.peer = peer
+            log.info(
+                "mllp connection opened",
+                extra={
+                    "peer": peer.address,
+                    "tls": self._tls is not None,
+                    "connections": len(self._connections),
+                },
+            )
+            self._emit("connection_opened", peer=peer.address, tls=self._tls is not None)
+            reason = await self._serve(conn, reader)
+        except asyncio.CancelledError:
+            # Cancelled by stop() (or loop shutdown). Not re-raised: this is the top-level task
+            # asyncio.streams made for the connection, nobody awaits it, and Python 3.11 logs a
+            # cancelled one as an error ("Exception in callback ... CancelledError").
+            reason = "server_stopping" if self._stopping else "cancelled"
+        except Exception as exc:  # never let one connection take the server down
+            reason = "error"
+            log.error(
+                "mllp connection failed",
+                extra={
+                    "peer": peer.address,
+                    "error": safe_exception(type(exc), exc.__traceback__),
+                },
+            )
+        finally:
+            self._connections.discard(conn)
+            await _close(writer)
+            if reason != "tls_handshake_failed":
+                log.info(
+                    "mllp connection closed",
+                    extra={
+                        "peer": conn.peer.address,
+                        "reason": reason,
+                        "messages": conn.messages,
+                        "seconds": round(time.monotonic() - conn.opened, 3),
+                    },
+                )
+                self._emit(
+                    "connection_closed",
+                    peer=conn.peer.address,
+                    reason=reason,
+                    messages=conn.messages,
+                )
+
+    async def _handshake(self, writer: asyncio.StreamWriter, peer: PeerInfo) -> PeerInfo | None:
+        assert self._tls is not None
+        timeout = _TLS_HANDSHAKE_TIMEOUT_S
+        if self.settings.idle_timeout_s and self.settings.idle_timeout_s > 0:
+            timeout = min(timeout, self.settings.idle_timeout_s)
+        try:
+            await writer.start_tls(self._tls, ssl_handshake_timeout=timeout)
+        except (OSError, EOFError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            log.warning(
+                "mllp tls handshake failed", extra={"peer": peer.address, "reason": str(reason)}
+            )
+            self._emit("tls_handshake_failed", peer=peer.address, reason=str(reason))
+            return None
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return peer
+        parsed = ssl_object.getpeercert() or {}
+        return PeerInfo(
+            peer.host,
+            peer.port,
+            tls_subject=_rfc4514(parsed.get("subject", ())) or None,
+            tls_fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        )
+
+    async def _serve(self, conn: _Connection, reader: asyncio.StreamReader) -> str:
+        """Read, deframe, handle in order. Returns why the connection ends."""
+        decoder = MllpDecoder(self.settings.max_frame_bytes)
+        idle = self.settings.idle_timeout_s
+        idle = idle if idle and idle > 0 else None
+        while True:
+            if self._stopping:
+                return "server_stopping"
+            conn.waiting = True
+            try:
+                async with asyncio.timeout(idle):
+                    data = await reader.read(_READ_CHUNK)
+            except TimeoutError:
+                log.info(
+                    "mllp idle timeout",
+                    extra={"peer": conn.peer.address, "idle_timeout_s": idle},
+                )
+                self._emit("idle_timeout", peer=conn.peer.address)
+                return "idle_timeout"
+            except OSError as exc:
+                log.info(
+                    "mllp read failed",
+                    extra={"peer": conn.peer.address, "error": type(exc).__name__},
+                )
+                return "read_error"
+            finally:
+                conn.waiting = False
+            if not data:
+                for event in decoder.finish():
+                    self._framing_event(conn, event)
+                return "peer_closed"
+            for event in decoder.feed(data):
+                if isinstance(event, Frame):
+                    outcome = await self._handle(conn, event.payload)
+                elif isinstance(event, Oversize):
+                    outcome = await self._oversize(conn, event)
+                else:
+                    self._framing_event(conn, event)
+                    continue
+                if outcome is not None:
+                    return outcome
+                if self._stopping:
+                    return "server_stopping"
+
+    def _framing_event(self, conn: _Connection, event: FrameEvent) -> None:
+        if isinstance(event, Junk):
+            log.info(
+                "mllp junk skipped before start block",
+                extra={"peer": conn.peer.address, "bytes": event.size},
+            )
+            self._emit("junk_skipped", peer=conn.peer.address, bytes=event.size)
+        elif isinstance(event, BareEndBlock):
+            log.warning(
+                "mllp framing: 0x1C not followed by 0x0D inside a frame",
+                extra={"peer": conn.peer.address},
+            )
+            self._emit("bare_end_block", peer=conn.peer.address)
+        elif isinstance(event, Incomplete):
+            log.info(
+                "mllp connection ended inside a frame",
+                extra={"peer": conn.peer.address, "bytes": event.size},
+            )
+            self._emit("incomplete_frame", peer=conn.peer.address, bytes=event.size)
+
+    async def _handle(self, conn: _Connection, message: bytes) -> str | None:
+        """Run the handler on one message and write its reply; a reason string closes."""
+        started = time.perf_counter()
+        try:
+            reply = await self.handler(message, conn.peer)
+            if reply is not None and not isinstance(reply, bytes | bytearray | memoryview):
+                raise TypeError(f"MLLP handler returned {type(reply).__name__}, not bytes")
+        except Exception as exc:
+            log.error(
+                "mllp handler failed; closing the connection without a reply",
+                extra={
+                    "peer": conn.peer.address,
+                    "bytes": len(message),
+                    "error": safe_exception(type(exc), exc.__traceback__),
+                },
+            )
+            self._emit("handler_error", peer=conn.peer.address, error=type(exc).__name__)
+            return "handler_error"
+        conn.messages += 1
+        outcome = await self._reply(conn, reply)
+        self._emit(
+            "message",
+            peer=conn.peer.address,
+            bytes=len(message),
+            reply_bytes=len(reply) if reply is not None else 0,
+            seconds=time.perf_counter() - started,
+        )
+        return outcome
+
+    async def _oversize(self, conn: _Connection, event: Oversize) -> str | None:
+        log.warning(
+            "mllp frame too large: discarded",
+            extra={
+                "peer": conn.peer.address,
+                "bytes": event.size,
+                "max_frame_bytes": self.settings.max_frame_bytes,
+            },
+        )
+        self._emit("frame_too_large", peer=conn.peer.address, bytes=event.size)
+        if self.oversize_reply is None:
+            return None
+        try:
+            reply = self.oversize_reply(event.head)
+        except Exception as exc:
+            log.error(
+                "mllp oversize_reply hook failed",
+                extra={
+                    "peer": conn.peer.address,
+                    "error": safe_exception(type(exc), exc.__traceback__),
+                },
+            )
+            return None
+        return await self._reply(conn, reply)
+
+    async def _reply(self, conn: _Connection, reply: bytes | None) -> str | None:
+        if reply is None:
+            return None
+        idle = self.settings.idle_timeout_s
+        try:
+            conn.writer.write(START_BLOCK + bytes(reply) + END_BLOCK)
+            async with asyncio.timeout(idle if idle and idle > 0 else None):
+                await conn.writer.drain()
+        except TimeoutError:
+            log.info("mllp reply not taken by the peer", extra={"peer": conn.peer.address})
+            return "write_timeout"
+        except OSError as exc:
+            log.info(
+                "mllp write failed",
+                extra={"peer": conn.peer.address, "error": type(exc).__name__},
+            )
+            return "write_error"
+        return None
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _peer_address(writer: asyncio.StreamWriter) -> tuple[str, int]:
+    peername = writer.get_extra_info("peername")
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return str(peername[0]), int(peername[1])
+    return str(peername), 0
+
+
+def _set_keepalive(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (
+            ("TCP_KEEPIDLE", _KEEPALIVE_IDLE_S),
+            ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL_S),
+            ("TCP_KEEPCNT", _KEEPALIVE_COUNT),
+        ):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    except OSError as exc:
+        log.debug("mllp keepalive not set", extra={"error": type(exc).__name__})
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close politely (TLS close_notify), but never wait long for a peer that does not answer."""
+    if writer.transport.is_closing():
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await writer.wait_closed()
+        return
+    writer.close()
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            await writer.wait_closed()
+    except (TimeoutError, OSError):
+        writer.transport.abort()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
+
+
+_RDN_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "streetAddress": "STREET",
+    "domainComponent": "DC",
+    "userId": "UID",
+    "serialNumber": "serialNumber",
+    "emailAddress": "emailAddress",
+}
+
+
+def _rfc4514(subject: Any) -> str:
+    """`getpeercert()['subject']` as an RFC 4514 string (most specific RDN first)."""
+    rdns = []
+    for rdn in subject:
+        parts = [f"{_RDN_NAMES.get(name, name)}={_escape_dn(str(value))}" for name, value in rdn]
+        rdns.append("+".join(parts))
+    return ",".join(reversed(rdns))
+
+
+def _escape_dn(value: str) -> str:
+    out = "".join("\\" + ch if ch in ',+"\\<>;' else ch for ch in value)
+    if out.startswith((" ", "#")):
+        out = "\\" + out
+    if out.endswith(" ") and not out.endswith("\\ "):
+        out = out[:-1] + "\\ "
+    return out
