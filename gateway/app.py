@@ -20,9 +20,12 @@ from gateway.admin import router as admin_router
 from gateway.config import Settings
 from gateway.errors import ApiError, error_response
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
+from gateway.mllp import MllpSettings
+from gateway.mllp_listener import Hl7Listener
 from gateway.scheduler import start_scheduler
 from gateway.service import RemsService
 from gateway.writer import Writer, WriterStopped
+from mappings.hl7v2.senders import SenderDirectory
 
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -63,7 +66,10 @@ def create_app(service: RemsService, settings: Settings, state: GatewayState) ->
         scheduler = None
         if settings.clock == "system":
             scheduler = start_scheduler(service, settings.schedule_every_minutes)
+        listener = mllp_listener(service, settings, metrics)
+        await listener.start()
         yield
+        await listener.stop()  # in-flight messages finish and are answered
         if scheduler is not None:
             scheduler.shutdown(wait=True)
 
@@ -80,6 +86,18 @@ def create_app(service: RemsService, settings: Settings, state: GatewayState) ->
     _add_probes(app, state, metrics)
     app.include_router(admin_router)
     return app
+
+
+def mllp_listener(service: RemsService, settings: Settings, metrics: GatewayMetrics) -> Hl7Listener:
+    mllp = MllpSettings(
+        host=settings.host,
+        port=settings.mllp_port,
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+        tls_client_ca=settings.mllp_client_ca,
+    )
+    senders = SenderDirectory.load(settings.senders)
+    return Hl7Listener(service, senders, mllp, settings.clock, on_ack=metrics.count_ack)
 
 
 def _add_probes(app: FastAPI, state: GatewayState, metrics: GatewayMetrics) -> None:

@@ -180,6 +180,12 @@ def serve_command(
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning, error (default info)")
     ] = None,
+    senders: Annotated[
+        Path | None, typer.Option(help="HL7 senders file: identities, code maps, time zones")
+    ] = None,
+    mllp_client_ca: Annotated[
+        Path | None, typer.Option(help="MLLP mutual TLS: CA of the client certificates")
+    ] = None,
     schedule_every_minutes: Annotated[
         int | None,
         typer.Option(help="Run scheduled monitoring work every N minutes (default 15)"),

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     tls_key: FilePath | None = None
     log_level: LogLevel = "INFO"
     schedule_every_minutes: int = Field(15, ge=1, le=24 * 60)
+    senders: FilePath | None = None  # the HL7 senders file (mappings/hl7v2/senders.py)
+    mllp_client_ca: FilePath | None = None  # mutual TLS on MLLP: client certificates' CA
 
     @classmethod
     def settings_customise_sources(

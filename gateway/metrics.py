@@ -54,7 +54,17 @@ class GatewayMetrics:
         )
         for outcome in Outcome:
             self.decisions.labels(outcome=outcome.value)
+        self.acks = Counter(
+            "rems_hl7_acks", "HL7 v2 messages answered, by MSA-1", ["code"], registry=self.registry
+        )
+        self.ack_latency = Histogram(
+            "rems_hl7_ack_seconds", "From a message's arrival to its ACK", registry=self.registry
+        )
         self.registry.register(WriterCollector(writer))
+
+    def count_ack(self, code: str, seconds: float) -> None:
+        self.acks.labels(code=code).inc()
+        self.ack_latency.observe(seconds)
 
     def count_decision(self, decision: Decision) -> None:
         self.decisions.labels(outcome=decision.outcome.value).inc()

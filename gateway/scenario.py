@@ -154,7 +154,31 @@ class InProcessChannel:
         return {"warnings": [f.as_dict() for items in found.values() for f in items]}
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
-        raise NotSupportedYet("the HL7 v2 mapping is not built yet")
+        """A raw message through the same HL7 mapping as the MLLP listener, without a socket."""
+        from gateway.hl7_intake import Hl7Intake
+        from mappings.hl7v2.senders import SenderDirectory
+
+        if not isinstance(step.body, str):
+            raise ScenarioError(f"{step.label}: an hl7 step is the message text")
+        intake = Hl7Intake(self.service, SenderDirectory())
+        received = await intake.receive(step.body.encode("utf-8"), now=step.at)
+        ack = received.ack or ""
+        warnings = [
+            {"code": err.split("|")[5].split("^")[0], "text": ""}
+            for err in ack.split("\r")
+            if err.startswith("ERR|") and len(err.split("|")) > 5 and err.split("|")[5]
+        ]
+        results = received.outcome.results if received.outcome else ()
+        first = results[0] if results else None
+        return {
+            "ack": received.code,
+            "warnings": warnings,
+            "anc": first.anc if first else None,
+            "category": first.category.value if first and first.category else None,
+            "derived": first.derived if first else None,
+            "usable": first.usable if first else None,
+            "http_status": None,
+        }
 
     async def _fhir(self, step: Step) -> dict[str, Any]:
         raise NotSupportedYet("the FHIR mapping is not built yet")

@@ -135,6 +135,8 @@ def start(folder: Path, *args: str, port: int | None = None, **env: str) -> Gate
     """A ready gateway on a temp SQLite database; the port by flag unless REMS_HTTP_PORT is set."""
     port = port or free_port()
     flags = ["--db", f"sqlite:///{folder / 'rems.db'}", *args]
+    if "--mllp-port" not in args:
+        flags += ["--mllp-port", str(free_port())]
     if "REMS_HTTP_PORT" not in env:
         flags += ["--port", str(port)]
     gateway = Gateway(folder, port, flags, clean_environment(**env))

@@ -1,0 +1,112 @@
+"""ACK messages (contracts.md §4): MSA with the original control id, one ERR per problem.
+
+v2.5 and later: ERR-2 location, ERR-3 HL7 table 0357, ERR-4 severity, ERR-5 our code, ERR-8 text.
+Older versions: ERR-1 (location with the 0357 code) and MSA-3 text. Enhanced mode (MSH-15/16
+present) answers an accept acknowledgment (CA/CE/CR) as MSH-15 asks (AL, NE, ER, SU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from mappings.hl7v2.oru import Hl7Problem
+from mappings.hl7v2.tokenizer import Segment
+
+TABLE_0357 = {
+    "0": "Message accepted",
+    "100": "Segment sequence error",
+    "101": "Required field missing",
+    "102": "Data type error",
+    "103": "Table value not found",
+    "200": "Unsupported message type",
+    "201": "Unsupported event code",
+    "202": "Unsupported processing id",
+    "203": "Unsupported version id",
+    "204": "Unknown key identifier",
+    "205": "Duplicate key identifier",
+    "206": "Application record locked",
+    "207": "Application internal error",
+}
+ACCEPT_CODE = {"AA": "CA", "AE": "CE", "AR": "CR"}
+_ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
+
+
+def escape(text: str) -> str:
+    for raw, escaped in _ESCAPES:
+        text = text.replace(raw, escaped)
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _version_at_least_2_5(version: str) -> bool:
+    parts = [int(p) for p in version.split(".")[:2] if p.isdigit()]
+    return tuple(parts) >= (2, 5)
+
+
+def enhanced_mode(msh: Segment) -> bool:
+    return bool(msh.get(15, 1) or msh.get(16, 1))
+
+
+def wanted(msh: Segment, code: str) -> bool:
+    """Whether the sender asked for this acknowledgment (MSH-15 accept ack type, table 0155)."""
+    if not enhanced_mode(msh):
+        return True
+    policy = (msh.get(15, 1) or "AL").upper()
+    return {"AL": True, "NE": False, "ER": code != "AA", "SU": code == "AA"}.get(policy, True)
+
+
+def build_ack(
+    msh: Segment | None,
+    code: str,
+    problems: Sequence[Hl7Problem],
+    ack_control_id: str,
+    now: datetime,
+    text: str = "",
+) -> str:
+    """The ACK text (segments separated by \\r). ``msh`` may be None for an unreadable message."""
+    field = (lambda n, c=1: escape(msh.get(n, c))) if msh is not None else (lambda n, c=1: "")
+    version = (msh.get(12, 1) if msh is not None else "") or "2.5.1"
+    event = field(9, 2)
+    msa_code = ACCEPT_CODE[code] if msh is not None and enhanced_mode(msh) else code
+    header = "|".join(
+        [
+            "MSH",
+            "^~\\&",
+            field(5),
+            field(6),
+            field(3),
+            field(4),
+            now.strftime("%Y%m%d%H%M%S%z"),
+            "",
+            f"ACK^{event}^ACK" if event else "ACK",
+            escape(ack_control_id),
+            field(11) or "P",
+            escape(version),
+        ]
+    )
+    modern = _version_at_least_2_5(version)
+    msa = ["MSA", msa_code, field(10)]
+    if not modern and (text or problems):
+        msa.append(escape(text or problems[0].text))
+    segments = [header, "|".join(msa).rstrip("|")]
+    segments += [_err(problem, modern) for problem in problems]
+    return "\r".join(segments) + "\r"
+
+
+def _err(problem: Hl7Problem, modern: bool) -> str:
+    description = TABLE_0357.get(problem.hl7_code, "")
+    if not modern:
+        return f"ERR|{problem.location}^{problem.hl7_code}&{escape(description)}"
+    return "|".join(
+        [
+            "ERR",
+            "",
+            problem.location,
+            f"{problem.hl7_code}^{escape(description)}^HL70357",
+            problem.severity,
+            f"{escape(problem.code)}^^L" if problem.code else "",
+            "",
+            "",
+            escape(problem.text),
+        ]
+    )

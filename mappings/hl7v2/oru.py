@@ -1,0 +1,171 @@
+"""ORU^R01 (v2.3–v2.8) → the lab results the REMS rules read (contracts.md §4).
+
+Only ANC and derivation inputs are taken (by LOINC in OBX-3 or its alternate triplet, or the
+sender's local code); every other OBX is ignored. Values stay text: the rules read them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo
+
+from mappings.hl7v2.senders import SenderConfig
+from mappings.hl7v2.tokenizer import Message, Segment
+from rems_core.model import Identifier, LabResult, ResultStatus
+
+LOINC_SYSTEMS = {"LN", "LOINC", "http://loinc.org"}
+#: OBX-11 observation result status (HL7 table 0085) → how the rules treat it.
+RESULT_STATUS = {
+    "F": ResultStatus.FINAL,
+    "C": ResultStatus.CORRECTED,
+    "P": ResultStatus.PRELIMINARY,
+    "R": ResultStatus.PRELIMINARY,
+    "S": ResultStatus.PRELIMINARY,
+    "I": ResultStatus.PRELIMINARY,
+    "X": ResultStatus.CANCELLED,
+    "D": ResultStatus.CANCELLED,
+    "W": ResultStatus.CANCELLED,
+}
+_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$")
+
+
+@dataclass(frozen=True)
+class Hl7Problem:
+    """One ERR segment: where, the HL7 table 0357 code, severity, our code and the reason."""
+
+    location: str  # e.g. "OBX^2^5" (segment, its sequence, field)
+    hl7_code: str  # "100" segment sequence, "101" required field missing, "102" data type, …
+    severity: str  # "W" warning (the message is still accepted) or "E" error
+    code: str  # ERR-5, ours
+    text: str
+
+
+@dataclass(frozen=True)
+class LabReport:
+    identifiers: list[Identifier]
+    results: list[LabResult]
+    locations: list[str]  # the OBX of each result, e.g. "OBX^3"
+    problems: list[Hl7Problem] = field(default_factory=list)
+
+
+def hl7_time(text: str, tz: tzinfo) -> datetime | None:
+    """An HL7 TS/DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][±ZZZZ]); without an offset, in ``tz``."""
+    match = _TS.match(text.strip())
+    if not match:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    try:
+        moment = datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int((fraction or "0").ljust(6, "0")[:6]),
+        )
+    except ValueError:
+        return None
+    if offset:
+        sign = 1 if offset[0] == "+" else -1
+        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+        return moment.replace(tzinfo=timezone(sign * delta)).astimezone(UTC)
+    return moment.replace(tzinfo=tz).astimezone(UTC)
+
+
+def patient_identifiers(pid: Segment, sender: SenderConfig) -> list[Identifier]:
+    """PID-3 repetitions: CX-4.2 with CX-4.3 ISO as ``urn:oid:``, or the sender's CX-4.1 map."""
+    identifiers = []
+    for repetition in range(pid.repetitions(3)):
+        value = pid.get(3, 1, repetition=repetition)
+        if not value:
+            continue
+        namespace = pid.get(3, 4, 1, repetition=repetition)
+        universal = pid.get(3, 4, 2, repetition=repetition)
+        if universal and pid.get(3, 4, 3, repetition=repetition).upper() == "ISO":
+            identifiers.append(Identifier(f"urn:oid:{universal}", value))
+        if namespace in sender.assigning_authorities:
+            identifiers.append(Identifier(sender.assigning_authorities[namespace], value))
+    return identifiers
+
+
+def observation_code(obx: Segment, sender: SenderConfig) -> str | None:
+    """LOINC from OBX-3 or its alternate triplet, else the sender's local code map."""
+    for code, system in ((obx.get(3, 1), obx.get(3, 3)), (obx.get(3, 4), obx.get(3, 6))):
+        if code and system in LOINC_SYSTEMS:
+            return code
+    for code in (obx.get(3, 1), obx.get(3, 4)):
+        if code in sender.local_codes:
+            return sender.local_codes[code]
+    return None
+
+
+def observation_value(obx: Segment) -> str:
+    """OBX-5 as text; a structured numeric (SN) with a comparator keeps it (never a value)."""
+    if obx.get(2, 1).upper() == "SN":
+        comparator, number = obx.get(5, 1), obx.get(5, 2)
+        return number if comparator in ("", "=") else f"{comparator}{number}"
+    return obx.get(5, 1)
+
+
+@dataclass
+class _Context:
+    """The OBR/SPM an OBX belongs to: the specimen and its collection time."""
+
+    specimen: str | None = None
+    collected: str = ""
+
+
+def to_lab_report(
+    message: Message, sender: SenderConfig, relevant: set[str], default_tz: tzinfo
+) -> LabReport:
+    tz = ZoneInfo(sender.timezone) if sender.timezone else default_tz
+    pid = message.first("PID")
+    identifiers = patient_identifiers(pid, sender) if pid else []
+    results: list[LabResult] = []
+    locations: list[str] = []
+    problems: list[Hl7Problem] = []
+    context = _Context()
+    obx_count = 0
+    for segment in message.segments:
+        if segment.name == "OBR":
+            filler = segment.get(3, 1) or segment.get(2, 1)
+            context = _Context(f"{sender.key}|{filler}" if filler else None, segment.get(7, 1))
+        elif segment.name == "SPM" and context.specimen is None:
+            accession = segment.get(2, 1) or segment.get(2, 2)
+            context.specimen = f"{sender.key}|{accession}" if accession else None
+            context.collected = context.collected or segment.get(17, 1)
+        elif segment.name == "OBX":
+            obx_count += 1
+            read = _read_obx(segment, obx_count, sender, relevant, context, tz)
+            if isinstance(read, Hl7Problem):
+                problems.append(read)
+            elif read is not None:
+                results.append(read)
+                locations.append(f"OBX^{obx_count}")
+    return LabReport(identifiers, results, locations, problems)
+
+
+def _read_obx(
+    obx: Segment,
+    sequence: int,
+    sender: SenderConfig,
+    relevant: set[str],
+    context: _Context,
+    tz: tzinfo,
+) -> LabResult | Hl7Problem | None:
+    code = observation_code(obx, sender)
+    if code is None or code not in relevant:
+        return None  # not an ANC or a derivation input: ignored silently
+    status = RESULT_STATUS.get(obx.get(11, 1).upper() or "F")
+    if status is None:
+        return None  # e.g. N (not asked), O (order detail): no result
+    drawn_text = obx.get(14, 1) or context.collected
+    drawn = hl7_time(drawn_text, tz)
+    if drawn is None:
+        where = f"OBX^{sequence}^14"
+        return Hl7Problem(where, "101", "W", "DRAW_TIME_MISSING", f"{code}: no usable draw time")
+    unit = obx.get(6, 1) or obx.get(6, 2)
+    return LabResult(code, observation_value(obx), unit, drawn, status, context.specimen)

@@ -1,0 +1,34 @@
+"""HL7 v2 over MLLP into a real `serve` process: stored before the ACK, duplicates answered alike."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from gateway.mllp_client import send
+from tests.test_serve import free_port, start
+
+ROOT = Path(__file__).parent.parent
+REGISTRY = (ROOT / "fixtures" / "registry" / "example.yaml").read_text()
+
+
+def test_an_oru_over_mllp_is_acknowledged_after_it_is_stored(tmp_path: Path) -> None:
+    mllp_port = free_port()
+    gateway = start(
+        tmp_path, "--mllp-port", str(mllp_port), "--clock", "message", "--timezone", "UTC"
+    )
+    try:
+        loaded = gateway.http.post(
+            "/admin/registry", content=REGISTRY, headers={"Content-Type": "application/yaml"}
+        )
+        assert loaded.status_code == 200
+        message = (ROOT / "fixtures" / "hl7" / "oru-v251-loinc-anc.hl7").read_bytes()
+        first, again = asyncio.run(send("127.0.0.1", mllp_port, [message, message]))
+        assert first.split(b"\r")[1].startswith(b"MSA|AA|MSG0001")
+        assert b"ANC_BELOW_THRESHOLD" in first
+        assert again == first  # the stored ACK, not a second processing
+        metrics = gateway.http.get("/metrics").text
+        assert 'rems_hl7_acks_total{code="AA"} 2.0' in metrics
+    finally:
+        assert gateway.terminate() == 0
+    assert "MRN123" not in gateway.output() and "Doe" not in gateway.output()
