@@ -74,6 +74,35 @@ def audit_checkpoint(
     typer.echo(f"checkpoint written to {out}: record {head.seq}")
 
 
+@app.command("send")
+def send_command(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="HL7 files")],
+    to: Annotated[str, typer.Option("--to", help="HOST:PORT of an MLLP listener")],
+    tls_ca: Annotated[Path | None, typer.Option(help="Trust this CA (PEM): use TLS")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Client certificate (mutual TLS)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Client key (mutual TLS)")] = None,
+) -> None:
+    """Send HL7 v2 messages (one per file, or FHS/BHS batch files) over MLLP; print each ACK."""
+    from gateway.mllp_client import client_tls, send
+    from mappings.hl7v2.tokenizer import HL7ParseError, split_batch
+
+    host, _, port = to.rpartition(":")
+    messages = []
+    for file in files:
+        data = file.read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+        try:
+            messages += split_batch(data)
+        except HL7ParseError as exc:
+            typer.echo(f"{file}: {exc}", err=True)
+            raise typer.Exit(2) from None
+    tls = client_tls(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert else None
+    acks = asyncio.run(send(host or "127.0.0.1", int(port), messages, tls))
+    for ack in acks:
+        typer.echo(ack.decode("utf-8", "replace").replace("\r", "\n"))
+    if any(b"MSA|AA" not in ack and b"MSA|CA" not in ack for ack in acks):
+        raise typer.Exit(1)
+
+
 @app.command("load-registry")
 def load_registry(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="YAML registry file")],

@@ -355,7 +355,7 @@ def _name_of(path: Path) -> str:
 def summary(actual: dict[str, Any]) -> str:
     """One line of what a step answered, for ``-v``."""
     parts = []
-    for key in ("outcome", "status", "anc", "category", "max_days_supply", "rda"):
+    for key in ("ack", "outcome", "status", "anc", "category", "max_days_supply", "rda"):
         if actual.get(key) is not None:
             parts.append(f"{key}={actual[key]}")
     for key in ("reasons", "warnings"):

@@ -32,6 +32,7 @@ def monitoring_alerts(
     except OutOfScope:
         return {}
     tz = service.tz
+    store.purge_messages(until)  # HL7 messages without results, kept for replay, age out
     found: dict[str, tuple[Finding, ...]] = {}
     for patient_id in patient_ids if patient_ids is not None else store.patient_ids():
         patient = store.patient(patient_id)

@@ -32,3 +32,30 @@ def test_an_oru_over_mllp_is_acknowledged_after_it_is_stored(tmp_path: Path) -> 
     finally:
         assert gateway.terminate() == 0
     assert "MRN123" not in gateway.output() and "Doe" not in gateway.output()
+
+
+def test_rems_gateway_send_prints_the_acks(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    mllp_port = free_port()
+    gateway = start(tmp_path, "--mllp-port", str(mllp_port))
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "send",
+                str(ROOT / "fixtures" / "hl7" / "oru-no-anc.hl7"),
+                "--to",
+                f"127.0.0.1:{mllp_port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        gateway.terminate()
+    assert result.returncode == 0, result.stderr
+    assert "MSA|AA|K-0001" in result.stdout
