@@ -142,7 +142,13 @@ def load_registry(
 @scenario_app.command("run")
 def scenario_run(
     files: Annotated[list[Path], typer.Argument(help="Scenario YAML files")],
-    via: Annotated[str, typer.Option(help="inprocess (the application service)")] = "inprocess",
+    via: Annotated[
+        str,
+        typer.Option(
+            help="inprocess (the application service) or mllp (lab and hl7 steps through a real "
+            "MLLP listener on a loopback port, the other steps through the service)"
+        ),
+    ] = "inprocess",
     db: Annotated[
         str | None, typer.Option("--db", help="Run every file against this database instead")
     ] = None,
@@ -151,8 +157,8 @@ def scenario_run(
     """Run scenario files; exit 1 on any mismatch, with a diff per failed step."""
     from gateway.scenario import DatabaseFactory, format_report, run_file
 
-    if via != "inprocess":
-        typer.echo(f"--via {via}: not available yet; use --via inprocess", err=True)
+    if via not in ("inprocess", "mllp"):
+        typer.echo(f"--via {via}: not available yet; use inprocess or mllp", err=True)
         raise typer.Exit(2)
     packs = PackLibrary()
     factory = None if db else DatabaseFactory()
@@ -162,7 +168,7 @@ def scenario_run(
     try:
         for path in files:
             url = db or factory.fresh_url()  # type: ignore[union-attr]
-            report = asyncio.run(run_file(path, url, packs))
+            report = asyncio.run(run_file(path, url, packs, via))
             failed += not report.passed
             typer.echo(format_report(report, verbose))
     finally:

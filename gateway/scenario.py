@@ -93,6 +93,12 @@ class InProcessChannel:
         known = self.scenario.handles.get(str(handle))
         return known or [Identifier("urn:rems-gateway:scenario-unknown", str(handle))]
 
+    async def open(self) -> None:
+        """Nothing to open in process."""
+
+    async def close(self) -> None:
+        """Nothing to close in process."""
+
     async def load_registry(self) -> None:
         self.patient_ids = await self.service.load_registry(self.scenario.registry, SOURCE)
 
@@ -304,7 +310,11 @@ _TERMINATE = text(
 )
 
 
-async def run_file(path: Path, db_url: str, packs: PackLibrary) -> FileReport:
+async def run_file(
+    path: Path, db_url: str, packs: PackLibrary, via: str = "inprocess"
+) -> FileReport:
+    """Run one file: ``via`` inprocess (the application service) or mllp (a real listener on a
+    loopback port, in this process, on the same database)."""
     report = FileReport(path)
     try:
         scenario = load(path)
@@ -324,8 +334,14 @@ async def run_file(path: Path, db_url: str, packs: PackLibrary) -> FileReport:
     writer = Writer(engine)
     writer.start()
     service = RemsService(writer, packs, ServiceConfig(rules=scenario.rules, tz=scenario.tz))
-    channel = InProcessChannel(service, scenario)
+    if via == "mllp":
+        from gateway.scenario_mllp import MllpChannel
+
+        channel: InProcessChannel = MllpChannel(service, scenario)
+    else:
+        channel = InProcessChannel(service, scenario)
     try:
+        await channel.open()
         await channel.load_registry()
         for step in scenario.steps:
             try:
@@ -340,6 +356,7 @@ async def run_file(path: Path, db_url: str, packs: PackLibrary) -> FileReport:
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
     finally:
+        await channel.close()
         writer.stop()
         engine.dispose()
     return report

@@ -17,10 +17,12 @@ FOLDER = Path(__file__).parent.parent / "fixtures" / "scenarios"
 FILES = sorted(FOLDER.glob("*.yaml"))
 
 
+@pytest.mark.parametrize("via", ["inprocess", "mllp"])
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_scenario_file_passes(path: Path, db_url: str) -> None:
-    """On every backend (conftest's db_url): a fresh database per file."""
-    report = asyncio.run(run_file(path, db_url, PACKS))
+def test_scenario_file_passes(path: Path, db_url: str, via: str) -> None:
+    """On every backend (conftest's db_url), a fresh database per file; through the application
+    service, and with lab and hl7 steps through a real MLLP listener on a loopback port."""
+    report = asyncio.run(run_file(path, db_url, PACKS, via))
     assert report.passed, format_report(report)
 
 
