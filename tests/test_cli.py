@@ -133,5 +133,6 @@ def test_a_malformed_step_is_reported_before_anything_runs(
 def test_verbose_shows_what_each_step_answered(scenario_files: tuple[Path, Path]) -> None:
     result = cli("scenario", "run", "-v", str(scenario_files[0]))
     assert (
-        "ok   step 1 (dispense at 2022-03-02T09:00:00+00:00): ack=AA outcome=authorized" in result.stdout
+        "ok   step 1 (dispense at 2022-03-02T09:00:00+00:00): ack=AA outcome=authorized"
+        in result.stdout
     )
