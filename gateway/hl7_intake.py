@@ -7,17 +7,17 @@ message is in the database before its ACK leaves, and a resend gets the very sam
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mappings.hl7v2.tokenizer import HL7ParseError, Message, parse
-
 from gateway.service import LabOutcome, ReceivedMessage, RemsService, Source
 from mappings.hl7v2.ack import build_ack, wanted
 from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, to_lab_report
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
+from mappings.hl7v2.tokenizer import HL7ParseError, Message, parse
 from rems_core.model import AncResult
 from rems_core.rulepack import DEFAULT_PACK
 
@@ -89,6 +89,10 @@ class Hl7Intake:
             sender = self._check(message)
         except Rejected as rejected:
             return self._answer(message, rejected.code, [rejected.problem], received)
+        if sender.validation == "strict":
+            problem = await asyncio.to_thread(strict_problem, data, message.charset)
+            if problem is not None:
+                return self._answer(message, "AE", [problem], received)
         if self.clock == "message" and now is None:
             received = hl7_time(message.msh.get(7, 1), self.service.tz) or received
         report = to_lab_report(message, sender, self.relevant, self.service.tz)
@@ -157,6 +161,20 @@ class Hl7Intake:
         problem = Hl7Problem(error.location, error.code, "E", "", str(error))
         code = "AR" if error.code.startswith("2") else "AE"
         return Received(build_ack(None, code, [problem], "ACK", received), code)
+
+
+def strict_problem(data: bytes, charset: str) -> Hl7Problem | None:
+    """hl7apy's strict validation (slow: run off the event loop), for senders that want it."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    text = data.decode(charset, "replace").replace("\r\n", "\r").replace("\n", "\r")
+    try:
+        parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()
+    except Exception as exc:  # hl7apy's messages may quote the data: report the kind only
+        kind = type(exc).__name__
+        return Hl7Problem("", "102", "E", "STRICT_VALIDATION", f"strict HL7 validation: {kind}")
+    return None
 
 
 def _ack_id(envelope: ReceivedMessage) -> str:

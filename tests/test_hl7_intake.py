@@ -18,7 +18,8 @@ from tests.test_service import registry
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "hl7"
 NOW = datetime(2021, 12, 1, 15, 0, tzinfo=UTC)
 LOCAL = SenderDirectory(
-    senders=[SenderConfig(application="LABSYS", facility="COUNTY", local_codes={"ANC": "751-8"})]
+    accept_unknown=True,
+    senders=[SenderConfig(application="LABSYS", facility="COUNTY", local_codes={"ANC": "751-8"})],
 )
 
 
@@ -181,3 +182,40 @@ def test_enhanced_mode_answers_as_msh_15_asks(
     assert (received.ack is not None) is answered
     if msa:
         assert segments(received.ack)[1][1] == msa
+
+
+def test_an_unmapped_code_that_looks_like_neutrophils_is_flagged_and_kept(
+    intake: Hl7Intake, engine: Engine
+) -> None:
+    unmapped = fixture("oru-v251-loinc-anc.hl7").replace(
+        b"751-8^Neutrophils [#/volume] in Blood by Automated count^LN", b"NEUTABS^Neutrophils abs^L"
+    )
+    received = run(
+        Hl7Intake(intake.service, SenderDirectory(accept_unknown=True)).receive(unmapped, NOW)
+    )
+    assert received.code == "AA" and ("OBX^1^3", "103", "W", "UNMAPPED_CANDIDATE") in errors(
+        received.ack
+    )
+    with engine.connect() as conn:
+        row = conn.execute(select(tables.Hl7MessageRow.__table__)).one()
+    assert row.disposition == "no_results" and row.purge_after is not None  # kept for a replay
+
+
+def test_an_unknown_sender_is_refused_unless_accepted(intake: Hl7Intake) -> None:
+    message = fixture("oru-v251-loinc-anc.hl7")
+    closed = SenderDirectory(senders=LOCAL.senders)  # accept_unknown defaults to False
+    received = run(Hl7Intake(intake.service, closed).receive(message, NOW))
+    assert received.code == "AR" and ("MSH^1^3", "204", "E", "UNKNOWN_SENDER") in errors(
+        received.ack
+    )
+
+
+def test_a_strict_sender_gets_hl7apy_validation(intake: Hl7Intake) -> None:
+    strict = SenderDirectory(
+        senders=[SenderConfig(application="LAB", facility="GH", validation="strict")]
+    )
+    checked = Hl7Intake(intake.service, strict)
+    rejected = run(checked.receive(fixture("oru-sn-comparator.hl7"), NOW))  # PID-5 missing
+    assert rejected.code == "AE" and errors(rejected.ack)[0][3] == "STRICT_VALIDATION"
+    valid = fixture("oru-v251-loinc-anc.hl7").replace(b"|LAB|GENERAL HOSP|", b"|LAB|GH|")
+    assert run(checked.receive(valid, NOW)).code == "AA"

@@ -102,6 +102,15 @@ def observation_code(obx: Segment, sender: SenderConfig) -> str | None:
     return None
 
 
+_NEUTROPHIL_TEXT = re.compile(r"neutro|\bANC\b|\bsegs?\b|granulocyt", re.IGNORECASE)
+
+
+def _looks_like_neutrophils(obx: Segment) -> bool:
+    """An unmapped code whose text names neutrophils: flagged, so a code map can be fixed."""
+    names = " ".join((obx.get(3, 1), obx.get(3, 2), obx.get(3, 5)))
+    return bool(_NEUTROPHIL_TEXT.search(names))
+
+
 def observation_value(obx: Segment) -> str:
     """OBX-5 as text; a structured numeric (SN) with a comparator keeps it (never a value)."""
     if obx.get(2, 1).upper() == "SN":
@@ -157,6 +166,9 @@ def _read_obx(
     tz: tzinfo,
 ) -> LabResult | Hl7Problem | None:
     code = observation_code(obx, sender)
+    if code is None and _looks_like_neutrophils(obx):
+        text = f"OBX-3 {obx.get(3, 1)!r} looks like a neutrophil count but is not mapped"
+        return Hl7Problem(f"OBX^{sequence}^3", "103", "W", "UNMAPPED_CANDIDATE", text)
     if code is None or code not in relevant:
         return None  # not an ANC or a derivation input: ignored silently
     status = RESULT_STATUS.get(obx.get(11, 1).upper() or "F")

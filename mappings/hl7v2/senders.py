@@ -32,7 +32,7 @@ class SenderConfig(_Strict):
 
 
 class SenderDirectory(_Strict):
-    accept_unknown: bool = True  # an unknown sender is read with defaults (False: AR)
+    accept_unknown: bool = False  # an unknown sender gets AR (True: read with defaults)
     senders: list[SenderConfig] = Field(default_factory=list)
 
     def find(self, application: str, facility: str) -> SenderConfig | None:
@@ -46,5 +46,5 @@ class SenderDirectory(_Strict):
     @classmethod
     def load(cls, path: Path | None) -> SenderDirectory:
         if path is None:
-            return cls()
+            return cls(accept_unknown=True)  # no senders file: every sender, with defaults
         return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
