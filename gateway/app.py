@@ -97,7 +97,9 @@ def mllp_listener(service: RemsService, settings: Settings, metrics: GatewayMetr
         tls_client_ca=settings.mllp_client_ca,
     )
     senders = SenderDirectory.load(settings.senders)
-    return Hl7Listener(service, senders, mllp, settings.clock, on_ack=metrics.count_ack)
+    listener = Hl7Listener(service, senders, mllp, settings.clock, on_ack=metrics.count_ack)
+    metrics.watch_connections(lambda: listener.server.open_connections)
+    return listener
 
 
 def _add_probes(app: FastAPI, state: GatewayState, metrics: GatewayMetrics) -> None:

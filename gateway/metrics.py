@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,6 +61,10 @@ class GatewayMetrics:
             "rems_hl7_ack_seconds", "From a message's arrival to its ACK", registry=self.registry
         )
         self.registry.register(WriterCollector(writer))
+
+    def watch_connections(self, open_connections: Callable[[], int]) -> None:
+        gauge = Gauge("rems_mllp_open_connections", "Open MLLP connections", registry=self.registry)
+        gauge.set_function(lambda: float(open_connections()))
 
     def count_ack(self, code: str, seconds: float) -> None:
         self.acks.labels(code=code).inc()

@@ -29,6 +29,7 @@ def test_an_oru_over_mllp_is_acknowledged_after_it_is_stored(tmp_path: Path) -> 
         assert again == first  # the stored ACK, not a second processing
         metrics = gateway.http.get("/metrics").text
         assert 'rems_hl7_acks_total{code="AA"} 2.0' in metrics
+        assert "rems_mllp_open_connections" in metrics
     finally:
         assert gateway.terminate() == 0
     assert "MRN123" not in gateway.output() and "Doe" not in gateway.output()
