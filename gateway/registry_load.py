@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from gateway import audit_log
+from gateway import audit_log, lab_intake
 from rems_core.model import (
     PatientStatusForm,
     PsfStatus,
@@ -84,7 +84,7 @@ def _enrollment(
         signed=by_prescriber,
     )
     patient = store.patient(patient_id)
-    service.store_reported_ancs(store, patient, form.anc, at, source)
+    lab_intake.store_reported_ancs(service, store, patient, form.anc, at, source)
     stored = StoredPsf(service.ids.new_id("psf"), form, PsfStatus.ACCEPTED, at)
     store.add_psf(stored, patient_id, (), (), ("registry", ""), "registry")
     store.add_status_event(patient_id, at, "not_enrolled", "active", enrollment.by, "enrollment")

@@ -13,16 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from gateway import audit_log, registry_load
+from gateway import audit_log, lab_intake, registry_load
+from gateway.values import LabOutcome, ReceivedMessage, Source
 from gateway.writer import Writer
 from rems_core import monitoring
-from rems_core.anc import (
-    cancelled,
-    is_anc_relevant,
-    same_result,
-    specimen_ancs,
-    with_repeat_advice,
-)
 from rems_core.codes import Code, finding
 from rems_core.dispense import decide
 from rems_core.model import (
@@ -37,8 +31,6 @@ from rems_core.model import (
     PatientStatusForm,
     PsfOutcome,
     PsfStatus,
-    ReportedAnc,
-    ResultStatus,
     StoredPsf,
     SubmitterRole,
     decision_from_dict,
@@ -47,41 +39,9 @@ from rems_core.model import (
 from rems_core.psf import judge_psf, signed_form, signer_problem
 from rems_core.registry import RegistryConflict, RegistryDocument
 from rems_core.rulepack import AUTO, DEFAULT_PACK, PackLibrary, RulePack
-from rems_core.store.repo import Store, specimen_key
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where an event came from, for the record: the channel and the authenticated actor."""
-
-    channel: str
-    actor: str = ""
-
+from rems_core.store.repo import Store
 
 SCHEDULER = Source("scheduler", "scheduler")
-
-
-@dataclass(frozen=True)
-class ReceivedMessage:
-    """An HL7 v2 message as the store keeps it."""
-
-    sender: str  # MSH-3|MSH-4
-    control_id: str  # MSH-10
-    content_hash: str  # of the message without MSH-7, to tell a resend from a reuse of the id
-    message_type: str
-    raw: bytes
-    received: datetime  # the clinical "now" of its arrival
-
-
-@dataclass(frozen=True)
-class LabOutcome:
-    patient: str | None
-    results: tuple[AncResult, ...]
-    warnings: tuple[Finding, ...] = ()
-
-    @property
-    def matched(self) -> bool:
-        return self.patient is not None
 
 
 class RequestConflict(ValueError):
@@ -136,7 +96,7 @@ class RemsService:
             rules or self.config.rules, monitoring.local_date(moment, self.tz)
         )
 
-    def _lab_pack(self) -> RulePack:
+    def lab_pack(self) -> RulePack:
         # A lab's category and thresholds are the same in every pack (rems-rules.md §0).
         choice = self.config.rules
         return self.packs.get(DEFAULT_PACK if choice == AUTO else choice)
@@ -159,111 +119,8 @@ class RemsService:
         received: datetime,
     ) -> LabOutcome:
         return await self.writer.run(
-            lambda store: self._ingest(store, identifiers, results, source, received)
+            lambda store: lab_intake.ingest(self, store, identifiers, results, source, received)
         )
-
-    def _ingest(
-        self,
-        store: Store,
-        identifiers: list[Identifier],
-        results: list[LabResult],
-        source: Source,
-        received: datetime,
-    ) -> LabOutcome:
-        pack = self._lab_pack()
-        relevant = [r for r in results if is_anc_relevant(pack, r.code)]
-        patient = store.find_patient(identifiers)
-        if patient is None:
-            for result in relevant:
-                store.add_observation(None, result, received, source.channel, identifiers)
-            outcome = LabOutcome(None, (), (finding(Code.PATIENT_NOT_MATCHED),))
-        else:
-            stored = self._store_results(store, patient, relevant, source, received)
-            outcome = LabOutcome(patient.rems_id, tuple(stored))
-        store.append_audit(audit_log.labs(source, results, outcome, received, pack))
-        return outcome
-
-    def _store_results(
-        self,
-        store: Store,
-        patient: Patient,
-        results: list[LabResult],
-        source: Source,
-        received: datetime,
-    ) -> list[AncResult]:
-        pack = self._lab_pack()
-        touched: dict[str, list[LabResult]] = {}
-        repeated: set[str] = set()
-        late_preliminaries: list[AncResult] = []
-        for result in results:
-            known = self._stored_as(store, patient, result)
-            if known is not None:
-                repeated.add(known)
-            elif self._behind_a_final(store, patient, result):
-                store.add_observation(
-                    patient.rems_id, result, received, source.channel, supersede=False
-                )
-                late_preliminaries += specimen_ancs(pack, patient.designation, [result])
-            else:
-                store.add_observation(patient.rems_id, result, received, source.channel)
-                touched.setdefault(specimen_key(result), []).append(result)
-        earlier = store.anc_results(patient.rems_id)
-        reported = [a for a in earlier if specimen_key(a) in repeated - touched.keys()]
-        reported += late_preliminaries
-        for key, arrived in touched.items():
-            current = store.current_observations(patient.rems_id, key)
-            ancs = [
-                replace(
-                    with_repeat_advice(pack, a, earlier),
-                    result_id=self.ids.new_id("anc"),
-                    received=received,
-                )
-                for a in specimen_ancs(pack, patient.designation, current)
-            ]
-            store.replace_specimen_ancs(
-                patient.rems_id, key, ancs, {r.code: r for r in current}, received
-            )
-            withdrawn = [cancelled(r) for r in arrived if r.status == ResultStatus.CANCELLED]
-            reported += ancs or withdrawn
-        return reported
-
-    @staticmethod
-    def _behind_a_final(store: Store, patient: Patient, result: LabResult) -> bool:
-        """A preliminary that arrives after the final (or corrected) result never replaces it."""
-        if result.status != ResultStatus.PRELIMINARY:
-            return False
-        current = store.current_observations(patient.rems_id, specimen_key(result))
-        return any(
-            r.code == result.code and r.status in (ResultStatus.FINAL, ResultStatus.CORRECTED)
-            for r in current
-        )
-
-    def _stored_as(self, store: Store, patient: Patient, result: LabResult) -> str | None:
-        """The specimen key under which the same result is already stored (a re-send), if any."""
-        if result.status in (ResultStatus.CANCELLED, ResultStatus.PRELIMINARY):
-            return None
-        for key, stored in store.current_observations_at(
-            patient.rems_id, result.code, result.drawn
-        ):
-            if stored.status != ResultStatus.PRELIMINARY and same_result(
-                self._lab_pack(), stored, result
-            ):
-                return key
-        return None
-
-    def store_reported_ancs(
-        self,
-        store: Store,
-        patient: Patient | None,
-        reported: tuple[ReportedAnc, ...],
-        received: datetime,
-        source: Source,
-    ) -> list[AncResult]:
-        """ANCs carried on a PSF or an override are lab results like any other (§5.3)."""
-        if patient is None or not reported:
-            return []
-        results = [LabResult(a.code, a.value, a.unit, a.drawn) for a in reported]
-        return self._store_results(store, patient, results, source, received)
 
     # --- PSF ----------------------------------------------------------------------------------
 
@@ -291,7 +148,9 @@ class RemsService:
         if patient is None:
             return PsfOutcome(PsfStatus.REJECTED, (finding(Code.PATIENT_NOT_MATCHED),))
         form = self._with_designees_prescriber(store, form)
-        own = self.store_reported_ancs(store, patient, form.anc, form.submitted_at, source)
+        own = lab_intake.store_reported_ancs(
+            self, store, patient, form.anc, form.submitted_at, source
+        )
         snapshot = store.snapshot(patient, [form.submitter, form.prescriber_npi])
         judgement = judge_psf(pack, snapshot, form, own, self.tz)
         # What the lab rules said of the form's own ANCs (e.g. a suspect unit) is news to the
@@ -451,8 +310,8 @@ class RemsService:
     ) -> AncResult | None:
         if request.override is None or request.override.anc is None:
             return None
-        stored = self.store_reported_ancs(
-            store, patient, (request.override.anc,), request.dispense_date, source
+        stored = lab_intake.store_reported_ancs(
+            self, store, patient, (request.override.anc,), request.dispense_date, source
         )
         return stored[0] if stored else None
 
@@ -539,7 +398,7 @@ class RemsService:
         if earlier is not None:
             disposition = "conflict"  # held for review
         elif results:
-            outcome = self._ingest(store, identifiers, results, source, message.received)
+            outcome = lab_intake.ingest(self, store, identifiers, results, source, message.received)
             disposition = "accepted" if outcome.matched else "unmatched"
         else:
             disposition = "no_results"
