@@ -85,6 +85,25 @@ _move_head = update(head_t).where(head_t.c.id == 1)
 _move_head_and_registry = (
     update(head_t).where(head_t.c.id == 1).values(registry_version=head_t.c.registry_version + 1)
 )
+_supersede_observation = (
+    update(observation_t)
+    .where(
+        observation_t.c.patient_id == bindparam("of_patient"),
+        observation_t.c.specimen_key == bindparam("of_key"),
+        observation_t.c.code == bindparam("of_code"),
+        observation_t.c.current.is_(True),
+    )
+    .values(current=False)
+)
+_insert_observation = insert(observation_t)
+_supersede_ancs = (
+    update(anc_t)
+    .where(
+        anc_t.c.patient_id == bindparam("of_patient"), anc_t.c.specimen_key == bindparam("of_key")
+    )
+    .values(current=False)
+)
+_insert_anc = insert(anc_t)
 _insert_decision = insert(decision_t)
 _insert_rda = insert(rda_t)
 _insert_override = insert(override_t)
@@ -154,17 +173,12 @@ class Store(RegistryRepo, MessageRepo):
         key = specimen_key(result)
         if patient_id is not None and supersede:
             self.conn.execute(
-                update(observation_t)
-                .where(
-                    observation_t.c.patient_id == patient_id,
-                    observation_t.c.specimen_key == key,
-                    observation_t.c.code == result.code,
-                    observation_t.c.current.is_(True),
-                )
-                .values(current=False)
+                _supersede_observation,
+                {"of_patient": patient_id, "of_key": key, "of_code": result.code},
             )
         self.conn.execute(
-            insert(observation_t).values(
+            _insert_observation,
+            dict(
                 patient_id=patient_id,
                 unmatched_identifiers=[{"system": i.system, "value": i.value} for i in unmatched]
                 if unmatched
@@ -178,7 +192,7 @@ class Store(RegistryRepo, MessageRepo):
                 received=received,
                 current=supersede and result.status != ResultStatus.CANCELLED,
                 channel=channel,
-            )
+            ),
         )
 
     def current_observations(self, patient_id: str, key: str) -> list[LabResult]:
@@ -204,15 +218,12 @@ class Store(RegistryRepo, MessageRepo):
         sources: dict[str, LabResult],
         received: datetime,
     ) -> None:
-        self.conn.execute(
-            update(anc_t)
-            .where(anc_t.c.patient_id == patient_id, anc_t.c.specimen_key == key)
-            .values(current=False)
-        )
+        self.conn.execute(_supersede_ancs, {"of_patient": patient_id, "of_key": key})
         for anc in ancs:
             source = sources.get(anc.code)
             self.conn.execute(
-                insert(anc_t).values(
+                _insert_anc,
+                dict(
                     id=anc.result_id,
                     patient_id=patient_id,
                     specimen_key=key,
@@ -229,7 +240,7 @@ class Store(RegistryRepo, MessageRepo):
                     drawn=anc.drawn,
                     received=received,
                     current=True,
-                )
+                ),
             )
 
     def anc_results(self, patient_id: str) -> list[AncResult]:
