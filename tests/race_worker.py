@@ -1,6 +1,6 @@
 """One gateway process of a race test: its own engine, writer and service on a shared database.
 
-    python -m tests.race_worker DB_URL overrides|same-request|other-body COUNT
+    python -m tests.race_worker DB_URL overrides|same-request|other-body COUNT TAG START_AT
 
 Prints one JSON line: the outcomes and RDA numbers (or errors) of COUNT concurrent requests.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 from gateway.service import RemsService, RequestConflict, ServiceConfig, Source
@@ -42,6 +43,7 @@ async def main(url: str, mode: str, count: int) -> list[dict[str, Any]]:
     engine = make_engine(url)
     writer = Writer(engine, max_batch=4)  # small batches: more interleaving with the other process
     writer.start()
+    await asyncio.sleep(max(0.0, float(sys.argv[5]) - time.time()))  # both processes start together
     try:
         service = RemsService(writer, PackLibrary(), ServiceConfig())
         return list(await asyncio.gather(*(one(service, mode, n) for n in range(count))))

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,11 @@ def test_10_parallel_requests_with_one_request_id_issue_one_rda(
 
 def race(url: str, mode: str, per_process: int, tag: str) -> list[dict[str, Any]]:
     command = [sys.executable, "-m", "tests.race_worker", url, mode, str(per_process)]
+    start_at = str(time.time() + 3)  # after both have imported and connected: they overlap
     workers = [
-        subprocess.Popen([*command, f"{tag}{i}"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*command, f"{tag}{i}", start_at], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         for i in range(2)
     ]
     results = []
