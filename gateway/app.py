@@ -97,7 +97,14 @@ def mllp_listener(service: RemsService, settings: Settings, metrics: GatewayMetr
         tls_client_ca=settings.mllp_client_ca,
     )
     senders = SenderDirectory.load(settings.senders)
-    listener = Hl7Listener(service, senders, mllp, settings.clock, on_ack=metrics.count_ack)
+    listener = Hl7Listener(
+        service,
+        senders,
+        mllp,
+        settings.clock,
+        on_ack=metrics.count_ack,
+        on_message=metrics.count_hl7_message,
+    )
     metrics.watch_connections(lambda: listener.server.open_connections)
     return listener
 

@@ -12,12 +12,13 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal, cast, get_args
 
 from gateway.service import LabOutcome, ReceivedMessage, RemsService, Source
-from mappings.hl7v2.ack import build_ack, wanted
+from mappings.hl7v2.ack import build_ack, enhanced_mode, wanted
 from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, to_lab_report
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
-from mappings.hl7v2.tokenizer import HL7ParseError, Message, parse
+from mappings.hl7v2.tokenizer import HL7ParseError, Message, Segment, parse
 from rems_core.model import AncResult
 from rems_core.rulepack import DEFAULT_PACK
 
@@ -36,11 +37,40 @@ WARNING_0357 = {
 WARNING_FIELD = {"ANC_UNIT_UNKNOWN": 6, "ANC_UNIT_SUSPECT": 6, "PATIENT_NOT_MATCHED": 3}
 
 
+#: MSH-9 values the metrics name; any other is "other", so a sender cannot grow the label set.
+#: ORU^R01 is what we take; the rest are what a lab or pharmacy route may send us by mistake.
+KNOWN_MESSAGE_TYPES = frozenset(
+    {"ORU^R01", "ORU^R30", "OUL^R22", "OML^O21", "RDE^O11", "ADT^A01", "ADT^A04", "ADT^A08"}
+)
+UNREADABLE = "unreadable"
+OTHER_TYPE = "other"
+#: What became of a message: the service's dispositions, a resend answered from the stored ACK
+#: (duplicate), refused before the store (rejected), or the store was unavailable (error).
+Disposition = Literal[
+    "accepted", "unmatched", "no_results", "duplicate", "conflict", "rejected", "error"
+]
+DISPOSITIONS: tuple[Disposition, ...] = get_args(Disposition)
+_ACCEPT_CODE = {"CA": "AA", "CE": "AE", "CR": "AR"}
+
+
 @dataclass(frozen=True)
 class Received:
-    ack: str | None  # None: the sender asked for no acknowledgment (MSH-15)
-    code: str  # AA, AE or AR
+    ack: str | None  # None: the sender asked for no acknowledgment (MSH-15), or close_connection
+    code: str  # AA, AE or AR: ours, before enhanced mode or the sender's ack_codes
     outcome: LabOutcome | None = None
+    message_type: str = UNREADABLE  # MSH-9 as "ORU^R01", "other" or "unreadable"
+    disposition: Disposition = "rejected"
+    close_connection: bool = False  # send nothing and close: the sender's engine resends
+
+
+@dataclass
+class _Answered:
+    """What ``answer`` built inside the unit of work (its last run, if the writer ran it again)."""
+
+    ack: str | None = None
+    code: str = "AA"
+    outcome: LabOutcome | None = None
+    disposition: Disposition = "accepted"
 
 
 class Rejected(Exception):
@@ -63,6 +93,12 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256("\r".join(segments).encode("latin-1")).hexdigest()
 
 
+def message_type(msh: Segment) -> str:
+    """MSH-9 as a metrics label: "ORU^R01" when known, else "other"."""
+    name = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
+    return name if name in KNOWN_MESSAGE_TYPES else OTHER_TYPE
+
+
 class Hl7Intake:
     def __init__(
         self, service: RemsService, senders: SenderDirectory, clock: str = "system"
@@ -79,22 +115,37 @@ class Hl7Intake:
             *codes.bands_pct,
         }
 
-    async def receive(self, data: bytes, now: datetime | None = None) -> Received:
+    async def receive(
+        self,
+        data: bytes,
+        now: datetime | None = None,
+        *,
+        client_certificate_sha256: str | None = None,
+    ) -> Received:
+        """One message in, its answer out. ``client_certificate_sha256``: the fingerprint of the
+        connection's verified client certificate (None: plain TCP, or TLS without one)."""
         received = now or datetime.now(UTC)
         try:
             message = parse(data)
         except HL7ParseError as error:
             return self._unreadable(error, received)
+        sender = self.senders.find(message.msh.get(3, 1), message.msh.get(4, 1))
         try:
-            sender = self._check(message)
+            if sender is None:
+                raise Rejected("AR", UNKNOWN_SENDER)
+            _check_certificate(sender, client_certificate_sha256)
+            _check(message)
+            await _validate(sender, data, message)
         except Rejected as rejected:
-            return self._answer(message, rejected.code, [rejected.problem], received)
-        if sender.validation == "strict":
-            problem = await asyncio.to_thread(strict_problem, data, message.charset)
-            if problem is not None:
-                return self._answer(message, "AE", [problem], received)
+            return self._answer(message, sender, rejected.code, [rejected.problem], received)
         if self.clock == "message" and now is None:
             received = hl7_time(message.msh.get(7, 1), self.service.tz) or received
+        return await self._store(message, sender, data, received)
+
+    async def _store(
+        self, message: Message, sender: SenderConfig, data: bytes, received: datetime
+    ) -> Received:
+        """The unit of work: stored with its ACK, or the stored ACK of a resend."""
         report = to_lab_report(message, sender, self.relevant, self.service.tz)
         envelope = ReceivedMessage(
             sender=sender.key,
@@ -104,63 +155,134 @@ class Hl7Intake:
             raw=data,
             received=received,
         )
-        results: dict[str, LabOutcome | None] = {}
+        answered = _Answered()
 
         def answer(outcome: LabOutcome | None, disposition: str) -> str:
-            results["outcome"] = outcome
             code, problems = _disposition(report, outcome, disposition)
-            return build_ack(message.msh, code, problems, _ack_id(envelope), received)
+            ack = build_ack(
+                message.msh, code, problems, _ack_id(envelope), received, msa_code=sender.msa_code
+            )
+            answered.ack, answered.code = ack, code
+            # the service's dispositions are a subset of ours (gateway/service.py _receive)
+            answered.outcome, answered.disposition = outcome, cast(Disposition, disposition)
+            return ack
 
         try:
             ack = await self.service.receive_message(
                 envelope, report.identifiers, report.results, answer, Source("mllp", sender.key)
             )
         except Exception as exc:  # the store is unavailable: nothing was half-written
-            log.error("message not stored: %s", type(exc).__name__)
-            problem = Hl7Problem("", "207", "E", "STORE_UNAVAILABLE", "try again later")
-            return self._answer(message, "AR", [problem], received)
-        code = ack.split("\r")[1].split("|")[1] if "\r" in ack else "AA"
-        code = {"CA": "AA", "CE": "AE", "CR": "AR"}.get(code, code)
-        return Received(ack if wanted(message.msh, code) else None, code, results.get("outcome"))
+            return self._store_failed(message, sender, exc, received)
+        # The service calls answer() for a new message only; a resend gets the stored ACK, a
+        # string answer() did not build (identity, not equality: the text may be the same).
+        if ack is not answered.ack:
+            code = _our_code(message.msh, sender, ack)
+            return self._received(message, ack, code, None, "duplicate")
+        return self._received(message, ack, answered.code, answered.outcome, answered.disposition)
 
-    def _check(self, message: Message) -> SenderConfig:
-        msh = message.msh
-        sender = self.senders.find(msh.get(3, 1), msh.get(4, 1))
-        if sender is None:
-            raise Rejected(
-                "AR", Hl7Problem("MSH^1^3", "204", "E", "UNKNOWN_SENDER", "sender not configured")
+    def _store_failed(
+        self, message: Message, sender: SenderConfig, exc: Exception, received: datetime
+    ) -> Received:
+        log.error(
+            "message not stored: %s",
+            type(exc).__name__,
+            extra={"sender": sender.key, "on_store_failure": sender.on_store_failure},
+        )
+        if sender.on_store_failure == "no_ack":
+            return Received(
+                None, "AR", None, message_type(message.msh), "error", close_connection=True
             )
-        checks = [
-            (
-                msh.get(9, 1) == "ORU",
-                "MSH^1^9",
-                "200",
-                f"message type {msh.get(9, 1)!r} is not ORU",
-            ),
-            (msh.get(9, 2) == "R01", "MSH^1^9", "201", f"event {msh.get(9, 2)!r} is not R01"),
-            (msh.get(11, 1) in PROCESSING_IDS, "MSH^1^11", "202", "processing id not P, T or D"),
-            (msh.get(12, 1) in SUPPORTED_VERSIONS, "MSH^1^12", "203", "version not 2.3–2.8"),
-            (bool(msh.get(10, 1)), "MSH^1^10", "101", "no message control id"),
-        ]
-        for ok, location, code, text in checks:
-            if not ok:
-                raise Rejected(
-                    "AE" if code == "101" else "AR", Hl7Problem(location, code, "E", "", text)
-                )
-        if message.first("PID") is None:
-            raise Rejected("AE", Hl7Problem("PID", "100", "E", "", "no PID segment"))
-        return sender
+        problem = Hl7Problem("", "207", "E", "STORE_UNAVAILABLE", "try again later")
+        return self._answer(message, sender, "AR", [problem], received, "error")
+
+    def _received(
+        self,
+        message: Message,
+        ack: str,
+        code: str,
+        outcome: LabOutcome | None,
+        disposition: Disposition,
+    ) -> Received:
+        kept = ack if wanted(message.msh, code) else None
+        return Received(kept, code, outcome, message_type(message.msh), disposition)
 
     def _answer(
-        self, message: Message, code: str, problems: list[Hl7Problem], received: datetime
+        self,
+        message: Message,
+        sender: SenderConfig | None,
+        code: str,
+        problems: list[Hl7Problem],
+        received: datetime,
+        disposition: Disposition = "rejected",
     ) -> Received:
-        ack = build_ack(message.msh, code, problems, f"ACK-{message.msh.get(10, 1)}", received)
-        return Received(ack if wanted(message.msh, code) else None, code)
+        msa_code = sender.msa_code if sender is not None else None
+        control = message.msh.get(10, 1)
+        ack = build_ack(message.msh, code, problems, f"ACK-{control}", received, msa_code=msa_code)
+        return self._received(message, ack, code, None, disposition)
 
     def _unreadable(self, error: HL7ParseError, received: datetime) -> Received:
         problem = Hl7Problem(error.location, error.code, "E", "", str(error))
         code = "AR" if error.code.startswith("2") else "AE"
         return Received(build_ack(None, code, [problem], "ACK", received), code)
+
+
+UNKNOWN_SENDER = Hl7Problem("MSH^1^3", "204", "E", "UNKNOWN_SENDER", "sender not configured")
+# Table 0357 has no "not authorized" code. 204 (unknown key identifier) says what happened: the
+# sender named in MSH-3/MSH-4 is not known on this connection, as for UNKNOWN_SENDER; 207
+# (application internal error) would send the sender's team looking for our fault, and engines
+# often retry it as transient, which a certificate mismatch never is.
+CERTIFICATE_MISMATCH = Hl7Problem(
+    "MSH^1^3",
+    "204",
+    "E",
+    "SENDER_CERTIFICATE_MISMATCH",
+    "the connection's client certificate is not the one configured for this sender",
+)
+
+
+def _check_certificate(sender: SenderConfig, fingerprint: str | None) -> None:
+    """A pinned sender only over a connection with its client certificate (mutual TLS)."""
+    pinned = sender.tls_fingerprint_sha256
+    if pinned is None or (fingerprint is not None and fingerprint.lower() == pinned):
+        return
+    log.warning(
+        "sender certificate mismatch: message refused",
+        extra={"sender": sender.key, "client_certificate": fingerprint is not None},
+    )
+    raise Rejected("AR", CERTIFICATE_MISMATCH)
+
+
+def _check(message: Message) -> None:
+    msh = message.msh
+    checks = [
+        (msh.get(9, 1) == "ORU", "MSH^1^9", "200", f"message type {msh.get(9, 1)!r} is not ORU"),
+        (msh.get(9, 2) == "R01", "MSH^1^9", "201", f"event {msh.get(9, 2)!r} is not R01"),
+        (msh.get(11, 1) in PROCESSING_IDS, "MSH^1^11", "202", "processing id not P, T or D"),
+        (msh.get(12, 1) in SUPPORTED_VERSIONS, "MSH^1^12", "203", "version not 2.3–2.8"),
+        (bool(msh.get(10, 1)), "MSH^1^10", "101", "no message control id"),
+    ]
+    for ok, location, code, text in checks:
+        if not ok:
+            raise Rejected(
+                "AE" if code == "101" else "AR", Hl7Problem(location, code, "E", "", text)
+            )
+    if message.first("PID") is None:
+        raise Rejected("AE", Hl7Problem("PID", "100", "E", "", "no PID segment"))
+
+
+async def _validate(sender: SenderConfig, data: bytes, message: Message) -> None:
+    if sender.validation == "strict":
+        problem = await asyncio.to_thread(strict_problem, data, message.charset)
+        if problem is not None:
+            raise Rejected("AE", problem)
+
+
+def _our_code(msh: Segment, sender: SenderConfig, ack: str) -> str:
+    """AA, AE or AR of a stored ACK, from its MSA-1 as enhanced mode or ack_codes wrote it."""
+    segments = ack.split("\r")
+    fields = segments[1].split("|") if len(segments) > 1 else []
+    msa_1 = fields[1] if len(fields) > 1 else "AA"
+    return _ACCEPT_CODE.get(msa_1, msa_1) if enhanced_mode(msh) else sender.our_code(msa_1)
 
 
 def strict_problem(data: bytes, charset: str) -> Hl7Problem | None:

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.hl7_intake import DISPOSITIONS, KNOWN_MESSAGE_TYPES, OTHER_TYPE, UNREADABLE
 from gateway.writer import Writer
 from rems_core.model import Decision, Outcome
 
@@ -55,8 +56,19 @@ class GatewayMetrics:
         for outcome in Outcome:
             self.decisions.labels(outcome=outcome.value)
         self.acks = Counter(
-            "rems_hl7_acks", "HL7 v2 messages answered, by MSA-1", ["code"], registry=self.registry
+            "rems_hl7_acks",
+            "HL7 v2 ACKs sent, by our code (AA, AE, AR; before a sender's ack_codes)",
+            ["code"],
+            registry=self.registry,
         )
+        self.hl7_messages = Counter(
+            "rems_hl7_messages",
+            "HL7 v2 messages by MSH-9 type and disposition",
+            ["message_type", "disposition"],
+            registry=self.registry,
+        )
+        for disposition in DISPOSITIONS:
+            self.hl7_messages.labels(message_type="ORU^R01", disposition=disposition)
         self.ack_latency = Histogram(
             "rems_hl7_ack_seconds", "From a message's arrival to its ACK", registry=self.registry
         )
@@ -69,6 +81,13 @@ class GatewayMetrics:
     def count_ack(self, code: str, seconds: float) -> None:
         self.acks.labels(code=code).inc()
         self.ack_latency.observe(seconds)
+
+    def count_hl7_message(self, message_type: str, disposition: str) -> None:
+        if message_type not in KNOWN_MESSAGE_TYPES and message_type != UNREADABLE:
+            message_type = OTHER_TYPE  # bounded labels, whatever a caller passes
+        if disposition not in DISPOSITIONS:
+            disposition = "error"
+        self.hl7_messages.labels(message_type=message_type, disposition=disposition).inc()
 
     def count_decision(self, decision: Decision) -> None:
         self.decisions.labels(outcome=decision.outcome.value).inc()

@@ -22,6 +22,8 @@ Failure policy (what a sender sees):
   an open connection would leave the sender waiting, and a later reply could be matched to the
   wrong message by a sender that does not check MSA-2. The HL7 layer is expected to turn its own
   failures into AR/AE replies; this is the last resort. The server keeps running.
+* A handler that raises `CloseConnection` chose that on purpose (e.g. a sender configured to get
+  no ACK while the store is unavailable): no reply, the connection is closed, logged as a warning.
 * Beyond ``max_connections``, a connection is accepted and closed at once (before any TLS
   handshake), and logged.
 * A connection with no bytes received (or a reply not taken by the peer) for ``idle_timeout_s``
@@ -89,7 +91,14 @@ class PeerInfo:
 
 
 Handler = Callable[[bytes, PeerInfo], Awaitable[bytes | None]]
-"""Message bytes (without framing) → reply bytes (without framing), or None to send nothing."""
+"""Message bytes (without framing) → reply bytes (without framing), or None to send nothing; raise
+`CloseConnection` to send nothing and close the connection."""
+
+
+class CloseConnection(Exception):
+    """Raised by a handler: send no reply to this message and close its connection, so the sender
+    times out and resends it (on a new connection). The text is logged: keep it free of content."""
+
 
 OversizeReply = Callable[[bytes], bytes | None]
 """First ≤ 4 KiB of an oversize frame's content → reply bytes (without framing), or None."""
@@ -414,6 +423,13 @@ class MllpServer:
             reply = await self.handler(message, conn.peer)
             if reply is not None and not isinstance(reply, bytes | bytearray | memoryview):
                 raise TypeError(f"MLLP handler returned {type(reply).__name__}, not bytes")
+        except CloseConnection as close:
+            log.warning(
+                "mllp handler asked to close the connection without a reply",
+                extra={"peer": conn.peer.address, "bytes": len(message), "reason": str(close)},
+            )
+            self._emit("handler_closed", peer=conn.peer.address, reason=str(close))
+            return "handler_closed"
         except Exception as exc:
             log.error(
                 "mllp handler failed; closing the connection without a reply",

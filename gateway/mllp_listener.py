@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-from gateway.hl7_intake import Hl7Intake
-from gateway.mllp import MllpServer, MllpSettings, PeerInfo
+from gateway.hl7_intake import UNREADABLE, Hl7Intake, Received, message_type
+from gateway.mllp import CloseConnection, MllpServer, MllpSettings, PeerInfo
 from gateway.service import RemsService
 from mappings.hl7v2.ack import build_ack
 from mappings.hl7v2.oru import Hl7Problem
 from mappings.hl7v2.senders import SenderDirectory
-from mappings.hl7v2.tokenizer import HL7ParseError, parse
+from mappings.hl7v2.tokenizer import HL7ParseError, Segment, parse
 
 log = logging.getLogger("rems_gateway.mllp")
+
+AckObserver = Callable[[str, float], None]
+"""Our ACK code (AA, AE, AR) and the seconds from arrival to ACK."""
+MessageObserver = Callable[[str, str], None]
+"""A message's type label (MSH-9 as "ORU^R01", "other", "unreadable") and its disposition."""
 
 
 class Hl7Listener:
@@ -24,30 +30,45 @@ class Hl7Listener:
         senders: SenderDirectory,
         settings: MllpSettings,
         clock: str = "system",
-        on_ack: object | None = None,
+        on_ack: AckObserver | None = None,
+        on_message: MessageObserver | None = None,
     ) -> None:
         self.intake = Hl7Intake(service, senders, clock)
         self.max_frame_bytes = settings.max_frame_bytes
         self.on_ack = on_ack
+        self.on_message = on_message
         self.server = MllpServer(settings, self.handle, oversize_reply=self.oversize)
 
     async def handle(self, data: bytes, peer: PeerInfo) -> bytes | None:
         started = time.perf_counter()
-        received = await self.intake.receive(data)
-        if callable(self.on_ack):
-            self.on_ack(received.code, time.perf_counter() - started)
+        received = await self.intake.receive(
+            data, client_certificate_sha256=peer.tls_fingerprint_sha256
+        )
+        self._observe(received, time.perf_counter() - started)
+        if received.close_connection:
+            raise CloseConnection("store unavailable; on_store_failure is no_ack")
         return received.ack.encode("utf-8") if received.ack is not None else None
+
+    def _observe(self, received: Received, seconds: float) -> None:
+        if self.on_message is not None:
+            self.on_message(received.message_type, received.disposition)
+        if self.on_ack is not None and not received.close_connection:
+            self.on_ack(received.code, seconds)
 
     def oversize(self, head: bytes) -> bytes | None:
         """An AE for a message over the frame limit, with its control id when MSH is readable."""
-        try:
-            msh = parse(head.split(b"\r", 1)[0]).msh
-        except HL7ParseError:
-            msh = None
+        msh = _readable_msh(head)
+        if self.on_message is not None:
+            self.on_message(message_type(msh) if msh is not None else UNREADABLE, "rejected")
         text = f"message larger than {self.max_frame_bytes} bytes; not processed"
         problem = Hl7Problem("", "207", "E", "FRAME_TOO_LARGE", text)
         control = msh.get(10, 1) if msh is not None else ""
-        return build_ack(msh, "AE", [problem], f"ACK-{control}", datetime.now(UTC)).encode("utf-8")
+        sender = self.intake.senders.find(msh.get(3, 1), msh.get(4, 1)) if msh is not None else None
+        msa_code = sender.msa_code if sender is not None else None
+        ack = build_ack(
+            msh, "AE", [problem], f"ACK-{control}", datetime.now(UTC), msa_code=msa_code
+        )
+        return ack.encode("utf-8")
 
     async def start(self) -> None:
         await self.server.start()
@@ -55,3 +76,10 @@ class Hl7Listener:
 
     async def stop(self) -> None:
         await self.server.stop()
+
+
+def _readable_msh(head: bytes) -> Segment | None:
+    try:
+        return parse(head.split(b"\r", 1)[0]).msh
+    except HL7ParseError:
+        return None

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from gateway.mllp import (
     BareEndBlock,
+    CloseConnection,
     Frame,
     Incomplete,
     Junk,
@@ -65,6 +66,8 @@ class Recorder:
                 raise ValueError(f"cannot handle {message!r}")  # content in the message: not logged
             if message == b"SILENT":
                 return None
+            if message == b"CLOSE":
+                raise CloseConnection("asked by the test")
             return b"ACK:" + message
         finally:
             self.active -= 1
@@ -283,6 +286,29 @@ def test_handler_returning_none_sends_nothing_and_the_next_reply_follows() -> No
             writer.close()
 
     run(body)
+
+
+def test_handler_raising_close_connection_sends_nothing_and_closes_that_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        recorder = Recorder()
+        async with running(recorder) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(frame(b"CLOSE") + frame(b"never handled"))
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""  # closed, and no reply came before
+            writer.close()
+            assert await send("127.0.0.1", server.port, [b"next"]) == [b"ACK:next"]
+        assert recorder.messages == [b"CLOSE", b"next"]
+        assert recorder.named("handler_closed")[0]["reason"] == "asked by the test"
+        closed = recorder.named("connection_closed")[0]
+        assert (closed["reason"], closed["messages"]) == ("handler_closed", 0)
+
+    with caplog.at_level(logging.INFO, logger="gateway.mllp"):
+        run(body)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("without a reply" in r.getMessage() for r in caplog.records)
 
 
 def test_connections_are_served_concurrently() -> None:

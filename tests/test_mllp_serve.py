@@ -29,6 +29,9 @@ def test_an_oru_over_mllp_is_acknowledged_after_it_is_stored(tmp_path: Path) -> 
         assert again == first  # the stored ACK, not a second processing
         metrics = gateway.http.get("/metrics").text
         assert 'rems_hl7_acks_total{code="AA"} 2.0' in metrics
+        by_disposition = 'rems_hl7_messages_total{{disposition="{}",message_type="ORU^R01"}} 1.0'
+        assert by_disposition.format("accepted") in metrics
+        assert by_disposition.format("duplicate") in metrics  # the resend, from the stored ACK
         assert "rems_mllp_open_connections" in metrics
     finally:
         assert gateway.terminate() == 0

@@ -2,12 +2,13 @@
 
 v2.5 and later: ERR-2 location, ERR-3 HL7 table 0357, ERR-4 severity, ERR-5 our code, ERR-8 text.
 Older versions: ERR-1 (location with the 0357 code) and MSA-3 text. Enhanced mode (MSH-15/16
-present) answers an accept acknowledgment (CA/CE/CR) as MSH-15 asks (AL, NE, ER, SU).
+present) answers an accept acknowledgment (CA/CE/CR) as MSH-15 asks (AL, NE, ER, SU). In
+original mode a sender's engine may want other MSA-1 codes: ``msa_code`` maps ours to its.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from mappings.hl7v2.oru import Hl7Problem
@@ -62,12 +63,17 @@ def build_ack(
     ack_control_id: str,
     now: datetime,
     text: str = "",
+    msa_code: Callable[[str], str] | None = None,
 ) -> str:
-    """The ACK text (segments separated by \\r). ``msh`` may be None for an unreadable message."""
+    """The ACK text (segments separated by \\r). ``msh`` may be None for an unreadable message.
+    ``msa_code`` turns our AA/AE/AR into the sender's MSA-1 (original mode only)."""
     field = (lambda n, c=1: escape(msh.get(n, c))) if msh is not None else (lambda n, c=1: "")
     version = (msh.get(12, 1) if msh is not None else "") or "2.5.1"
     event = field(9, 2)
-    msa_code = ACCEPT_CODE[code] if msh is not None and enhanced_mode(msh) else code
+    if msh is not None and enhanced_mode(msh):
+        msa_1 = ACCEPT_CODE[code]  # enhanced mode is the standard's own: never remapped
+    else:
+        msa_1 = msa_code(code) if msa_code is not None else code
     header = "|".join(
         [
             "MSH",
@@ -85,7 +91,7 @@ def build_ack(
         ]
     )
     modern = _version_at_least_2_5(version)
-    msa = ["MSA", msa_code, field(10)]
+    msa = ["MSA", msa_1, field(10)]
     if not modern and (text or problems):
         msa.append(escape(text or problems[0].text))
     segments = [header, "|".join(msa).rstrip("|")]

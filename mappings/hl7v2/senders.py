@@ -5,11 +5,18 @@ A sender is identified by MSH-3 (sending application) and MSH-4 (sending facilit
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: HL7 table 0008 (acknowledgment code): what MSA-1 may carry.
+AckCode = Literal["AA", "AE", "AR", "CA", "CE", "CR"]
+#: Our application acknowledgments (original mode): accept, error, reject.
+OurAckCode = Literal["AA", "AE", "AR"]
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class _Strict(BaseModel):
@@ -24,11 +31,40 @@ class SenderConfig(_Strict):
     timezone: str | None = None  # for times without an offset; default the gateway's
     charset_fallback: str | None = None  # e.g. cp1252, when bytes do not decode as MSH-18 says
     validation: Literal["tolerant", "strict"] = "tolerant"
-    tls_fingerprint_sha256: str | None = None  # pin the client certificate
+    # Pin the client certificate: SHA-256 over its DER, kept as 64 lower-case hex digits.
+    tls_fingerprint_sha256: str | None = None
+    # The store is unavailable: `ar` answers AR 207; `no_ack` sends nothing and closes the
+    # connection, so the sender's engine times out and resends (engines that drop an AR'd message).
+    on_store_failure: Literal["ar", "no_ack"] = "ar"
+    # MSA-1 in original mode: our AA/AE/AR → the code the sender's engine expects (default: as is).
+    ack_codes: dict[OurAckCode, AckCode] = {}
+
+    @field_validator("tls_fingerprint_sha256")
+    @classmethod
+    def _normalize_fingerprint(cls, value: str | None) -> str | None:
+        """`AB:CD:…` (openssl's form) or `abcd…`, either case → `abcd…`."""
+        if value is None:
+            return None
+        digits = value.strip().replace(":", "").lower()
+        if not _SHA256_HEX.fullmatch(digits):
+            raise ValueError("a SHA-256 fingerprint is 64 hex digits (colons allowed)")
+        return digits
 
     @property
     def key(self) -> str:
         return f"{self.application}|{self.facility}"
+
+    def msa_code(self, code: str) -> str:
+        """MSA-1 of an original-mode ACK to this sender for our code AA, AE or AR."""
+        return next((theirs for ours, theirs in self.ack_codes.items() if ours == code), code)
+
+    def our_code(self, msa_code: str) -> str:
+        """Back from MSA-1 (as this sender's ack_codes wrote it) to AA, AE or AR; the first of
+        them when several share one code."""
+        for ours in ("AA", "AE", "AR"):
+            if self.msa_code(ours) == msa_code:
+                return ours
+        return msa_code
 
 
 class SenderDirectory(_Strict):
