@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import yaml
@@ -12,6 +12,9 @@ import yaml
 from rems_core.registry import RegistryInvalid, registry_from
 from rems_core.rulepack import PackLibrary
 from rems_core.store.db import DEFAULT_URL, make_engine, upgrade
+
+if TYPE_CHECKING:
+    from gateway.scenario_live import LiveGateway
 
 app = typer.Typer(
     help="Clozapine REMS gateway: HL7 v2 and FHIR in, REMS decisions out.",
@@ -145,12 +148,32 @@ def scenario_run(
     via: Annotated[
         str,
         typer.Option(
-            help="inprocess (the application service) or mllp (lab and hl7 steps through a real "
-            "MLLP listener on a loopback port, the other steps through the service)"
+            help="inprocess (the application service) or mllp (lab and hl7 steps over MLLP: to "
+            "a listener on a loopback port, or with --mllp to a running gateway; the other steps "
+            "through the service)"
         ),
     ] = "inprocess",
     db: Annotated[
-        str | None, typer.Option("--db", help="Run every file against this database instead")
+        str | None,
+        typer.Option(
+            "--db", help="Run every file against this database (with --mllp: the gateway's)"
+        ),
+    ] = None,
+    mllp: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT of a running gateway (`serve --clock message`); needs --db"),
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            help="http://HOST:PORT of that gateway: registry and scheduled work via its /admin API"
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None, typer.Option(envvar="REMS_ADMIN_TOKEN", help="Bearer token for /admin/*")
+    ] = None,
+    sender: Annotated[
+        str | None, typer.Option(help="APP|FACILITY: MSH-3 and MSH-4 of the runner's ORU^R01")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -160,15 +183,16 @@ def scenario_run(
     if via not in ("inprocess", "mllp"):
         typer.echo(f"--via {via}: not available yet; use inprocess or mllp", err=True)
         raise typer.Exit(2)
+    live = _live_gateway(via, db, mllp, gateway, admin_token, sender)
     packs = PackLibrary()
     factory = None if db else DatabaseFactory()
-    if db:
+    if db and live is None:
         upgrade(db)
     failed = 0
     try:
         for path in files:
             url = db or factory.fresh_url()  # type: ignore[union-attr]
-            report = asyncio.run(run_file(path, url, packs, via))
+            report = asyncio.run(run_file(path, url, packs, via, live))
             failed += not report.passed
             typer.echo(format_report(report, verbose))
     finally:
@@ -177,6 +201,48 @@ def scenario_run(
     typer.echo(f"{len(files) - failed} passed, {failed} failed")
     if failed:
         raise typer.Exit(1)
+
+
+def _live_gateway(
+    via: str,
+    db: str | None,
+    mllp: str | None,
+    http_url: str | None,
+    admin_token: str | None,
+    sender: str | None,
+) -> LiveGateway | None:
+    """The running gateway of `--via mllp --mllp HOST:PORT --db URL`, or None (exit 2 when the
+    options do not fit together)."""
+    from gateway.scenario_live import (
+        SENDER,
+        LiveGateway,
+        LiveRunError,
+        parse_sender,
+        schema_problem,
+    )
+
+    def refuse(problem: str) -> NoReturn:
+        typer.echo(f"scenario run: {problem}", err=True)
+        raise typer.Exit(2)
+
+    if mllp is None:
+        if http_url or sender:
+            refuse("--gateway and --sender are for a running gateway: give --mllp HOST:PORT")
+        return None
+    if via != "mllp":
+        refuse("--mllp needs --via mllp")
+    if db is None:
+        refuse("--mllp needs --db, the running gateway's database")
+    problem = schema_problem(db)
+    if problem:
+        refuse(problem)
+    try:
+        identity = parse_sender(sender) if sender else SENDER
+        return LiveGateway.parse(
+            mllp, db, http_url=http_url, admin_token=admin_token, sender=identity
+        )
+    except LiveRunError as exc:
+        refuse(str(exc))
 
 
 @app.command("serve")

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
@@ -20,6 +20,9 @@ from gateway.writer import Writer
 from rems_core.model import Identifier
 from rems_core.rulepack import OutOfScope, PackLibrary, RulePackError
 from rems_core.store.db import make_engine, upgrade
+
+if TYPE_CHECKING:
+    from gateway.scenario_live import LiveGateway
 
 SOURCE = Source("scenario", "scenario-runner")
 
@@ -311,10 +314,15 @@ _TERMINATE = text(
 
 
 async def run_file(
-    path: Path, db_url: str, packs: PackLibrary, via: str = "inprocess"
+    path: Path,
+    db_url: str,
+    packs: PackLibrary,
+    via: str = "inprocess",
+    live: LiveGateway | None = None,
 ) -> FileReport:
     """Run one file: ``via`` inprocess (the application service) or mllp (a real listener on a
-    loopback port, in this process, on the same database)."""
+    loopback port, in this process, on the same database; or, with ``live``, a running gateway
+    whose database is ``db_url``)."""
     report = FileReport(path)
     try:
         scenario = load(path)
@@ -334,12 +342,7 @@ async def run_file(
     writer = Writer(engine)
     writer.start()
     service = RemsService(writer, packs, ServiceConfig(rules=scenario.rules, tz=scenario.tz))
-    if via == "mllp":
-        from gateway.scenario_mllp import MllpChannel
-
-        channel: InProcessChannel = MllpChannel(service, scenario)
-    else:
-        channel = InProcessChannel(service, scenario)
+    channel = _channel(via, service, scenario, live)
     try:
         await channel.open()
         await channel.load_registry()
@@ -353,6 +356,8 @@ async def run_file(
                 report.steps.append(StepReport(step, {}, [f"cannot run: {exc}"]))
                 continue
             report.steps.append(StepReport(step, actual, compare(step.expect, actual)))
+    except ScenarioError as exc:
+        report.error = str(exc)
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -360,6 +365,20 @@ async def run_file(
         writer.stop()
         engine.dispose()
     return report
+
+
+def _channel(
+    via: str, service: RemsService, scenario: Scenario, live: LiveGateway | None
+) -> InProcessChannel:
+    if live is not None:
+        from gateway.scenario_live import LiveMllpChannel
+
+        return LiveMllpChannel(service, scenario, live)
+    if via == "mllp":
+        from gateway.scenario_mllp import MllpChannel
+
+        return MllpChannel(service, scenario)
+    return InProcessChannel(service, scenario)
 
 
 def _name_of(path: Path) -> str:

@@ -1,9 +1,12 @@
-"""Scenario steps through a real MLLP listener on a loopback port (contracts.md §2, `--via mllp`).
+"""Scenario steps as HL7 v2 over MLLP (contracts.md §2, `--via mllp`).
 
 `lab` steps become ORU^R01 messages and `hl7` steps are sent as they are; the runner reads
 `warnings` from the ACK's ERR segments and `anc`/`category` from what the gateway stored. Steps
 that MLLP does not carry (dispense, psf, sign, advance_to) go through the application service on
 the same database, as contracts.md §2 says.
+
+``MllpChannel`` runs its own listener on a loopback port, in this process;
+``gateway.scenario_live.LiveMllpChannel`` sends to a separately running gateway.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from mappings.hl7v2.tokenizer import HL7ParseError, parse
 from rems_core.model import Identifier, LabResult, ResultStatus
 
 SENDER = ("SCENARIO", "RUNNER")
+UNKNOWN_SYSTEM = "urn:rems-gateway:scenario-unknown"
 STATUS = {
     ResultStatus.FINAL: "F",
     ResultStatus.CORRECTED: "C",
@@ -37,71 +41,47 @@ def hl7_ts(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
 
 
-class MllpChannel(InProcessChannel):
-    def __init__(self, service: RemsService, scenario: Scenario) -> None:
+class Hl7Channel(InProcessChannel):
+    """Lab and hl7 steps as HL7 v2 messages over MLLP; how they travel is the subclass's."""
+
+    control_prefix = "SCN"
+
+    def __init__(self, service: RemsService, scenario: Scenario, sender: SenderConfig) -> None:
         super().__init__(service, scenario)
-        systems = sorted(
-            {i.system for ids in scenario.handles.values() for i in ids}
-            | {"urn:rems-gateway:scenario-unknown"}
-        )
-        self.namespaces = {system: f"NS{n}" for n, system in enumerate(systems)}
-        sender = SenderConfig(
-            application=SENDER[0],
-            facility=SENDER[1],
-            assigning_authorities={ns: system for system, ns in self.namespaces.items()},
-        )
         self.sender = sender
-        directory = SenderDirectory(accept_unknown=True, senders=[sender])
-        self.listener = Hl7Listener(service, directory, MllpSettings(port=0), clock="message")
         self.control_ids = count(1)
 
-    async def open(self) -> None:
-        await self.listener.start()
-
-    async def close(self) -> None:
-        await self.listener.stop()
-
     async def _exchange(self, message: str) -> str:
-        (ack,) = await send("127.0.0.1", self.listener.server.port, [message.encode("utf-8")])
-        return ack.decode("utf-8")
+        raise NotImplementedError
+
+    def outgoing(self, message: str) -> str:
+        """A raw hl7 step's text as it is sent (live runs rewrite identifiers)."""
+        return message
+
+    def _namespace(self, system: str) -> str:
+        """PID-3 CX-4.1 for a system that is not an OID: the sender's map read backwards."""
+        for namespace, mapped in self.sender.assigning_authorities.items():
+            if mapped == system:
+                return namespace
+        return "NS-UNKNOWN"
 
     def _cx(self, identifier: Identifier) -> str:
         value = escape(identifier.value)
         if identifier.system.startswith("urn:oid:"):
             return f"{value}^^^&{identifier.system.removeprefix('urn:oid:')}&ISO"
-        return f"{value}^^^{self.namespaces.get(identifier.system, 'NS-UNKNOWN')}"
+        return f"{value}^^^{escape(self._namespace(identifier.system))}"
 
     def oru(self, step: Step, results: list[LabResult]) -> str:
         pid3 = "~".join(self._cx(i) for i in self.identifiers(step.patient))
-        control = f"SCN{next(self.control_ids):06d}"
+        control = f"{self.control_prefix}{next(self.control_ids):04d}"
+        application, facility = escape(self.sender.application), escape(self.sender.facility)
         segments = [
-            f"MSH|^~\\&|{SENDER[0]}|{SENDER[1]}|REMS|REMS|{hl7_ts(step.at)}||ORU^R01^ORU_R01|"
+            f"MSH|^~\\&|{application}|{facility}|REMS|REMS|{hl7_ts(step.at)}||ORU^R01^ORU_R01|"
             f"{control}|P|2.5.1||||||UNICODE UTF-8",
             f"PID|1||{pid3}",
             f"OBR|1||{escape(results[0].specimen or '')}|CBC",
         ]
-        for n, result in enumerate(results, start=1):
-            segments.append(
-                "|".join(
-                    [
-                        "OBX",
-                        str(n),
-                        "NM",
-                        f"{escape(result.code)}^^LN",
-                        "",
-                        escape(result.value),
-                        escape(result.unit),
-                        "",
-                        "",
-                        "",
-                        "",
-                        STATUS[result.status],
-                        "",
-                        "",
-                        hl7_ts(result.drawn),
-                    ]
-                )
-            )
+        segments += [obx(n, result) for n, result in enumerate(results, start=1)]
         return "\r".join(segments) + "\r"
 
     async def _labs(self, step: Step) -> dict[str, Any]:
@@ -117,7 +97,7 @@ class MllpChannel(InProcessChannel):
         }
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
-        text = str(step.body).replace("\r\n", "\r").replace("\n", "\r")
+        text = self.outgoing(str(step.body).replace("\r\n", "\r").replace("\n", "\r"))
         ack = await self._exchange(text)
         stored = await self._stored(step, self._patient_of(text))
         first = stored[0] if stored else None
@@ -145,6 +125,40 @@ class MllpChannel(InProcessChannel):
             return [a for a in store.anc_results(patient.rems_id) if a.received == step.at]
 
         return await self.service.writer.run(read)
+
+
+class MllpChannel(Hl7Channel):
+    """A real MLLP listener on a loopback port in this process, on the runner's database."""
+
+    def __init__(self, service: RemsService, scenario: Scenario) -> None:
+        systems = sorted(
+            {i.system for ids in scenario.handles.values() for i in ids} | {UNKNOWN_SYSTEM}
+        )
+        namespaces = {system: f"NS{n}" for n, system in enumerate(systems)}
+        sender = SenderConfig(
+            application=SENDER[0],
+            facility=SENDER[1],
+            assigning_authorities={ns: system for system, ns in namespaces.items()},
+        )
+        super().__init__(service, scenario, sender)
+        directory = SenderDirectory(accept_unknown=True, senders=[sender])
+        self.listener = Hl7Listener(service, directory, MllpSettings(port=0), clock="message")
+
+    async def open(self) -> None:
+        await self.listener.start()
+
+    async def close(self) -> None:
+        await self.listener.stop()
+
+    async def _exchange(self, message: str) -> str:
+        (ack,) = await send("127.0.0.1", self.listener.server.port, [message.encode("utf-8")])
+        return ack.decode("utf-8")
+
+
+def obx(n: int, result: LabResult) -> str:
+    fields = ["OBX", str(n), "NM", f"{escape(result.code)}^^LN", "", escape(result.value)]
+    fields += [escape(result.unit), "", "", "", "", STATUS[result.status], "", ""]
+    return "|".join([*fields, hl7_ts(result.drawn)])
 
 
 def ack_fields(ack: str) -> dict[str, Any]:

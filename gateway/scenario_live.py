@@ -1,0 +1,351 @@
+"""Scenario files against a separately running gateway (contracts.md §1, `--via mllp --mllp`).
+
+The gateway runs `rems-gateway serve --clock message` on its own database; the runner is given
+its MLLP address and the same database (`--db`), and optionally its HTTP base (`--gateway`) for
+the admin operations. Per run of a file:
+
+- every patient's identifier values and handle get a tag (``-<file hash><run nonce>``), so files,
+  and one file run twice, never meet in the shared database; dispense request ids get it too;
+- prescribers and pharmacies are shared: the file must agree with what the database holds
+  (checked before anything is loaded), then loading them again changes nothing;
+- lab steps go as ORU^R01 from the runner's sender identity, with CX-4 ``&<oid>&ISO`` for
+  ``urn:oid:`` systems (other systems: CX-4.1 is the system text, which the gateway's senders
+  file must map); raw hl7 steps go as written, with the file's identifier values in PID-3 and
+  MSH-10 tagged;
+- dispense, psf and sign steps go through the application service on the database;
+  ``advance_to`` runs scheduled work for this file's patients only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import secrets
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import inspect, make_url
+
+from gateway.mllp_client import send
+from gateway.scenario_file import Scenario, ScenarioError, Step
+from gateway.scenario_mllp import SENDER, Hl7Channel
+from gateway.service import RemsService
+from mappings.hl7v2.senders import SenderConfig
+from mappings.hl7v2.tokenizer import HL7ParseError, escape, parse, unescape
+from rems_core.model import Identifier, Pharmacy, Prescriber
+from rems_core.registry import PharmacyEntry, PrescriberEntry, RegistryDocument
+from rems_core.store.db import make_engine
+from rems_core.store.repo import Store
+
+OID_PREFIX = "urn:oid:"
+
+
+class LiveRunError(ScenarioError):
+    """The file cannot run against this gateway (e.g. it disagrees about a shared prescriber)."""
+
+
+@dataclass(frozen=True)
+class LiveGateway:
+    """Where the running gateway is: MLLP, its database, and optionally its HTTP admin API."""
+
+    mllp_host: str
+    mllp_port: int
+    db_url: str
+    http_url: str | None = None
+    admin_token: str | None = None
+    sender: tuple[str, str] = SENDER  # MSH-3, MSH-4 of the runner's ORU messages
+
+    @classmethod
+    def parse(cls, mllp: str, db_url: str, **options: Any) -> LiveGateway:
+        host, _, port = mllp.rpartition(":")
+        if not port.isdigit():
+            raise LiveRunError(f"--mllp {mllp!r}: expected HOST:PORT")
+        return cls(host or "127.0.0.1", int(port), db_url, **options)
+
+
+def parse_sender(text: str) -> tuple[str, str]:
+    application, _, facility = text.partition("|")
+    if not application:
+        raise LiveRunError(f"--sender {text!r}: expected APP|FACILITY")
+    return application, facility
+
+
+def run_tag(path: Path) -> str:
+    """12 hex digits: 4 of the file (name and content), 8 of this run."""
+    digest = hashlib.sha256(path.name.encode() + b"\0" + path.read_bytes()).hexdigest()
+    return digest[:4] + secrets.token_hex(4)
+
+
+def schema_problem(db_url: str) -> str | None:
+    """Why ``db_url`` is not a gateway's database (None when it is)."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return f"{url.database}: no such database file: give --db of the running gateway"
+    engine = make_engine(db_url)
+    try:
+        if not inspect(engine).has_table("patient"):
+            return f"{db_url} has no gateway schema: give --db of the running gateway"
+    except Exception as exc:
+        return f"cannot open --db: {type(exc).__name__}: {exc}"
+    finally:
+        engine.dispose()
+    return None
+
+
+# --- tagging ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tagging:
+    """The file's patients, renamed for one run."""
+
+    tag: str
+    values: dict[str, str]  # original identifier value → tagged value
+
+    def suffix(self, text: str) -> str:
+        return f"{text}-{self.tag}"
+
+
+def tagged(scenario: Scenario, tag: str) -> tuple[Scenario, Tagging]:
+    """The scenario with tagged patient handles and identifier values (steps keep the file's
+    handles: the channel resolves them to the tagged identifiers)."""
+    tagging = Tagging(tag, {})
+    patients = []
+    for entry in scenario.registry.patients:
+        data = entry.model_dump()
+        for identifier in data["identifiers"]:
+            tagging.values[identifier["value"]] = tagging.suffix(identifier["value"])
+            identifier["value"] = tagging.values[identifier["value"]]
+        if entry.id is not None:
+            data["id"] = tagging.suffix(entry.id)
+        patients.append(data)
+    registry = RegistryDocument.model_validate(
+        {**scenario.registry.model_dump(), "patients": patients}
+    )
+    handles = {
+        handle: [Identifier(i.system, tagging.values[i.value]) for i in identifiers]
+        for handle, identifiers in scenario.handles.items()
+    }
+    return replace(scenario, registry=registry, handles=handles), tagging
+
+
+def retag_pid3(message: str, values: dict[str, str]) -> str:
+    """The message with PID-3 CX-1 values of the file replaced by their tagged values, each
+    segment rebuilt with the message's own delimiters."""
+    try:
+        encoding = parse(message).encoding
+    except HL7ParseError:
+        return message  # sent as it is: the gateway answers it
+    segments = message.split("\r")
+    for n, segment in enumerate(segments):
+        if not segment.startswith("PID" + encoding.field):
+            continue
+        fields = segment.split(encoding.field)
+        if len(fields) > 3:
+            fields[3] = encoding.repetition.join(
+                _retag_cx(cx, values, encoding) for cx in fields[3].split(encoding.repetition)
+            )
+        segments[n] = encoding.field.join(fields)
+    return "\r".join(segments)
+
+
+def _retag_cx(cx: str, values: dict[str, str], encoding: Any) -> str:
+    components = cx.split(encoding.component)
+    value = unescape(components[0], encoding)
+    if value in values:
+        components[0] = escape(values[value], encoding)
+    return encoding.component.join(components)
+
+
+def retag_control_id(message: str, tag: str) -> str:
+    """MSH-10 with the run's tag: a control id of a file is new in every run."""
+    lines = message.split("\r")
+    if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 4:
+        return message
+    fields = lines[0].split(lines[0][3])  # fields[n - 1] is MSH-n
+    if len(fields) > 9 and fields[9]:
+        fields[9] = f"{fields[9]}-{tag}"
+    lines[0] = lines[0][3].join(fields)
+    return "\r".join(lines)
+
+
+# --- shared prescribers and pharmacies ----------------------------------------------------------
+
+
+def shared_disagreements(store: Store, doc: RegistryDocument) -> list[str]:
+    """How the file's prescribers and pharmacies differ from those the database holds."""
+    prescribers = store.prescribers(p.npi for p in doc.prescribers)
+    pharmacies = store.pharmacies(p.npi for p in doc.pharmacies)
+    problems = []
+    for entry in doc.prescribers:
+        if entry.npi in prescribers:
+            problems += _differences(
+                f"prescriber {entry.npi}", _prescriber_fields(entry), prescribers[entry.npi]
+            )
+    for pharmacy in doc.pharmacies:
+        if pharmacy.npi in pharmacies:
+            problems += _differences(
+                f"pharmacy {pharmacy.npi}", _pharmacy_fields(pharmacy), pharmacies[pharmacy.npi]
+            )
+    return problems
+
+
+def _prescriber_fields(entry: PrescriberEntry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "certified": entry.certified,
+        "certified_on": entry.certified_on,
+        "dea": entry.dea,
+        "email": entry.email,
+        "designees": sorted((d.id, d.name) for d in entry.designees),
+    }
+
+
+def _pharmacy_fields(entry: PharmacyEntry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "ncpdp": entry.ncpdp,
+        "enrollments": sorted((e.setting.value, e.certified) for e in entry.enrollments),
+    }
+
+
+def _held(record: Prescriber | Pharmacy) -> dict[str, Any]:
+    held = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    if isinstance(record, Prescriber):
+        held["designees"] = sorted((d.id, d.name) for d in record.designees)
+    else:
+        held["enrollments"] = sorted((e.setting.value, e.certified) for e in record.enrollments)
+    return held
+
+
+def _differences(subject: str, wanted: dict[str, Any], record: Prescriber | Pharmacy) -> list[str]:
+    held = _held(record)
+    return [
+        f"{subject}: {key} is {value!r} in this file, {held[key]!r} in the database"
+        for key, value in wanted.items()
+        if held[key] != value
+    ]
+
+
+# --- the channel --------------------------------------------------------------------------
+
+
+class LiveMllpChannel(Hl7Channel):
+    """Lab and hl7 steps to a running gateway over MLLP; the rest through the service on its
+    database; the registry and scheduled work through its admin API when ``http_url`` is set."""
+
+    def __init__(self, service: RemsService, scenario: Scenario, gateway: LiveGateway) -> None:
+        live, tagging = tagged(scenario, run_tag(scenario.path))
+        sender = SenderConfig(
+            application=gateway.sender[0],
+            facility=gateway.sender[1],
+            assigning_authorities=_namespaces(live),
+        )
+        super().__init__(service, live, sender)
+        self.tagging = tagging
+        self.gateway = gateway
+        self.control_prefix = f"S{tagging.tag}"
+        self.http: httpx.AsyncClient | None = None
+
+    @property
+    def tag(self) -> str:
+        return self.tagging.tag
+
+    async def open(self) -> None:
+        await self._reach_mllp()
+        if self.gateway.http_url:
+            token = self.gateway.admin_token
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            self.http = httpx.AsyncClient(
+                base_url=self.gateway.http_url, headers=headers, timeout=30
+            )
+
+    async def _reach_mllp(self) -> None:
+        address = f"{self.gateway.mllp_host}:{self.gateway.mllp_port}"
+        try:
+            _, writer = await asyncio.open_connection(
+                self.gateway.mllp_host, self.gateway.mllp_port
+            )
+        except OSError as exc:
+            raise LiveRunError(f"no MLLP listener at {address}: {exc.strerror or exc}") from None
+        writer.close()
+        await writer.wait_closed()
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+
+    async def load_registry(self) -> None:
+        registry = self.scenario.registry
+        problems = await self.service.writer.run(lambda s: shared_disagreements(s, registry))
+        if problems:
+            raise LiveRunError(
+                "the file disagrees with the gateway's registry about shared records: "
+                + "; ".join(problems)
+            )
+        loaded = await (self._post_registry() if self.http else self._load_through_service())
+        self.patient_ids = {
+            handle: loaded[self.tagging.suffix(handle)] for handle in self.scenario.handles
+        }
+        await self._check_same_database()
+
+    async def _load_through_service(self) -> dict[str, str]:
+        from gateway.scenario import SOURCE
+
+        return await self.service.load_registry(self.scenario.registry, SOURCE)
+
+    async def _post_registry(self) -> dict[str, str]:
+        assert self.http is not None
+        body = self.scenario.registry.model_dump(mode="json")
+        response = await self.http.post("/admin/registry", json=body)
+        if response.status_code != 200:
+            raise LiveRunError(f"POST /admin/registry: {response.status_code} {response.text}")
+        return dict(response.json()["patient_ids"])
+
+    async def _check_same_database(self) -> None:
+        """The patients the gateway loaded must be in --db: else the two are not one database."""
+        if not self.http or not self.scenario.handles:
+            return
+        identifiers = next(iter(self.scenario.handles.values()))
+        found = await self.service.writer.run(lambda s: s.find_patient(identifiers))
+        if found is None:
+            raise LiveRunError("--db is not the database of the gateway at --gateway")
+
+    async def _exchange(self, message: str) -> str:
+        (ack,) = await send(
+            self.gateway.mllp_host, self.gateway.mllp_port, [message.encode("utf-8")]
+        )
+        return ack.decode("utf-8")
+
+    def outgoing(self, message: str) -> str:
+        return retag_control_id(retag_pid3(message, self.tagging.values), self.tag)
+
+    async def _dispense(self, step: Step) -> dict[str, Any]:
+        request = step.request
+        if request.request_id:
+            request = replace(request, request_id=f"{request.request_id}-{self.tag}")
+        return await super()._dispense(replace(step, request=request))
+
+    async def _advance_to(self, step: Step) -> dict[str, Any]:
+        if self.http is None:
+            return await super()._advance_to(step)
+        handles = [step.patient] if step.patient else list(self.scenario.handles)
+        ids = [self.patient_ids[h] for h in handles if h in self.patient_ids]
+        body = {"until": step.request.isoformat(), "patients": ids}
+        response = await self.http.post("/admin/scheduled-work", json=body)
+        if response.status_code != 200:
+            raise LiveRunError(
+                f"POST /admin/scheduled-work: {response.status_code} {response.text}"
+            )
+        found = response.json()["patients"]
+        return {"warnings": [f for findings in found.values() for f in findings]}
+
+
+def _namespaces(scenario: Scenario) -> dict[str, str]:
+    """CX-4.1 → system for the file's systems that are not OIDs: the namespace is the system's
+    own text, and the gateway's senders file must map it the same way."""
+    systems = {i.system for ids in scenario.handles.values() for i in ids}
+    return {s: s for s in sorted(systems) if not s.startswith(OID_PREFIX)}
