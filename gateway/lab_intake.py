@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import audit_log
 from gateway.values import LabOutcome, Source
@@ -18,8 +18,17 @@ from rems_core.anc import (
     with_repeat_advice,
 )
 from rems_core.codes import Code, finding
-from rems_core.model import AncResult, Identifier, LabResult, Patient, ReportedAnc, ResultStatus
-from rems_core.store.repo import Store, specimen_key
+from rems_core.model import (
+    AncCategory,
+    AncResult,
+    Identifier,
+    LabResult,
+    Patient,
+    ReportedAnc,
+    ResultStatus,
+)
+from rems_core.rulepack import RulePack
+from rems_core.store.repo import Store, observation_row, specimen_key
 
 if TYPE_CHECKING:
     from gateway.service import RemsService
@@ -37,8 +46,12 @@ def ingest(
     relevant = [r for r in results if is_anc_relevant(pack, r.code)]
     patient = store.find_patient(identifiers)
     if patient is None:
-        for result in relevant:
-            store.add_observation(None, result, received, source.channel, identifiers)
+        store.add_observations(
+            [
+                observation_row(None, r, received, source.channel, unmatched=identifiers)
+                for r in relevant
+            ]
+        )
         outcome = LabOutcome(None, (), (finding(Code.PATIENT_NOT_MATCHED),))
     else:
         stored = store_results(service, store, patient, relevant, source, received)
@@ -56,65 +69,139 @@ def store_results(
     received: datetime,
 ) -> list[AncResult]:
     pack = service.lab_pack()
+    file = PatientObservations.read(store, patient.rems_id, results)
+    rows = NewObservations(store, patient.rems_id, received, source.channel)
     touched: dict[str, list[LabResult]] = {}
     repeated: set[str] = set()
     late_preliminaries: list[AncResult] = []
     for result in results:
-        known = stored_as(service, store, patient, result)
+        known = file.stored_as(pack, result)
         if known is not None:
             repeated.add(known)
-        elif behind_a_final(store, patient, result):
-            store.add_observation(
-                patient.rems_id, result, received, source.channel, supersede=False
-            )
+        elif file.behind_a_final(result):
+            rows.add(result, current=False)
             late_preliminaries += specimen_ancs(pack, patient.designation, [result])
         else:
-            store.add_observation(patient.rems_id, result, received, source.channel)
-            touched.setdefault(specimen_key(result), []).append(result)
-    earlier = store.anc_results(patient.rems_id)
-    reported = [a for a in earlier if specimen_key(a) in repeated - touched.keys()]
+            key = specimen_key(result)
+            if file.replace(key, result):
+                rows.supersede(key, result.code)
+            rows.add(result)
+            touched.setdefault(key, []).append(result)
+    rows.write()
+    reported = store.specimen_ancs(patient.rems_id, repeated - touched.keys()) if repeated else []
     reported += late_preliminaries
+    derived = {key: specimen_ancs(pack, patient.designation, file.of(key)) for key in touched}
+    earlier = _earlier_ancs(store, patient, pack, [a for ancs in derived.values() for a in ancs])
     for key, arrived in touched.items():
-        current = store.current_observations(patient.rems_id, key)
         ancs = [
             replace(
-                with_repeat_advice(pack, a, earlier),
+                with_repeat_advice(pack, a, earlier.get(a.drawn, [])),
                 result_id=service.ids.new_id("anc"),
                 received=received,
             )
-            for a in specimen_ancs(pack, patient.designation, current)
+            for a in derived[key]
         ]
+        sources = {r.code: r for r in file.of(key)}
         store.replace_specimen_ancs(
-            patient.rems_id, key, ancs, {r.code: r for r in current}, received
+            patient.rems_id, key, ancs, sources, received, supersede=file.had(key)
         )
         withdrawn = [cancelled(r) for r in arrived if r.status == ResultStatus.CANCELLED]
         reported += ancs or withdrawn
     return reported
 
 
-def behind_a_final(store: Store, patient: Patient, result: LabResult) -> bool:
-    """A preliminary that arrives after the final (or corrected) result never replaces it."""
-    if result.status != ResultStatus.PRELIMINARY:
-        return False
-    current = store.current_observations(patient.rems_id, specimen_key(result))
-    return any(
-        r.code == result.code and r.status in (ResultStatus.FINAL, ResultStatus.CORRECTED)
-        for r in current
-    )
+def _earlier_ancs(
+    store: Store, patient: Patient, pack: RulePack, ancs: list[AncResult]
+) -> dict[datetime, list[AncResult]]:
+    """The newest usable ANC drawn before each low result (§2's repeat advice needs only that),
+    read before any of this message's ANCs is stored. Normal results need none."""
+    low = {a.drawn for a in ancs if a.usable and a.category not in (None, AncCategory.NORMAL)}
+    newest = {drawn: store.newest_usable_anc(patient.rems_id, drawn) for drawn in low}
+    return {drawn: [a] for drawn, a in newest.items() if a is not None}
 
 
-def stored_as(
-    service: RemsService, store: Store, patient: Patient, result: LabResult
-) -> str | None:
-    """The specimen key under which the same result is already stored (a re-send), if any."""
-    if result.status in (ResultStatus.CANCELLED, ResultStatus.PRELIMINARY):
+class PatientObservations:
+    """The patient's current observations that one message can replace or repeat, read once and
+    kept in step with what the message stores."""
+
+    def __init__(self, rows: list[tuple[str, LabResult]]) -> None:
+        self.by_specimen: dict[str, dict[str, LabResult]] = {}
+        for key, result in rows:
+            self.by_specimen.setdefault(key, {})[result.code] = result
+        self.before = set(self.by_specimen)
+
+    @classmethod
+    def read(cls, store: Store, patient_id: str, results: list[LabResult]) -> PatientObservations:
+        keys = {specimen_key(r) for r in results}
+        return cls(store.observations_touching(patient_id, keys, {r.drawn for r in results}))
+
+    def of(self, key: str) -> list[LabResult]:
+        return list(self.by_specimen.get(key, {}).values())
+
+    def had(self, key: str) -> bool:
+        """Whether the specimen had current observations before this message."""
+        return key in self.before
+
+    def replace(self, key: str, result: LabResult) -> bool:
+        """``result`` is now current for its specimen and code (a cancellation withdraws it);
+        whether it replaced a current one."""
+        specimen = self.by_specimen.setdefault(key, {})
+        replaced = specimen.pop(result.code, None) is not None
+        if result.status != ResultStatus.CANCELLED:
+            specimen[result.code] = result
+        return replaced
+
+    def stored_as(self, pack: RulePack, result: LabResult) -> str | None:
+        """The specimen key under which the same result is already stored (a re-send), if any."""
+        if result.status in (ResultStatus.CANCELLED, ResultStatus.PRELIMINARY):
+            return None
+        for key, specimen in self.by_specimen.items():
+            stored = specimen.get(result.code)
+            if (
+                stored is not None
+                and stored.drawn == result.drawn
+                and stored.status != ResultStatus.PRELIMINARY
+                and same_result(pack, stored, result)
+            ):
+                return key
         return None
-    for key, stored in store.current_observations_at(patient.rems_id, result.code, result.drawn):
-        if stored.status != ResultStatus.PRELIMINARY and same_result(
-            service.lab_pack(), stored, result
-        ):
-            return key
-    return None
+
+    def behind_a_final(self, result: LabResult) -> bool:
+        """A preliminary that arrives after the final (or corrected) result never replaces it."""
+        if result.status != ResultStatus.PRELIMINARY:
+            return False
+        stored = self.by_specimen.get(specimen_key(result), {}).get(result.code)
+        return stored is not None and stored.status in (
+            ResultStatus.FINAL,
+            ResultStatus.CORRECTED,
+        )
+
+
+class NewObservations:
+    """A message's observations, stored in one round trip; one replaced within the message is
+    simply stored as not current."""
+
+    def __init__(self, store: Store, patient_id: str, received: datetime, channel: str) -> None:
+        self.store, self.patient_id = store, patient_id
+        self.received, self.channel = received, channel
+        self.rows: list[dict[str, Any]] = []
+        self.pending: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(self, result: LabResult, current: bool = True) -> None:
+        row = observation_row(self.patient_id, result, self.received, self.channel, current)
+        self.rows.append(row)
+        if row["current"]:
+            self.pending[(row["specimen_key"], result.code)] = row
+
+    def supersede(self, key: str, code: str) -> None:
+        row = self.pending.pop((key, code), None)
+        if row is not None:
+            row["current"] = False
+        else:
+            self.store.supersede_observation(self.patient_id, key, code)
+
+    def write(self) -> None:
+        self.store.add_observations(self.rows)
 
 
 def store_reported_ancs(

@@ -9,8 +9,16 @@ from typing import Any, NoReturn
 import pytest
 from sqlalchemy import Engine, func, select
 
-from gateway.service import RegistryConflict, RemsService, RequestConflict, Source
+from gateway.service import (
+    RegistryConflict,
+    RemsService,
+    RequestConflict,
+    ServiceConfig,
+    Source,
+)
+from gateway.writer import Writer
 from rems_core.model import (
+    AncCategory,
     Decision,
     Designation,
     Identifier,
@@ -26,9 +34,10 @@ from rems_core.model import (
 )
 from rems_core.registry import PatientEntry, RegistryDocument
 from rems_core.store import tables
+from rems_core.store.db import make_engine
 from rems_core.store.repo import Store
 from tests.builders import PHARMACY, PRESCRIBER, at, dispense
-from tests.conftest import run
+from tests.conftest import PACKS, run
 
 SOURCE = Source("test", "pytest")
 MRN = [Identifier("urn:oid:2.16.840.1.113883.3.999.1", "MRN123")]
@@ -421,3 +430,57 @@ def test_an_entry_naming_two_known_patients_is_refused_whole(
             )
         )
     assert count(engine, tables.AuditRecord) == before
+
+
+def test_a_designation_changed_by_another_writer_is_read_anew(
+    service: RemsService, db_url: str
+) -> None:
+    """Writers keep registry reads between batches; a PSF's designation change made by another
+    writer (another process) bumps the registry version, so the first one reads the patient anew."""
+    run(service.load_registry(registry(), SOURCE))
+    first = run(service.ingest_labs(MRN, [lab("800")], SOURCE, at("2022-03-02T09:00")))
+    assert [r.category for r in first.results] == [AncCategory.MODERATE]
+    engine = make_engine(db_url)
+    other = Writer(engine)
+    other.start()
+    try:
+        ben = monthly_psf("2022-03-05", designation=Designation.BEN)
+        other_service = RemsService(other, PACKS, ServiceConfig(rules="clozapine-rems-2021"))
+        assert run(other_service.submit_psf(MRN, ben, SOURCE)).accepted
+    finally:
+        other.stop()
+        engine.dispose()
+    later = replace(lab("800", specimen="ACC-2"), drawn=at("2022-03-06T08:00"))
+    again = run(service.ingest_labs(MRN, [later], SOURCE, at("2022-03-06")))
+    assert [r.category for r in again.results] == [AncCategory.BEN_NEUTROPENIA]
+
+
+def test_a_message_stored_earlier_in_the_batch_is_found_by_its_control_id(
+    engine: Engine,
+) -> None:
+    """Message rows are written once per batch; a resend later in the same batch must still be
+    recognised (the dedup read looks at the batch's unwritten rows too)."""
+    row = {
+        "sender": "LAB|HOSP",
+        "control_id": "MSG1",
+        "content_hash": "h1",
+        "message_type": "ORU^R01",
+        "received": at("2022-03-02T09:00"),
+        "raw": b"MSH|...",
+        "ack": "MSA|AA|MSG1",
+        "disposition": "accepted",
+        "patient_id": None,
+        "purge_after": None,
+    }
+    with engine.connect() as conn, conn.begin():
+        store = Store(conn, defer=True)
+        store.lock_chain_head()
+        store.add_message(row)
+        assert store.message_by_control_id("LAB|HOSP", "MSG1") == ("h1", "MSA|AA|MSG1")
+        assert store.message_by_control_id("LAB|HOSP", "MSG2") is None
+        store.flush_chain_head()
+        assert count_in(conn, tables.Hl7MessageRow) == 1
+
+
+def count_in(conn: Any, table: type) -> int:
+    return conn.execute(select(func.count()).select_from(table)).scalar_one()

@@ -93,10 +93,12 @@ def patient_identifiers(pid: Segment, sender: SenderConfig) -> list[Identifier]:
 
 def observation_code(obx: Segment, sender: SenderConfig) -> str | None:
     """LOINC from OBX-3 or its alternate triplet, else the sender's local code map."""
-    for code, system in ((obx.get(3, 1), obx.get(3, 3)), (obx.get(3, 4), obx.get(3, 6))):
+    components = obx.field(3)[:1]
+    ce = [c[0] for c in components[0]] + [""] * 6 if components else [""] * 6  # CE/CWE, 1-based
+    for code, system in ((ce[0], ce[2]), (ce[3], ce[5])):
         if code and system in LOINC_SYSTEMS:
             return code
-    for code in (obx.get(3, 1), obx.get(3, 4)):
+    for code in (ce[0], ce[3]):
         if code in sender.local_codes:
             return sender.local_codes[code]
     return None

@@ -26,16 +26,29 @@ _insert_message = insert(message_t)
 
 class MessageRepo:
     conn: Connection
+    _deferred: dict[Any, list[dict[str, Any]]]
+
+    def _write(self, statement: Any, values: dict[str, Any]) -> None: ...
 
     def message_by_control_id(self, sender: str, control_id: str) -> tuple[str, str] | None:
-        """The content hash and ACK of the message first accepted with this control id."""
+        """The content hash and ACK of the message first accepted with this control id (in the
+        database, or stored earlier in this batch and not written yet)."""
         row = self.conn.execute(
             _first_by_control, {"sender": sender, "control_id": control_id}
         ).first()
-        return (row.content_hash, row.ack) if row else None
+        if row is not None:
+            return row.content_hash, row.ack
+        for values in self._deferred.get(_insert_message, ()):
+            if (values["sender"], values["control_id"]) == (sender, control_id) and values[
+                "disposition"
+            ] != "conflict":
+                return values["content_hash"], values["ack"]
+        return None
 
     def add_message(self, values: dict[str, Any]) -> None:
-        self.conn.execute(_insert_message, values)
+        """Nothing reads a message row back but ``message_by_control_id``: it goes with the
+        batch's other deferred rows."""
+        self._write(_insert_message, values)
 
     def purge_messages(self, now: datetime) -> int:
         """Drop kept bodies of messages whose retention ended."""

@@ -32,6 +32,8 @@ enrollment_t = t.PharmacyEnrollmentRow.__table__
 patient_t = t.PatientRow.__table__
 identifier_t = t.PatientIdentifierRow.__table__
 
+PATIENTS_KEPT = 100_000  # identifier lookups remembered between batches
+
 # Built once: building a statement costs more than running it.
 _patient_by_identifier = (
     select(patient_t, identifier_t.c.system, identifier_t.c.value)
@@ -97,6 +99,7 @@ def _named(subject: str, change: Change | None) -> list[tuple[str, Change]]:
 class RegistryCache:
     prescribers: dict[str, Prescriber | None]
     pharmacies: dict[str, Pharmacy | None]
+    patients: dict[Identifier, Patient | None]
 
 
 class RegistryRepo:
@@ -107,16 +110,20 @@ class RegistryRepo:
     registry_changed: bool
     _prescribers: dict[str, Prescriber | None]
     _pharmacies: dict[str, Pharmacy | None]
+    _patients: dict[Identifier, Patient | None]
 
     def forget_cached(self) -> None:
-        self._prescribers, self._pharmacies = {}, {}
+        self._prescribers, self._pharmacies, self._patients = {}, {}, {}
 
     def share_cache(self, cache: RegistryCache) -> None:
         """Use (and fill) reads that an earlier batch made at the same registry version."""
         self._prescribers, self._pharmacies = cache.prescribers, cache.pharmacies
+        self._patients = cache.patients
 
     def cache(self) -> RegistryCache:
-        return RegistryCache(self._prescribers, self._pharmacies)
+        if len(self._patients) > PATIENTS_KEPT:  # e.g. a feed full of unknown patients
+            self._patients = {}
+        return RegistryCache(self._prescribers, self._pharmacies, self._patients)
 
     def _upsert(self, table: Any, keys: dict[str, Any], values: dict[str, Any]) -> Change | None:
         """Insert or update one row; what changed (field names only), or None."""
@@ -214,17 +221,22 @@ class RegistryRepo:
 
     def find_patient(self, identifiers: Iterable[Identifier]) -> Patient | None:
         for ident in identifiers:
-            rows = self.conn.execute(
-                _patient_by_identifier, {"system": ident.system, "value": ident.value}
-            ).all()
-            if rows:
-                return _patient(rows)
+            if ident not in self._patients:
+                rows = self.conn.execute(
+                    _patient_by_identifier, {"system": ident.system, "value": ident.value}
+                ).all()
+                self._patients[ident] = _patient(rows)
+            if (patient := self._patients[ident]) is not None:
+                return patient
         return None
 
     def patient(self, patient_id: str) -> Patient | None:
         return _patient(self.conn.execute(_patient_by_id, {"patient_id": patient_id}).all())
 
     def set_designation(self, patient_id: str, designation: Designation) -> None:
+        """The designation is registry data: writers of other processes must read it anew."""
+        self.forget_cached()
+        self.registry_changed = True
         self.conn.execute(
             update(patient_t)
             .where(patient_t.c.id == patient_id)

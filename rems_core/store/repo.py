@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, union_all, update
 
 from rems_core.audit import AuditEntry, ChainHead, chained, columns
 from rems_core.model import (
@@ -59,20 +59,37 @@ _override_dates = select(override_t.c.at).where(override_t.c.patient_id == bindp
 _decision_by_request = select(decision_t.c.request_hash, decision_t.c.result).where(
     decision_t.c.request_id == bindparam("request_id")
 )
-_current_observations = (
-    select(observation_t)
-    .where(
-        observation_t.c.patient_id == bindparam("patient_id"),
-        observation_t.c.specimen_key == bindparam("key"),
-        observation_t.c.current.is_(True),
-    )
-    .order_by(observation_t.c.id)
+_observation_columns = [
+    observation_t.c[name]
+    for name in ("id", "specimen_key", "code", "value", "unit", "status", "drawn")
+]
+_current_observation = (observation_t.c.patient_id == bindparam("patient_id")) & (
+    observation_t.c.current.is_(True)
 )
-_current_observations_at = select(observation_t).where(
-    observation_t.c.patient_id == bindparam("patient_id"),
-    observation_t.c.code == bindparam("code"),
-    observation_t.c.drawn == bindparam("drawn"),
-    observation_t.c.current.is_(True),
+_observations_touching = union_all(  # two index lookups: SQLite would not use both for an OR
+    select(*_observation_columns).where(
+        _current_observation,
+        observation_t.c.specimen_key.in_(bindparam("keys", expanding=True)),
+    ),
+    select(*_observation_columns).where(
+        _current_observation, observation_t.c.drawn.in_(bindparam("drawns", expanding=True))
+    ),
+)
+_newest_usable_anc = (
+    select(anc_t)
+    .where(
+        anc_t.c.patient_id == bindparam("patient_id"),
+        anc_t.c.current.is_(True),
+        anc_t.c.usable.is_(True),
+        anc_t.c.drawn < bindparam("before"),
+    )
+    .order_by(anc_t.c.drawn.desc(), anc_t.c.received.desc())
+    .limit(1)
+)
+_specimen_ancs = select(anc_t).where(
+    anc_t.c.patient_id == bindparam("patient_id"),
+    anc_t.c.current.is_(True),
+    anc_t.c.specimen_key.in_(bindparam("keys", expanding=True)),
 )
 _chain_head = select(head_t.c.seq, head_t.c.hash).where(head_t.c.id == 1)
 _locked_chain_head = (
@@ -120,6 +137,74 @@ def _observation(row: Any) -> LabResult:
     )
 
 
+def observation_row(
+    patient_id: str | None,
+    result: LabResult,
+    received: datetime,
+    channel: str,
+    current: bool = True,
+    unmatched: list[Identifier] | None = None,
+) -> dict[str, Any]:
+    """A reported observation as stored: the original value and unit, never rewritten. A
+    cancelled result is kept for the record but is never current."""
+    return {
+        "patient_id": patient_id,
+        "unmatched_identifiers": [{"system": i.system, "value": i.value} for i in unmatched]
+        if unmatched
+        else None,
+        "specimen_key": specimen_key(result),
+        "code": result.code,
+        "value": result.value,
+        "unit": result.unit,
+        "status": result.status.value,
+        "drawn": result.drawn,
+        "received": received,
+        "current": current and result.status != ResultStatus.CANCELLED,
+        "channel": channel,
+    }
+
+
+def _anc(r: Any) -> AncResult:
+    return AncResult(
+        anc=r.anc,
+        drawn=r.drawn,
+        category=AncCategory(r.category) if r.category else None,
+        usable=r.usable,
+        derived=r.derived,
+        specimen=None if r.specimen_key.startswith("drawn:") else r.specimen_key,
+        code=r.code,
+        status=ResultStatus(r.status),
+        warnings=_findings(r.warnings or []),
+        advice=r.advice,
+        result_id=r.id,
+        received=r.received,
+    )
+
+
+def _anc_row(
+    patient_id: str, key: str, anc: AncResult, sources: dict[str, LabResult], received: datetime
+) -> dict[str, Any]:
+    source = sources.get(anc.code)
+    return {
+        "id": anc.result_id,
+        "patient_id": patient_id,
+        "specimen_key": key,
+        "code": anc.code,
+        "anc": anc.anc,
+        "original_value": source.value if source else "",
+        "original_unit": source.unit if source else "",
+        "category": anc.category.value if anc.category else None,
+        "usable": anc.usable,
+        "derived": anc.derived,
+        "status": anc.status.value,
+        "warnings": [w.as_dict() for w in anc.warnings],
+        "advice": anc.advice,
+        "drawn": anc.drawn,
+        "received": received,
+        "current": True,
+    }
+
+
 def specimen_key(result: LabResult | AncResult) -> str:
     """Results of one specimen share it; without an accession id, the draw time stands in."""
     return result.specimen or f"drawn:{result.drawn.isoformat()}"
@@ -159,56 +244,28 @@ class Store(RegistryRepo, MessageRepo):
 
     # --- lab results -----------------------------------------------------------------------
 
-    def add_observation(
-        self,
-        patient_id: str | None,
-        result: LabResult,
-        received: datetime,
-        channel: str,
-        unmatched: list[Identifier] | None = None,
-        supersede: bool = True,
-    ) -> None:
-        """Store a reported observation; it replaces the current one of its specimen and code,
-        unless ``supersede`` is false (it is then kept for the record only)."""
-        key = specimen_key(result)
-        if patient_id is not None and supersede:
-            self.conn.execute(
-                _supersede_observation,
-                {"of_patient": patient_id, "of_key": key, "of_code": result.code},
-            )
-        self.conn.execute(
-            _insert_observation,
-            dict(
-                patient_id=patient_id,
-                unmatched_identifiers=[{"system": i.system, "value": i.value} for i in unmatched]
-                if unmatched
-                else None,
-                specimen_key=key,
-                code=result.code,
-                value=result.value,
-                unit=result.unit,
-                status=result.status.value,
-                drawn=result.drawn,
-                received=received,
-                current=supersede and result.status != ResultStatus.CANCELLED,
-                channel=channel,
-            ),
-        )
-
-    def current_observations(self, patient_id: str, key: str) -> list[LabResult]:
-        rows = self.conn.execute(
-            _current_observations, {"patient_id": patient_id, "key": key}
-        ).all()
-        return [_observation(r) for r in rows]
-
-    def current_observations_at(
-        self, patient_id: str, code: str, drawn: datetime
+    def observations_touching(
+        self, patient_id: str, keys: Iterable[str], drawn: Iterable[datetime]
     ) -> list[tuple[str, LabResult]]:
-        """Current observations of one analyte drawn at one time, with their specimen keys."""
+        """Current observations of these specimens, or drawn at these times, with their specimen
+        keys, oldest first: everything a message of results can replace or repeat."""
         rows = self.conn.execute(
-            _current_observations_at, {"patient_id": patient_id, "code": code, "drawn": drawn}
+            _observations_touching,
+            {"patient_id": patient_id, "keys": list(keys), "drawns": list(drawn)},
         ).all()
-        return [(r.specimen_key, _observation(r)) for r in rows]
+        unique = {r.id: r for r in rows}  # a row may match both ways
+        return [(r.specimen_key, _observation(r)) for _, r in sorted(unique.items())]
+
+    def add_observations(self, rows: list[dict[str, Any]]) -> None:
+        """Store reported observations (see ``observation_row``), in one round trip."""
+        if rows:
+            self.conn.execute(_insert_observation, rows)
+
+    def supersede_observation(self, patient_id: str, key: str, code: str) -> None:
+        """The current observation of a specimen and code is replaced (corrected, cancelled)."""
+        self.conn.execute(
+            _supersede_observation, {"of_patient": patient_id, "of_key": key, "of_code": code}
+        )
 
     def replace_specimen_ancs(
         self,
@@ -217,51 +274,31 @@ class Store(RegistryRepo, MessageRepo):
         ancs: list[AncResult],
         sources: dict[str, LabResult],
         received: datetime,
+        supersede: bool = True,
     ) -> None:
-        self.conn.execute(_supersede_ancs, {"of_patient": patient_id, "of_key": key})
-        for anc in ancs:
-            source = sources.get(anc.code)
+        """The specimen's ANCs are now ``ancs``. ``supersede`` may be false only when the specimen
+        had no current observation before, as it then has no current ANC either."""
+        if supersede:
+            self.conn.execute(_supersede_ancs, {"of_patient": patient_id, "of_key": key})
+        if ancs:
             self.conn.execute(
-                _insert_anc,
-                dict(
-                    id=anc.result_id,
-                    patient_id=patient_id,
-                    specimen_key=key,
-                    code=anc.code,
-                    anc=anc.anc,
-                    original_value=source.value if source else "",
-                    original_unit=source.unit if source else "",
-                    category=anc.category.value if anc.category else None,
-                    usable=anc.usable,
-                    derived=anc.derived,
-                    status=anc.status.value,
-                    warnings=[w.as_dict() for w in anc.warnings],
-                    advice=anc.advice,
-                    drawn=anc.drawn,
-                    received=received,
-                    current=True,
-                ),
+                _insert_anc, [_anc_row(patient_id, key, a, sources, received) for a in ancs]
             )
 
     def anc_results(self, patient_id: str) -> list[AncResult]:
-        rows = self.conn.execute(_current_ancs, {"patient_id": patient_id}).all()
-        return [
-            AncResult(
-                anc=r.anc,
-                drawn=r.drawn,
-                category=AncCategory(r.category) if r.category else None,
-                usable=r.usable,
-                derived=r.derived,
-                specimen=None if r.specimen_key.startswith("drawn:") else r.specimen_key,
-                code=r.code,
-                status=ResultStatus(r.status),
-                warnings=_findings(r.warnings or []),
-                advice=r.advice,
-                result_id=r.id,
-                received=r.received,
-            )
-            for r in rows
-        ]
+        """Every current ANC of the patient (the engine's view)."""
+        return [_anc(r) for r in self.conn.execute(_current_ancs, {"patient_id": patient_id})]
+
+    def newest_usable_anc(self, patient_id: str, before: datetime) -> AncResult | None:
+        row = self.conn.execute(
+            _newest_usable_anc, {"patient_id": patient_id, "before": before}
+        ).first()
+        return _anc(row) if row is not None else None
+
+    def specimen_ancs(self, patient_id: str, keys: Iterable[str]) -> list[AncResult]:
+        """The current ANCs of these specimens."""
+        rows = self.conn.execute(_specimen_ancs, {"patient_id": patient_id, "keys": list(keys)})
+        return [_anc(r) for r in rows]
 
     # --- PSFs ---------------------------------------------------------------------------------
 

@@ -108,7 +108,10 @@ class ObservationRow(SQLModel, table=True):
     """A reported observation as received: original value and unit, never rewritten."""
 
     __tablename__ = "observation"
-    __table_args__ = (Index("ix_observation_specimen", "patient_id", "specimen_key", "code"),)
+    __table_args__ = (
+        Index("ix_observation_specimen", "patient_id", "specimen_key", "code"),
+        Index("ix_observation_drawn", "patient_id", "drawn"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     patient_id: str | None = Field(default=None, foreign_key="patient.id")
     unmatched_identifiers: list[dict[str, str]] | None = Field(
@@ -129,7 +132,10 @@ class AncResultRow(SQLModel, table=True):
     """An ANC per µL (direct or derived) that a specimen yields; replaced when it is re-derived."""
 
     __tablename__ = "anc_result"
-    __table_args__ = (Index("ix_anc_result_patient", "patient_id", "current"),)
+    __table_args__ = (
+        Index("ix_anc_result_patient", "patient_id", "current", "drawn"),
+        Index("ix_anc_result_specimen", "patient_id", "specimen_key"),
+    )
     id: str = Field(primary_key=True)
     patient_id: str = Field(foreign_key="patient.id")
     specimen_key: str
