@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, insert, select
 
 from rems_core.store import tables as t
+from rems_core.store.prepared import PreparedInsert
 
 message_t = t.Hl7MessageRow.__table__
 
@@ -21,14 +22,14 @@ _first_by_control = (
     .order_by(message_t.c.id)
     .limit(1)
 )
-_insert_message = insert(message_t)
+_insert_message = PreparedInsert(insert(message_t))
 
 
 class MessageRepo:
     conn: Connection
-    _deferred: dict[Any, list[dict[str, Any]]]
+    _deferred: dict[PreparedInsert, list[dict[str, Any]]]
 
-    def _write(self, statement: Any, values: dict[str, Any]) -> None: ...
+    def _write(self, statement: PreparedInsert, values: dict[str, Any]) -> None: ...
 
     def message_by_control_id(self, sender: str, control_id: str) -> tuple[str, str] | None:
         """The content hash and ACK of the message first accepted with this control id (in the

@@ -28,6 +28,7 @@ from rems_core.model import (
 )
 from rems_core.store import tables as t
 from rems_core.store.message_repo import MessageRepo
+from rems_core.store.prepared import PreparedInsert
 from rems_core.store.registry_repo import RegistryRepo
 
 FORM = TypeAdapter(PatientStatusForm)
@@ -97,7 +98,7 @@ _locked_chain_head = (
     .where(head_t.c.id == 1)
     .with_for_update()
 )
-_insert_audit = insert(audit_t)
+_insert_audit = PreparedInsert(insert(audit_t))
 _move_head = update(head_t).where(head_t.c.id == 1)
 _move_head_and_registry = (
     update(head_t).where(head_t.c.id == 1).values(registry_version=head_t.c.registry_version + 1)
@@ -112,7 +113,7 @@ _supersede_observation = (
     )
     .values(current=False)
 )
-_insert_observation = insert(observation_t)
+_insert_observation = PreparedInsert(insert(observation_t))
 _supersede_ancs = (
     update(anc_t)
     .where(
@@ -120,9 +121,9 @@ _supersede_ancs = (
     )
     .values(current=False)
 )
-_insert_anc = insert(anc_t)
+_insert_anc = PreparedInsert(insert(anc_t))
 _insert_decision = insert(decision_t)
-_insert_rda = insert(rda_t)
+_insert_rda = PreparedInsert(insert(rda_t))
 _insert_override = insert(override_t)
 
 
@@ -240,7 +241,7 @@ class Store(RegistryRepo, MessageRepo):
         self._flushed: ChainHead | None = None
         self.registry_version = -1
         self.registry_changed = False
-        self._deferred: dict[Any, list[dict[str, Any]]] = {}
+        self._deferred: dict[PreparedInsert, list[dict[str, Any]]] = {}
 
     # --- lab results -----------------------------------------------------------------------
 
@@ -258,8 +259,7 @@ class Store(RegistryRepo, MessageRepo):
 
     def add_observations(self, rows: list[dict[str, Any]]) -> None:
         """Store reported observations (see ``observation_row``), in one round trip."""
-        if rows:
-            self.conn.execute(_insert_observation, rows)
+        _insert_observation.run(self.conn, rows)
 
     def supersede_observation(self, patient_id: str, key: str, code: str) -> None:
         """The current observation of a specimen and code is replaced (corrected, cancelled)."""
@@ -280,10 +280,7 @@ class Store(RegistryRepo, MessageRepo):
         had no current observation before, as it then has no current ANC either."""
         if supersede:
             self.conn.execute(_supersede_ancs, {"of_patient": patient_id, "of_key": key})
-        if ancs:
-            self.conn.execute(
-                _insert_anc, [_anc_row(patient_id, key, a, sources, received) for a in ancs]
-            )
+        _insert_anc.run(self.conn, [_anc_row(patient_id, key, a, sources, received) for a in ancs])
 
     def anc_results(self, patient_id: str) -> list[AncResult]:
         """Every current ANC of the patient (the engine's view)."""
@@ -378,11 +375,11 @@ class Store(RegistryRepo, MessageRepo):
     def add_rda(self, values: dict[str, Any]) -> None:
         self._write(_insert_rda, values)
 
-    def _write(self, statement: Any, values: dict[str, Any]) -> None:
-        """Rows nothing reads again within the batch (RDAs, audit records) are sent together
-        at its end, one round trip per table; outside a batch, at once."""
+    def _write(self, statement: PreparedInsert, values: dict[str, Any]) -> None:
+        """Rows nothing reads again within the batch (RDAs, audit records, HL7 messages) are
+        sent together at its end, one round trip per table; outside a batch, at once."""
         if self.head is None or not self.defer:
-            self.conn.execute(statement, values)
+            statement.run(self.conn, [values])
         else:
             self._deferred.setdefault(statement, []).append(values)
 
@@ -419,7 +416,7 @@ class Store(RegistryRepo, MessageRepo):
         """Write the deferred rows and the moved head; a registry change also bumps the registry
         version."""
         for statement, rows in self._deferred.items():
-            self.conn.execute(statement, rows)
+            statement.run(self.conn, rows)
         self._deferred.clear()
         if self.registry_changed:
             statement = _move_head_and_registry

@@ -1,0 +1,61 @@
+"""PreparedInsert stores exactly what a Core INSERT stores (times, JSON, booleans), on both
+databases, and a driver error still arrives as SQLAlchemy's DBAPIError."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import DBAPIError
+
+from rems_core.model import Identifier, LabResult, ResultStatus
+from rems_core.store import tables
+from rems_core.store.prepared import PreparedInsert
+from rems_core.store.repo import observation_row
+
+observation_t = tables.ObservationRow.__table__
+MOMENT = datetime(2022, 3, 2, 8, 0, 0, 123456, tzinfo=UTC)
+
+
+def rows() -> list[dict]:
+    result = LabResult("751-8", "0.8", "10*3/uL", MOMENT, ResultStatus.FINAL, "ACC-1")
+    unmatched = [Identifier("urn:oid:1.2.3", "MRN9")]
+    return [
+        observation_row(None, result, MOMENT + timedelta(hours=1), "mllp", unmatched=unmatched),
+        observation_row(None, result, MOMENT, "fhir", current=False),
+    ]
+
+
+def stored(engine: Engine) -> list[tuple]:
+    with engine.connect() as conn:
+        found = conn.execute(select(observation_t).order_by(observation_t.c.id)).all()
+    return [tuple(r)[1:] for r in found]  # without the generated id
+
+
+def test_prepared_rows_read_back_like_core_rows(engine: Engine) -> None:
+    prepared = PreparedInsert(insert(observation_t))
+    with engine.begin() as conn:
+        prepared.run(conn, rows())  # several rows: one executemany
+        prepared.run(conn, rows()[:1])  # one row
+        conn.execute(insert(observation_t), rows())
+        conn.execute(insert(observation_t), rows()[:1])
+    back = stored(engine)
+    assert back[:3] == back[3:]
+    assert back[0][1] == [{"system": "urn:oid:1.2.3", "value": "MRN9"}]
+    assert back[0][7] == MOMENT and back[0][7].tzinfo is not None
+    assert [r[9] for r in back[:3]] == [True, False, True]
+
+
+def test_rows_of_different_shapes_go_one_by_one(engine: Engine) -> None:
+    first, second = rows()
+    del second["unmatched_identifiers"]
+    with engine.begin() as conn:
+        PreparedInsert(insert(observation_t)).run(conn, [first, second])
+    assert [r[1] for r in stored(engine)] == [[{"system": "urn:oid:1.2.3", "value": "MRN9"}], None]
+
+
+def test_a_driver_error_is_a_dbapi_error(engine: Engine) -> None:
+    bad = rows()[0] | {"patient_id": "no-such-patient"}  # foreign key
+    with pytest.raises(DBAPIError), engine.begin() as conn:
+        PreparedInsert(insert(observation_t)).run(conn, [bad])
