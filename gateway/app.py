@@ -1,4 +1,4 @@
-"""The HTTP side of the gateway: health, readiness, metrics, admin (FHIR and CDS Hooks come later).
+"""The HTTP side of the gateway: health, readiness, metrics, admin, FHIR (CDS Hooks come later).
 
 Routes only translate: they call the application service and shape its answer.
 """
@@ -19,15 +19,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.admin import router as admin_router
 from gateway.config import Settings
 from gateway.errors import ApiError, error_response
+from gateway.fhir.auth import Authenticator, DevelopmentAuth
+from gateway.fhir.http import FhirError
+from gateway.fhir.http import error_response as fhir_error_response
+from gateway.fhir.router import fhir_router
+from gateway.fhir.smart import SmartBackendAuth
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from gateway.mllp import MllpSettings
 from gateway.mllp_listener import Hl7Listener
 from gateway.scheduler import start_scheduler
 from gateway.service import RemsService
 from gateway.writer import Writer, WriterStopped
+from mappings.fhir.outcome import Issue
 from mappings.hl7v2.senders import SenderDirectory
 
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+FHIR_HTTP_ISSUES = {
+    404: "not-found",
+    405: "not-supported",
+    413: "too-long",
+    401: "login",
+    403: "forbidden",
+}
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,15 @@ def create_app(service: RemsService, settings: Settings, state: GatewayState) ->
     _add_error_handlers(app)
     _add_probes(app, state, metrics)
     app.include_router(admin_router)
+    app.state.fhir_auth = authenticator(settings)
+    app.include_router(fhir_router())
     return app
+
+
+def authenticator(settings: Settings) -> Authenticator:
+    if settings.auth == "development":
+        return DevelopmentAuth()
+    return SmartBackendAuth.from_settings(settings)
 
 
 def mllp_listener(service: RemsService, settings: Settings, metrics: GatewayMetrics) -> Hl7Listener:
@@ -126,26 +147,56 @@ def _add_probes(app: FastAPI, state: GatewayState, metrics: GatewayMetrics) -> N
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def _is_fhir(request: Request) -> bool:
+    return request.url.path == "/fhir" or request.url.path.startswith("/fhir/")
+
+
 def _add_error_handlers(app: FastAPI) -> None:
+    """Errors under /fhir are OperationOutcomes; elsewhere `{"error", "detail"}`."""
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(_: Request, exc: FhirError) -> Response:
+        return fhir_error_response(exc)
+
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> Response:
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        if _is_fhir(request):
+            return fhir_error_response(
+                FhirError(exc.status, "processing", exc.detail, headers=exc.headers)
+            )
         return error_response(exc.status, exc.code, exc.detail, exc.headers, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_fhir(request):
+            code = FHIR_HTTP_ISSUES.get(exc.status_code, "processing")
+            return fhir_error_response(
+                FhirError(exc.status_code, code, str(exc.detail), headers=exc.headers)
+            )
         code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def request_error(_: Request, exc: RequestValidationError) -> Response:
+    async def request_error(request: Request, exc: RequestValidationError) -> Response:
+        if _is_fhir(request):
+            issues = [
+                Issue("error", "invalid", e["msg"], (".".join(str(p) for p in e["loc"]),))
+                for e in exc.errors()
+            ]
+            return fhir_error_response(FhirError(400, "invalid", "", issues=issues))
         issues = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         return error_response(422, "invalid_request", "the request is not valid", issues=issues)
 
     @app.exception_handler(WriterStopped)
-    async def shutting_down(_: Request, exc: WriterStopped) -> Response:
+    async def shutting_down(request: Request, exc: WriterStopped) -> Response:
+        if _is_fhir(request):
+            return fhir_error_response(FhirError(503, "transient", str(exc)))
         return error_response(503, "shutting_down", str(exc))
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> Response:
+    async def internal_error(request: Request, exc: Exception) -> Response:
         # Logged by the server (type and place only, see logs.py); the text may hold PHI.
-        return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")
+        text = f"unexpected {type(exc).__name__}"
+        if _is_fhir(request):
+            return fhir_error_response(FhirError(500, "exception", text))
+        return error_response(500, "internal_error", text)

@@ -291,8 +291,19 @@ def serve_command(
         int | None,
         typer.Option(help="Run scheduled monitoring work every N minutes (default 15)"),
     ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            help="FHIR security: smart (SMART Backend Services, the default) or development "
+            "(INSECURE: everyone is a system client; loopback only)"
+        ),
+    ] = None,
+    smart_clients: Annotated[
+        Path | None,
+        typer.Option(help="SMART Backend Services clients file: ids, public keys, scopes"),
+    ] = None,
 ) -> None:
-    """Run the gateway: HTTP (health, readiness, metrics, admin) and the scheduler.
+    """Run the gateway: HTTP (FHIR, health, readiness, metrics, admin), MLLP and the scheduler.
 
     Flags > REMS_… > --config."""
     flags = {name: value for name, value in locals().items() if name != "config"}

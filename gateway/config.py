@@ -6,6 +6,7 @@ TOML, keys are the field names) > defaults. Every problem is one line that names
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -45,6 +46,13 @@ class ConfigFileSource(PydanticBaseSettingsSource):
         return dict(_config_values.get() or {})
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REMS_", extra="forbid", frozen=True)
 
@@ -64,6 +72,10 @@ class Settings(BaseSettings):
     schedule_every_minutes: int = Field(15, ge=1, le=24 * 60)
     senders: FilePath | None = None  # the HL7 senders file (mappings/hl7v2/senders.py)
     mllp_client_ca: FilePath | None = None  # mutual TLS on MLLP: client certificates' CA
+    # FHIR security: SMART Backend Services (clients from smart_clients), or the development
+    # mode that lets everyone in as a system client (loopback only, warned about at start-up).
+    auth: Literal["smart", "development"] = "smart"
+    smart_clients: FilePath | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -121,6 +133,11 @@ class Settings(BaseSettings):
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.auth == "development" and (self.production or not _loopback(self.host)):
+            raise ValueError(
+                "--auth development lets anyone in: it binds to loopback only (--host "
+                "127.0.0.1 or ::1) and is refused together with --production"
+            )
         self._check_rules()
         return self
 

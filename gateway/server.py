@@ -70,6 +70,11 @@ def startup_warnings(settings: Settings, packs: PackLibrary) -> list[str]:
             f"rule pack {settings.rules} enforces the Clozapine REMS, which ended on "
             f"{packs.program_ended.isoformat()}; other packs: {'; '.join(others)}"
         )
+    if settings.auth == "development":
+        warnings.append(
+            "INSECURE: --auth development lets every caller of the FHIR endpoint in as a system "
+            "client with every scope; for a developer's own machine only (bound to loopback)"
+        )
     if settings.admin_token is None:
         warnings.append(
             "no admin token (--admin-token, REMS_ADMIN_TOKEN or admin_token in --config): admin "

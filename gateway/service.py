@@ -6,14 +6,17 @@ patient's file, asks the pure engine, stores the outcome, and answers after the 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
+from typing import TypeVar
 
-from gateway import audit_log, lab_intake, registry_load
+from gateway import audit_log, fhir_intake, lab_intake, registry_load
+from gateway.fhir_intake import LabsRecorded, LabSubmission
 from gateway.values import LabOutcome, ReceivedMessage, Source
 from gateway.writer import Writer
 from rems_core import monitoring
@@ -40,6 +43,8 @@ from rems_core.psf import judge_psf, signed_form, signer_problem
 from rems_core.registry import RegistryConflict, RegistryDocument
 from rems_core.rulepack import AUTO, DEFAULT_PACK, PackLibrary, RulePack
 from rems_core.store.repo import Store
+
+T = TypeVar("T")
 
 SCHEDULER = Source("scheduler", "scheduler")
 
@@ -101,6 +106,17 @@ class RemsService:
         choice = self.config.rules
         return self.packs.get(DEFAULT_PACK if choice == AUTO else choice)
 
+    async def read(self, work: Callable[[Store], T]) -> T:
+        """A read outside the writer, on its own connection: it sees committed data only and
+        never waits behind (or holds up) the writer's batches."""
+
+        def on_read_connection() -> T:
+            connection = self.writer.engine.connect().execution_options(read_only=True)
+            with connection as conn, conn.begin():
+                return work(Store(conn))
+
+        return await asyncio.to_thread(on_read_connection)
+
     # --- registry ------------------------------------------------------------------------------
 
     async def load_registry(self, doc: RegistryDocument, source: Source) -> dict[str, str]:
@@ -120,6 +136,14 @@ class RemsService:
     ) -> LabOutcome:
         return await self.writer.run(
             lambda store: lab_intake.ingest(self, store, identifiers, results, source, received)
+        )
+
+    async def record_labs(
+        self, submissions: list[LabSubmission], source: Source, received: datetime
+    ) -> LabsRecorded:
+        """FHIR Observations: each stored as a resource version, with its lab results."""
+        return await self.writer.run(
+            lambda store: fhir_intake.record_labs(self, store, submissions, source, received)
         )
 
     # --- PSF ----------------------------------------------------------------------------------

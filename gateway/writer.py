@@ -54,6 +54,10 @@ class Writer:
         self._thread.start()
 
     @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
     def running(self) -> bool:
         return self._thread.is_alive() and not self._stopping
 

@@ -27,6 +27,7 @@ from rems_core.model import (
     StoredPsf,
 )
 from rems_core.store import tables as t
+from rems_core.store.fhir_repo import FhirRepo
 from rems_core.store.message_repo import MessageRepo
 from rems_core.store.prepared import PreparedInsert
 from rems_core.store.registry_repo import RegistryRepo
@@ -230,7 +231,7 @@ def _judgement(
     }
 
 
-class Store(RegistryRepo, MessageRepo):
+class Store(RegistryRepo, MessageRepo, FhirRepo):
     """One unit of work's reads and writes."""
 
     def __init__(self, conn: Connection, defer: bool = False) -> None:

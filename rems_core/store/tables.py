@@ -17,6 +17,7 @@ from sqlalchemy import (
     LargeBinary,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -294,3 +295,36 @@ class Hl7MessageRow(SQLModel, table=True):
     disposition: str  # accepted | no_results | unmatched | conflict (held for review)
     patient_id: str | None = None
     purge_after: datetime | None = _utc(nullable=True)
+
+
+class FhirResourceRow(SQLModel, table=True):
+    """One version of a FHIR resource as received (a MedicationRequest with its decision)."""
+
+    __tablename__ = "fhir_resource"
+    __table_args__ = (
+        UniqueConstraint("resource_type", "id", "version_id", name="uq_fhir_resource_version"),
+        # Conditional create and re-sent resources: one current resource per business identifier,
+        # kept by the database even if two writers raced.
+        Index(
+            "uq_fhir_resource_identifier",
+            "resource_type",
+            "identifier",
+            unique=True,
+            sqlite_where=text("current"),
+            postgresql_where=text("current"),
+        ),
+        Index("ix_fhir_resource_current", "resource_type", "id", "current"),
+        Index("ix_fhir_resource_patient", "resource_type", "patient_id", "effective"),
+    )
+    row_id: int | None = Field(default=None, primary_key=True)
+    resource_type: str
+    id: str
+    version_id: int
+    current: bool = True
+    last_updated: datetime = _utc(nullable=False)
+    identifier: str | None = None  # "system|value" of the business identifier
+    content_hash: str  # of the resource as received, without id and meta
+    patient_id: str | None = None
+    code: str | None = None  # the LOINC code of an Observation
+    effective: datetime | None = _utc(nullable=True)
+    body: dict[str, Any] = _json()

@@ -1,0 +1,88 @@
+"""`GET /fhir/metadata`: the CapabilityStatement lists exactly what the routes implement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from gateway.fhir.http import FHIR_VERSION, FhirResponse, check_format
+
+router = APIRouter(tags=["metadata"])
+
+# Resource type → (interactions, search parameters, operations). Each route module adds its own
+# entry here when it registers its routes (see gateway/fhir/router.py).
+RESOURCES: dict[str, dict[str, Any]] = {}
+
+SEARCH_TYPES = {"patient": "reference", "subject": "reference", "code": "token", "date": "date"}
+
+
+def declare(
+    resource_type: str,
+    interactions: list[str],
+    search: tuple[str, ...] = (),
+    operations: tuple[tuple[str, str], ...] = (),
+    conditional_create: bool = False,
+) -> None:
+    RESOURCES[resource_type] = {
+        "interactions": interactions,
+        "search": list(search),
+        "operations": list(operations),
+        "conditional_create": conditional_create,
+    }
+
+
+def capability_statement(base_url: str, smart: bool) -> dict[str, Any]:
+    resources = []
+    for resource_type, entry in sorted(RESOURCES.items()):
+        resource: dict[str, Any] = {
+            "type": resource_type,
+            "interaction": [{"code": code} for code in entry["interactions"]],
+            "versioning": "versioned",
+            "readHistory": "vread" in entry["interactions"],
+            "updateCreate": False,
+            "conditionalCreate": entry["conditional_create"],
+        }
+        if entry["search"]:
+            resource["searchParam"] = [
+                {"name": name, "type": SEARCH_TYPES.get(name, "string")} for name in entry["search"]
+            ]
+        if entry["operations"]:
+            resource["operation"] = [
+                {"name": name, "definition": definition} for name, definition in entry["operations"]
+            ]
+        resources.append(resource)
+    rest: dict[str, Any] = {"mode": "server", "resource": resources}
+    if smart:
+        rest["security"] = {
+            "service": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                            "code": "SMART-on-FHIR",
+                        }
+                    ]
+                }
+            ],
+            "description": "SMART Backend Services: client_credentials with a signed JWT assertion",
+        }
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-25",
+        "kind": "instance",
+        "software": {"name": "rems-gateway"},
+        "implementation": {"description": "Clozapine REMS gateway", "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "rest": [rest],
+    }
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> FhirResponse:
+    check_format(request)
+    smart = request.app.state.settings.auth == "smart"
+    base = str(request.base_url).rstrip("/") + "/fhir"
+    return FhirResponse(capability_statement(base, smart), 200)

@@ -1,0 +1,114 @@
+"""FHIR over HTTP: media types, `_format`, `Prefer`, ETags, and OperationOutcome errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from mappings.fhir.outcome import Issue, operation_outcome
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = {FHIR_JSON, "application/json", "application/json+fhir"}
+FORMATS = {"json", *JSON_TYPES}
+FHIR_VERSION = "4.0.1"
+
+
+class FhirError(Exception):
+    """An error answered as an OperationOutcome with its HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        diagnostics: str,
+        expression: Iterable[str] = (),
+        headers: Mapping[str, str] | None = None,
+        rems_code: str | None = None,
+        issues: list[Issue] | None = None,
+    ) -> None:
+        super().__init__(diagnostics)
+        self.status = status
+        self.issues = issues or [Issue("error", code, diagnostics, tuple(expression), rems_code)]
+        self.headers = headers
+
+
+class FhirResponse(Response):
+    media_type = f"{FHIR_JSON}; charset=utf-8"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def error_response(error: FhirError) -> FhirResponse:
+    return FhirResponse(operation_outcome(error.issues), error.status, headers=error.headers)
+
+
+def check_format(request: Request) -> None:
+    """Only JSON is offered: `_format` or `Accept` asking for anything else gets 406."""
+    wanted = request.query_params.get("_format")
+    if wanted is not None and wanted.split(";")[0].strip().lower() not in FORMATS:
+        raise FhirError(406, "not-supported", f"_format {wanted!r}: only JSON is supported")
+    accept = request.headers.get("accept")
+    if wanted is None and accept and not _accepts_json(accept):
+        raise FhirError(406, "not-supported", "only application/fhir+json can be returned")
+
+
+def _accepts_json(accept: str) -> bool:
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return bool(types & (JSON_TYPES | {"*/*", "application/*"}))
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, or a 415/400 OperationOutcome."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in JSON_TYPES:
+        raise FhirError(
+            415, "not-supported", f"send {FHIR_JSON} (got {media_type or 'no content type'})"
+        )
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise FhirError(400, "structure", f"the body is not valid JSON{where}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise FhirError(400, "structure", "the body is not a FHIR resource (no resourceType)")
+    return data
+
+
+def validation_issues(error: ValidationError) -> list[Issue]:
+    """fhir.resources' validation errors as issues with FHIRPath-like expressions; the offending
+    values are never echoed (they may be PHI)."""
+    issues = []
+    for problem in error.errors(include_input=False, include_url=False):
+        path = ".".join(str(p) for p in problem["loc"] if not str(p).startswith("function-"))
+        issues.append(Issue("error", "invalid", problem["msg"], (path,) if path else ()))
+    return issues or [Issue("error", "invalid", "the resource is not valid FHIR R4")]
+
+
+def prefer_return(request: Request) -> str:
+    """`Prefer: return=minimal | representation | OperationOutcome` (default representation)."""
+    for part in request.headers.get("prefer", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() == "return":
+            choice = value.strip().strip('"')
+            if choice in ("minimal", "representation", "OperationOutcome"):
+                return choice
+    return "representation"
+
+
+def etag(version_id: int) -> str:
+    return f'W/"{version_id}"'
+
+
+def version_of(if_match: str) -> int | None:
+    """The version an `If-Match: W/"3"` names, or None when it names none."""
+    text = if_match.strip()
+    text = text[2:] if text.startswith("W/") else text
+    text = text.strip('"')
+    return int(text) if text.isdigit() else None

@@ -1,0 +1,239 @@
+"""Observation: create (plain and conditional), update (a correction), read, vread, search."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+
+from gateway.fhir.auth import Principal, requires
+from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body, version_of
+from gateway.fhir.resources import (
+    clinical_now,
+    content_hash,
+    read_response,
+    searchset,
+    validated,
+    written,
+)
+from gateway.fhir.search import date_range, identifier_param, page
+from gateway.fhir_intake import LabSubmission, ResourceDraft, VersionConflict
+from gateway.service import RemsService
+from gateway.values import Source
+from mappings.fhir.observation import ObservationReading, read_observation
+from mappings.fhir.outcome import Issue, lab_issues
+from rems_core.anc import is_anc_relevant
+from rems_core.model import Identifier
+from rems_core.store.fhir_repo import ResourceIndex, ResourceQuery
+
+router = APIRouter(tags=["Observation"])
+TYPE = "Observation"
+
+
+def service_of(request: Request) -> RemsService:
+    return request.app.state.service
+
+
+def reading(
+    request: Request, data: dict[str, Any], specimen: str | None = None
+) -> ObservationReading:
+    service = service_of(request)
+    pack = service.lab_pack()
+    relevant = {code for code in _codes(pack) if is_anc_relevant(pack, code)}
+    observation = validated(data, TYPE)
+    found = read_observation(observation, relevant, service.tz, specimen)
+    errors = [p for p in found.problems if p.severity == "error"]
+    if errors:
+        raise FhirError(422, "invalid", "", issues=errors)
+    return found
+
+
+def _codes(pack: Any) -> set[str]:
+    codes = pack.loinc.value
+    return {*codes.anc, *codes.wbc, *codes.neutrophils_pct, *codes.segmented_pct, *codes.bands_pct}
+
+
+def submission(
+    data: dict[str, Any],
+    found: ObservationReading,
+    resource_id: str | None = None,
+    if_none_exist: str | None = None,
+    if_match: int | None = None,
+) -> LabSubmission:
+    identifier = found.identifier
+    if if_none_exist is not None:
+        identifier = conditional_identifier(if_none_exist)
+    subject = found.subject
+    assert subject is not None  # reading() refused a resource without one
+    draft = ResourceDraft(
+        TYPE,
+        data,
+        content_hash(data),
+        ResourceIndex(identifier=identifier, code=found.code, effective=found.effective),
+        resource_id=resource_id,
+        if_none_exist=if_none_exist is not None,
+        if_match=if_match,
+    )
+    return LabSubmission(draft, subject.identifiers, subject.patient_id, found.result)
+
+
+def conditional_identifier(if_none_exist: str) -> str:
+    """`If-None-Exist: identifier=system|value` (the one criterion a create is matched by)."""
+    name, _, value = if_none_exist.partition("=")
+    if name.strip() != "identifier" or "|" not in value:
+        raise FhirError(
+            400,
+            "not-supported",
+            "If-None-Exist supports identifier=system|value only",
+            ("If-None-Exist",),
+        )
+    return value.strip()
+
+
+async def record(
+    request: Request, principal: Principal, submissions: list[LabSubmission], now: datetime
+) -> tuple[Any, list[Issue]]:
+    source = Source("fhir", principal.client_id)
+    try:
+        done = await service_of(request).record_labs(submissions, source, now)
+    except VersionConflict:
+        raise FhirError(
+            412, "conflict", "If-Match names another version than the current one"
+        ) from None
+    if done.unknown_patients:
+        raise FhirError(
+            422,
+            "not-found",
+            "subject names a Patient the gateway does not know",
+            ("Observation.subject",),
+        )
+    issues = [i for outcome in done.outcomes for i in lab_issues(outcome.results, outcome.warnings)]
+    if any(r.unchanged for r in done.recorded):
+        issues.append(Issue("information", "informational", "already stored: not processed again"))
+    return done, issues
+
+
+@router.post("/Observation", status_code=201)
+async def create_observation(
+    request: Request,
+    principal: Annotated[Principal, requires(TYPE, "create")],
+    if_none_exist: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Store a lab result (ANC, WBC or differential); its REMS effect comes back as an
+    OperationOutcome with `Prefer: return=OperationOutcome`."""
+    check_format(request)
+    data = await json_body(request)
+    found = reading(request, data)
+    done, issues = await record(
+        request,
+        principal,
+        [submission(data, found, None, if_none_exist)],
+        clinical_now(request, data),
+    )
+    result = done.recorded[0]
+    return written(request, result.resource, result.created, issues)
+
+
+@router.put("/Observation/{resource_id}")
+async def update_observation(
+    request: Request,
+    resource_id: str,
+    principal: Annotated[Principal, requires(TYPE, "update")],
+    if_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """A new version of an Observation: a correction (`corrected`/`amended`) or a cancellation."""
+    check_format(request)
+    data = await json_body(request)
+    if data.get("id") != resource_id:
+        raise FhirError(
+            400, "invalid", "the resource's id must be the id in the URL", ("Observation.id",)
+        )
+    found = reading(request, data)
+    expected = version_of(if_match) if if_match else None
+    done, issues = await record(
+        request,
+        principal,
+        [submission(data, found, resource_id, None, expected)],
+        clinical_now(request, data),
+    )
+    result = done.recorded[0]
+    return written(request, result.resource, result.created, issues)
+
+
+@router.get("/Observation/{resource_id}")
+async def read_observation_resource(
+    request: Request, resource_id: str, _: Annotated[Principal, requires(TYPE, "read")]
+) -> FhirResponse:
+    check_format(request)
+    stored = await service_of(request).read(lambda s: s.current_resource(TYPE, resource_id))
+    return read_response(stored, TYPE, resource_id)
+
+
+@router.get("/Observation/{resource_id}/_history/{version_id}")
+async def vread_observation(
+    request: Request,
+    resource_id: str,
+    version_id: int,
+    _: Annotated[Principal, requires(TYPE, "read")],
+) -> FhirResponse:
+    check_format(request)
+    stored = await service_of(request).read(
+        lambda s: s.resource_version(TYPE, resource_id, version_id)
+    )
+    return read_response(stored, TYPE, f"{resource_id}/_history/{version_id}")
+
+
+@router.get("/Observation")
+async def search_observations(
+    request: Request,
+    _: Annotated[Principal, requires(TYPE, "search")],
+    patient: str | None = None,
+    code: str | None = None,
+    date: Annotated[list[str] | None, Query()] = None,
+    sort: Annotated[str | None, Query(alias="_sort")] = None,
+    count: Annotated[int | None, Query(alias="_count")] = None,
+    offset: Annotated[int | None, Query(alias="_offset")] = None,
+) -> FhirResponse:
+    """Search by `patient` (an id, `Patient/{id}`), `patient:identifier` / `subject:identifier`
+    (system|value), `code` (LOINC, comma-separated, optional `http://loinc.org|`), `date`
+    (eq/ge/gt/le/lt), `_sort` (date or -date), `_count`."""
+    check_format(request)
+    service = service_of(request)
+    by_identifier = request.query_params.get("patient:identifier") or request.query_params.get(
+        "subject:identifier"
+    )
+    start, before = date_range(date or [])
+    newest_first = _sort_order(sort)
+    limit, skip = page(count, offset)
+    codes = [c.removeprefix("http://loinc.org|") for c in code.split(",")] if code else []
+
+    def search(store: Any) -> tuple[list[Any], int]:
+        patient_ids = _patients(store, patient, by_identifier)
+        query = ResourceQuery(TYPE, patient_ids, codes, start, before, newest_first, limit, skip)
+        return store.search_resources(query)
+
+    found, total = await service.read(search)
+    return searchset(request, found, total, skip, limit)
+
+
+def _sort_order(sort: str | None) -> bool:
+    if sort in (None, "date"):
+        return False
+    if sort == "-date":
+        return True
+    raise FhirError(400, "not-supported", "_sort supports date and -date", ("_sort",))
+
+
+def _patients(store: Any, patient: str | None, by_identifier: str | None) -> list[str] | None:
+    if patient is None and by_identifier is None:
+        return None
+    ids = []
+    if patient is not None:
+        ids.append(patient.removeprefix("Patient/"))
+    if by_identifier is not None:
+        system, value = identifier_param(by_identifier)
+        found = store.find_patient([Identifier(system, value)])
+        ids.append(found.rems_id if found else "")
+    return ids

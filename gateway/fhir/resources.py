@@ -1,0 +1,117 @@
+"""Shared route plumbing: validate with the R4B models, hash, answer per `Prefer`, read back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from fastapi import Request
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from gateway.fhir.http import FhirError, FhirResponse, etag, prefer_return, validation_issues
+from mappings.fhir.outcome import Issue, operation_outcome
+from rems_core.store.fhir_repo import StoredResource
+
+BASE = "/fhir"
+
+
+def validated(data: dict[str, Any], resource_type: str) -> Any:
+    """The R4B model of ``data``, which must be a ``resource_type``; 400/422 otherwise."""
+    if data.get("resourceType") != resource_type:
+        raise FhirError(
+            400,
+            "invalid",
+            f"expected a {resource_type}, got {data.get('resourceType')!r}",
+            ("resourceType",),
+        )
+    try:
+        return get_fhir_model_class(resource_type).model_validate(data)
+    except ValidationError as error:
+        raise FhirError(422, "invalid", "", issues=validation_issues(error)) from None
+
+
+def content_hash(data: dict[str, Any]) -> str:
+    """Of the resource as sent, without id and meta (a re-send is the same content)."""
+    content = {k: v for k, v in data.items() if k not in ("id", "meta")}
+    encoded = json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def clinical_now(request: Request, data: dict[str, Any] | None = None) -> datetime:
+    """The clinical "now": the system clock, or with `serve --clock message` the
+    `X-Clinical-Time` header or the resource's meta.lastUpdated (contracts.md §1)."""
+    if request.app.state.clock == "message":
+        given = request.headers.get("x-clinical-time") or (
+            (data or {}).get("meta", {}).get("lastUpdated")
+        )
+        if given:
+            try:
+                moment = datetime.fromisoformat(given.replace("Z", "+00:00"))
+            except ValueError:
+                raise FhirError(400, "value", "X-Clinical-Time is not an ISO 8601 time") from None
+            if moment.tzinfo is None:
+                raise FhirError(400, "value", "X-Clinical-Time needs a UTC offset")
+            return moment.astimezone(UTC)
+    return datetime.now(UTC)
+
+
+def location(stored: StoredResource) -> str:
+    return f"{BASE}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+
+
+def resource_headers(stored: StoredResource) -> dict[str, str]:
+    return {
+        "ETag": etag(stored.version_id),
+        "Last-Modified": format_datetime(stored.last_updated.astimezone(UTC), usegmt=True),
+    }
+
+
+def written(
+    request: Request, stored: StoredResource, created: bool, issues: list[Issue]
+) -> FhirResponse:
+    """The answer to a create or update, as `Prefer: return=` asks."""
+    headers = resource_headers(stored) | {"Location": location(stored)}
+    status = 201 if created else 200
+    match prefer_return(request):
+        case "minimal":
+            return FhirResponse(None, status, headers=headers)
+        case "OperationOutcome":
+            return FhirResponse(operation_outcome(issues), status, headers=headers)
+        case _:
+            return FhirResponse(stored.body, status, headers=headers)
+
+
+def read_response(stored: StoredResource | None, resource_type: str, what: str) -> FhirResponse:
+    if stored is None:
+        raise FhirError(404, "not-found", f"{resource_type}/{what} is not known")
+    return FhirResponse(stored.body, 200, headers=resource_headers(stored))
+
+
+def searchset(
+    request: Request, found: list[StoredResource], total: int, offset: int, count: int
+) -> FhirResponse:
+    url = str(request.url)
+    links = [{"relation": "self", "url": url}]
+    if offset + count < total:
+        params = dict(request.query_params) | {"_offset": str(offset + count)}
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        links.append({"relation": "next", "url": f"{request.url.path}?{query}"})
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"{BASE}/{r.resource_type}/{r.id}",
+                "resource": r.body,
+                "search": {"mode": "match"},
+            }
+            for r in found
+        ],
+    }
+    return FhirResponse(bundle, 200)

@@ -1,0 +1,56 @@
+"""Search parameters shared by the resources: dates with prefixes, tokens, paging."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from gateway.fhir.http import FhirError
+
+MAX_COUNT = 1000
+DEFAULT_COUNT = 50
+PREFIXES = ("eq", "ge", "gt", "le", "lt")
+
+
+def date_range(values: list[str]) -> tuple[datetime | None, datetime | None]:
+    """`date` parameters (all must hold) → [start, before); a date is the whole day (UTC)."""
+    start: datetime | None = None
+    before: datetime | None = None
+    for value in values:
+        prefix = value[:2] if value[:2] in PREFIXES else "eq"
+        low, high = _period(value[2:] if value[:2] in PREFIXES else value)
+        if prefix in ("eq", "ge", "gt"):
+            bound = high if prefix == "gt" else low
+            start = bound if start is None else max(start, bound)
+        if prefix in ("eq", "le", "lt"):
+            bound = low if prefix == "lt" else high
+            before = bound if before is None else min(before, bound)
+    return start, before
+
+
+def _period(text: str) -> tuple[datetime, datetime]:
+    try:
+        if len(text) == 10:
+            day = datetime.fromisoformat(text).replace(tzinfo=UTC)
+            return day, day + timedelta(days=1)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise FhirError(
+            400, "value", "date must be YYYY-MM-DD or a time with offset", ("date",)
+        ) from None
+    if moment.tzinfo is None:
+        raise FhirError(400, "value", "a date parameter with a time needs a UTC offset", ("date",))
+    moment = moment.astimezone(UTC)
+    return moment, moment + timedelta(microseconds=1)
+
+
+def identifier_param(value: str) -> tuple[str, str]:
+    system, bar, code = value.partition("|")
+    if not bar or not code:
+        raise FhirError(400, "value", "an identifier parameter is system|value", ("identifier",))
+    return system, code
+
+
+def page(count: int | None, offset: int | None) -> tuple[int, int]:
+    if (count is not None and count < 0) or (offset is not None and offset < 0):
+        raise FhirError(400, "value", "_count and _offset cannot be negative")
+    return min(count if count is not None else DEFAULT_COUNT, MAX_COUNT), offset or 0

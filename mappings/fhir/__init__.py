@@ -1,0 +1,1 @@
+"""FHIR R4 ⇄ domain translators (validated with fhir.resources' R4B models at the boundary)."""

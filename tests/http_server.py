@@ -1,0 +1,52 @@
+"""The gateway's FastAPI app on a real uvicorn server in a thread, on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from sqlalchemy import Engine
+
+from gateway.app import GatewayState, create_app
+from gateway.config import Settings
+from gateway.service import RemsService
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_app(service: RemsService, engine: Engine, **settings: Any) -> Iterator[str]:
+    """Yields the base URL (http://127.0.0.1:PORT) while the server runs."""
+    defaults: dict[str, Any] = {
+        "auth": "development",
+        "mllp_port": free_port(),
+        "clock": "message",
+        "timezone": "UTC",
+    }
+    config = Settings(**(defaults | settings))
+    app = create_app(service, config, GatewayState(engine, service.writer))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

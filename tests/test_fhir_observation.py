@@ -1,0 +1,193 @@
+"""FHIR Observations over real HTTP: create, conditional create, correction, read, search, errors."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from gateway.service import RemsService, Source
+from tests.conftest import run
+from tests.http_server import running_app
+from tests.test_service import MRN, registry
+
+FHIR = "application/fhir+json"
+ANC = {
+    "resourceType": "Observation",
+    "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.999.5", "value": "LAB-1"}],
+    "status": "final",
+    "category": [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                    "code": "laboratory",
+                }
+            ]
+        }
+    ],
+    "code": {"coding": [{"system": "http://loinc.org", "code": "751-8"}]},
+    "subject": {"identifier": {"system": MRN[0].system, "value": MRN[0].value}},
+    "effectiveDateTime": "2022-03-02T08:00:00Z",
+    "specimen": {"identifier": {"system": "urn:acc", "value": "ACC-9"}},
+    "valueQuantity": {
+        "value": 0.8,
+        "unit": "K/uL",
+        "system": "http://unitsofmeasure.org",
+        "code": "10*3/uL",
+    },
+}
+AT = {"X-Clinical-Time": "2022-03-02T09:00:00Z"}
+
+
+@pytest.fixture
+def fhir(service: RemsService, engine: Engine) -> Iterator[httpx.Client]:
+    run(service.load_registry(registry(), Source("test")))
+    with running_app(service, engine) as base, httpx.Client(base_url=base + "/fhir") as client:
+        yield client
+
+
+def post(client: httpx.Client, body: Any, **headers: str) -> httpx.Response:
+    return client.post("/Observation", json=body, headers={"Content-Type": FHIR, **AT, **headers})
+
+
+def anc_issue(outcome: dict[str, Any]) -> tuple[int, str]:
+    for issue in outcome["issue"]:
+        values = {e["url"].rsplit(":", 1)[1]: e for e in issue.get("extension", [])}
+        if "anc" in values:
+            return values["anc"]["valueQuantity"]["value"], values["anc-category"]["valueCode"]
+    raise AssertionError("no ANC issue")
+
+
+def test_a_created_anc_is_stored_judged_and_readable(fhir: httpx.Client) -> None:
+    created = post(fhir, ANC, Prefer="return=OperationOutcome")
+    assert created.status_code == 201
+    assert created.headers["content-type"].startswith(FHIR)
+    assert anc_issue(created.json()) == (800, "moderate")
+    codes = {
+        i.get("details", {}).get("coding", [{}])[0].get("code") for i in created.json()["issue"]
+    }
+    assert "ANC_BELOW_THRESHOLD" in codes
+    location = created.headers["location"]
+    assert location.startswith("/fhir/Observation/") and location.endswith("/_history/1")
+    assert created.headers["etag"] == 'W/"1"'
+    read = fhir.get(location.removeprefix("/fhir").split("/_history")[0])
+    assert read.status_code == 200
+    assert read.json()["meta"]["versionId"] == "1"
+    assert read.json()["valueQuantity"]["code"] == "10*3/uL"
+
+
+def test_the_same_observation_again_is_not_processed_twice(fhir: httpx.Client) -> None:
+    first = post(fhir, ANC)
+    again = post(fhir, ANC, Prefer="return=OperationOutcome")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.headers["location"] == again.headers["location"]
+    assert not any("extension" in i for i in again.json()["issue"])
+
+
+def test_a_correction_is_a_new_version_with_the_new_value(fhir: httpx.Client) -> None:
+    first = post(fhir, ANC).json()
+    corrected = copy.deepcopy(ANC) | {"id": first["id"], "status": "corrected"}
+    corrected["valueQuantity"] = corrected["valueQuantity"] | {"value": 1.9}
+    response = fhir.put(
+        f"/Observation/{first['id']}",
+        json=corrected,
+        headers={
+            "Content-Type": FHIR,
+            "If-Match": 'W/"1"',
+            "Prefer": "return=OperationOutcome",
+            **AT,
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["etag"] == 'W/"2"'
+    assert anc_issue(response.json()) == (1900, "normal")
+    assert (
+        fhir.get(f"/Observation/{first['id']}/_history/1").json()["valueQuantity"]["value"] == 0.8
+    )
+    stale = fhir.put(
+        f"/Observation/{first['id']}",
+        json=corrected,
+        headers={"Content-Type": FHIR, "If-Match": 'W/"1"', **AT},
+    )
+    assert stale.status_code == 412
+    assert stale.json()["resourceType"] == "OperationOutcome"
+
+
+def test_conditional_create_returns_the_existing_match(fhir: httpx.Client) -> None:
+    first = post(fhir, ANC)
+    other = copy.deepcopy(ANC)
+    other["valueQuantity"]["value"] = 2.5
+    again = post(
+        fhir, other, **{"If-None-Exist": "identifier=urn:oid:2.16.840.1.113883.3.999.5|LAB-1"}
+    )
+    assert again.status_code == 200
+    assert again.json()["valueQuantity"]["value"] == 0.8
+    assert again.headers["location"] == first.headers["location"]
+
+
+def test_search_by_patient_code_and_date(fhir: httpx.Client) -> None:
+    post(fhir, ANC)
+    later = copy.deepcopy(ANC) | {"effectiveDateTime": "2022-03-05T08:00:00Z"}
+    later["identifier"] = [{"system": "urn:oid:2.16.840.1.113883.3.999.5", "value": "LAB-2"}]
+    later["specimen"] = {"identifier": {"system": "urn:acc", "value": "ACC-10"}}
+    post(fhir, later)
+    found = fhir.get(
+        "/Observation",
+        params={
+            "patient:identifier": f"{MRN[0].system}|{MRN[0].value}",
+            "code": "http://loinc.org|751-8",
+            "date": "ge2022-03-03",
+            "_sort": "-date",
+        },
+    ).json()
+    assert found["resourceType"] == "Bundle" and found["type"] == "searchset"
+    assert found["total"] == 1
+    assert found["entry"][0]["resource"]["effectiveDateTime"] == "2022-03-05T08:00:00Z"
+    every = fhir.get("/Observation", params={"_sort": "-date", "_count": 1}).json()
+    assert every["total"] == 2 and len(every["entry"]) == 1
+    assert any(link["relation"] == "next" for link in every["link"])
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "issue_code"),
+    [
+        ("{not json", FHIR, 400, "structure"),
+        ({"resourceType": "Patient"}, FHIR, 400, "invalid"),
+        ({**ANC, "status": 7}, FHIR, 422, "invalid"),
+        ({**ANC, "subject": {"display": "someone"}}, FHIR, 422, "required"),
+        (ANC, "text/xml", 415, "not-supported"),
+    ],
+)
+def test_bad_requests_get_an_operation_outcome(
+    fhir: httpx.Client, body: Any, content_type: str, status: int, issue_code: str
+) -> None:
+    content = body if isinstance(body, str) else httpx.Request("POST", "/", json=body).content
+    response = fhir.post(
+        "/Observation", content=content, headers={"Content-Type": content_type, **AT}
+    )
+    assert response.status_code == status
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["code"] == issue_code
+    assert "MRN123" not in response.text
+
+
+def test_unknown_routes_and_resources_are_operation_outcomes(fhir: httpx.Client) -> None:
+    missing = fhir.get("/Observation/no-such-id")
+    assert missing.status_code == 404 and missing.json()["issue"][0]["code"] == "not-found"
+    unknown = fhir.get("/NoSuchType/1")
+    assert unknown.status_code == 404 and unknown.json()["resourceType"] == "OperationOutcome"
+    xml = fhir.get("/metadata", params={"_format": "xml"})
+    assert xml.status_code == 406 and xml.json()["resourceType"] == "OperationOutcome"
+
+
+def test_metadata_lists_what_works(fhir: httpx.Client) -> None:
+    statement = fhir.get("/metadata").json()
+    assert statement["fhirVersion"] == "4.0.1"
+    observation = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Observation")
+    assert {i["code"] for i in observation["interaction"]} >= {"create", "read", "search-type"}
