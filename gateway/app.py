@@ -22,6 +22,7 @@ from gateway.errors import ApiError, error_response
 from gateway.fhir.auth import Authenticator, DevelopmentAuth
 from gateway.fhir.http import FhirError
 from gateway.fhir.http import error_response as fhir_error_response
+from gateway.fhir.openapi import describe_fhir_routes
 from gateway.fhir.router import fhir_router
 from gateway.fhir.smart import SmartBackendAuth
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
@@ -100,6 +101,7 @@ def create_app(service: RemsService, settings: Settings, state: GatewayState) ->
     app.include_router(admin_router)
     app.state.fhir_auth = authenticator(settings)
     app.include_router(fhir_router())
+    describe_fhir_routes(app)
     return app
 
 
