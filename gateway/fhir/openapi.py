@@ -1,15 +1,14 @@
-"""What /openapi.json (and /docs) says of the FHIR routes: JSON bodies in and out are FHIR
-resources, every error is an OperationOutcome. The routes read their bodies themselves (they are
-validated with fhir.resources, not with FastAPI), so this is added once, for all of them."""
+"""What /openapi.json (and /docs) says of the FHIR routes: bodies in and out are FHIR resources
+as application/fhir+json, every error is an OperationOutcome. The routes read their bodies
+themselves (validated with fhir.resources, not by FastAPI), so this is said once, for all."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 
-from gateway.fhir.http import FHIR_JSON, FhirResponse
+from gateway.fhir.http import FHIR_JSON
 
 RESOURCE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -44,28 +43,41 @@ def _content(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_fhir_routes(app: FastAPI) -> None:
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path.startswith("/fhir"):
-            _describe(route)
-    app.openapi_schema = None
+    """Rewrites the /fhir paths of the generated document (FastAPI's own description of them
+    would say JSON bodies and HTTPValidationError)."""
+    generate = app.openapi
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _described(generate())
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
 
 
-def _describe(route: APIRoute) -> None:
-    route.response_class = FhirResponse
-    writes = bool(route.methods & {"POST", "PUT"})
-    answers = {
-        200: {"description": "The resource, or an OperationOutcome (Prefer)"},
-        **({201: {"description": "Created"}} if writes else {}),
-    }
-    responses: dict[int | str, dict[str, Any]] = {
-        status: {**answer, "content": _content(RESOURCE_SCHEMA)}
-        for status, answer in answers.items()
+def _described(document: dict[str, Any]) -> dict[str, Any]:
+    for path, operations in document.get("paths", {}).items():
+        if path == "/fhir" or path.startswith("/fhir/"):
+            for method, operation in operations.items():
+                _describe(method.upper(), operation)
+    return document
+
+
+def _describe(method: str, operation: dict[str, Any]) -> None:
+    writes = method in ("POST", "PUT")
+    answers = {"200": "The resource, or an OperationOutcome (Prefer)"}
+    if writes:
+        answers["201"] = "Created"
+    responses: dict[str, Any] = {
+        status: {"description": text, "content": _content(RESOURCE_SCHEMA)}
+        for status, text in answers.items()
     }
     responses |= {
-        status: {"description": text, "content": _content(OUTCOME_SCHEMA)}
+        str(status): {"description": text, "content": _content(OUTCOME_SCHEMA)}
         for status, text in ERRORS.items()
     }
-    route.responses = responses | dict(route.responses)
-    if writes and route.body_field is None:
-        body = {"required": True, "content": _content(RESOURCE_SCHEMA)}
-        route.openapi_extra = {"requestBody": body} | dict(route.openapi_extra or {})
+    operation["responses"] = responses
+    if writes and "requestBody" not in operation:
+        operation["requestBody"] = {"required": True, "content": _content(RESOURCE_SCHEMA)}
+    elif "requestBody" in operation:
+        operation["requestBody"]["content"] = _content(RESOURCE_SCHEMA)
