@@ -313,6 +313,7 @@ class FhirResourceRow(SQLModel, table=True):
             sqlite_where=text("current"),
             postgresql_where=text("current"),
         ),
+        Index("ix_fhir_resource_identifier", "resource_type", "identifier"),  # for reads
         Index("ix_fhir_resource_current", "resource_type", "id", "current"),
         Index("ix_fhir_resource_patient", "resource_type", "patient_id", "effective"),
     )

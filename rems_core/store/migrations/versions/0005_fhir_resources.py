@@ -44,6 +44,7 @@ def upgrade() -> None:
         sqlite_where=sa.text("current"),
         postgresql_where=sa.text("current"),
     )
+    op.create_index("ix_fhir_resource_identifier", "fhir_resource", ["resource_type", "identifier"])
     op.create_index("ix_fhir_resource_current", "fhir_resource", ["resource_type", "id", "current"])
     op.create_index(
         "ix_fhir_resource_patient", "fhir_resource", ["resource_type", "patient_id", "effective"]
