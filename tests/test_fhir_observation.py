@@ -159,6 +159,19 @@ def test_search_by_patient_code_and_date(fhir: httpx.Client) -> None:
         ("{not json", FHIR, 400, "structure"),
         ({"resourceType": "Patient"}, FHIR, 400, "invalid"),
         ({**ANC, "status": 7}, FHIR, 422, "invalid"),
+        ({**ANC, "status": "finished"}, FHIR, 422, "code-invalid"),
+        (
+            {**ANC, "code": {"coding": [{"system": "http://loinc.org", "code": "751-9"}]}},
+            FHIR,
+            422,
+            "code-invalid",
+        ),
+        (
+            {**ANC, "valueQuantity": {**ANC["valueQuantity"], "system": "urn:lab:units"}},
+            FHIR,
+            422,
+            "code-invalid",
+        ),
         ({**ANC, "subject": {"display": "someone"}}, FHIR, 422, "required"),
         (ANC, "text/xml", 415, "not-supported"),
     ],
@@ -191,3 +204,15 @@ def test_metadata_lists_what_works(fhir: httpx.Client) -> None:
     assert statement["fhirVersion"] == "4.0.1"
     observation = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Observation")
     assert {i["code"] for i in observation["interaction"]} >= {"create", "read", "search-type"}
+
+
+def test_an_anc_in_an_unknown_ucum_unit_is_kept_and_flagged(fhir: httpx.Client) -> None:
+    """As over MLLP: an unusable result is stored and reported as a warning, not refused."""
+    odd = copy.deepcopy(ANC)
+    odd["valueQuantity"] = {"value": 0.8, "system": "http://unitsofmeasure.org", "code": "mg/dL"}
+    response = post(fhir, odd, Prefer="return=OperationOutcome")
+    assert response.status_code == 201
+    codes = [
+        i.get("details", {}).get("coding", [{}])[0].get("code") for i in response.json()["issue"]
+    ]
+    assert "ANC_UNIT_UNKNOWN" in codes

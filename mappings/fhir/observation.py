@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal
@@ -34,6 +35,52 @@ class ObservationReading:
     identifier: str | None  # business identifier "system|value"
     effective: datetime | None
     problems: list[Issue] = field(default_factory=list)
+
+
+OBSERVATION_STATUS = {
+    "registered",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+}  # FHIR R4 observation-status (a required binding)
+_LOINC_FORMAT = re.compile(r"^(\d{1,7})-(\d)$")
+
+
+def loinc_check_digit_ok(code: str) -> bool:
+    """LOINC codes end in a mod-10 check digit (the Luhn scheme over the digits before it)."""
+    match = _LOINC_FORMAT.match(code)
+    if match is None:
+        return False
+    digits = [int(d) for d in match.group(1)]
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        doubled = digit * 2 if position % 2 == 0 else digit
+        total += doubled - 9 if doubled > 9 else doubled
+    return (10 - total % 10) % 10 == int(match.group(2))
+
+
+def coding_problems(observation: Any) -> list[Issue]:
+    """Codes a FHIR client must get right: the status value set, LOINC codes that are LOINC
+    codes, and quantities in UCUM. (fhir.resources checks structure, not bindings.)"""
+    problems = []
+    if observation.status not in OBSERVATION_STATUS:
+        text = f"status must be one of {', '.join(sorted(OBSERVATION_STATUS))}"
+        problems.append(Issue("error", "code-invalid", text, ("Observation.status",)))
+    for n, coding in enumerate(getattr(observation.code, "coding", None) or []):
+        if coding.system == LOINC and not loinc_check_digit_ok(str(coding.code or "")):
+            text = "not a LOINC code (NNNNN-C with its check digit)"
+            problems.append(
+                Issue("error", "code-invalid", text, (f"Observation.code.coding[{n}].code",))
+            )
+    quantity = observation.valueQuantity
+    if quantity is not None and quantity.system not in (None, UCUM):
+        text = f"units must be UCUM ({UCUM} with the unit in code)"
+        problems.append(Issue("error", "code-invalid", text, ("Observation.valueQuantity.system",)))
+    return problems
 
 
 def loinc_code(concept: Any) -> str | None:
@@ -81,6 +128,7 @@ def read_observation(
     reading = ObservationReading(
         subject, code, None, identifier_key(observation.identifier), effective
     )
+    reading.problems += coding_problems(observation)
     if subject is None:
         reading.problems.append(
             Issue(
