@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TypeVar
 
-from gateway import audit_log, fhir_intake, lab_intake, registry_load
+from gateway import audit_log, fhir_dispense, fhir_intake, lab_intake, registry_load
 from gateway.fhir_intake import LabsRecorded, LabSubmission
 from gateway.values import LabOutcome, ReceivedMessage, Source
 from gateway.writer import Writer
@@ -145,6 +145,22 @@ class RemsService:
         return await self.writer.run(
             lambda store: fhir_intake.record_labs(self, store, submissions, source, received)
         )
+
+    async def record_medication_request(
+        self, submission: fhir_dispense.DispenseSubmission, source: Source
+    ) -> fhir_dispense.DispenseRecorded:
+        """A FHIR MedicationRequest: decided as ``decide_dispense`` decides (``_decide``), and
+        stored with its decision, in one unit of work."""
+        pack = self.pack_for(submission.request.dispense_date)
+        done = await self.writer.run(
+            lambda store: fhir_dispense.record_medication_request(
+                self, store, submission, source, pack
+            )
+        )
+        if done.decision is not None and done.recorded and not done.recorded.unchanged:
+            for observe in self.decision_observers:
+                observe(done.decision)
+        return done
 
     # --- PSF ----------------------------------------------------------------------------------
 

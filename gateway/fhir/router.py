@@ -14,8 +14,27 @@ capability.declare(
 )
 
 
+# Dispense decisions (rems-rules.md §6): gateway/fhir/{medication_requests,etasu,patients}.py
+capability.declare("MedicationRequest", ["create", "read", "vread"])
+capability.declare(
+    "GuidanceResponse",
+    [],
+    operations=(("rems-etasu", "urn:rems-gateway:fhir:OperationDefinition/rems-etasu"),),
+)
+capability.declare(
+    "Patient",
+    ["read", "search-type"],
+    search=("identifier",),
+    operations=(("rems-status", "urn:rems-gateway:fhir:OperationDefinition/rems-status"),),
+)
+
+
 def fhir_router() -> APIRouter:
     router = APIRouter(prefix="/fhir")
     router.include_router(capability.router)
     router.include_router(observations.router)
+    from gateway.fhir import etasu, medication_requests, patients  # kept apart from the above
+
+    for dispense_routes in (medication_requests, etasu, patients):
+        router.include_router(dispense_routes.router)
     return router

@@ -1,0 +1,103 @@
+"""MedicationRequest: create (a dispense decision), read, vread.
+
+The stored resource carries the decision as the extension `urn:rems-gateway:fhir:rems-decision`;
+`Prefer: return=OperationOutcome` answers it as issues (mappings/fhir/medication_request.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.fhir.auth import Principal, requires
+from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
+from gateway.fhir.resources import clinical_now, content_hash, read_response, validated, written
+from gateway.fhir_dispense import DispenseRecorded, DispenseSubmission
+from gateway.fhir_intake import ResourceDraft
+from gateway.service import RemsService, RequestConflict
+from gateway.values import Source
+from mappings.fhir.medication_request import decision_issues, read_medication_request
+from mappings.fhir.outcome import Issue
+from rems_core.rulepack import OutOfScope
+from rems_core.store.fhir_repo import ResourceIndex
+
+router = APIRouter(tags=["MedicationRequest"])
+TYPE = "MedicationRequest"
+
+
+def service_of(request: Request) -> RemsService:
+    return request.app.state.service
+
+
+async def decide(
+    request: Request, submission: DispenseSubmission, source: Source
+) -> DispenseRecorded:
+    try:
+        done = await service_of(request).record_medication_request(submission, source)
+    except RequestConflict:
+        raise FhirError(
+            409, "conflict", "this identifier (request id) was used for another request"
+        ) from None
+    except OutOfScope as exc:
+        raise FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code) from None
+    if done.recorded is None:
+        raise FhirError(
+            422,
+            "not-found",
+            "subject names a Patient the gateway does not know",
+            ("MedicationRequest.subject",),
+        )
+    return done
+
+
+@router.post("/MedicationRequest", status_code=201)
+async def create_medication_request(
+    request: Request, principal: Annotated[Principal, requires(TYPE, "create")]
+) -> Response:
+    """Decide a clozapine dispense (rems-rules.md §6) and store the request with its decision."""
+    check_format(request)
+    data = await json_body(request)
+    now = clinical_now(request, data)
+    found = read_medication_request(validated(data, TYPE), now)
+    if found.request is None or found.subject is None:
+        raise FhirError(422, "invalid", "", issues=found.problems)
+    draft = ResourceDraft(
+        TYPE,
+        data,
+        content_hash(data),
+        ResourceIndex(identifier=found.identifier, code=found.request.drug, effective=now),
+    )
+    submission = DispenseSubmission(
+        draft, found.subject.identifiers, found.subject.patient_id, found.request
+    )
+    done = await decide(request, submission, Source("fhir", principal.client_id))
+    assert done.recorded is not None and done.decision is not None
+    issues = decision_issues(done.decision)
+    if done.recorded.unchanged:
+        issues.append(Issue("information", "informational", "already stored: not decided again"))
+    return written(request, done.recorded.resource, done.recorded.created, issues)
+
+
+@router.get("/MedicationRequest/{resource_id}")
+async def read_medication_request_resource(
+    request: Request, resource_id: str, _: Annotated[Principal, requires(TYPE, "read")]
+) -> FhirResponse:
+    check_format(request)
+    stored = await service_of(request).read(lambda s: s.current_resource(TYPE, resource_id))
+    return read_response(stored, TYPE, resource_id)
+
+
+@router.get("/MedicationRequest/{resource_id}/_history/{version_id}")
+async def vread_medication_request(
+    request: Request,
+    resource_id: str,
+    version_id: int,
+    _: Annotated[Principal, requires(TYPE, "read")],
+) -> FhirResponse:
+    check_format(request)
+    stored = await service_of(request).read(
+        lambda s: s.resource_version(TYPE, resource_id, version_id)
+    )
+    return read_response(stored, TYPE, f"{resource_id}/_history/{version_id}")

@@ -1,0 +1,87 @@
+"""Patient: read and search (`identifier=system|value`) of registry patients, and
+`Patient/{id}/$rems-status` — the patient's REMS status at the clinical now."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+
+from gateway import patient_status
+from gateway.fhir.auth import Principal, requires
+from gateway.fhir.http import FhirError, FhirResponse, check_format
+from gateway.fhir.resources import BASE, clinical_now
+from gateway.fhir.search import identifier_param
+from gateway.service import RemsService
+from mappings.fhir.patient import patient_resource, rems_status_parameters
+from rems_core.model import Identifier
+from rems_core.rulepack import OutOfScope
+
+router = APIRouter(tags=["Patient"])
+TYPE = "Patient"
+
+
+def service_of(request: Request) -> RemsService:
+    return request.app.state.service
+
+
+@router.get("/Patient/{patient_id}/$rems-status")
+async def rems_status(
+    request: Request, patient_id: str, _: Annotated[Principal, requires(TYPE, "read")]
+) -> FhirResponse:
+    check_format(request)
+    service = service_of(request)
+    now = clinical_now(request)
+    try:
+        pack = service.pack_for(now)
+    except OutOfScope as exc:
+        raise FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code) from None
+    status = await service.read(
+        lambda store: patient_status.rems_status(pack, store, patient_id, now, service.tz)
+    )
+    if status is None:
+        raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
+    return FhirResponse(rems_status_parameters(status), 200)
+
+
+@router.get("/Patient/{patient_id}")
+async def read_patient(
+    request: Request, patient_id: str, _: Annotated[Principal, requires(TYPE, "read")]
+) -> FhirResponse:
+    check_format(request)
+    record = await service_of(request).read(
+        lambda store: patient_status.patient_record(store, patient_id)
+    )
+    if record is None:
+        raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
+    return FhirResponse(patient_resource(record), 200)
+
+
+@router.get("/Patient")
+async def search_patients(
+    request: Request,
+    _: Annotated[Principal, requires(TYPE, "search")],
+    identifier: str | None = None,
+) -> FhirResponse:
+    """By `identifier=system|value` only: the registry is not listed whole."""
+    check_format(request)
+    if identifier is None:
+        raise FhirError(
+            400, "not-supported", "search Patient by identifier=system|value", ("identifier",)
+        )
+    system, value = identifier_param(identifier)
+    record = await service_of(request).read(
+        lambda store: patient_status.patient_by_identifier(store, Identifier(system, value))
+    )
+    found = [patient_resource(record)] if record is not None else []
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(found),
+        "link": [{"relation": "self", "url": str(request.url)}],
+        "entry": [
+            {"fullUrl": f"{BASE}/Patient/{r['id']}", "resource": r, "search": {"mode": "match"}}
+            for r in found
+        ],
+    }
+    return FhirResponse(bundle, 200)

@@ -1,0 +1,144 @@
+"""Dispense decisions over FHIR: a MedicationRequest decided and stored with its decision in one
+unit of work, and the read-only `$rems-etasu` check.
+
+The decision goes through the service's own ``_decide`` (the path of ``decide_dispense``): the same
+rules, the same idempotency per request id, the same audit record and RDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from sqlalchemy import or_, select
+
+from gateway.fhir_intake import Recorded, ResourceDraft, existing, put
+from gateway.values import Source
+from mappings.fhir.medication_request import decision_of, with_decision
+from rems_core.dispense import decide, evaluate
+from rems_core.model import (
+    Decision,
+    DispenseRequest,
+    Finding,
+    Identifier,
+    Outcome,
+    decision_from_dict,
+)
+from rems_core.rulepack import RulePack
+from rems_core.store import tables
+from rems_core.store.repo import Store
+
+if TYPE_CHECKING:
+    from gateway.service import RemsService
+
+decision_t = tables.DecisionRow.__table__
+rda_t = tables.RdaRow.__table__
+
+
+@dataclass(frozen=True)
+class DispenseSubmission:
+    draft: ResourceDraft
+    patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
+    patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
+    request: DispenseRequest
+
+
+@dataclass(frozen=True)
+class DispenseRecorded:
+    recorded: Recorded | None  # None: the subject names no Patient of the gateway
+    decision: Decision | None
+
+
+def record_medication_request(
+    service: RemsService,
+    store: Store,
+    submission: DispenseSubmission,
+    source: Source,
+    pack: RulePack,
+) -> DispenseRecorded:
+    """Decide and store the MedicationRequest version carrying the decision. The same resource
+    again is answered from the store; the same identifier with another body is a conflict."""
+    from gateway.service import RequestConflict
+
+    identifiers = list(submission.patient_identifiers)
+    if submission.patient_id is not None:
+        patient = store.patient(submission.patient_id)
+        if patient is None:
+            return DispenseRecorded(None, None)
+        identifiers = list(patient.identifiers)
+    draft = submission.draft
+    current = existing(store, draft)
+    if current is not None:
+        if current.content_hash != draft.content_hash:
+            raise RequestConflict("this identifier was used for a different MedicationRequest")
+        return DispenseRecorded(Recorded(current, False, True), decision_of(current.body))
+    request = submission.request
+    decision = service._decide(store, identifiers, request, source, pack)
+    draft = replace(draft, index=replace(draft.index, patient_id=decision.patient))
+    recorded = put(
+        service, store, draft, request.dispense_date, lambda body: with_decision(body, decision)
+    )
+    return DispenseRecorded(recorded, decision)
+
+
+# --- $rems-etasu: a check that records nothing ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EtasuCheck:
+    """A stored decision (found by case number or request id), or the decision a dispense would
+    get now, with every failing requirement (f is evaluated even when a–e fail)."""
+
+    decision: Decision | None  # None: the case number names no decision
+    stored: bool
+    denials: tuple[Finding, ...] = ()
+    rationale: tuple[Finding, ...] = ()
+
+
+class _NoRda:
+    """A check issues no RDA: only a recorded dispense decision does."""
+
+    def rda_number(self) -> str:
+        return ""
+
+
+def stored_decision(store: Store, case_number: str) -> EtasuCheck:
+    """The decision an RDA number or a decision id names."""
+    by_rda = select(rda_t.c.decision_id).where(rda_t.c.number == case_number).scalar_subquery()
+    row = store.conn.execute(
+        select(decision_t.c.result).where(
+            or_(decision_t.c.id == case_number, decision_t.c.id == by_rda)
+        )
+    ).first()
+    if row is None:
+        return EtasuCheck(None, stored=True)
+    return _reported(decision_from_dict(row.result))
+
+
+def _reported(decision: Decision) -> EtasuCheck:
+    denied = decision.reasons if decision.outcome == Outcome.DENIED else ()
+    needed = decision.reasons if decision.outcome == Outcome.RATIONALE_REQUIRED else ()
+    return EtasuCheck(decision, True, denied, needed)
+
+
+def check_etasu(
+    service: RemsService,
+    store: Store,
+    identifiers: list[Identifier],
+    request: DispenseRequest,
+    pack: RulePack,
+) -> EtasuCheck:
+    """A request already decided (same request id and body) is reported; any other is judged by
+    the engine on the committed patient file, without an override, and nothing is stored."""
+    from gateway.service import request_hash
+
+    if request.request_id:
+        earlier = store.decision_for_request(request.request_id)
+        if earlier is not None and earlier[0] == request_hash(identifiers, request):
+            return _reported(decision_from_dict(earlier[1]))
+    request = replace(request, override=None)
+    patient = store.find_patient(identifiers)
+    snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
+    decision = replace(decide(pack, request, snapshot, service.tz, _NoRda()), rda=None)
+    checks = evaluate(pack, request, snapshot, None, service.tz)
+    return EtasuCheck(decision, False, tuple(checks.denials), tuple(checks.rationale))

@@ -1,0 +1,279 @@
+"""`GuidanceResponse/$rems-etasu` (HL7 US Medication REMS IG style): Parameters in, and out a
+GuidanceResponse whose `outputParameters` hold one GuidanceResponse per requirement.
+
+In: `patient` (a Patient resource with identifiers, a reference or an identifier),
+`medicationRequest` (resource) or `medication` (resource), optional `pharmacy` (Organization or
+HealthcareService with an NPI, or an NPI identifier), and a case number as `case_number`,
+`caseNumber` or `authNumber` (the IG's sources disagree; all three are accepted): an RDA number
+or a decision id, whose decision is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from mappings.fhir.medication_request import (
+    DEFAULT_RXNORM,
+    RXNORM,
+    days_supply,
+    decision_extension,
+    request_id,
+    rxnorm_code,
+    setting_and_discharge,
+)
+from mappings.fhir.outcome import Issue
+from mappings.fhir.references import NPI_SYSTEM, SubjectRef, npi_of, subject_ref
+from rems_core.codes import Code
+from rems_core.model import DispenseRequest, Finding, Identifier, Outcome, Setting
+
+if TYPE_CHECKING:  # the application layer's result, used for its shape only
+    from gateway.fhir_dispense import EtasuCheck
+
+CASE_NUMBER_NAMES = ("case_number", "caseNumber", "authNumber")
+MODULE = "urn:rems-gateway:fhir:rems-etasu:clozapine"
+STATUS = {
+    Outcome.AUTHORIZED: "success",
+    Outcome.NOT_APPLICABLE: "success",  # no REMS requirement applies to this drug
+    Outcome.RATIONALE_REQUIRED: "data-required",
+    Outcome.DENIED: "failure",
+}
+# requirement → (title, the reason codes that fail it, the participant it needs)
+REQUIREMENTS: dict[str, tuple[str, frozenset[str], str | None]] = {
+    "patient-enrolled": (
+        "Patient enrolled, treatment not interrupted or discontinued",
+        frozenset(
+            {Code.PATIENT_NOT_ENROLLED, Code.TREATMENT_INTERRUPTED, Code.TREATMENT_DISCONTINUED}
+        ),
+        None,
+    ),
+    "prescriber-certified": (
+        "Prescriber certified",
+        frozenset({Code.PRESCRIBER_NOT_CERTIFIED}),
+        "prescriber",
+    ),
+    "pharmacy-certified": (
+        "Pharmacy certified for the setting",
+        frozenset({Code.PHARMACY_NOT_CERTIFIED}),
+        "pharmacy",
+    ),
+    "psf-within-window": (
+        "Patient Status Form within the window (or a pharmacist override)",
+        frozenset({Code.PSF_OUT_OF_WINDOW, Code.OVERRIDE_LIMIT_REACHED, Code.OVERRIDE_INCOMPLETE}),
+        None,
+    ),
+    "anc-acceptable": (
+        "ANC acceptable and labs current (or covered by a rationale)",
+        frozenset({Code.ANC_BELOW_THRESHOLD, Code.LABS_MISSED}),
+        None,
+    ),
+    "supply-within-limit": (
+        "Days supply within the discharge limit",
+        frozenset({Code.DISCHARGE_SUPPLY_EXCEEDS_LIMIT}),
+        None,
+    ),
+}
+
+
+@dataclass
+class EtasuQuery:
+    case_number: str | None = None
+    subject: SubjectRef | None = None
+    request: DispenseRequest | None = None  # None: only a case number was given
+    missing: tuple[str, ...] = ()  # participants not given: "prescriber", "pharmacy"
+    problems: list[Issue] = field(default_factory=list)
+
+
+def _named(parameters: Any, name: str) -> Any:
+    return next((p for p in parameters.parameter or [] if p.name == name), None)
+
+
+def _case_number(parameters: Any) -> str | None:
+    for name in CASE_NUMBER_NAMES:
+        found = _named(parameters, name)
+        if found is not None:
+            value = found.valueString or getattr(found.valueIdentifier, "value", None)
+            if value:
+                return str(value)
+    return None
+
+
+def _subject(parameters: Any) -> SubjectRef | None:
+    found = _named(parameters, "patient")
+    if found is None:
+        return None
+    if found.resource is not None:
+        held = [
+            Identifier(i.system, i.value)
+            for i in found.resource.identifier or []
+            if i.system and i.value
+        ]
+        return SubjectRef(identifiers=tuple(held)) if held else None
+    if found.valueIdentifier is not None and found.valueIdentifier.value:
+        identifier = found.valueIdentifier
+        return SubjectRef(identifiers=(Identifier(identifier.system or "", identifier.value),))
+    return subject_ref(found.valueReference)
+
+
+def _pharmacy(parameters: Any) -> str | None:
+    found = _named(parameters, "pharmacy")
+    if found is None:
+        return None
+    if found.valueIdentifier is not None and found.valueIdentifier.system == NPI_SYSTEM:
+        return str(found.valueIdentifier.value)
+    if found.valueReference is not None:
+        return npi_of(found.valueReference)
+    for identifier in getattr(found.resource, "identifier", None) or []:
+        if identifier.system == NPI_SYSTEM and identifier.value:
+            return str(identifier.value)
+    return None
+
+
+def _medication_code(resource: Any) -> str | None:
+    for coding in getattr(resource.code, "coding", None) or []:
+        if coding.system == RXNORM and coding.code:
+            return str(coding.code)
+    return None
+
+
+def read_etasu_parameters(parameters: Any, now: datetime) -> EtasuQuery:
+    """``parameters`` is a validated R4B Parameters; ``now`` the clinical now."""
+    query = EtasuQuery(case_number=_case_number(parameters), subject=_subject(parameters))
+    if query.case_number is not None:
+        return query
+    ordered = _named(parameters, "medicationRequest")
+    ordered = ordered.resource if ordered is not None else None
+    if query.subject is None and ordered is not None:
+        query.subject = subject_ref(ordered.subject)
+    if query.subject is None:
+        query.problems.append(
+            Issue(
+                "error",
+                "required",
+                "give a patient (identifier or Patient/{id}) or a case number",
+                ("Parameters.parameter",),
+            )
+        )
+        return query
+    query.request, query.missing = _request(parameters, ordered, now, query.problems)
+    return query
+
+
+def _request(
+    parameters: Any, ordered: Any, now: datetime, problems: list[Issue]
+) -> tuple[DispenseRequest, tuple[str, ...]]:
+    medication = _named(parameters, "medication")
+    drug = _medication_code(medication.resource) if medication and medication.resource else None
+    prescriber = pharmacy = None
+    setting, discharge, days, rid = Setting.OUTPATIENT, False, 0, None
+    if ordered is not None:
+        prescriber = npi_of(ordered.requester, ordered.contained)
+        pharmacy = npi_of(getattr(ordered.dispenseRequest, "performer", None), ordered.contained)
+        setting, discharge = setting_and_discharge(ordered.category, problems)
+        duration = getattr(ordered.dispenseRequest, "expectedSupplyDuration", None)
+        days = days_supply(duration, problems) if duration is not None else 0
+        drug = drug or rxnorm_code(ordered)
+        rid = request_id(ordered.identifier)[0]
+    pharmacy = _pharmacy(parameters) or pharmacy
+    missing = tuple(
+        name for name, npi in (("prescriber", prescriber), ("pharmacy", pharmacy)) if not npi
+    )
+    request = DispenseRequest(
+        pharmacy_npi=pharmacy or "",
+        prescriber_npi=prescriber or "",
+        setting=setting,
+        dispense_date=now,
+        days_supply=days,
+        drug=drug or DEFAULT_RXNORM,
+        discharge=discharge,
+        request_id=rid,
+    )
+    return request, missing
+
+
+# --- out -----------------------------------------------------------------------------------------
+
+
+def _requirement(
+    key: str, check: EtasuCheck, missing: tuple[str, ...], applicable: bool
+) -> tuple[str, dict[str, Any]]:
+    title, codes, participant = REQUIREMENTS[key]
+    failed = [f for f in check.denials if f.code in codes]
+    needed = [f for f in check.rationale if f.code in codes]
+    if not applicable:
+        status, note = "success", f"{title}: not required for this drug."
+    elif participant in missing:
+        status, note = "data-required", f"{title}: no {participant} was given."
+    elif failed or needed:
+        status = "failure" if failed else "data-required"
+        note = " ".join(f.text for f in (*failed, *needed))
+    else:
+        status, note = "success", f"{title}: met."
+    resource = {
+        "resourceType": "GuidanceResponse",
+        "id": key,
+        "moduleUri": f"{MODULE}:{key}",
+        "status": status,
+        "note": [{"text": note}],
+    }
+    return status, resource
+
+
+def overall_status(statuses: list[str], check: EtasuCheck, missing: tuple[str, ...]) -> str:
+    assert check.decision is not None
+    if not missing:
+        return STATUS[check.decision.outcome]
+    if "failure" in statuses:
+        return "failure"
+    return "data-required"
+
+
+def etasu_parameters(
+    check: EtasuCheck, missing: tuple[str, ...], patient_id: str | None
+) -> dict[str, Any]:
+    """Parameters with `rems-etasu` = the GuidanceResponse; its decision also as our decision
+    extension (machine-readable), the case number (RDA when authorized, else the decision id of a
+    stored decision) in the contained output Parameters."""
+    response: dict[str, Any] = {"resourceType": "GuidanceResponse", "moduleUri": MODULE}
+    if check.decision is None:
+        response |= {"status": "failure", "note": [{"text": "No decision has this case number."}]}
+        return _wrapped(response)
+    decision = check.decision
+    applicable = decision.outcome != Outcome.NOT_APPLICABLE
+    requirements = [_requirement(key, check, missing, applicable) for key in REQUIREMENTS]
+    statuses = [status for status, _ in requirements]
+    output: list[dict[str, Any]] = [
+        {"name": "requirement", "resource": resource} for _, resource in requirements
+    ]
+    case_number = decision.rda.number if decision.rda else None
+    if case_number is None and check.stored:
+        case_number = decision.decision_id or None
+    if case_number:
+        output.append({"name": "case_number", "valueString": case_number})
+    response |= {
+        "status": overall_status(statuses, check, missing),
+        "extension": [decision_extension(decision)],
+        "contained": [{"resourceType": "Parameters", "id": "etasu", "parameter": output}],
+        "outputParameters": {"reference": "#etasu"},
+        "note": [{"text": _summary(decision, check.stored)}, *_warnings(decision.warnings)],
+    }
+    if patient_id:
+        response["subject"] = {"reference": f"Patient/{patient_id}"}
+    return _wrapped(response)
+
+
+def _summary(decision: Any, stored: bool) -> str:
+    kind = "Recorded decision" if stored else "Check (nothing recorded, no RDA issued)"
+    return f"{kind}: {decision.outcome.value}."
+
+
+def _warnings(warnings: tuple[Finding, ...]) -> list[dict[str, str]]:
+    return [{"text": f"{w.code}: {w.text}"} for w in warnings]
+
+
+def _wrapped(response: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "rems-etasu", "resource": response}],
+    }
