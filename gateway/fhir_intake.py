@@ -43,6 +43,14 @@ class VersionConflict(Exception):
     """If-Match named another version than the current one (412)."""
 
 
+class UnknownResource(Exception):
+    """An update of a resource that does not exist (404: the server does no update-as-create)."""
+
+
+class IdentifierTaken(Exception):
+    """An update gives a resource the business identifier of another one (409)."""
+
+
 @dataclass(frozen=True)
 class LabSubmission:
     draft: ResourceDraft
@@ -66,6 +74,17 @@ def existing(store: Store, draft: ResourceDraft) -> StoredResource | None:
     return None
 
 
+def _check_update(store: Store, draft: ResourceDraft, current: StoredResource | None) -> None:
+    """An update names a resource that exists (no update-as-create), and keeps its identifier
+    its own."""
+    if current is None:
+        raise UnknownResource(draft.resource_type)
+    if draft.index.identifier is not None:
+        holder = store.resource_by_identifier(draft.resource_type, draft.index.identifier)
+        if holder is not None and holder.id != current.id:
+            raise IdentifierTaken(draft.resource_type)
+
+
 def put(
     service: RemsService,
     store: Store,
@@ -75,6 +94,8 @@ def put(
 ) -> Recorded:
     """Store ``draft`` as a new resource or the next version of the one it names."""
     current = existing(store, draft)
+    if draft.resource_id is not None:
+        _check_update(store, draft, current)
     if draft.if_match is not None and (current is None or current.version_id != draft.if_match):
         raise VersionConflict(draft.resource_type)
     if current is not None and (draft.if_none_exist or current.content_hash == draft.content_hash):
@@ -83,7 +104,7 @@ def put(
     resource_id = resource_id or service.ids.new_id(draft.resource_type.lower())
     body = shape(draft.body) if shape else draft.body
     stored = store.put_resource(
-        draft.resource_type, resource_id, body, draft.content_hash, draft.index, received
+        draft.resource_type, resource_id, body, draft.content_hash, draft.index, received, current
     )
     return Recorded(stored, created=current is None)
 
@@ -121,3 +142,30 @@ def _patient(store: Store, submission: LabSubmission) -> Patient | None:
     if submission.patient_id is not None:
         return store.patient(submission.patient_id)
     return store.find_patient(submission.patient_identifiers)
+
+
+class TransactionRefused(Exception):
+    """A transaction entry names a Patient/{id} the gateway does not know: nothing is stored."""
+
+    def __init__(self, unknown_patients: list[str]) -> None:
+        super().__init__("unknown patient")
+        self.unknown_patients = unknown_patients
+
+
+def record_transaction(
+    service: RemsService,
+    store: Store,
+    submissions: list[LabSubmission],
+    dependents: Callable[[list[Recorded]], list[LabSubmission]],
+    source: Source,
+    received: datetime,
+) -> LabsRecorded:
+    """A transaction Bundle, all or nothing: its Observations, then the resources that refer to
+    them (a DiagnosticReport), which ``dependents`` builds once the Observations' ids are known."""
+    first = record_labs(service, store, submissions, source, received)
+    if first.unknown_patients:
+        raise TransactionRefused(first.unknown_patients)
+    then = record_labs(service, store, dependents(first.recorded), source, received)
+    if then.unknown_patients:
+        raise TransactionRefused(then.unknown_patients)
+    return LabsRecorded(first.recorded + then.recorded, first.outcomes + then.outcomes, [])

@@ -255,3 +255,25 @@ def test_parallel_conditional_creates_on_two_gateways_make_one_resource(
             .where(tables.FhirResourceRow.resource_type == "Observation")
         ).scalar_one()
     assert rows == 1
+
+
+def test_an_update_of_an_unknown_observation_is_404(fhir: httpx.Client) -> None:
+    ghost = copy.deepcopy(ANC) | {"id": "no-such-observation"}
+    answer = fhir.put(
+        "/Observation/no-such-observation", json=ghost, headers={"Content-Type": FHIR, **AT}
+    )
+    assert answer.status_code == 404
+    assert answer.json()["issue"][0]["code"] == "not-found"
+
+
+def test_an_update_cannot_take_another_observations_identifier(fhir: httpx.Client) -> None:
+    first = post(fhir, ANC).json()
+    second_body = copy.deepcopy(ANC)
+    second_body["identifier"] = [{"system": "urn:oid:2.16.840.1.113883.3.999.5", "value": "LAB-2"}]
+    second = post(fhir, second_body).json()
+    stolen = copy.deepcopy(ANC) | {"id": second["id"]}  # LAB-1 belongs to the first
+    answer = fhir.put(
+        f"/Observation/{second['id']}", json=stolen, headers={"Content-Type": FHIR, **AT}
+    )
+    assert answer.status_code == 409
+    assert fhir.get(f"/Observation/{first['id']}").json()["meta"]["versionId"] == "1"

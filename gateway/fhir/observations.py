@@ -19,7 +19,13 @@ from gateway.fhir.resources import (
     written,
 )
 from gateway.fhir.search import date_range, identifier_param, page
-from gateway.fhir_intake import LabSubmission, ResourceDraft, VersionConflict
+from gateway.fhir_intake import (
+    IdentifierTaken,
+    LabSubmission,
+    ResourceDraft,
+    UnknownResource,
+    VersionConflict,
+)
 from gateway.service import RemsService
 from gateway.values import Source
 from mappings.fhir.observation import ObservationReading, read_observation
@@ -101,6 +107,14 @@ async def record(
     except VersionConflict:
         raise FhirError(
             412, "conflict", "If-Match names another version than the current one"
+        ) from None
+    except UnknownResource:
+        raise FhirError(
+            404, "not-found", "no such Observation to update (no update-as-create)"
+        ) from None
+    except IdentifierTaken:
+        raise FhirError(
+            409, "duplicate", "another Observation has this identifier", ("Observation.identifier",)
         ) from None
     if done.unknown_patients:
         raise FhirError(

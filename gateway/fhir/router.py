@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.fhir import capability, observations
+from gateway.fhir import bundles, capability, observations
 
 capability.declare(
     "Observation",
@@ -12,6 +12,8 @@ capability.declare(
     search=("patient", "subject", "code", "date"),
     conditional_create=True,
 )
+
+capability.declare("Bundle", ["create"])  # transaction and batch (contracts.md §5)
 
 
 # Dispense decisions (rems-rules.md §6): gateway/fhir/{medication_requests,etasu,patients}.py
@@ -33,6 +35,7 @@ def fhir_router() -> APIRouter:
     router = APIRouter(prefix="/fhir")
     router.include_router(capability.router)
     router.include_router(observations.router)
+    bundles.include(router)  # POST /fhir and /fhir/Bundle: transaction and batch
     from gateway.fhir import etasu, medication_requests, patients  # kept apart from the above
 
     for dispense_routes in (medication_requests, etasu, patients):

@@ -120,9 +120,10 @@ class FhirRepo:
         content_hash: str,
         index: ResourceIndex,
         at: datetime,
+        current: StoredResource | None = None,
     ) -> StoredResource:
-        """Store ``body`` as the next version of the resource (the first when it is new)."""
-        current = self.current_resource(resource_type, resource_id)
+        """Store ``body`` as the next version of ``current`` (the resource's current version,
+        which the caller has read), or as a new resource."""
         version = current.version_id + 1 if current is not None else 1
         if current is not None:
             self.conn.execute(_supersede, {"of_type": resource_type, "of_id": resource_id})
