@@ -14,7 +14,14 @@ router = APIRouter(tags=["metadata"])
 # entry here when it registers its routes (see gateway/fhir/router.py).
 RESOURCES: dict[str, dict[str, Any]] = {}
 
-SEARCH_TYPES = {"patient": "reference", "subject": "reference", "code": "token", "date": "date"}
+SEARCH_TYPES = {
+    "patient": "reference",
+    "subject": "reference",
+    "code": "token",
+    "date": "date",
+    "identifier": "token",
+    "url": "uri",
+}
 
 
 def declare(

@@ -41,6 +41,8 @@ class FhirResponse(Response):
     media_type = f"{FHIR_JSON}; charset=utf-8"
 
     def render(self, content: Any) -> bytes:
+        if content is None:  # Prefer: return=minimal
+            return b""
         return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
