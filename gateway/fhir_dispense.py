@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, select
-
 from gateway.fhir_intake import Recorded, ResourceDraft, existing, put
 from gateway.values import Source
 from mappings.fhir.medication_request import decision_of, with_decision
@@ -25,14 +23,10 @@ from rems_core.model import (
     decision_from_dict,
 )
 from rems_core.rulepack import RulePack
-from rems_core.store import tables
 from rems_core.store.repo import Store
 
 if TYPE_CHECKING:
     from gateway.service import RemsService
-
-decision_t = tables.DecisionRow.__table__
-rda_t = tables.RdaRow.__table__
 
 
 @dataclass(frozen=True)
@@ -104,15 +98,10 @@ class _NoRda:
 
 def stored_decision(store: Store, case_number: str) -> EtasuCheck:
     """The decision an RDA number or a decision id names."""
-    by_rda = select(rda_t.c.decision_id).where(rda_t.c.number == case_number).scalar_subquery()
-    row = store.conn.execute(
-        select(decision_t.c.result).where(
-            or_(decision_t.c.id == case_number, decision_t.c.id == by_rda)
-        )
-    ).first()
-    if row is None:
+    result = store.decision_by_case_number(case_number)
+    if result is None:
         return EtasuCheck(None, stored=True)
-    return _reported(decision_from_dict(row.result))
+    return _reported(decision_from_dict(result))
 
 
 def _reported(decision: Decision) -> EtasuCheck:

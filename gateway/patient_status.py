@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 
-from sqlalchemy import select
-
 from rems_core import monitoring
 from rems_core.model import (
     AncResult,
@@ -19,10 +17,7 @@ from rems_core.model import (
     TreatmentStatus,
 )
 from rems_core.rulepack import RulePack
-from rems_core.store import tables
 from rems_core.store.repo import Store
-
-patient_t = tables.PatientRow.__table__
 
 
 @dataclass(frozen=True)
@@ -59,14 +54,16 @@ def patient_record(store: Store, patient_id: str) -> PatientRecord | None:
     patient = store.patient(patient_id)
     if patient is None:
         return None
-    row = store.conn.execute(select(patient_t).where(patient_t.c.id == patient_id)).one()
+    person = store.patient_demographics(patient_id)
+    if person is None:
+        return None
     return PatientRecord(
         patient.rems_id,
         patient.identifiers,
-        row.family_name,
-        row.given_name,
-        row.birth_date,
-        row.sex,
+        person.family_name,
+        person.given_name,
+        person.birth_date,
+        person.sex,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
@@ -81,6 +82,14 @@ def _patient(rows: list[Any]) -> Patient | None:
         treatment_start=row.treatment_start,
         legacy_enrolled=row.legacy_enrolled,
     )
+
+
+@dataclass(frozen=True)
+class Demographics:
+    family_name: str
+    given_name: str
+    birth_date: date | None
+    sex: str | None
 
 
 @dataclass(frozen=True)
@@ -232,6 +241,18 @@ class RegistryRepo:
 
     def patient(self, patient_id: str) -> Patient | None:
         return _patient(self.conn.execute(_patient_by_id, {"patient_id": patient_id}).all())
+
+    def patient_demographics(self, patient_id: str) -> Demographics | None:
+        """Name, birth date and sex as the registry holds them (the FHIR Patient; never logged)."""
+        row = self.conn.execute(
+            select(
+                patient_t.c.family_name,
+                patient_t.c.given_name,
+                patient_t.c.birth_date,
+                patient_t.c.sex,
+            ).where(patient_t.c.id == patient_id)
+        ).first()
+        return Demographics(*row) if row is not None else None
 
     def set_designation(self, patient_id: str, designation: Designation) -> None:
         """The designation is registry data: writers of other processes must read it anew."""

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Connection, bindparam, insert, select, union_all, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, union_all, update
 
 from rems_core.audit import AuditEntry, ChainHead, chained, columns
 from rems_core.model import (
@@ -369,6 +369,16 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
     def decision_for_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
         row = self.conn.execute(_decision_by_request, {"request_id": request_id}).first()
         return (row.request_hash, row.result) if row else None
+
+    def decision_by_case_number(self, case_number: str) -> dict[str, Any] | None:
+        """The stored result of the decision a decision id or an RDA number names."""
+        by_rda = select(rda_t.c.decision_id).where(rda_t.c.number == case_number)
+        row = self.conn.execute(
+            select(decision_t.c.result).where(
+                or_(decision_t.c.id == case_number, decision_t.c.id == by_rda.scalar_subquery())
+            )
+        ).first()
+        return row.result if row is not None else None
 
     def add_decision(self, values: dict[str, Any]) -> None:
         self.conn.execute(_insert_decision, values)
