@@ -148,9 +148,10 @@ def scenario_run(
     via: Annotated[
         str,
         typer.Option(
-            help="inprocess (the application service) or mllp (lab and hl7 steps over MLLP: to "
-            "a listener on a loopback port, or with --mllp to a running gateway; the other steps "
-            "through the service)"
+            help="inprocess (the application service), mllp (lab and hl7 steps over MLLP: to "
+            "a listener on a loopback port, or with --mllp to a running gateway) or fhir (lab, "
+            "labs and fhir steps to the FHIR endpoint on a loopback port); the other steps "
+            "through the service"
         ),
     ] = "inprocess",
     db: Annotated[
@@ -175,13 +176,19 @@ def scenario_run(
     sender: Annotated[
         str | None, typer.Option(help="APP|FACILITY: MSH-3 and MSH-4 of the runner's ORU^R01")
     ] = None,
+    fhir: Annotated[
+        str | None, typer.Option(help="FHIR base URL of a running gateway (not available yet)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run scenario files; exit 1 on any mismatch, with a diff per failed step."""
     from gateway.scenario import DatabaseFactory, format_report, run_file
 
-    if via not in ("inprocess", "mllp"):
-        typer.echo(f"--via {via}: not available yet; use inprocess or mllp", err=True)
+    if via not in ("inprocess", "mllp", "fhir"):
+        typer.echo(f"--via {via}: use inprocess, mllp or fhir", err=True)
+        raise typer.Exit(2)
+    if fhir is not None:
+        typer.echo("--fhir URL: a running gateway over FHIR is not available yet", err=True)
         raise typer.Exit(2)
     live = _live_gateway(via, db, mllp, gateway, admin_token, sender)
     packs = PackLibrary()
@@ -301,6 +308,19 @@ def serve_command(
     smart_clients: Annotated[
         Path | None,
         typer.Option(help="SMART Backend Services clients file: ids, public keys, scopes"),
+    ] = None,
+    public_base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The gateway's public URL (e.g. https://rems.example.org): SMART assertions' "
+            "aud is <it>/auth/token"
+        ),
+    ] = None,
+    smart_signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM private key (EC P-384 or RSA) signing access tokens; shared by processes"
+        ),
     ] = None,
 ) -> None:
     """Run the gateway: HTTP (FHIR, health, readiness, metrics, admin), MLLP and the scheduler.

@@ -378,6 +378,10 @@ def _channel(
         from gateway.scenario_mllp import MllpChannel
 
         return MllpChannel(service, scenario)
+    if via == "fhir":
+        from gateway.scenario_fhir import FhirChannel
+
+        return FhirChannel(service, scenario)
     return InProcessChannel(service, scenario)
 
 
