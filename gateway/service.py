@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TypeVar
 
-from gateway import audit_log, fhir_dispense, fhir_intake, lab_intake, registry_load
+from gateway import audit_log, fhir_dispense, fhir_intake, fhir_psf, lab_intake, registry_load
 from gateway.fhir_intake import LabsRecorded, LabSubmission
 from gateway.values import LabOutcome, ReceivedMessage, Source
 from gateway.writer import Writer
@@ -319,6 +319,42 @@ class RemsService:
             *versions,
             patient.rems_id,
         )
+
+    async def submit_psf_resource(
+        self, submission: fhir_psf.PsfSubmission, source: Source
+    ) -> fhir_psf.PsfRecorded:
+        """A QuestionnaireResponse: its PSF judged as ``submit_psf`` does, and the response
+        stored with the outcome, in one unit of work (the same response again is not re-judged)."""
+        form = submission.form
+        pack = self.pack_for(form.submitted_at)
+
+        def unit(store: Store) -> fhir_psf.PsfRecorded:
+            again = fhir_psf.resent(store, submission)
+            if again is not None:
+                return again
+            identifiers = fhir_psf.subject_identifiers(store, submission)
+            outcome = self._submit(store, identifiers, form, source, pack)
+            store.append_audit(audit_log.psf(source, form, outcome))
+            return fhir_psf.keep(self, store, submission, outcome)
+
+        return await self.writer.run(unit)
+
+    async def sign_psf_resource(
+        self, request: fhir_psf.SignRequest, source: Source
+    ) -> fhir_psf.PsfRecorded:
+        """A prescriber signs the PSF of a QuestionnaireResponse, as ``sign_psf`` does; the
+        response's next version carries the new outcome."""
+        pack = self.pack_for(request.at)
+
+        def unit(store: Store) -> fhir_psf.PsfRecorded:
+            form = fhir_psf.pending(store, request)
+            identifiers = fhir_psf.patient_identifiers(store, request.patient_id)
+            signer, at = request.signer, request.at
+            outcome = self._sign(store, identifiers, signer, at, pack, form.psf_id)
+            store.append_audit(audit_log.signature(source, signer, form.psf_id, at, outcome))
+            return fhir_psf.keep_signature(self, store, request, outcome)
+
+        return await self.writer.run(unit)
 
     # --- dispense -----------------------------------------------------------------------------
 

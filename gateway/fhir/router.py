@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.fhir import bundles, capability, observations
+from gateway.fhir import bundles, capability, observations, questionnaires, validate
 
 capability.declare(
     "Observation",
@@ -31,6 +31,18 @@ capability.declare(
 )
 
 
+# The Patient Status Form (rems-rules.md §4–5): gateway/fhir/questionnaires.py
+capability.declare("Questionnaire", ["read", "search-type"])
+capability.declare(
+    "QuestionnaireResponse",
+    ["create", "read", "vread"],
+    operations=(
+        ("submit", "urn:rems-gateway:fhir:OperationDefinition/QuestionnaireResponse-submit"),
+        ("sign", "urn:rems-gateway:fhir:OperationDefinition/QuestionnaireResponse-sign"),
+    ),
+)
+
+
 def fhir_router() -> APIRouter:
     router = APIRouter(prefix="/fhir")
     router.include_router(capability.router)
@@ -40,4 +52,7 @@ def fhir_router() -> APIRouter:
 
     for dispense_routes in (medication_requests, etasu, patients):
         router.include_router(dispense_routes.router)
+    router.include_router(questionnaires.router)
+    router.include_router(validate.router)
+    validate.declare_operations()  # after every type is declared
     return router

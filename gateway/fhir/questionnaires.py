@@ -1,0 +1,292 @@
+"""The Patient Status Form over FHIR: our Questionnaires, QuestionnaireResponse submission
+(`POST /QuestionnaireResponse`, `$submit`) and the prescriber's signature (`$sign`).
+
+Signing (contracts.md §3) is an act of a signed-in prescriber: a user whose fhirUser is
+`Practitioner/<NPI>`. A response counts as signed when that prescriber submits it for themself
+(unless its `signature` answer is false: a draft to sign later), or when they `$sign` it. A
+`signature` answer of true from anyone else — a system client, a designee, another prescriber —
+is refused with 403 and nothing is stored: saying "signed" must not quietly mean "pending".
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.fhir.auth import Principal, requires
+from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
+from gateway.fhir.resources import (
+    BASE,
+    clinical_now,
+    content_hash,
+    read_response,
+    validated,
+    written,
+)
+from gateway.fhir_intake import ResourceDraft
+from gateway.fhir_psf import (
+    Changed,
+    NotPending,
+    NotTheSigner,
+    PsfRecorded,
+    PsfSubmission,
+    SignRequest,
+    UnknownSubject,
+)
+from gateway.service import RemsService
+from gateway.values import Source
+from mappings.fhir.outcome import Issue
+from mappings.fhir.psf_outcome import (
+    psf_issues,
+    signature_extension,
+    stored_outcome,
+    with_outcome,
+)
+from mappings.fhir.questionnaire import PsfReading, questionnaires
+from mappings.fhir.questionnaire import read_response as read_qr
+from rems_core.model import PatientStatusForm, PsfOutcome
+from rems_core.store.fhir_repo import ResourceIndex, StoredResource
+
+router = APIRouter(tags=["Questionnaire", "QuestionnaireResponse"])
+TYPE = "QuestionnaireResponse"
+
+
+def service_of(request: Request) -> RemsService:
+    return request.app.state.service
+
+
+# --- Questionnaire -------------------------------------------------------------------------
+
+
+@router.get("/Questionnaire/{questionnaire_id}")
+async def read_questionnaire(
+    request: Request,
+    questionnaire_id: str,
+    _: Annotated[Principal, requires("Questionnaire", "read")],
+) -> FhirResponse:
+    check_format(request)
+    found = questionnaires().get(questionnaire_id)
+    if found is None:
+        raise FhirError(404, "not-found", f"Questionnaire/{questionnaire_id} is not known")
+    return FhirResponse(found, 200)
+
+
+@router.get("/Questionnaire")
+async def search_questionnaires(
+    request: Request, _: Annotated[Principal, requires("Questionnaire", "search")]
+) -> FhirResponse:
+    """Both forms: the monthly / status-change PSF and the enrollment PSF."""
+    check_format(request)
+    entries = [
+        {"fullUrl": f"{BASE}/Questionnaire/{qid}", "resource": q, "search": {"mode": "match"}}
+        for qid, q in questionnaires().items()
+    ]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(entries),
+        "link": [{"relation": "self", "url": str(request.url)}],
+        "entry": entries,
+    }
+    return FhirResponse(bundle, 200)
+
+
+# --- QuestionnaireResponse: submission -------------------------------------------------------
+
+
+def checked(request: Request, data: dict[str, Any], now: datetime) -> PsfReading:
+    """The response read against its Questionnaire; 422 with every problem otherwise."""
+    reading = read_qr(validated(data, TYPE), now, service_of(request).tz)
+    if reading.problems:
+        raise FhirError(422, "invalid", "", issues=reading.problems)
+    return reading
+
+
+def response_in(data: dict[str, Any]) -> dict[str, Any]:
+    """`$submit` takes the response itself, or Parameters holding it."""
+    if data["resourceType"] != "Parameters":
+        return data
+    for parameter in data.get("parameter") or []:
+        resource = parameter.get("resource") if isinstance(parameter, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == TYPE:
+            return resource
+    raise FhirError(
+        400, "required", "Parameters must hold a QuestionnaireResponse", ("Parameters.parameter",)
+    )
+
+
+def as_signed(
+    principal: Principal, form: PatientStatusForm, answer: bool | None
+) -> PatientStatusForm:
+    """The form signed when its prescriber submits it signed in; 403 for a signature claimed by
+    anyone else, or a user submitting in another's name."""
+    user = principal.prescriber_npi
+    if user is not None and user != form.submitter:
+        raise FhirError(403, "forbidden", "a signed-in user submits forms as their author only")
+    if user is None or user != form.prescriber_npi:
+        if answer:
+            raise FhirError(
+                403,
+                "forbidden",
+                "only the prescriber named on the form, signed in as themself, can sign it; "
+                "submit it without the signature to hold it for the prescriber",
+                ("QuestionnaireResponse.item.where(linkId='signature')",),
+            )
+        return form
+    if answer is False:
+        return form  # the prescriber's own draft, to $sign later
+    return replace(form, signed=True, signed_by=user, signed_at=form.submitted_at)
+
+
+async def submit(request: Request, principal: Principal, data: dict[str, Any]) -> Response:
+    now = clinical_now(request, data)
+    reading = checked(request, data, now)
+    assert reading.form is not None and reading.subject is not None  # checked() saw to it
+    form = as_signed(principal, reading.form, reading.signature)
+    signature = signature_extension(form.signed_by, form.submitted_at) if form.signed_by else None
+    draft = ResourceDraft(
+        TYPE,
+        data,
+        content_hash(data),
+        ResourceIndex(reading.identifier, None, reading.questionnaire, form.submitted_at),
+    )
+    submission = PsfSubmission(
+        draft,
+        form,
+        reading.subject.identifiers,
+        reading.subject.patient_id,
+        lambda body, outcome: with_outcome(body, outcome, signature),
+    )
+    source = Source("fhir", principal.client_id)
+    try:
+        done = await service_of(request).submit_psf_resource(submission, source)
+    except UnknownSubject:
+        raise FhirError(
+            422,
+            "not-found",
+            "subject names a Patient the gateway does not know",
+            (f"{TYPE}.subject",),
+        ) from None
+    return answer(request, done)
+
+
+def answer(request: Request, done: PsfRecorded) -> Response:
+    assert done.recorded is not None
+    stored = done.recorded.resource
+    outcome = done.outcome or stored_outcome(stored.body)
+    issues = psf_issues(outcome) if outcome else []
+    return written(request, stored, done.recorded.created, issues)
+
+
+@router.post("/QuestionnaireResponse")
+async def create_questionnaire_response(
+    request: Request, principal: Annotated[Principal, requires(TYPE, "create")]
+) -> Response:
+    """Submit a PSF; its outcome is an extension of the stored response, and the OperationOutcome
+    with `Prefer: return=OperationOutcome`."""
+    check_format(request)
+    return await submit(request, principal, await json_body(request))
+
+
+@router.post("/QuestionnaireResponse/$submit")
+async def submit_questionnaire_response(
+    request: Request, principal: Annotated[Principal, requires(TYPE, "create")]
+) -> Response:
+    check_format(request)
+    return await submit(request, principal, response_in(await json_body(request)))
+
+
+# --- QuestionnaireResponse: signature, reads -------------------------------------------------
+
+
+@router.post("/QuestionnaireResponse/{resource_id}/$sign")
+async def sign_questionnaire_response(
+    request: Request,
+    resource_id: str,
+    principal: Annotated[Principal, requires(TYPE, "update")],
+) -> Response:
+    """The signed-in prescriber signs the PSF this response holds for their signature; the
+    response's next version carries the new outcome and the signature."""
+    check_format(request)
+    signer = principal.prescriber_npi
+    if signer is None:
+        raise FhirError(403, "forbidden", "a system client cannot sign: sign in as the prescriber")
+    service = service_of(request)
+    current = await service.read(lambda s: s.current_resource(TYPE, resource_id))
+    if current is None:
+        raise FhirError(404, "not-found", f"{TYPE}/{resource_id} is not known")
+    sign = sign_request(current, signer, clinical_now(request))
+    try:
+        done = await service.sign_psf_resource(sign, Source("fhir", principal.client_id))
+    except NotTheSigner:
+        raise FhirError(
+            403, "forbidden", "only the prescriber named on the form can sign it"
+        ) from None
+    except NotPending as refused:
+        status = refused.status.value if refused.status else "not a PSF"
+        raise FhirError(
+            409, "conflict", f"the form is not pending a signature ({status})"
+        ) from None
+    except Changed:
+        raise FhirError(
+            409, "conflict", "the response changed meanwhile: read it and retry"
+        ) from None
+    if done.recorded is None:
+        assert done.outcome is not None
+        raise FhirError(
+            403, "forbidden", "the signature was refused", issues=_refused(done.outcome)
+        )
+    return answer(request, done)
+
+
+def sign_request(current: StoredResource, signer: str, at: datetime) -> SignRequest:
+    outcome = stored_outcome(current.body)
+    if outcome is None or not outcome.psf_id or not outcome.patient:
+        raise FhirError(409, "conflict", "this response holds no PSF pending a signature")
+
+    def next_version(body: dict[str, Any], signed: PsfOutcome) -> ResourceDraft:
+        new_body = with_outcome(body, signed, signature_extension(signer, at))
+        index = ResourceIndex(_identifier(body), signed.patient, None, at)
+        return ResourceDraft(TYPE, new_body, content_hash(new_body), index, resource_id=current.id)
+
+    return SignRequest(
+        current.id, current.version_id, outcome.psf_id, outcome.patient, signer, at, next_version
+    )
+
+
+def _identifier(body: dict[str, Any]) -> str | None:
+    identifier = body.get("identifier") or {}
+    return (
+        f"{identifier.get('system', '')}|{identifier['value']}" if "value" in identifier else None
+    )
+
+
+def _refused(outcome: PsfOutcome) -> list[Issue]:
+    return [Issue("error", "forbidden", r.text, rems_code=r.code) for r in outcome.reasons]
+
+
+@router.get("/QuestionnaireResponse/{resource_id}")
+async def read_questionnaire_response(
+    request: Request, resource_id: str, _: Annotated[Principal, requires(TYPE, "read")]
+) -> FhirResponse:
+    check_format(request)
+    stored = await service_of(request).read(lambda s: s.current_resource(TYPE, resource_id))
+    return read_response(stored, TYPE, resource_id)
+
+
+@router.get("/QuestionnaireResponse/{resource_id}/_history/{version_id}")
+async def vread_questionnaire_response(
+    request: Request,
+    resource_id: str,
+    version_id: int,
+    _: Annotated[Principal, requires(TYPE, "read")],
+) -> FhirResponse:
+    check_format(request)
+    stored = await service_of(request).read(
+        lambda s: s.resource_version(TYPE, resource_id, version_id)
+    )
+    return read_response(stored, TYPE, f"{resource_id}/_history/{version_id}")

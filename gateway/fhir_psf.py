@@ -1,0 +1,128 @@
+"""Patient Status Forms from FHIR, inside the service's units of work: a QuestionnaireResponse
+version is stored together with its PSF's outcome, and a prescriber's signature stores the next
+version with the new outcome — or nothing changes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from gateway.fhir_intake import Recorded, ResourceDraft, existing, put
+from rems_core.model import Identifier, PatientStatusForm, PsfOutcome, PsfStatus, StoredPsf
+from rems_core.store.repo import Store
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from gateway.service import RemsService
+
+
+@dataclass(frozen=True)
+class PsfSubmission:
+    draft: ResourceDraft  # the QuestionnaireResponse as received
+    form: PatientStatusForm
+    patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
+    patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
+    shape: Callable[[dict[str, Any], PsfOutcome], dict[str, Any]]  # the body to store
+
+
+@dataclass(frozen=True)
+class PsfRecorded:
+    recorded: Recorded | None  # None: a refused signature, nothing stored
+    outcome: PsfOutcome | None  # None: the same response again, answered from the store
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    resource_id: str  # the QuestionnaireResponse
+    version_id: int  # its version the signer saw
+    psf_id: str
+    patient_id: str
+    signer: str  # the signed-in prescriber's NPI
+    at: datetime
+    next_version: Callable[[dict[str, Any], PsfOutcome], ResourceDraft]
+
+
+class UnknownSubject(Exception):
+    """The subject names a Patient/{id} the gateway does not know."""
+
+
+class NotPending(Exception):
+    """The form is not waiting for a signature (any more)."""
+
+    def __init__(self, status: PsfStatus | None) -> None:
+        super().__init__(status.value if status else "unknown")
+        self.status = status
+
+
+class NotTheSigner(Exception):
+    """Only the prescriber named on the form may sign it."""
+
+
+class Changed(Exception):
+    """The QuestionnaireResponse has a newer version than the one the signer saw."""
+
+
+def resent(store: Store, submission: PsfSubmission) -> PsfRecorded | None:
+    """The same response again (same identifier, same content): its stored version, unjudged."""
+    current = existing(store, submission.draft)
+    if current is None or current.content_hash != submission.draft.content_hash:
+        return None
+    return PsfRecorded(Recorded(current, created=False, unchanged=True), None)
+
+
+def subject_identifiers(store: Store, submission: PsfSubmission) -> list[Identifier]:
+    if submission.patient_id is None:
+        return list(submission.patient_identifiers)
+    patient = store.patient(submission.patient_id)
+    if patient is None:
+        raise UnknownSubject(submission.patient_id)
+    return list(patient.identifiers)
+
+
+def keep(
+    service: RemsService, store: Store, submission: PsfSubmission, outcome: PsfOutcome
+) -> PsfRecorded:
+    """The response's version, with the outcome of its PSF."""
+    draft = submission.draft
+    draft = replace(draft, index=replace(draft.index, patient_id=outcome.patient))
+    received = submission.form.submitted_at
+    done = put(service, store, draft, received, lambda body: submission.shape(body, outcome))
+    return PsfRecorded(done, outcome)
+
+
+def pending(store: Store, request: SignRequest) -> StoredPsf:
+    """The form the signer means, if it waits for their signature; otherwise the refusal."""
+    current = store.current_resource("QuestionnaireResponse", request.resource_id)
+    if current is None or current.version_id != request.version_id:
+        raise Changed(request.resource_id)
+    form = _psf(store, request.patient_id, request.psf_id)
+    if form is None or form.status != PsfStatus.PENDING_PRESCRIBER_SIGNATURE:
+        raise NotPending(form.status if form else None)
+    if request.signer != form.form.prescriber_npi:
+        raise NotTheSigner(request.psf_id)
+    return form
+
+
+def patient_identifiers(store: Store, patient_id: str) -> list[Identifier]:
+    patient = store.patient(patient_id)
+    return list(patient.identifiers) if patient else []
+
+
+def keep_signature(
+    service: RemsService, store: Store, request: SignRequest, outcome: PsfOutcome
+) -> PsfRecorded:
+    """The next version with the signed form's outcome, when the signature changed the form; a
+    signature the rules refused (e.g. a decertified prescriber) changes nothing."""
+    form = _psf(store, request.patient_id, request.psf_id)  # None: rejected now
+    if form is not None and form.status == PsfStatus.PENDING_PRESCRIBER_SIGNATURE:
+        return PsfRecorded(None, outcome)
+    current = store.current_resource("QuestionnaireResponse", request.resource_id)
+    assert current is not None  # pending() found it in this unit of work
+    draft = request.next_version(current.body, outcome)
+    return PsfRecorded(put(service, store, draft, request.at), outcome)
+
+
+def _psf(store: Store, patient_id: str, psf_id: str) -> StoredPsf | None:
+    return next((p for p in store.psfs(patient_id) if p.psf_id == psf_id), None)
