@@ -391,8 +391,13 @@ def test_validate_answers_the_issues_of_a_bad_resource(fhir: httpx.Client) -> No
     }
     issues = validate(fhir, "Bundle", bundle).json()["issue"]
     assert issues[0]["severity"] == "error"
-    medication = {"resourceType": "MedicationRequest", "status": "active"}
-    assert validate(fhir, "MedicationRequest", medication).json()["issue"][0]["severity"] == "error"
+    medication = json.loads((FIXTURES / "medicationrequest-outpatient.json").read_text())
+    assert validate(fhir, "MedicationRequest", medication).json()["issue"][0]["diagnostics"] == (
+        "valid"
+    )
+    no_subject = medication | {"subject": {"display": "someone"}}  # valid R4B, not for us
+    answered = validate(fhir, "MedicationRequest", no_subject).json()
+    assert "MedicationRequest.subject" in expressions(answered)
 
 
 def test_questionnaire_canonicals() -> None:

@@ -14,6 +14,7 @@ from gateway.fhir import capability, observations, questionnaires
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
 from gateway.fhir.resources import clinical_now, validated
+from mappings.fhir.medication_request import read_medication_request
 from mappings.fhir.outcome import Issue, operation_outcome
 
 router = APIRouter(tags=["$validate"])
@@ -29,13 +30,6 @@ def issues_of(check: Check, request: Request, data: dict[str, Any]) -> list[Issu
     return []
 
 
-def r4b_only(resource_type: str) -> Check:
-    def check(request: Request, data: dict[str, Any]) -> None:
-        validated(data, resource_type)
-
-    return check
-
-
 def observation(request: Request, data: dict[str, Any]) -> None:
     observations.reading(request, data)
 
@@ -44,10 +38,18 @@ def questionnaire_response(request: Request, data: dict[str, Any]) -> None:
     questionnaires.checked(request, data, clinical_now(request, data))
 
 
+def medication_request(request: Request, data: dict[str, Any]) -> None:
+    resource = validated(data, "MedicationRequest")
+    found = read_medication_request(resource, clinical_now(request, data))
+    errors = [p for p in found.problems if p.severity in ("error", "fatal")]
+    if errors or found.request is None:
+        raise FhirError(422, "invalid", "", issues=found.problems)
+
+
 CHECKS: dict[str, Check] = {
     "Observation": observation,
     "QuestionnaireResponse": questionnaire_response,
-    "MedicationRequest": r4b_only("MedicationRequest"),
+    "MedicationRequest": medication_request,
 }
 
 
