@@ -12,12 +12,21 @@ import yaml
 from fastapi import APIRouter, Depends, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from gateway.errors import ApiError, yaml_problem
+from gateway.errors import ApiError, error_responses, yaml_problem
+from gateway.fhir.auth import ADMIN_SCOPE
+from gateway.fhir.smart import (
+    InvalidAccessToken,
+    SmartBackendAuth,
+    bearer_token,
+    invalid_token_challenge,
+)
 from gateway.service import RegistryConflict, RemsService, Source
 from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from
 
 log = logging.getLogger("rems_gateway.admin")
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(
+    prefix="/admin", tags=["admin"], responses=error_responses(400, 401, 403, 409, 415, 422, 503)
+)
 
 JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml"}
@@ -26,21 +35,47 @@ OPEN_ACTOR = "admin-unauthenticated"  # no admin token configured (warned about 
 
 
 def require_admin(request: Request) -> str:
-    """The actor holding admin scope: the bearer of the configured admin token."""
+    """The actor holding admin scope: the bearer of the configured admin token, or of a SMART
+    access token granted the `admin` scope. Open (warned at start-up) only when neither an
+    admin token nor a SMART client allowed `admin` is configured."""
     token = request.app.state.settings.admin_token
-    if token is None:
+    smart = _smart_admin(request)
+    if token is None and smart is None:
         return OPEN_ACTOR
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    given = bearer_token(request)
+    if given is None:
         raise ApiError(
             401,
             "unauthorized",
-            "admin scope required: send 'Authorization: Bearer <admin token>'",
+            "admin scope required: send 'Authorization: Bearer <admin token or access token>'",
             {"WWW-Authenticate": 'Bearer realm="rems-gateway admin"'},
         )
-    if not secrets.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+    if token is not None and secrets.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    ):
+        return TOKEN_ACTOR
+    if smart is not None and given.count(".") == 2:  # a JWT: one of our access tokens?
+        return _smart_actor(smart, given)
+    raise ApiError(403, "forbidden", "this token does not grant admin scope")
+
+
+def _smart_admin(request: Request) -> SmartBackendAuth | None:
+    auth = request.app.state.fhir_auth
+    if isinstance(auth, SmartBackendAuth) and any(
+        ADMIN_SCOPE in client.scopes for client in auth.clients.values()
+    ):
+        return auth
+    return None
+
+
+def _smart_actor(smart: SmartBackendAuth, token: str) -> str:
+    try:
+        principal = smart.verify(token)
+    except InvalidAccessToken as exc:
+        raise ApiError(401, "unauthorized", str(exc), invalid_token_challenge(exc)) from None
+    if ADMIN_SCOPE not in principal.scopes:
         raise ApiError(403, "forbidden", "this token does not grant admin scope")
-    return TOKEN_ACTOR
+    return f"smart:{principal.client_id}"
 
 
 def parse_body(content_type: str, body: bytes) -> Any:

@@ -25,6 +25,7 @@ from gateway.fhir.http import error_response as fhir_error_response
 from gateway.fhir.openapi import describe_fhir_routes
 from gateway.fhir.router import fhir_router
 from gateway.fhir.smart import SmartBackendAuth
+from gateway.fhir.token import router as smart_router
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from gateway.mllp import MllpSettings
 from gateway.mllp_listener import Hl7Listener
@@ -100,6 +101,7 @@ def create_app(service: RemsService, settings: Settings, state: GatewayState) ->
     _add_probes(app, state, metrics)
     app.include_router(admin_router)
     app.state.fhir_auth = authenticator(settings)
+    app.include_router(smart_router)  # /auth/token, /.well-known/smart-configuration
     app.include_router(fhir_router())
     describe_fhir_routes(app)
     return app

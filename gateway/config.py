@@ -11,6 +11,7 @@ import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -76,6 +77,10 @@ class Settings(BaseSettings):
     # mode that lets everyone in as a system client (loopback only, warned about at start-up).
     auth: Literal["smart", "development"] = "smart"
     smart_clients: FilePath | None = None
+    # SMART token endpoint: assertions' aud is <public_base_url>/auth/token (else the URL the
+    # request came in on); access tokens are signed with this key (else one made at start-up).
+    public_base_url: str | None = None
+    smart_signing_key: FilePath | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -122,6 +127,36 @@ class Settings(BaseSettings):
     def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty (leave it unset to run without one)")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError(
+                "must be an http(s) URL without a query, e.g. https://rems.example.org"
+            )
+        return value.rstrip("/")
+
+    @field_validator("smart_clients")
+    @classmethod
+    def _clients_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from gateway.fhir.smart_clients import load_clients
+
+            load_clients(value)  # a SmartClientsError (a ValueError) names the problem
+        return value
+
+    @field_validator("smart_signing_key")
+    @classmethod
+    def _signing_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from gateway.fhir.smart import SigningKey
+
+            SigningKey.from_file(value)
         return value
 
     @model_validator(mode="after")
