@@ -193,6 +193,7 @@ def test_a_client_gets_only_the_scopes_it_is_allowed(gateway: Gateway) -> None:
 def test_malformed_token_requests_get_rfc_6749_errors(
     gateway: Gateway, form: dict[str, str], expected: tuple[int, str]
 ) -> None:
+    form = dict(form)  # the parameters are shared by the runs on each database
     scope = form.pop("scope", "system/Observation.c")
     assert oauth_error(token_response(gateway.base, LAB_RSA, scope, **form)) == expected
 
