@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.admin import router as admin_router
 from gateway.config import Settings
-from gateway.errors import ApiError, error_response
+from gateway.errors import ApiError, error_response, error_responses
 from gateway.fhir.auth import Authenticator, DevelopmentAuth
 from gateway.fhir.http import FhirError
 from gateway.fhir.http import error_response as fhir_error_response
@@ -35,6 +35,7 @@ from gateway.writer import Writer, WriterStopped
 from mappings.fhir.outcome import Issue
 from mappings.hl7v2.senders import SenderDirectory
 
+READY_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 FHIR_HTTP_ISSUES = {
     404: "not-found",
@@ -139,14 +140,26 @@ def _add_probes(app: FastAPI, state: GatewayState, metrics: GatewayMetrics) -> N
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        responses={
+            200: {"content": {"application/json": {"schema": READY_SCHEMA}}},
+            **error_responses(503),
+        },
+    )
     def readyz() -> Response:
         problem = readiness_problem(state)
         if problem:
             return error_response(503, "not_ready", problem)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}
+        },
+    )
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -75,12 +75,27 @@ def startup_warnings(settings: Settings, packs: PackLibrary) -> list[str]:
             "INSECURE: --auth development lets every caller of the FHIR endpoint in as a system "
             "client with every scope; for a developer's own machine only (bound to loopback)"
         )
-    if settings.admin_token is None:
+    if settings.admin_token is None and not _smart_admin_clients(settings):
         warnings.append(
-            "no admin token (--admin-token, REMS_ADMIN_TOKEN or admin_token in --config): admin "
-            "operations such as POST /admin/registry are open to anyone who reaches the HTTP port"
+            "no admin token (--admin-token, REMS_ADMIN_TOKEN or admin_token in --config) and no "
+            "SMART client with the admin scope: admin operations such as POST /admin/registry are "
+            "open to anyone who reaches the HTTP port"
         )
     return warnings
+
+
+def _smart_admin_clients(settings: Settings) -> bool:
+    """Whether a SMART client may hold the admin scope (then /admin is not open)."""
+    if settings.auth != "smart" or settings.smart_clients is None:
+        return False
+    from gateway.fhir.auth import ADMIN_SCOPE
+    from gateway.fhir.smart_clients import load_clients
+
+    try:
+        clients = load_clients(settings.smart_clients)
+    except ValueError:
+        return False  # serve stops on the bad file with its own message
+    return any(ADMIN_SCOPE in client.scopes for client in clients.values())
 
 
 def serve(settings: Settings) -> None:

@@ -146,20 +146,6 @@ class RemsService:
             lambda store: fhir_intake.record_labs(self, store, submissions, source, received)
         )
 
-    async def record_transaction(
-        self,
-        submissions: list[LabSubmission],
-        dependents: Callable[[list[fhir_intake.Recorded]], list[LabSubmission]],
-        source: Source,
-        received: datetime,
-    ) -> LabsRecorded:
-        """A FHIR transaction Bundle in one unit of work: all of it is stored, or nothing."""
-        return await self.writer.run(
-            lambda store: fhir_intake.record_transaction(
-                self, store, submissions, dependents, source, received
-            )
-        )
-
     async def record_medication_request(
         self, submission: fhir_dispense.DispenseSubmission, source: Source
     ) -> fhir_dispense.DispenseRecorded:
@@ -175,6 +161,20 @@ class RemsService:
             for observe in self.decision_observers:
                 observe(done.decision)
         return done
+
+    async def record_transaction(
+        self,
+        submissions: list[LabSubmission],
+        dependents: Callable[[list[fhir_intake.Recorded]], list[LabSubmission]],
+        source: Source,
+        received: datetime,
+    ) -> LabsRecorded:
+        """A FHIR transaction Bundle in one unit of work: all of it is stored, or nothing."""
+        return await self.writer.run(
+            lambda store: fhir_intake.record_transaction(
+                self, store, submissions, dependents, source, received
+            )
+        )
 
     # --- PSF ----------------------------------------------------------------------------------
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.fhir import bundles, capability, observations, questionnaires, validate
+from gateway.fhir import (
+    bundles,
+    capability,
+    etasu,
+    medication_requests,
+    observations,
+    patients,
+    questionnaires,
+    validate,
+)
 
 capability.declare(
     "Observation",
@@ -46,13 +55,9 @@ capability.declare(
 def fhir_router() -> APIRouter:
     router = APIRouter(prefix="/fhir")
     router.include_router(capability.router)
-    router.include_router(observations.router)
+    for resource_routes in (observations, medication_requests, etasu, patients, questionnaires):
+        router.include_router(resource_routes.router)
     bundles.include(router)  # POST /fhir and /fhir/Bundle: transaction and batch
-    from gateway.fhir import etasu, medication_requests, patients  # kept apart from the above
-
-    for dispense_routes in (medication_requests, etasu, patients):
-        router.include_router(dispense_routes.router)
-    router.include_router(questionnaires.router)
     router.include_router(validate.router)
     validate.declare_operations()  # after every type is declared
     return router
