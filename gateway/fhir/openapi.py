@@ -57,7 +57,7 @@ def describe_fhir_routes(app: FastAPI) -> None:
 
 def _described(document: dict[str, Any]) -> dict[str, Any]:
     for path, operations in document.get("paths", {}).items():
-        if path == "/fhir" or path.startswith("/fhir/"):
+        if (path == "/fhir" or path.startswith("/fhir/")) and "/.well-known/" not in path:
             for method, operation in operations.items():
                 _describe(method.upper(), operation)
     return document

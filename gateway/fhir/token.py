@@ -15,7 +15,9 @@ import jwt
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from gateway.errors import ERROR_SCHEMA
 from gateway.fhir.http import FhirError
+from gateway.fhir.openapi import OUTCOME_SCHEMA
 from gateway.fhir.scopes import granted_scopes
 from gateway.fhir.smart import CLOCK_SKEW_SECONDS, TOKEN_PATH, SmartBackendAuth
 from gateway.fhir.smart_clients import ClientKey, SmartClient
@@ -159,7 +161,52 @@ def authenticated_client(
     return client
 
 
-@router.post(TOKEN_PATH)
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+OAUTH_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+}
+TOKEN_ANSWER = {
+    "type": "object",
+    "required": ["access_token", "token_type", "expires_in", "scope"],
+    "properties": {
+        "access_token": {"type": "string"},
+        "token_type": {"type": "string", "enum": ["bearer"]},
+        "expires_in": {"type": "integer", "maximum": 300},
+        "scope": {"type": "string"},
+    },
+}
+TOKEN_REQUEST = {
+    "type": "object",
+    "required": ["grant_type", "client_assertion_type", "client_assertion", "scope"],
+    "properties": {
+        "grant_type": {"type": "string", "enum": [CLIENT_CREDENTIALS]},
+        "client_assertion_type": {"type": "string"},
+        "client_assertion": {"type": "string"},
+        "scope": {"type": "string"},
+    },
+}
+CONFIGURATION = {"type": "object", "required": ["token_endpoint"]}
+
+
+@router.post(
+    TOKEN_PATH,
+    responses={
+        200: _json(TOKEN_ANSWER, "An access token"),
+        400: _json(OAUTH_ERROR, "RFC 6749 §5.2 error"),
+        401: _json(OAUTH_ERROR, "The client could not be authenticated"),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": TOKEN_REQUEST}},
+        }
+    },
+)
 async def token(request: Request) -> JSONResponse:
     """client_credentials with a signed JWT assertion → a bearer access token (≤ 300 s)."""
     try:
@@ -197,13 +244,28 @@ def smart_configuration(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/.well-known/smart-configuration")
+@router.get(
+    "/.well-known/smart-configuration",
+    responses={
+        200: _json(CONFIGURATION, "SMART configuration"),
+        404: _json(ERROR_SCHEMA, "SMART is not enabled"),
+    },
+)
 async def well_known(request: Request) -> JSONResponse:
     """SMART discovery (also under the FHIR base, where clients look for it)."""
     return smart_configuration(request)
 
 
-@router.get("/fhir/.well-known/smart-configuration")
+@router.get(
+    "/fhir/.well-known/smart-configuration",
+    responses={
+        200: _json(CONFIGURATION, "SMART configuration"),
+        404: {
+            "description": "SMART is not enabled",
+            "content": {"application/fhir+json": {"schema": OUTCOME_SCHEMA}},
+        },
+    },
+)
 async def well_known_under_fhir(request: Request) -> JSONResponse:
     if not isinstance(request.app.state.fhir_auth, SmartBackendAuth):
         raise FhirError(404, "not-found", "SMART is not enabled (--auth development)")
