@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -16,15 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import Request
 from fhir.resources.R4B.questionnaire import Questionnaire
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from sqlalchemy import Engine, func, select
 
-from gateway.app import GatewayState, create_app
-from gateway.config import Settings
-from gateway.fhir.auth import DevelopmentAuth, Principal
 from gateway.service import RemsService, Source
 from mappings.fhir.psf_outcome import PSF_OUTCOME, SIGNATURE
 from mappings.fhir.questionnaire import questionnaire_id, read_response
@@ -41,45 +33,24 @@ from rems_core.registry import RegistryDocument
 from rems_core.store import tables
 from tests.builders import PRESCRIBER, UNCERTIFIED
 from tests.conftest import PACKS, run
-from tests.http_server import free_port
+from tests.http_server import running_app
+from tests.smart_tokens import TestClient, access_token, bearer, smart_settings
 from tests.test_service import MRN, registry
 
 FHIR = "application/fhir+json"
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "fhir"
 AT = "2022-03-20T10:00:00Z"
-USER_HEADER = "X-Test-Fhir-User"
+SYSTEM = TestClient.rsa("ehr", ["system/*.cruds"])
+PRESCRIBERS = {
+    npi: TestClient.rsa(f"prescriber-{npi}", ["user/*.cruds"], fhir_user=f"Practitioner/{npi}")
+    for npi in (PRESCRIBER, UNCERTIFIED)
+}
 
 
-class SignedInUsers(DevelopmentAuth):
-    """The development mode, plus a signed-in user named by a test header (until SMART user
-    tokens are wired into these tests): `X-Test-Fhir-User: Practitioner/<NPI>`."""
+class FhirSession(httpx.Client):
+    """The EHR's system client, and each prescriber signed in: real SMART access tokens."""
 
-    async def principal(self, request: Request) -> Principal:
-        user = request.headers.get(USER_HEADER)
-        if user is None:
-            return await super().principal(request)
-        return Principal("prescriber-app", frozenset({"user/*.*"}), fhir_user=user)
-
-
-@contextmanager
-def serving(service: RemsService, engine: Engine) -> Iterator[str]:
-    settings = Settings(auth="development", mllp_port=free_port(), clock="message", timezone="UTC")
-    app = create_app(service, settings, GatewayState(engine, service.writer))
-    app.state.fhir_auth = SignedInUsers()
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    user_tokens: dict[str, str]
 
 
 def two_patients() -> RegistryDocument:
@@ -93,10 +64,16 @@ def two_patients() -> RegistryDocument:
 
 
 @pytest.fixture
-def fhir(service: RemsService, engine: Engine) -> Iterator[httpx.Client]:
+def fhir(service: RemsService, engine: Engine, tmp_path: Path) -> Iterator[FhirSession]:
     run(service.load_registry(two_patients(), Source("test")))
-    with serving(service, engine) as base, httpx.Client(base_url=base + "/fhir") as client:
-        yield client
+    smart = smart_settings(tmp_path, [SYSTEM, *PRESCRIBERS.values()])
+    with running_app(service, engine, **smart) as base:
+        system = bearer(access_token(base, SYSTEM, "system/*.cruds"))
+        with FhirSession(base_url=base + "/fhir", headers=system) as client:
+            client.user_tokens = {
+                npi: access_token(base, user, "user/*.cruds") for npi, user in PRESCRIBERS.items()
+            }
+            yield client
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -104,11 +81,11 @@ def fixture(name: str) -> dict[str, Any]:
 
 
 def post(
-    client: httpx.Client, body: Any, user: str | None = None, path: str = "", **headers: str
+    client: FhirSession, body: Any, user: str | None = None, path: str = "", **headers: str
 ) -> httpx.Response:
     sent = {"Content-Type": FHIR, "X-Clinical-Time": AT, **headers}
     if user is not None:
-        sent[USER_HEADER] = f"Practitioner/{user}"
+        sent |= bearer(client.user_tokens[user])
     return client.post(f"/QuestionnaireResponse{path}", json=body, headers=sent)
 
 
@@ -145,7 +122,7 @@ def answer_codes(items: list[dict[str, Any]]) -> dict[str, list[str]]:
     return codes
 
 
-def test_the_questionnaires_are_r4b_and_offer_the_domains_codes(fhir: httpx.Client) -> None:
+def test_the_questionnaires_are_r4b_and_offer_the_domains_codes(fhir: FhirSession) -> None:
     monthly = fhir.get("/Questionnaire/clozapine-psf").json()
     enrollment = fhir.get("/Questionnaire/clozapine-enrollment").json()
     for questionnaire in (monthly, enrollment):
@@ -164,7 +141,7 @@ def test_the_questionnaires_are_r4b_and_offer_the_domains_codes(fhir: httpx.Clie
     assert fhir.get("/Questionnaire/other").status_code == 404
 
 
-def test_metadata_declares_the_psf_resources(fhir: httpx.Client) -> None:
+def test_metadata_declares_the_psf_resources(fhir: FhirSession) -> None:
     resources = {r["type"]: r for r in fhir.get("/metadata").json()["rest"][0]["resource"]}
     assert {i["code"] for i in resources["Questionnaire"]["interaction"]} == {
         "read",
@@ -179,7 +156,7 @@ def test_metadata_declares_the_psf_resources(fhir: httpx.Client) -> None:
 # --- submission and signature ----------------------------------------------------------------
 
 
-def test_a_prescribers_signed_monthly_psf_is_accepted(fhir: httpx.Client) -> None:
+def test_a_prescribers_signed_monthly_psf_is_accepted(fhir: FhirSession) -> None:
     """§5.1: a certified prescriber, signed in, submits and so signs the form."""
     created = post(fhir, fixture("monthly-prescriber"), PRESCRIBER)
     assert created.status_code == 201
@@ -199,7 +176,7 @@ def count(engine: Engine, table: Any) -> int:
         return conn.execute(select(func.count()).select_from(table.__table__)).scalar_one()
 
 
-def test_the_same_response_again_is_not_judged_twice(fhir: httpx.Client, engine: Engine) -> None:
+def test_the_same_response_again_is_not_judged_twice(fhir: FhirSession, engine: Engine) -> None:
     first = post(fhir, fixture("monthly-prescriber"), PRESCRIBER)
     psfs = count(engine, tables.PsfRow)
     again = post(fhir, fixture("monthly-prescriber"), PRESCRIBER, Prefer="return=OperationOutcome")
@@ -209,7 +186,7 @@ def test_the_same_response_again_is_not_judged_twice(fhir: httpx.Client, engine:
     assert count(engine, tables.PsfRow) == psfs
 
 
-def test_a_designees_psf_waits_for_the_prescriber_who_signs_it(fhir: httpx.Client) -> None:
+def test_a_designees_psf_waits_for_the_prescriber_who_signs_it(fhir: FhirSession) -> None:
     """§5.2: a rationale from a designee is held until the certified prescriber signs it."""
     created = post(fhir, fixture("monthly-designee-rationale"), Prefer="return=OperationOutcome")
     assert created.status_code == 201
@@ -234,13 +211,13 @@ def test_a_designees_psf_waits_for_the_prescriber_who_signs_it(fhir: httpx.Clien
     assert twice.status_code == 409
 
 
-def pending_response(fhir: httpx.Client) -> str:
+def pending_response(fhir: FhirSession) -> str:
     created = post(fhir, fixture("monthly-designee-rationale"))
     return created.headers["location"].split("/")[3]
 
 
 @pytest.mark.parametrize("signer", [None, UNCERTIFIED], ids=["system-client", "other-prescriber"])
-def test_only_the_forms_prescriber_can_sign_it(fhir: httpx.Client, signer: str | None) -> None:
+def test_only_the_forms_prescriber_can_sign_it(fhir: FhirSession, signer: str | None) -> None:
     """contracts.md §3: a system client cannot sign; neither can another prescriber."""
     resource_id = pending_response(fhir)
     refused = post(fhir, None, signer, f"/{resource_id}/$sign")
@@ -251,7 +228,7 @@ def test_only_the_forms_prescriber_can_sign_it(fhir: httpx.Client, signer: str |
     assert outcome_of(current)["status"] == "pending_prescriber_signature"
 
 
-def test_a_system_clients_signed_answer_is_refused(fhir: httpx.Client, engine: Engine) -> None:
+def test_a_system_clients_signed_answer_is_refused(fhir: FhirSession, engine: Engine) -> None:
     refused = post(fhir, fixture("monthly-prescriber"))  # signature true, no signed-in user
     assert refused.status_code == 403
     assert refused.json()["issue"][0]["code"] == "forbidden"
@@ -259,7 +236,7 @@ def test_a_system_clients_signed_answer_is_refused(fhir: httpx.Client, engine: E
     assert count(engine, tables.FhirResourceRow) == 0
 
 
-def test_submit_takes_parameters_and_a_patient_reference(fhir: httpx.Client) -> None:
+def test_submit_takes_parameters_and_a_patient_reference(fhir: FhirSession) -> None:
     patient = run_read_patient_id(fhir)
     body = fixture("monthly-designee-rationale") | {"subject": {"reference": f"Patient/{patient}"}}
     parameters = {
@@ -273,7 +250,7 @@ def test_submit_takes_parameters_and_a_patient_reference(fhir: httpx.Client) -> 
     assert post(fhir, unknown).status_code == 422
 
 
-def run_read_patient_id(fhir: httpx.Client) -> str:
+def run_read_patient_id(fhir: FhirSession) -> str:
     created = post(fhir, fixture("monthly-designee-rationale"))
     return outcome_of(created.json())["patient"]
 
@@ -353,7 +330,7 @@ def validate(client: httpx.Client, resource_type: str, body: Any) -> httpx.Respo
     )
 
 
-def test_validate_answers_valid_without_storing(fhir: httpx.Client, engine: Engine) -> None:
+def test_validate_answers_valid_without_storing(fhir: FhirSession, engine: Engine) -> None:
     good = validate(fhir, "QuestionnaireResponse", fixture("monthly-prescriber"))
     assert good.status_code == 200
     assert [i["diagnostics"] for i in good.json()["issue"]] == ["valid"]
@@ -372,7 +349,7 @@ def test_validate_answers_valid_without_storing(fhir: httpx.Client, engine: Engi
     assert count(engine, tables.FhirResourceRow) == 0
 
 
-def test_validate_answers_the_issues_of_a_bad_resource(fhir: httpx.Client) -> None:
+def test_validate_answers_the_issues_of_a_bad_resource(fhir: FhirSession) -> None:
     bad = with_item(fixture("monthly-prescriber"), "designation", BAD_DESIGNATION)
     answered = validate(fhir, "QuestionnaireResponse", bad)
     assert answered.status_code == 200
