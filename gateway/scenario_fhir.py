@@ -1,292 +1,324 @@
 """Scenario steps as FHIR R4 over HTTP (contracts.md §2, `--via fhir`).
 
-`lab` steps become an Observation (`POST /fhir/Observation`), `labs` steps a transaction Bundle
-of a DiagnosticReport and its Observations (`POST /fhir`), each with `X-Clinical-Time: <at>` and
-`Prefer: return=OperationOutcome`; the runner reads `anc`, `category` and `warnings` from the
-OperationOutcome, `derived` and `usable` from what the gateway stored. `fhir` steps (a resource
-or a Bundle) are posted as written; `hl7` steps are skipped with a notice. Dispense, psf, sign and
-advance_to go through the application service on the same database.
+Each step goes to the gateway's FHIR endpoint with `X-Clinical-Time: <at>` and `Prefer:
+return=OperationOutcome` (resources: gateway/scenario_fhir_resources.py; answers:
+gateway/scenario_fhir_answers.py):
+
+- `lab` → `POST /fhir/Observation`, `labs` → a transaction Bundle (`POST /fhir`); `derived` and
+  `usable` are read from what the gateway stored;
+- `dispense` → `POST /fhir/MedicationRequest`;
+- `psf` → `POST /fhir/QuestionnaireResponse`, with the prescriber's own user token when the step
+  says `signed: true` for a prescriber, the runner's system token otherwise;
+- `sign` → `POST /fhir/QuestionnaireResponse/{id}/$sign` with the signer's user token, on the
+  response the step's `psf` names, else the patient's newest one still pending (else its newest);
+  a patient with no response at all has nothing to `$sign`: the service answers that;
+- `fhir` steps are posted as written; `hl7` steps, and the steps after one, are skipped
+  (gateway/scenario.py: InProcessChannel.run);
+- `advance_to` goes through the application service (FHIR has no operation for it).
 
 ``FhirChannel`` runs the gateway's app on a real uvicorn server on a loopback port, in this
-process, on the runner's service (development auth, the message clock).
+process, on the runner's service, with SMART Backend Services auth and the message clock; the
+runner is its SMART clients (gateway/scenario_smart.py). ``InProcessFhir`` is the same app
+without a socket (httpx's ASGI transport, development auth) for in-process `fhir` steps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
 import threading
 import time
-import uuid
-from decimal import Decimal
 from typing import Any
 
 import httpx
 import uvicorn
 
 from gateway.scenario import InProcessChannel, NotSupportedYet
+from gateway.scenario_fhir_answers import (
+    answer_fields,
+    decision_fields,
+    lab_fields,
+    psf_fields,
+)
+from gateway.scenario_fhir_resources import (
+    Decimals,
+    medication_request,
+    observation,
+    questionnaire_response,
+    report_bundle,
+)
 from gateway.scenario_file import Scenario, ScenarioError, Step
+from gateway.scenario_smart import RunnerClient, RunnerClients, TokenSource
 from gateway.service import RemsService
-from mappings.fhir.outcome import ANC_EXTENSION, CATEGORY_EXTENSION, REMS_CODES
-from rems_core.model import Identifier, LabResult, ResultStatus
+from rems_core.model import Identifier, LabResult, PatientStatusForm, PsfStatus, SubmitterRole
 
 FHIR_JSON = "application/fhir+json"
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-SPECIMEN_SYSTEM = ""  # the scenario's accession ids are bare values, as on the HL7 channel
-STATUS = {
-    ResultStatus.FINAL: "final",
-    ResultStatus.CORRECTED: "corrected",
-    ResultStatus.PRELIMINARY: "preliminary",
-    ResultStatus.CANCELLED: "cancelled",
-}
-LABORATORY = [
-    {
-        "coding": [
-            {
-                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                "code": "laboratory",
-            }
-        ]
-    }
-]
-NUMBER = re.compile(r"^(<=|>=|<|>)?\s*(-?\d+(\.\d+)?)$")
+PENDING = PsfStatus.PENDING_PRESCRIBER_SIGNATURE.value
+SIGN_PARAMETERS = json.dumps({"resourceType": "Parameters"}).encode()
+
+Answer = tuple[int, Any, httpx.Headers]
 
 
-# --- scenario steps as FHIR resources ---------------------------------------------------------
-
-
-class Decimals:
-    """Exact decimal values in the JSON sent (0.80 stays 0.80, never a binary float)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def number(self, text: str) -> str:
-        marker = f"__decimal_{len(self.values)}__"
-        self.values[marker] = str(Decimal(text))
-        return marker
-
-    def dumps(self, body: dict[str, Any]) -> bytes:
-        text = json.dumps(body, ensure_ascii=False)
-        for marker, value in self.values.items():
-            text = text.replace(f'"{marker}"', value)
-        return text.encode("utf-8")
-
-
-def observation(result: LabResult, subject: Identifier, numbers: Decimals) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "resourceType": "Observation",
-        "status": STATUS[result.status],
-        "category": LABORATORY,
-        "code": {"coding": [{"system": LOINC, "code": result.code}]},
-        "subject": {"identifier": {"system": subject.system, "value": subject.value}},
-        "effectiveDateTime": result.drawn.isoformat(),
-    }
-    if result.specimen:
-        body["specimen"] = {"identifier": {"value": result.specimen}}
-    body |= _value(result, numbers)
-    return body
-
-
-def _value(result: LabResult, numbers: Decimals) -> dict[str, Any]:
-    """valueQuantity for a number (with its comparator), valueString for anything else."""
-    if result.value == "":
-        return {}
-    found = NUMBER.match(result.value.strip())
-    if found is None:
-        return {"valueString": result.value}
-    quantity: dict[str, Any] = {"value": numbers.number(found.group(2))}
-    if found.group(1):
-        quantity["comparator"] = found.group(1)
-    if result.unit:
-        quantity |= {"unit": result.unit, "system": UCUM, "code": result.unit}
-    return {"valueQuantity": quantity}
-
-
-def report_bundle(results: list[LabResult], subject: Identifier, numbers: Decimals) -> dict:
-    """A transaction: a DiagnosticReport (the step's specimen as its identifier) listing its
-    Observations by `urn:uuid:` fullUrls."""
-    urls = [uuid.uuid4().urn for _ in results]
-    report: dict[str, Any] = {
-        "resourceType": "DiagnosticReport",
-        "status": "final",
-        "code": {"coding": [{"system": LOINC, "code": "57021-8"}]},  # CBC with differential
-        "subject": {"identifier": {"system": subject.system, "value": subject.value}},
-        "effectiveDateTime": results[0].drawn.isoformat(),
-        "result": [{"reference": url} for url in urls],
-    }
-    if results[0].specimen:
-        report["identifier"] = [{"value": results[0].specimen}]
-    entries = [_entry(uuid.uuid4().urn, report)]
-    entries += [
-        _entry(url, observation(r, subject, numbers)) for url, r in zip(urls, results, strict=True)
-    ]
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-
-
-def _entry(full_url: str, resource: dict[str, Any]) -> dict[str, Any]:
-    method = {"method": "POST", "url": resource["resourceType"]}
-    return {"fullUrl": full_url, "resource": resource, "request": method}
-
-
-# --- what the gateway answered --------------------------------------------------------------
-
-
-def outcome_issues(status: int, body: Any) -> list[dict[str, Any]]:
-    """The issues of an OperationOutcome, or of every entry's outcome of a Bundle answer."""
-    if not isinstance(body, dict):
-        return []
-    if body.get("resourceType") == "Bundle":
-        return [
-            issue
-            for entry in body.get("entry") or []
-            for issue in (entry.get("response", {}).get("outcome") or {}).get("issue") or []
-        ]
-    return list(body.get("issue") or []) if body.get("resourceType") == "OperationOutcome" else []
-
-
-def lab_fields(status: int, body: Any) -> dict[str, Any]:
-    """`anc`, `category`, `warnings` and `http_status` of an answer (mappings/fhir/outcome.py
-    puts the ANC and its category in issue extensions, our codes in details.coding)."""
-    anc = category = None
-    warnings = []
-    for issue in outcome_issues(status, body):
-        values = {e.get("url"): e for e in issue.get("extension") or []}
-        if anc is None and ANC_EXTENSION in values:
-            anc = values[ANC_EXTENSION]["valueQuantity"]["value"]
-            category = values.get(CATEGORY_EXTENSION, {}).get("valueCode")
-        for coding in (issue.get("details") or {}).get("coding") or []:
-            if coding.get("system") == REMS_CODES:
-                warnings.append({"code": coding["code"], "text": issue.get("diagnostics", "")})
-    failed = status >= 400 or _entry_failed(body)
+def step_headers(step: Step) -> dict[str, str]:
     return {
-        "anc": anc,
-        "category": category,
-        "warnings": warnings,
-        "http_status": status,
-        "ack": "AE" if failed else "AA",
+        "Content-Type": FHIR_JSON,
+        "Accept": FHIR_JSON,
+        "X-Clinical-Time": step.at.isoformat(),
+        "Prefer": "return=OperationOutcome",
     }
 
 
-def _entry_failed(body: Any) -> bool:
-    entries = body.get("entry") or [] if isinstance(body, dict) else []
-    return any(not str(e.get("response", {}).get("status", "2")).startswith("2") for e in entries)
+async def post(
+    http: httpx.AsyncClient, path: str, content: bytes, headers: dict[str, str]
+) -> Answer:
+    response = await http.post(path, content=content, headers=headers)
+    try:
+        return response.status_code, response.json(), response.headers
+    except ValueError:
+        return response.status_code, None, response.headers
 
 
-# --- the channel ------------------------------------------------------------------------------
+def raw_step(step: Step) -> tuple[str, bytes]:
+    """A fhir step's resource as written: a Bundle to the base, a resource to its type."""
+    if not isinstance(step.body, dict) or "resourceType" not in step.body:
+        raise ScenarioError(f"{step.label}: a fhir step is a resource with its resourceType")
+    kind = str(step.body["resourceType"])
+    path = "/fhir" if kind == "Bundle" else f"/fhir/{kind}"
+    return path, json.dumps(step.body, default=str, ensure_ascii=False).encode("utf-8")
+
+
+async def stored_anc(service: RemsService, identifiers: list[Identifier], step: Step) -> dict:
+    """`derived` and `usable` of the first ANC stored for the patient at the step's time."""
+
+    def read(store: Any) -> list[Any]:
+        patient = store.find_patient(identifiers)
+        if patient is None:
+            return []
+        return [a for a in store.anc_results(patient.rems_id) if a.received == step.at]
+
+    stored = await service.read(read)
+    first = stored[0] if stored else None
+    return {
+        "derived": first.derived if first else None,
+        "usable": first.usable if first else None,
+    }
+
+
+def resource_id(headers: httpx.Headers, resource_type: str) -> str | None:
+    """The id in a Location header (`…/QuestionnaireResponse/{id}/_history/{v}`)."""
+    parts = headers.get("location", "").split("/")
+    if resource_type in parts and parts.index(resource_type) + 1 < len(parts):
+        return parts[parts.index(resource_type) + 1]
+    return None
+
+
+# --- in process: the app without a socket ------------------------------------------------------
+
+
+class InProcessFhir:
+    """The gateway's app on the runner's service through httpx's ASGI transport: the same FHIR
+    mapping and service as the HTTP endpoint, no socket (development auth, message clock)."""
+
+    def __init__(self, service: RemsService) -> None:
+        from gateway.app import GatewayState, create_app
+
+        settings = gateway_settings(service, auth="development")
+        app = create_app(service, settings, GatewayState(service.writer.engine, service.writer))
+        transport = httpx.ASGITransport(app=app)
+        self.service = service
+        self.http = httpx.AsyncClient(transport=transport, base_url="http://in-process")
+
+    async def run(self, step: Step, identifiers: list[Identifier] | None) -> dict[str, Any]:
+        path, content = raw_step(step)
+        status, body, _ = await post(self.http, path, content, step_headers(step))
+        fields = answer_fields(status, body)
+        if identifiers:
+            fields |= await stored_anc(self.service, identifiers, step)
+        return fields
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def gateway_settings(service: RemsService, **more: Any) -> Any:
+    from gateway.config import Settings
+
+    return Settings(
+        clock="message",
+        host="127.0.0.1",
+        mllp_port=free_port(),  # the app's MLLP listener: unused here, but never in the way
+        timezone=str(service.tz),
+        **more,
+    )
+
+
+# --- over HTTP ----------------------------------------------------------------------------------
 
 
 class FhirChannel(InProcessChannel):
-    """Lab, labs and fhir steps over HTTP to the gateway's FHIR endpoint; the rest through the
-    service. How the endpoint is reached is ``open``'s."""
+    """Every step FHIR offers over HTTP to the gateway's FHIR endpoint, with SMART tokens; the
+    rest through the service. How the endpoint is reached is ``open``'s."""
 
     def __init__(self, service: RemsService, scenario: Scenario) -> None:
         super().__init__(service, scenario)
         self.http: httpx.AsyncClient | None = None
         self.server: LoopbackGateway | None = None
-        self.skipped_hl7: Step | None = None
-
-    async def run(self, step: Step) -> dict[str, Any]:
-        # What a skipped hl7 step would have stored is missing, so later answers would differ
-        # from the file's for no fault of the gateway's: they are skipped too, and say why.
-        if self.skipped_hl7 is not None:
-            raise NotSupportedYet(f"follows the skipped hl7 step {self.skipped_hl7.index}")
-        return await super().run(step)
+        self.clients: RunnerClients | None = None
+        self.tokens: TokenSource | None = None
+        self.responses: dict[str, str] = {}  # psf id → QuestionnaireResponse id
+        self.pending: dict[str, list[str]] = {}  # patient handle → pending responses, oldest first
+        self.newest: dict[str, str] = {}  # patient handle → its newest response
 
     async def open(self) -> None:
-        self.server = LoopbackGateway(self.service)
+        self.clients = await asyncio.to_thread(RunnerClients.make, signer_npis(self.scenario))
+        self.server = LoopbackGateway(self.service, self.clients)
         base = await asyncio.to_thread(self.server.start)
-        self.http = httpx.AsyncClient(base_url=f"{base}/fhir", timeout=30)
+        self.http = httpx.AsyncClient(base_url=base, timeout=30)
+        self.tokens = TokenSource(self.http, f"{base}/auth/token")
 
     async def close(self) -> None:
         if self.http is not None:
             await self.http.aclose()
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
+        if self.clients is not None:
+            self.clients.remove()
 
-    async def _post(self, path: str, content: bytes, step: Step) -> tuple[int, Any]:
-        assert self.http is not None
-        headers = {
-            "Content-Type": FHIR_JSON,
-            "X-Clinical-Time": step.at.isoformat(),
-            "Prefer": "return=OperationOutcome",
-        }
-        response = await self.http.post(path, content=content, headers=headers)
-        try:
-            return response.status_code, response.json()
-        except ValueError:
-            return response.status_code, None
+    def _client(self, npi: str | None = None) -> RunnerClient:
+        """The prescriber's own user client, or (no NPI) the runner's system client."""
+        assert self.clients is not None
+        if npi is None:
+            return self.clients.system
+        return self.clients.prescribers[npi]
+
+    async def _post(
+        self, path: str, content: bytes, step: Step, client: RunnerClient | None = None
+    ) -> Answer:
+        assert self.http is not None and self.tokens is not None
+        headers = step_headers(step) | await self.tokens.bearer(client or self._client())
+        return await post(self.http, path, content, headers)
+
+    def _subject(self, step: Step) -> Identifier:
+        return self.identifiers(step.patient)[0]
 
     async def _labs(self, step: Step) -> dict[str, Any]:
         numbers = Decimals()
-        subject = self.identifiers(step.patient)[0]
         results: list[LabResult] = step.request
         if step.kind == "lab":
-            body = observation(results[0], subject, numbers)
-            status, answer = await self._post("/Observation", numbers.dumps(body), step)
+            body = observation(results[0], self._subject(step), numbers)
+            status, answer, _ = await self._post("/fhir/Observation", numbers.dumps(body), step)
         else:
-            bundle = report_bundle(results, subject, numbers)
-            status, answer = await self._post("", numbers.dumps(bundle), step)
-        return lab_fields(status, answer) | await self._stored(step)
+            bundle = report_bundle(results, self._subject(step), numbers)
+            status, answer, _ = await self._post("/fhir", numbers.dumps(bundle), step)
+        stored = await stored_anc(self.service, self.identifiers(step.patient), step)
+        return lab_fields(status, answer) | stored
 
-    async def _stored(self, step: Step) -> dict[str, Any]:
-        """`derived` and `usable` of the first ANC the step's results gave, as stored."""
-        identifiers = self.identifiers(step.patient)
+    async def _dispense(self, step: Step) -> dict[str, Any]:
+        numbers = Decimals()
+        body = medication_request(step.request, self._subject(step), numbers)
+        status, answer, _ = await self._post("/fhir/MedicationRequest", numbers.dumps(body), step)
+        return decision_fields(status, answer)
 
-        def read(store: Any) -> list[Any]:
-            patient = store.find_patient(identifiers)
-            if patient is None:
-                return []
-            return [a for a in store.anc_results(patient.rems_id) if a.received == step.at]
+    async def _psf(self, step: Step) -> dict[str, Any]:
+        form: PatientStatusForm = step.request
+        numbers = Decimals()
+        body = questionnaire_response(form, self._subject(step), numbers)
+        client = self._client(form.signed_by) if signs_own_form(form) else None
+        status, answer, headers = await self._post(
+            "/fhir/QuestionnaireResponse", numbers.dumps(body), step, client
+        )
+        fields = psf_fields(status, answer)
+        found = resource_id(headers, "QuestionnaireResponse") if status < 400 else None
+        if found is not None:
+            self._remember(str(step.patient), found, fields)
+        return fields
 
-        stored = await self.service.read(read)
-        first = stored[0] if stored else None
-        return {
-            "derived": first.derived if first else None,
-            "usable": first.usable if first else None,
-        }
+    def _remember(self, handle: str, response: str, fields: dict[str, Any]) -> None:
+        if fields.get("psf_id"):
+            self.responses[str(fields["psf_id"])] = response
+        self.newest[handle] = response
+        if fields.get("status") == PENDING:
+            self.pending.setdefault(handle, []).append(response)
+
+    async def _sign(self, step: Step) -> dict[str, Any]:
+        signer, psf_id = step.request
+        handle = str(step.patient)
+        response = self._response_to_sign(handle, psf_id)
+        if response is None:  # nothing this run submitted: nothing to $sign over FHIR
+            return await super()._sign(step)
+        status, answer, _ = await self._post(
+            f"/fhir/QuestionnaireResponse/{response}/$sign",
+            SIGN_PARAMETERS,
+            step,
+            self._client(signer),
+        )
+        fields = psf_fields(status, answer)
+        if status < 400 and fields.get("status") != PENDING:
+            waiting = self.pending.get(handle, [])
+            self.pending[handle] = [r for r in waiting if r != response]
+        return fields
+
+    def _response_to_sign(self, handle: str, psf_id: str | None) -> str | None:
+        if psf_id is not None:
+            return self.responses.get(psf_id)
+        waiting = self.pending.get(handle)
+        return waiting[-1] if waiting else self.newest.get(handle)
 
     async def _fhir(self, step: Step) -> dict[str, Any]:
-        """A resource or Bundle as written: a Bundle to the base, a resource to its type."""
-        if not isinstance(step.body, dict) or "resourceType" not in step.body:
-            raise ScenarioError(f"{step.label}: a fhir step is a resource with its resourceType")
-        kind = str(step.body["resourceType"])
-        path = "" if kind == "Bundle" else f"/{kind}"
-        content = json.dumps(step.body, default=str, ensure_ascii=False).encode("utf-8")
-        status, answer = await self._post(path, content, step)
-        return lab_fields(status, answer)
+        path, content = raw_step(step)
+        status, answer, _ = await self._post(path, content, step)
+        fields = answer_fields(status, answer)
+        if step.patient is not None:
+            fields |= await stored_anc(self.service, self.identifiers(step.patient), step)
+        return fields
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
-        self.skipped_hl7 = step
         raise NotSupportedYet("an hl7 step: --via fhir skips it (contracts.md §2)")
+
+
+def signs_own_form(form: PatientStatusForm) -> bool:
+    """`signed: true` from a prescriber: the prescriber's own act, with their user token."""
+    return form.role == SubmitterRole.PRESCRIBER and form.signed_by is not None
+
+
+def signer_npis(scenario: Scenario) -> list[str]:
+    """Everyone who may act as a signed-in prescriber in this file: the registry's prescribers,
+    and any other NPI that signs or submits a signed form (the gateway then judges them)."""
+    npis = [str(p.npi) for p in scenario.registry.prescribers]
+    for step in scenario.steps:
+        if step.kind == "sign":
+            npis.append(step.request[0])
+        elif step.kind == "psf" and signs_own_form(step.request):
+            npis.append(step.request.signed_by)
+    return list(dict.fromkeys(npis))
 
 
 class LoopbackGateway:
     """The gateway's app on a real uvicorn server on a free loopback port, in a thread of this
-    process, on the runner's service (development auth, `--clock message`)."""
+    process, on the runner's service: SMART Backend Services with the runner's clients, the
+    message clock."""
 
-    def __init__(self, service: RemsService) -> None:
+    def __init__(self, service: RemsService, clients: RunnerClients) -> None:
         self.service = service
+        self.clients = clients
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
 
     def start(self) -> str:
         from gateway.app import GatewayState, create_app
-        from gateway.config import Settings
 
-        settings = Settings(
-            auth="development",
-            clock="message",
-            host="127.0.0.1",
-            mllp_port=free_port(),  # the app's MLLP listener: unused here, but never in the way
-            timezone=str(self.service.tz),
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        settings = gateway_settings(
+            self.service,
+            auth="smart",
+            smart_clients=self.clients.clients_file,
+            smart_signing_key=self.clients.signing_key_file,
+            public_base_url=base,
         )
         writer = self.service.writer
         app = create_app(self.service, settings, GatewayState(writer.engine, writer))
-        port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -296,7 +328,7 @@ class LoopbackGateway:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise ScenarioError("the FHIR endpoint did not start")
             time.sleep(0.01)
-        return f"http://127.0.0.1:{port}"
+        return base
 
     def stop(self) -> None:
         if self.server is not None and self.thread is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from gateway.mllp import MllpSettings
 from gateway.mllp_client import send
 from gateway.mllp_listener import Hl7Listener
-from gateway.scenario import InProcessChannel
+from gateway.scenario import InProcessChannel, NotSupportedYet
 from gateway.scenario_file import Scenario, Step
 from gateway.service import RemsService
 from mappings.hl7v2.ack import escape
@@ -106,6 +106,9 @@ class Hl7Channel(InProcessChannel):
             "anc": first.anc if first else None,
             "category": first.category.value if first and first.category else None,
         }
+
+    async def _fhir(self, step: Step) -> dict[str, Any]:
+        raise NotSupportedYet("a fhir step: --via mllp skips it (contracts.md §2)")
 
     def _patient_of(self, text: str) -> list[Identifier]:
         """The identifiers the gateway reads from the message's PID-3."""

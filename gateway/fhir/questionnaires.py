@@ -48,7 +48,9 @@ from mappings.fhir.psf_outcome import (
 )
 from mappings.fhir.questionnaire import PsfReading, questionnaires
 from mappings.fhir.questionnaire import read_response as read_qr
+from rems_core.codes import Code
 from rems_core.model import PatientStatusForm, PsfOutcome
+from rems_core.rulepack import OutOfScope
 from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 
 router = APIRouter(tags=["Questionnaire", "QuestionnaireResponse"])
@@ -171,6 +173,8 @@ async def submit(request: Request, principal: Principal, data: dict[str, Any]) -
             "subject names a Patient the gateway does not know",
             (f"{TYPE}.subject",),
         ) from None
+    except OutOfScope as exc:
+        raise FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code) from None
     return answer(request, done)
 
 
@@ -224,17 +228,25 @@ async def sign_questionnaire_response(
         done = await service.sign_psf_resource(sign, Source("fhir", principal.client_id))
     except NotTheSigner:
         raise FhirError(
-            403, "forbidden", "only the prescriber named on the form can sign it"
+            403,
+            "forbidden",
+            "only the prescriber named on the form can sign it",
+            rems_code=Code.SUBMITTER_NOT_AUTHORIZED,
         ) from None
     except NotPending as refused:
         status = refused.status.value if refused.status else "not a PSF"
         raise FhirError(
-            409, "conflict", f"the form is not pending a signature ({status})"
+            409,
+            "conflict",
+            f"the form is not pending a signature ({status})",
+            rems_code=Code.NO_PENDING_PSF,
         ) from None
     except Changed:
         raise FhirError(
             409, "conflict", "the response changed meanwhile: read it and retry"
         ) from None
+    except OutOfScope as exc:
+        raise FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code) from None
     if done.recorded is None:
         assert done.outcome is not None
         raise FhirError(

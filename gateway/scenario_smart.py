@@ -1,0 +1,178 @@
+"""SMART Backend Services for the scenario runner's FHIR channel (README "FHIR security").
+
+The runner is its own set of SMART clients: one system client (labs, dispenses, unsigned PSFs,
+raw fhir steps) and, per prescriber of the file's registry, a user client whose tokens carry
+`fhirUser` `Practitioner/<NPI>` (a prescriber's own signature, contracts.md §3). Their keys are
+made when a run starts (EC P-384, ES384) and live only in memory and in a temporary folder with
+the clients file and the gateway's token signing key; nothing is kept after the run.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+from gateway.scenario_file import ScenarioError
+
+SYSTEM_CLIENT = "scenario-runner"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# What the runner writes: labs (Observation create and, in Bundles, update; DiagnosticReport),
+# dispenses, PSFs; a raw fhir step may also read (e.g. $rems-etasu, Patient).
+SYSTEM_SCOPES = [
+    "system/Observation.cruds",
+    "system/DiagnosticReport.cruds",
+    "system/MedicationRequest.cruds",
+    "system/QuestionnaireResponse.cruds",
+    "system/Questionnaire.rs",
+    "system/Patient.rs",
+    "system/GuidanceResponse.rs",
+]
+USER_SCOPES = ["user/QuestionnaireResponse.cru", "user/Questionnaire.rs"]
+RENEW_BEFORE_SECONDS = 60  # tokens last at most 300 s: a new one well before the old one ends
+ASSERTION_SECONDS = 240
+
+
+@dataclass
+class RunnerClient:
+    """One SMART client of the runner: its private key stays in this process."""
+
+    client_id: str
+    scopes: list[str]
+    fhir_user: str | None = None
+    key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP384R1())
+    )
+    kid: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    def entry(self) -> dict[str, Any]:
+        """This client in the clients file: public key only."""
+        pem = self.key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        entry: dict[str, Any] = {
+            "client_id": self.client_id,
+            "scopes": self.scopes,
+            "keys": [{"kid": self.kid, "pem": pem.decode("ascii")}],
+        }
+        if self.fhir_user:
+            entry["fhir_user"] = self.fhir_user
+        return entry
+
+    def assertion(self, token_url: str) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": token_url,
+            "iat": now,
+            "exp": now + ASSERTION_SECONDS,
+            "jti": secrets.token_urlsafe(16),
+        }
+        return jwt.encode(claims, self.key, "ES384", headers={"kid": self.kid})
+
+
+def prescriber_client_id(npi: str) -> str:
+    return f"scenario-prescriber-{npi}"
+
+
+@dataclass
+class RunnerClients:
+    """The runner's clients and the files a gateway needs to know them."""
+
+    folder: Path
+    system: RunnerClient
+    prescribers: dict[str, RunnerClient]  # by NPI
+
+    @classmethod
+    def make(cls, prescriber_npis: list[str]) -> RunnerClients:
+        folder = Path(tempfile.mkdtemp(prefix="rems-scenario-smart-"))
+        system = RunnerClient(SYSTEM_CLIENT, SYSTEM_SCOPES)
+        users = {
+            npi: RunnerClient(prescriber_client_id(npi), USER_SCOPES, f"Practitioner/{npi}")
+            for npi in dict.fromkeys(prescriber_npis)
+        }
+        clients = cls(folder, system, users)
+        clients._write()
+        return clients
+
+    @property
+    def clients_file(self) -> Path:
+        return self.folder / "smart-clients.yaml"
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.folder / "token-signing-key.pem"
+
+    def _write(self) -> None:
+        entries = [c.entry() for c in (self.system, *self.prescribers.values())]
+        self.clients_file.write_text(yaml.safe_dump({"clients": entries}), encoding="utf-8")
+        signing = ec.generate_private_key(ec.SECP384R1())
+        pem = signing.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        self.signing_key_file.write_bytes(pem)
+        self.signing_key_file.chmod(0o600)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float  # time.monotonic()
+
+
+class TokenSource:
+    """Access tokens from the gateway's `POST /auth/token`, one per client, renewed before they
+    expire."""
+
+    def __init__(self, http: httpx.AsyncClient, token_url: str) -> None:
+        self.http = http
+        self.token_url = token_url
+        self.tokens: dict[str, _Token] = {}
+
+    async def bearer(self, client: RunnerClient) -> dict[str, str]:
+        held = self.tokens.get(client.client_id)
+        if held is None or held.expires - time.monotonic() < RENEW_BEFORE_SECONDS:
+            held = await self._fetch(client)
+            self.tokens[client.client_id] = held
+        return {"Authorization": f"Bearer {held.value}"}
+
+    async def _fetch(self, client: RunnerClient) -> _Token:
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": client.assertion(self.token_url),
+            "scope": " ".join(client.scopes),
+        }
+        started = time.monotonic()
+        response = await self.http.post(self.token_url, data=form)
+        if response.status_code != 200:
+            raise ScenarioError(
+                f"no access token for {client.client_id}: HTTP {response.status_code} "
+                f"{_oauth_error(response)}"
+            )
+        answer = response.json()
+        lifetime = float(answer.get("expires_in") or 0)
+        return _Token(str(answer["access_token"]), started + lifetime)
+
+
+def _oauth_error(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    return f"{body.get('error', '')}: {body.get('error_description', '')}".strip(": ")
