@@ -149,9 +149,10 @@ def scenario_run(
         str,
         typer.Option(
             help="inprocess (the application service), mllp (lab and hl7 steps over MLLP: to "
-            "a listener on a loopback port, or with --mllp to a running gateway) or fhir (lab, "
-            "labs and fhir steps to the FHIR endpoint on a loopback port); the other steps "
-            "through the service"
+            "a listener on a loopback port, or with --mllp to a running gateway; the other "
+            "steps through the service) or fhir (lab, labs, dispense, psf, sign and fhir steps "
+            "to the FHIR endpoint on a loopback port, with the runner's own SMART clients; "
+            "advance_to through the service)"
         ),
     ] = "inprocess",
     db: Annotated[

@@ -43,6 +43,7 @@ from gateway.scenario_fhir_answers import (
 )
 from gateway.scenario_fhir_resources import (
     Decimals,
+    as_written,
     medication_request,
     observation,
     questionnaire_response,
@@ -85,7 +86,8 @@ def raw_step(step: Step) -> tuple[str, bytes]:
         raise ScenarioError(f"{step.label}: a fhir step is a resource with its resourceType")
     kind = str(step.body["resourceType"])
     path = "/fhir" if kind == "Bundle" else f"/fhir/{kind}"
-    return path, json.dumps(step.body, default=str, ensure_ascii=False).encode("utf-8")
+    numbers = Decimals()
+    return path, numbers.dumps(as_written(step.body, numbers))
 
 
 async def stored_anc(service: RemsService, identifiers: list[Identifier], step: Step) -> dict:
@@ -267,11 +269,14 @@ class FhirChannel(InProcessChannel):
 
     async def _fhir(self, step: Step) -> dict[str, Any]:
         path, content = raw_step(step)
-        status, answer, _ = await self._post(path, content, step)
+        status, answer, headers = await self._post(path, content, step)
         fields = answer_fields(status, answer)
-        if step.patient is not None:
-            fields |= await stored_anc(self.service, self.identifiers(step.patient), step)
-        return fields
+        if step.patient is None:
+            return fields
+        found = resource_id(headers, "QuestionnaireResponse") if status < 400 else None
+        if found is not None:  # a later sign step may $sign it
+            self._remember(step.patient, found, fields)
+        return fields | await stored_anc(self.service, self.identifiers(step.patient), step)
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
         raise NotSupportedYet("an hl7 step: --via fhir skips it (contracts.md §2)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -80,6 +81,20 @@ class Decimals:
         for marker, value in self.values.items():
             text = text.replace(f'"{marker}"', value)
         return text.encode("utf-8")
+
+
+def as_written(value: Any, numbers: Decimals) -> Any:
+    """A fhir step's YAML as FHIR JSON: exact decimals stay numbers, YAML timestamps and dates
+    become ISO 8601 text (the scenario loader reads 0.8 as a Decimal, 2022-03-10 as a date)."""
+    if isinstance(value, dict):
+        return {str(k): as_written(v, numbers) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_written(v, numbers) for v in value]
+    if isinstance(value, Decimal):
+        return numbers.number(str(value))
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
 
 
 def subject_reference(subject: Identifier) -> dict[str, Any]:
