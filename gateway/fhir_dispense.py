@@ -1,8 +1,9 @@
 """Dispense decisions over FHIR: a MedicationRequest decided and stored with its decision in one
 unit of work, and the read-only `$rems-etasu` check.
 
-The decision goes through the service's own ``_decide`` (the path of ``decide_dispense``): the same
-rules, the same idempotency per request id, the same audit record and RDA.
+The decision goes through ``dispense_intake.decide_dispense``, as the service's own
+``decide_dispense`` does: the same rules, the same idempotency per request id, the same audit
+record and RDA.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from gateway import dispense_intake
 from gateway.fhir_intake import Recorded, ResourceDraft, existing, put
 from gateway.values import Source
 from mappings.fhir.medication_request import decision_of, with_decision
@@ -52,7 +54,7 @@ def record_medication_request(
 ) -> DispenseRecorded:
     """Decide and store the MedicationRequest version carrying the decision. The same resource
     again is answered from the store; the same identifier with another body is a conflict."""
-    from gateway.service import RequestConflict
+    from gateway.dispense_intake import RequestConflict
 
     identifiers = list(submission.patient_identifiers)
     if submission.patient_id is not None:
@@ -67,7 +69,7 @@ def record_medication_request(
             raise RequestConflict("this identifier was used for a different MedicationRequest")
         return DispenseRecorded(Recorded(current, False, True), decision_of(current.body))
     request = submission.request
-    decision = service._decide(store, identifiers, request, source, pack)
+    decision = dispense_intake.decide_dispense(service, store, identifiers, request, source, pack)
     draft = replace(draft, index=replace(draft.index, patient_id=decision.patient))
     recorded = put(
         service, store, draft, request.dispense_date, lambda body: with_decision(body, decision)
@@ -119,7 +121,7 @@ def check_etasu(
 ) -> EtasuCheck:
     """A request already decided (same request id and body) is reported; any other is judged by
     the engine on the committed patient file, without an override, and nothing is stored."""
-    from gateway.service import request_hash
+    from gateway.dispense_intake import request_hash
 
     if request.request_id:
         earlier = store.decision_for_request(request.request_id)

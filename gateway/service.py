@@ -7,39 +7,36 @@ patient's file, asks the pure engine, stores the outcome, and answers after the 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TypeVar
 
-from gateway import audit_log, fhir_dispense, fhir_intake, fhir_psf, lab_intake, registry_load
+from gateway import (
+    audit_log,
+    dispense_intake,
+    fhir_dispense,
+    fhir_intake,
+    fhir_psf,
+    lab_intake,
+    psf_intake,
+    registry_load,
+)
+from gateway.dispense_intake import RequestConflict as RequestConflict  # re-exported
 from gateway.fhir_intake import LabsRecorded, LabSubmission
 from gateway.values import LabOutcome, ReceivedMessage, Source
 from gateway.writer import Writer
 from rems_core import monitoring
-from rems_core.codes import Code, finding
-from rems_core.dispense import decide
 from rems_core.model import (
-    AncResult,
     Decision,
     DispenseRequest,
     Finding,
     Identifier,
     LabResult,
-    Patient,
-    PatientSnapshot,
     PatientStatusForm,
     PsfOutcome,
-    PsfStatus,
-    StoredPsf,
-    SubmitterRole,
-    decision_from_dict,
-    to_plain,
 )
-from rems_core.psf import judge_psf, signed_form, signer_problem
 from rems_core.registry import RegistryConflict, RegistryDocument
 from rems_core.rulepack import AUTO, DEFAULT_PACK, PackLibrary, RulePack
 from rems_core.store.repo import Store
@@ -47,10 +44,6 @@ from rems_core.store.repo import Store
 T = TypeVar("T")
 
 SCHEDULER = Source("scheduler", "scheduler")
-
-
-class RequestConflict(ValueError):
-    """The same request id arrived with a different body."""
 
 
 class RandomIds:
@@ -67,14 +60,6 @@ class RandomIds:
 class ServiceConfig:
     rules: str = DEFAULT_PACK  # a pack id, or "auto"
     tz: tzinfo = UTC
-
-
-def request_hash(identifiers: list[Identifier], request: DispenseRequest) -> str:
-    """What makes two requests with one request id the same request: patient and body."""
-    body = to_plain(request)
-    body.pop("dispense_date")  # a retry later in the day is still the same request
-    body["patient"] = sorted((i.system, i.value) for i in identifiers)
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class RemsService:
@@ -149,7 +134,7 @@ class RemsService:
     async def record_medication_request(
         self, submission: fhir_dispense.DispenseSubmission, source: Source
     ) -> fhir_dispense.DispenseRecorded:
-        """A FHIR MedicationRequest: decided as ``decide_dispense`` decides (``_decide``), and
+        """A FHIR MedicationRequest: decided as ``decide_dispense`` decides, and
         stored with its decision, in one unit of work."""
         pack = self.pack_for(submission.request.dispense_date)
         done = await self.writer.run(
@@ -184,74 +169,11 @@ class RemsService:
         pack = self.pack_for(form.submitted_at)
 
         def unit(store: Store) -> PsfOutcome:
-            outcome = self._submit(store, identifiers, form, source, pack)
+            outcome = psf_intake.submit(self, store, identifiers, form, source, pack)
             store.append_audit(audit_log.psf(source, form, outcome))
             return outcome
 
         return await self.writer.run(unit)
-
-    def _submit(
-        self,
-        store: Store,
-        identifiers: list[Identifier],
-        form: PatientStatusForm,
-        source: Source,
-        pack: RulePack,
-    ) -> PsfOutcome:
-        patient = store.find_patient(identifiers)
-        if patient is None:
-            return PsfOutcome(PsfStatus.REJECTED, (finding(Code.PATIENT_NOT_MATCHED),))
-        form = self._with_designees_prescriber(store, form)
-        own = lab_intake.store_reported_ancs(
-            self, store, patient, form.anc, form.submitted_at, source
-        )
-        snapshot = store.snapshot(patient, [form.submitter, form.prescriber_npi])
-        judgement = judge_psf(pack, snapshot, form, own, self.tz)
-        # What the lab rules said of the form's own ANCs (e.g. a suspect unit) is news to the
-        # prescriber too.
-        warnings = tuple(
-            dict.fromkeys((*judgement.warnings, *(w for a in own for w in a.warnings)))
-        )
-        stored = StoredPsf(self.ids.new_id("psf"), form, judgement.status, form.submitted_at)
-        versions = (pack.id, pack.version)
-        store.add_psf(
-            stored, patient.rems_id, judgement.reasons, warnings, versions, source.channel
-        )
-        if judgement.status == PsfStatus.ACCEPTED:
-            self._record_acceptance(store, pack, snapshot, stored, patient)
-        return PsfOutcome(
-            judgement.status, judgement.reasons, warnings, stored.psf_id, *versions, patient.rems_id
-        )
-
-    @staticmethod
-    def _with_designees_prescriber(store: Store, form: PatientStatusForm) -> PatientStatusForm:
-        """A designee's PSF that names no prescriber is for the one prescriber it acts for."""
-        if form.role != SubmitterRole.DESIGNEE or form.prescriber_npi not in ("", form.submitter):
-            return form
-        prescribers = store.prescribers_of_designee(form.submitter)
-        return replace(form, prescriber_npi=prescribers[0]) if len(prescribers) == 1 else form
-
-    def _record_acceptance(
-        self,
-        store: Store,
-        pack: RulePack,
-        before: PatientSnapshot,
-        psf: StoredPsf,
-        patient: Patient,
-    ) -> None:
-        designation = psf.form.designation
-        if designation is not None and designation != patient.designation:
-            store.set_designation(patient.rems_id, designation)  # accepted: signed if BEN/hospice
-        old, _ = monitoring.treatment_status(pack, before, psf.judged_at, self.tz)
-        if old.value != psf.form.treatment_status.value:
-            store.add_status_event(
-                patient.rems_id,
-                psf.judged_at,
-                old.value,
-                psf.form.treatment_status.value,
-                psf.form.signed_by or psf.form.submitter,
-                f"PSF {psf.psf_id} ({psf.form.type.value})",
-            )
 
     async def sign_psf(
         self,
@@ -264,61 +186,11 @@ class RemsService:
         pack = self.pack_for(at)
 
         def unit(store: Store) -> PsfOutcome:
-            outcome = self._sign(store, identifiers, signer, at, pack, psf_id)
+            outcome = psf_intake.sign(self, store, identifiers, signer, at, pack, psf_id)
             store.append_audit(audit_log.signature(source, signer, psf_id, at, outcome))
             return outcome
 
         return await self.writer.run(unit)
-
-    def _sign(
-        self,
-        store: Store,
-        identifiers: list[Identifier],
-        signer: str,
-        at: datetime,
-        pack: RulePack,
-        psf_id: str | None,
-    ) -> PsfOutcome:
-        patient = store.find_patient(identifiers)
-        if patient is None:
-            return PsfOutcome(PsfStatus.REJECTED, (finding(Code.PATIENT_NOT_MATCHED),))
-        pending = [
-            p
-            for p in store.psfs(patient.rems_id)
-            if p.status == PsfStatus.PENDING_PRESCRIBER_SIGNATURE and psf_id in (None, p.psf_id)
-        ]
-        if not pending:
-            return PsfOutcome(
-                PsfStatus.REJECTED, (finding(Code.NO_PENDING_PSF),), patient=patient.rems_id
-            )
-        target = pending[-1]
-        snapshot = store.snapshot(patient, [signer, target.form.prescriber_npi])
-        problem = signer_problem(snapshot, target, signer)
-        if problem:
-            reason = finding(
-                Code.SUBMITTER_NOT_AUTHORIZED,
-                submitter=signer,
-                prescriber=target.form.prescriber_npi,
-                why=problem,
-            )
-            return PsfOutcome(
-                PsfStatus.REJECTED, (reason,), psf_id=target.psf_id, patient=patient.rems_id
-            )
-        form = signed_form(target, signer, at)
-        judgement = judge_psf(pack, snapshot, form, [], self.tz)
-        signed = StoredPsf(target.psf_id, form, judgement.status, at)
-        versions = (pack.id, pack.version)
-        store.update_psf(signed, judgement.reasons, judgement.warnings, versions)
-        if judgement.status == PsfStatus.ACCEPTED:
-            self._record_acceptance(store, pack, snapshot, signed, patient)
-        return PsfOutcome(
-            judgement.status,
-            judgement.reasons,
-            judgement.warnings,
-            target.psf_id,
-            *versions,
-            patient.rems_id,
-        )
 
     async def submit_psf_resource(
         self, submission: fhir_psf.PsfSubmission, source: Source
@@ -333,7 +205,7 @@ class RemsService:
             if again is not None:
                 return again
             identifiers = fhir_psf.subject_identifiers(store, submission)
-            outcome = self._submit(store, identifiers, form, source, pack)
+            outcome = psf_intake.submit(self, store, identifiers, form, source, pack)
             store.append_audit(audit_log.psf(source, form, outcome))
             return fhir_psf.keep(self, store, submission, outcome)
 
@@ -350,7 +222,7 @@ class RemsService:
             form = fhir_psf.pending(store, request)
             identifiers = fhir_psf.patient_identifiers(store, request.patient_id)
             signer, at = request.signer, request.at
-            outcome = self._sign(store, identifiers, signer, at, pack, form.psf_id)
+            outcome = psf_intake.sign(self, store, identifiers, signer, at, pack, form.psf_id)
             store.append_audit(audit_log.signature(source, signer, form.psf_id, at, outcome))
             return fhir_psf.keep_signature(self, store, request, outcome)
 
@@ -363,97 +235,13 @@ class RemsService:
     ) -> Decision:
         pack = self.pack_for(request.dispense_date)
         decision = await self.writer.run(
-            lambda store: self._decide(store, identifiers, request, source, pack)
+            lambda store: dispense_intake.decide_dispense(
+                self, store, identifiers, request, source, pack
+            )
         )
         for observe in self.decision_observers:
             observe(decision)
         return decision
-
-    def _decide(
-        self,
-        store: Store,
-        identifiers: list[Identifier],
-        request: DispenseRequest,
-        source: Source,
-        pack: RulePack,
-    ) -> Decision:
-        digest = request_hash(identifiers, request)
-        if request.request_id:
-            earlier = store.decision_for_request(request.request_id)
-            if earlier is not None:
-                if earlier[0] != digest:
-                    raise RequestConflict(
-                        f"request id {request.request_id!r} was used for a different request"
-                    )
-                return decision_from_dict(earlier[1])
-        patient = store.find_patient(identifiers)
-        override_anc = self._override_anc(store, patient, request, source)
-        snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
-        decision = decide(pack, request, snapshot, self.tz, self.ids, override_anc)
-        decision = replace(decision, decision_id=self.ids.new_id("dec"))
-        self._record_decision(store, request, decision, digest, source)
-        store.append_audit(audit_log.dispense(source, identifiers, request, decision, digest))
-        return decision
-
-    def _override_anc(
-        self, store: Store, patient: Patient | None, request: DispenseRequest, source: Source
-    ) -> AncResult | None:
-        if request.override is None or request.override.anc is None:
-            return None
-        stored = lab_intake.store_reported_ancs(
-            self, store, patient, (request.override.anc,), request.dispense_date, source
-        )
-        return stored[0] if stored else None
-
-    def _record_decision(
-        self,
-        store: Store,
-        request: DispenseRequest,
-        decision: Decision,
-        digest: str,
-        source: Source,
-    ) -> None:
-        store.add_decision(
-            {
-                "id": decision.decision_id,
-                "request_id": request.request_id,
-                "request_hash": digest,
-                "patient_id": decision.patient,
-                "at": request.dispense_date,
-                "decided_at": datetime.now(UTC),
-                "rule_pack": decision.rule_pack,
-                "rule_pack_version": decision.rule_pack_version,
-                "outcome": decision.outcome.value,
-                "result": decision.as_dict(),
-                "request": to_plain(request),
-                "channel": source.channel,
-                "actor": source.actor,
-            }
-        )
-        if decision.rda is not None:
-            rda = decision.rda
-            store.add_rda(
-                {
-                    "number": rda.number,
-                    "decision_id": decision.decision_id,
-                    "patient_id": decision.patient,
-                    "pharmacy_npi": rda.pharmacy_npi,
-                    "prescriber_npi": rda.prescriber_npi,
-                    "max_days_supply": rda.max_days_supply,
-                    "valid_until": rda.valid_until,
-                }
-            )
-        if decision.override_used and decision.patient and request.override:
-            store.add_override(
-                {
-                    "patient_id": decision.patient,
-                    "decision_id": decision.decision_id,
-                    "at": request.dispense_date,
-                    "pharmacy_npi": request.pharmacy_npi,
-                    "prescriber_npi": request.override.prescriber_npi or "",
-                    "rationale": request.override.rationale or "",
-                }
-            )
 
     # --- HL7 v2 messages ------------------------------------------------------------------
 

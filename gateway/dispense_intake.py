@@ -1,0 +1,132 @@
+"""Dispense decisions inside the service's units of work (rems-rules.md §6): the request id's
+earlier answer, the pharmacist override's ANC, the decision, and its RDA and override rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from gateway import audit_log, lab_intake
+from gateway.values import Source
+from rems_core.dispense import decide
+from rems_core.model import (
+    AncResult,
+    Decision,
+    DispenseRequest,
+    Identifier,
+    Patient,
+    decision_from_dict,
+    to_plain,
+)
+from rems_core.rulepack import RulePack
+from rems_core.store.repo import Store
+
+if TYPE_CHECKING:
+    from gateway.service import RemsService
+
+
+class RequestConflict(ValueError):
+    """The same request id arrived with a different body."""
+
+
+def request_hash(identifiers: list[Identifier], request: DispenseRequest) -> str:
+    """What makes two requests with one request id the same request: patient and body."""
+    body = to_plain(request)
+    body.pop("dispense_date")  # a retry later in the day is still the same request
+    body["patient"] = sorted((i.system, i.value) for i in identifiers)
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def decide_dispense(
+    service: RemsService,
+    store: Store,
+    identifiers: list[Identifier],
+    request: DispenseRequest,
+    source: Source,
+    pack: RulePack,
+) -> Decision:
+    digest = request_hash(identifiers, request)
+    if request.request_id:
+        earlier = store.decision_for_request(request.request_id)
+        if earlier is not None:
+            if earlier[0] != digest:
+                raise RequestConflict(
+                    f"request id {request.request_id!r} was used for a different request"
+                )
+            return decision_from_dict(earlier[1])
+    patient = store.find_patient(identifiers)
+    override_anc = _override_anc(service, store, patient, request, source)
+    snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
+    decision = decide(pack, request, snapshot, service.tz, service.ids, override_anc)
+    decision = replace(decision, decision_id=service.ids.new_id("dec"))
+    _record_decision(store, request, decision, digest, source)
+    store.append_audit(audit_log.dispense(source, identifiers, request, decision, digest))
+    return decision
+
+
+def _override_anc(
+    service: RemsService,
+    store: Store,
+    patient: Patient | None,
+    request: DispenseRequest,
+    source: Source,
+) -> AncResult | None:
+    if request.override is None or request.override.anc is None:
+        return None
+    stored = lab_intake.store_reported_ancs(
+        service, store, patient, (request.override.anc,), request.dispense_date, source
+    )
+    return stored[0] if stored else None
+
+
+def _record_decision(
+    store: Store,
+    request: DispenseRequest,
+    decision: Decision,
+    digest: str,
+    source: Source,
+) -> None:
+    store.add_decision(
+        {
+            "id": decision.decision_id,
+            "request_id": request.request_id,
+            "request_hash": digest,
+            "patient_id": decision.patient,
+            "at": request.dispense_date,
+            "decided_at": datetime.now(UTC),
+            "rule_pack": decision.rule_pack,
+            "rule_pack_version": decision.rule_pack_version,
+            "outcome": decision.outcome.value,
+            "result": decision.as_dict(),
+            "request": to_plain(request),
+            "channel": source.channel,
+            "actor": source.actor,
+        }
+    )
+    if decision.rda is not None:
+        rda = decision.rda
+        store.add_rda(
+            {
+                "number": rda.number,
+                "decision_id": decision.decision_id,
+                "patient_id": decision.patient,
+                "pharmacy_npi": rda.pharmacy_npi,
+                "prescriber_npi": rda.prescriber_npi,
+                "max_days_supply": rda.max_days_supply,
+                "valid_until": rda.valid_until,
+            }
+        )
+    if decision.override_used and decision.patient and request.override:
+        store.add_override(
+            {
+                "patient_id": decision.patient,
+                "decision_id": decision.decision_id,
+                "at": request.dispense_date,
+                "pharmacy_npi": request.pharmacy_npi,
+                "prescriber_npi": request.override.prescriber_npi or "",
+                "rationale": request.override.rationale or "",
+            }
+        )
