@@ -97,7 +97,7 @@ def medication_request(n: str, patient: int, now: datetime) -> dict[str, Any]:
             }
         ],
         "medicationCodeableConcept": {
-            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197535"}]
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197536"}]
         },
         "subject": {"identifier": {"system": MRN_SYSTEM, "value": f"MRN{patient:06d}"}},
         "authoredOn": now.isoformat(timespec="seconds"),

@@ -442,3 +442,23 @@ def test_metadata_declares_the_dispense_resources(fhir: httpx.Client) -> None:
     assert {i["code"] for i in resources["MedicationRequest"]["interaction"]} >= {"create", "read"}
     assert resources["GuidanceResponse"]["operation"][0]["name"] == "rems-etasu"
     assert resources["Patient"]["operation"][0]["name"] == "rems-status"
+
+
+@pytest.mark.parametrize(
+    ("name", "outcome"),
+    [
+        ("medicationrequest-outpatient.json", "authorized"),
+        ("medicationrequest-inpatient.json", "authorized"),
+        ("medicationrequest-discharge.json", None),
+        ("medicationrequest-override.json", None),
+    ],
+)
+def test_every_medicationrequest_fixture_is_decided(
+    fhir: httpx.Client, name: str, outcome: str | None
+) -> None:
+    created = post(fhir, fixture(name), Prefer="return=OperationOutcome")
+    assert created.status_code == 201, created.text
+    decided = outcome_decision(created.json())["outcome"]
+    assert decided in ("authorized", "rationale_required", "denied")
+    if outcome is not None:
+        assert decided == outcome
