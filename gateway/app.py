@@ -5,6 +5,7 @@ Routes only translate: they call the application service and shape its answer.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gateway.fhir.auth import Authenticator, DevelopmentAuth
 from gateway.fhir.http import FhirError
 from gateway.fhir.http import error_response as fhir_error_response
 from gateway.fhir.openapi import describe_fhir_routes
+from gateway.fhir.resources import warm_up
 from gateway.fhir.router import fhir_router
 from gateway.fhir.smart import SmartBackendAuth
 from gateway.fhir.token import router as smart_router
@@ -84,6 +86,7 @@ def create_app(service: RemsService, settings: Settings, state: GatewayState) ->
             scheduler = start_scheduler(service, settings.schedule_every_minutes)
         listener = mllp_listener(service, settings, metrics)
         await listener.start()
+        await asyncio.to_thread(warm_up)  # the FHIR models, before the first request needs them
         yield
         await listener.stop()  # in-flight messages finish and are answered
         if scheduler is not None:

@@ -115,3 +115,49 @@ def searchset(
         ],
     }
     return FhirResponse(bundle, 200)
+
+
+#: One small valid resource per type the endpoint takes: validating each once at start-up makes
+#: fhir.resources import and build every nested model then, not during the first requests.
+WARM_UP: dict[str, dict[str, Any]] = {
+    "Observation": {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:warm-up", "value": "1"}],
+        "status": "final",
+        "category": [{"coding": [{"system": "urn:warm-up", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "751-8"}]},
+        "subject": {"identifier": {"system": "urn:warm-up", "value": "1"}},
+        "effectiveDateTime": "2022-01-01T00:00:00Z",
+        "specimen": {"identifier": {"system": "urn:warm-up", "value": "1"}},
+        "valueQuantity": {"value": 1, "system": "http://unitsofmeasure.org", "code": "/uL"},
+    },
+    "MedicationRequest": {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "category": [{"coding": [{"system": "urn:warm-up", "code": "outpatient"}]}],
+        "medicationCodeableConcept": {"coding": [{"system": "urn:warm-up", "code": "1"}]},
+        "subject": {"reference": "Patient/1"},
+        "requester": {"identifier": {"system": "urn:warm-up", "value": "1"}},
+        "dispenseRequest": {
+            "performer": {"identifier": {"system": "urn:warm-up", "value": "1"}},
+            "expectedSupplyDuration": {"value": 1, "system": "http://unitsofmeasure.org"},
+        },
+    },
+    "QuestionnaireResponse": {
+        "resourceType": "QuestionnaireResponse",
+        "status": "completed",
+        "subject": {"reference": "Patient/1"},
+        "item": [{"linkId": "1", "answer": [{"valueString": "x"}]}],
+    },
+    "Bundle": {"resourceType": "Bundle", "type": "batch", "entry": []},
+    "OperationOutcome": {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid"}],
+    },
+}
+
+
+def warm_up() -> None:
+    for resource_type, sample in WARM_UP.items():
+        get_fhir_model_class(resource_type).model_validate(sample)
