@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from rems_core.store import tables as t
+from rems_core.store.prepared import PreparedInsert
 
 resource_t = t.FhirResourceRow.__table__
 
@@ -74,7 +75,7 @@ _supersede = (
     )
     .values(current=False)
 )
-_insert = insert(resource_t)
+_insert = PreparedInsert(insert(resource_t))
 
 
 def _stored(row: Any) -> StoredResource:
@@ -128,21 +129,23 @@ class FhirRepo:
         if current is not None:
             self.conn.execute(_supersede, {"of_type": resource_type, "of_id": resource_id})
         stored = with_meta(body, resource_id, version, at)
-        self.conn.execute(
-            _insert,
-            {
-                "resource_type": resource_type,
-                "id": resource_id,
-                "version_id": version,
-                "current": True,
-                "last_updated": at,
-                "identifier": index.identifier,
-                "content_hash": content_hash,
-                "patient_id": index.patient_id,
-                "code": index.code,
-                "effective": index.effective,
-                "body": stored,
-            },
+        _insert.run(
+            self.conn,
+            [
+                {
+                    "resource_type": resource_type,
+                    "id": resource_id,
+                    "version_id": version,
+                    "current": True,
+                    "last_updated": at,
+                    "identifier": index.identifier,
+                    "content_hash": content_hash,
+                    "patient_id": index.patient_id,
+                    "code": index.code,
+                    "effective": index.effective,
+                    "body": stored,
+                }
+            ],
         )
         return StoredResource(resource_type, resource_id, version, at, content_hash, stored)
 
