@@ -12,8 +12,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.fhir.auth import Principal, requires
-from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
-from gateway.fhir.resources import clinical_now, content_hash, read_response, validated, written
+from gateway.fhir.http import FhirError, check_format, json_body
+from gateway.fhir.reads import add_reads
+from gateway.fhir.resources import clinical_now, content_hash, validated, written
 from gateway.fhir_dispense import DispenseRecorded, DispenseSubmission
 from gateway.fhir_intake import ResourceDraft
 from gateway.service import RemsService, RequestConflict
@@ -80,24 +81,4 @@ async def create_medication_request(
     return written(request, done.recorded.resource, done.recorded.created, issues)
 
 
-@router.get("/MedicationRequest/{resource_id}")
-async def read_medication_request_resource(
-    request: Request, resource_id: str, _: Annotated[Principal, requires(TYPE, "read")]
-) -> FhirResponse:
-    check_format(request)
-    stored = await service_of(request).read(lambda s: s.current_resource(TYPE, resource_id))
-    return read_response(stored, TYPE, resource_id)
-
-
-@router.get("/MedicationRequest/{resource_id}/_history/{version_id}")
-async def vread_medication_request(
-    request: Request,
-    resource_id: str,
-    version_id: int,
-    _: Annotated[Principal, requires(TYPE, "read")],
-) -> FhirResponse:
-    check_format(request)
-    stored = await service_of(request).read(
-        lambda s: s.resource_version(TYPE, resource_id, version_id)
-    )
-    return read_response(stored, TYPE, f"{resource_id}/_history/{version_id}")
+add_reads(router, TYPE)

@@ -10,10 +10,10 @@ from fastapi.responses import Response
 
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body, version_of
+from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
     clinical_now,
     content_hash,
-    read_response,
     searchset,
     validated,
     written,
@@ -176,29 +176,6 @@ async def update_observation(
     return written(request, result.resource, result.created, issues)
 
 
-@router.get("/Observation/{resource_id}")
-async def read_observation_resource(
-    request: Request, resource_id: str, _: Annotated[Principal, requires(TYPE, "read")]
-) -> FhirResponse:
-    check_format(request)
-    stored = await service_of(request).read(lambda s: s.current_resource(TYPE, resource_id))
-    return read_response(stored, TYPE, resource_id)
-
-
-@router.get("/Observation/{resource_id}/_history/{version_id}")
-async def vread_observation(
-    request: Request,
-    resource_id: str,
-    version_id: int,
-    _: Annotated[Principal, requires(TYPE, "read")],
-) -> FhirResponse:
-    check_format(request)
-    stored = await service_of(request).read(
-        lambda s: s.resource_version(TYPE, resource_id, version_id)
-    )
-    return read_response(stored, TYPE, f"{resource_id}/_history/{version_id}")
-
-
 @router.get("/Observation")
 async def search_observations(
     request: Request,
@@ -251,3 +228,6 @@ def _patients(store: Any, patient: str | None, by_identifier: str | None) -> lis
         found = store.find_patient([Identifier(system, value)])
         ids.append(found.rems_id if found else "")
     return ids
+
+
+add_reads(router, TYPE)

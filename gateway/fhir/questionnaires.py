@@ -19,11 +19,11 @@ from fastapi.responses import Response
 
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
+from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
     BASE,
     clinical_now,
     content_hash,
-    read_response,
     validated,
     written,
 )
@@ -281,24 +281,4 @@ def _refused(outcome: PsfOutcome) -> list[Issue]:
     return [Issue("error", "forbidden", r.text, rems_code=r.code) for r in outcome.reasons]
 
 
-@router.get("/QuestionnaireResponse/{resource_id}")
-async def read_questionnaire_response(
-    request: Request, resource_id: str, _: Annotated[Principal, requires(TYPE, "read")]
-) -> FhirResponse:
-    check_format(request)
-    stored = await service_of(request).read(lambda s: s.current_resource(TYPE, resource_id))
-    return read_response(stored, TYPE, resource_id)
-
-
-@router.get("/QuestionnaireResponse/{resource_id}/_history/{version_id}")
-async def vread_questionnaire_response(
-    request: Request,
-    resource_id: str,
-    version_id: int,
-    _: Annotated[Principal, requires(TYPE, "read")],
-) -> FhirResponse:
-    check_format(request)
-    stored = await service_of(request).read(
-        lambda s: s.resource_version(TYPE, resource_id, version_id)
-    )
-    return read_response(stored, TYPE, f"{resource_id}/_history/{version_id}")
+add_reads(router, TYPE)
