@@ -14,6 +14,7 @@ from rems_core.rulepack import PackLibrary
 from rems_core.store.db import DEFAULT_URL, make_engine, upgrade
 
 if TYPE_CHECKING:
+    from gateway.scenario_fhir_live import LiveFhirGateway
     from gateway.scenario_live import LiveGateway
 
 app = typer.Typer(
@@ -151,14 +152,15 @@ def scenario_run(
             help="inprocess (the application service), mllp (lab and hl7 steps over MLLP: to "
             "a listener on a loopback port, or with --mllp to a running gateway; the other "
             "steps through the service) or fhir (lab, labs, dispense, psf, sign and fhir steps "
-            "to the FHIR endpoint on a loopback port, with the runner's own SMART clients; "
-            "advance_to through the service)"
+            "to the FHIR endpoint on a loopback port, with the runner's own SMART clients, or "
+            "with --fhir to a running gateway; advance_to through the service or its admin API)"
         ),
     ] = "inprocess",
     db: Annotated[
         str | None,
         typer.Option(
-            "--db", help="Run every file against this database (with --mllp: the gateway's)"
+            "--db",
+            help="Run every file against this database (with --mllp or --fhir: the gateway's)",
         ),
     ] = None,
     mllp: Annotated[
@@ -178,7 +180,15 @@ def scenario_run(
         str | None, typer.Option(help="APP|FACILITY: MSH-3 and MSH-4 of the runner's ORU^R01")
     ] = None,
     fhir: Annotated[
-        str | None, typer.Option(help="FHIR base URL of a running gateway (not available yet)")
+        str | None,
+        typer.Option(
+            help="http://HOST:PORT of a running gateway (`serve --clock message --smart-clients "
+            "DIR/smart-clients.yaml`); needs --via fhir and --smart-keys"
+        ),
+    ] = None,
+    smart_keys: Annotated[
+        Path | None,
+        typer.Option(help="DIR of `scenario clients`: the runner's SMART clients' private keys"),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -188,18 +198,17 @@ def scenario_run(
     if via not in ("inprocess", "mllp", "fhir"):
         typer.echo(f"--via {via}: use inprocess, mllp or fhir", err=True)
         raise typer.Exit(2)
-    if fhir is not None:
-        typer.echo("--fhir URL: a running gateway over FHIR is not available yet", err=True)
-        raise typer.Exit(2)
-    live = _live_gateway(via, db, mllp, gateway, admin_token, sender)
+    live = _live_fhir(via, db, fhir, smart_keys, mllp) or _live_gateway(
+        via, db, mllp, gateway, admin_token, sender
+    )
     packs = PackLibrary()
-    factory = None if db else DatabaseFactory()
+    factory = None if db or fhir else DatabaseFactory()
     if db and live is None:
         upgrade(db)
     failed = 0
     try:
         for path in files:
-            url = db or factory.fresh_url()  # type: ignore[union-attr]
+            url = db or (factory.fresh_url() if factory else None)
             report = asyncio.run(run_file(path, url, packs, via, live))
             failed += not report.passed
             typer.echo(format_report(report, verbose))
@@ -209,6 +218,61 @@ def scenario_run(
     typer.echo(f"{len(files) - failed} passed, {failed} failed")
     if failed:
         raise typer.Exit(1)
+
+
+def _live_fhir(
+    via: str, db: str | None, fhir: str | None, smart_keys: Path | None, mllp: str | None
+) -> LiveFhirGateway | None:
+    """The running gateway of `--via fhir --fhir URL --smart-keys DIR [--db URL]`, or None (exit
+    2 when the options do not fit together)."""
+    from gateway.scenario_fhir_live import LiveFhirGateway
+    from gateway.scenario_live import LiveRunError, schema_problem
+
+    def refuse(problem: str) -> NoReturn:
+        typer.echo(f"scenario run: {problem}", err=True)
+        raise typer.Exit(2)
+
+    if fhir is None:
+        if smart_keys is not None:
+            refuse("--smart-keys is for a running gateway: give --fhir URL")
+        return None
+    if via != "fhir" or mllp is not None:
+        refuse("--fhir needs --via fhir (and no --mllp)")
+    if smart_keys is None:
+        refuse("--fhir needs --smart-keys DIR (made by `rems-gateway scenario clients`)")
+    problem = schema_problem(db) if db else None
+    if problem:
+        refuse(problem)
+    try:
+        return LiveFhirGateway.parse(fhir, smart_keys, db)
+    except LiveRunError as exc:
+        refuse(str(exc))
+
+
+@scenario_app.command("clients")
+def scenario_clients(
+    files: Annotated[list[Path], typer.Argument(help="Scenario YAML files")],
+    out: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder to write into")],
+) -> None:
+    """Write the runner's SMART clients for a running gateway: OUT/smart-clients.yaml (public
+    keys: `scenario-runner` with admin, `scenario-prescriber-<NPI>` per prescriber of the files)
+    for `serve --smart-clients`, and their private keys in OUT (0600) for `--smart-keys`."""
+    from gateway.scenario_fhir import signer_npis
+    from gateway.scenario_file import ScenarioError, load
+    from gateway.scenario_smart import write_key_folder
+
+    npis: list[str] = []
+    for path in files:
+        try:
+            npis += signer_npis(load(path))
+        except (ScenarioError, OSError) as exc:
+            typer.echo(f"scenario clients: {path}: {exc}", err=True)
+            raise typer.Exit(2) from None
+    clients_file = write_key_folder(out, npis)
+    typer.echo(f"wrote {clients_file} ({len(set(npis))} prescriber clients) and private keys")
+    typer.echo(
+        f"start the gateway with: rems-gateway serve --clock message --smart-clients {clients_file}"
+    )
 
 
 def _live_gateway(

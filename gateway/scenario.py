@@ -7,6 +7,7 @@ import itertools
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from rems_core.store.db import make_engine, upgrade
 
 if TYPE_CHECKING:
     from gateway.scenario_fhir import InProcessFhir
+    from gateway.scenario_fhir_live import LiveFhirGateway
     from gateway.scenario_live import LiveGateway
 
 SOURCE = Source("scenario", "scenario-runner")
@@ -337,14 +339,14 @@ _TERMINATE = text(
 
 async def run_file(
     path: Path,
-    db_url: str,
+    db_url: str | None,
     packs: PackLibrary,
     via: str = "inprocess",
-    live: LiveGateway | None = None,
+    live: LiveGateway | LiveFhirGateway | None = None,
 ) -> FileReport:
-    """Run one file: ``via`` inprocess (the application service) or mllp (a real listener on a
-    loopback port, in this process, on the same database; or, with ``live``, a running gateway
-    whose database is ``db_url``)."""
+    """Run one file: ``via`` inprocess (the application service), mllp or fhir (a real listener
+    or endpoint on a loopback port, in this process, on the same database); or, with ``live``, a
+    running gateway whose database is ``db_url`` (over FHIR ``db_url`` may be None: unknown)."""
     report = FileReport(path)
     try:
         scenario = load(path)
@@ -360,11 +362,30 @@ async def run_file(
         return report
     except OutOfScope:
         pass  # each step says so for itself
+    with _service_on(db_url, packs, scenario) as service:
+        await _run_steps(_channel(via, service, scenario, live), scenario, report)
+    return report
+
+
+@contextlib.contextmanager
+def _service_on(
+    db_url: str | None, packs: PackLibrary, scenario: Scenario
+) -> Iterator[RemsService | None]:
+    """The application service on ``db_url`` for the file's run (None without a database)."""
+    if db_url is None:
+        yield None
+        return
     engine = make_engine(db_url)
     writer = Writer(engine)
     writer.start()
-    service = RemsService(writer, packs, ServiceConfig(rules=scenario.rules, tz=scenario.tz))
-    channel = _channel(via, service, scenario, live)
+    try:
+        yield RemsService(writer, packs, ServiceConfig(rules=scenario.rules, tz=scenario.tz))
+    finally:
+        writer.stop()
+        engine.dispose()
+
+
+async def _run_steps(channel: InProcessChannel, scenario: Scenario, report: FileReport) -> None:
     try:
         await channel.open()
         await channel.load_registry()
@@ -384,14 +405,20 @@ async def run_file(
         report.error = f"{type(exc).__name__}: {exc}"
     finally:
         await channel.close()
-        writer.stop()
-        engine.dispose()
-    return report
 
 
 def _channel(
-    via: str, service: RemsService, scenario: Scenario, live: LiveGateway | None
+    via: str,
+    service: RemsService | None,
+    scenario: Scenario,
+    live: LiveGateway | LiveFhirGateway | None,
 ) -> InProcessChannel:
+    if via == "fhir" and live is not None:
+        from gateway.scenario_fhir_live import LiveFhirChannel
+
+        return LiveFhirChannel(service, scenario, live)  # type: ignore[arg-type]
+    if service is None:
+        raise ScenarioError("a database is needed unless the run is --via fhir --fhir URL")
     if live is not None:
         from gateway.scenario_live import LiveMllpChannel
 

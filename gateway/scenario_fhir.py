@@ -16,10 +16,12 @@ gateway/scenario_fhir_answers.py):
   (gateway/scenario.py: InProcessChannel.run);
 - `advance_to` goes through the application service (FHIR has no operation for it).
 
-``FhirChannel`` runs the gateway's app on a real uvicorn server on a loopback port, in this
-process, on the runner's service, with SMART Backend Services auth and the message clock; the
-runner is its SMART clients (gateway/scenario_smart.py). ``InProcessFhir`` is the same app
-without a socket (httpx's ASGI transport, development auth) for in-process `fhir` steps.
+``FhirChannel`` talks to a ``FhirEndpoint`` (base URL, token endpoint, the runner's SMART
+clients: gateway/scenario_smart.py). Without one it runs the gateway's app on a real uvicorn
+server on a loopback port, in this process, on the runner's service, with SMART Backend Services
+auth and the message clock; a separately running gateway is gateway/scenario_fhir_live.py's.
+``InProcessFhir`` is the same app without a socket (httpx's ASGI transport, development auth)
+for in-process `fhir` steps.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -158,34 +161,59 @@ def gateway_settings(service: RemsService, **more: Any) -> Any:
 # --- over HTTP ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FhirEndpoint:
+    """Where the channel's requests go and who sends them: the gateway's base URL (FHIR at
+    `/fhir`), its token endpoint (the assertions' `aud`) and the runner's SMART clients."""
+
+    base_url: str
+    token_url: str
+    clients: RunnerClients
+
+
 class FhirChannel(InProcessChannel):
     """Every step FHIR offers over HTTP to the gateway's FHIR endpoint, with SMART tokens; the
-    rest through the service. How the endpoint is reached is ``open``'s."""
+    rest through the service. Given no ``endpoint``, ``open`` starts the gateway's app on a
+    loopback port with fresh clients (LoopbackGateway) and ``close`` removes both."""
 
-    def __init__(self, service: RemsService, scenario: Scenario) -> None:
+    def __init__(
+        self, service: RemsService, scenario: Scenario, endpoint: FhirEndpoint | None = None
+    ) -> None:
         super().__init__(service, scenario)
+        self.endpoint = endpoint
         self.http: httpx.AsyncClient | None = None
         self.server: LoopbackGateway | None = None
-        self.clients: RunnerClients | None = None
         self.tokens: TokenSource | None = None
         self.responses: dict[str, str] = {}  # psf id → QuestionnaireResponse id
         self.pending: dict[str, list[str]] = {}  # patient handle → pending responses, oldest first
         self.newest: dict[str, str] = {}  # patient handle → its newest response
 
+    @property
+    def clients(self) -> RunnerClients | None:
+        return self.endpoint.clients if self.endpoint else None
+
     async def open(self) -> None:
-        self.clients = await asyncio.to_thread(RunnerClients.make, signer_npis(self.scenario))
-        self.server = LoopbackGateway(self.service, self.clients)
-        base = await asyncio.to_thread(self.server.start)
-        self.http = httpx.AsyncClient(base_url=base, timeout=30)
-        self.tokens = TokenSource(self.http, f"{base}/auth/token")
+        if self.endpoint is None:
+            self.endpoint = await asyncio.to_thread(self._start_loopback)
+        self.http = httpx.AsyncClient(base_url=self.endpoint.base_url, timeout=30)
+        self.tokens = TokenSource(self.http, self.endpoint.token_url)
+
+    def _start_loopback(self) -> FhirEndpoint:
+        clients = RunnerClients.make(signer_npis(self.scenario))
+        self.server = LoopbackGateway(self.service, clients)
+        try:
+            base = self.server.start()
+        except BaseException:
+            clients.remove()
+            raise
+        return FhirEndpoint(base, f"{base}/auth/token", clients)
 
     async def close(self) -> None:
         if self.http is not None:
             await self.http.aclose()
-        if self.server is not None:
+        if self.server is not None:  # the loopback gateway and the clients this channel made
             await asyncio.to_thread(self.server.stop)
-        if self.clients is not None:
-            self.clients.remove()
+            self.server.clients.remove()
 
     def _client(self, npi: str | None = None) -> RunnerClient:
         """The prescriber's own user client, or (no NPI) the runner's system client."""
@@ -213,8 +241,11 @@ class FhirChannel(InProcessChannel):
         else:
             bundle = report_bundle(results, self._subject(step), numbers)
             status, answer, _ = await self._post("/fhir", numbers.dumps(bundle), step)
-        stored = await stored_anc(self.service, self.identifiers(step.patient), step)
-        return lab_fields(status, answer) | stored
+        return lab_fields(status, answer) | await self._stored(step)
+
+    async def _stored(self, step: Step) -> dict[str, Any]:
+        """`derived` and `usable` of the step's ANC, from the database the gateway stored it in."""
+        return await stored_anc(self.service, self.identifiers(step.patient), step)
 
     async def _dispense(self, step: Step) -> dict[str, Any]:
         numbers = Decimals()
@@ -276,7 +307,7 @@ class FhirChannel(InProcessChannel):
         found = resource_id(headers, "QuestionnaireResponse") if status < 400 else None
         if found is not None:  # a later sign step may $sign it
             self._remember(step.patient, found, fields)
-        return fields | await stored_anc(self.service, self.identifiers(step.patient), step)
+        return fields | await self._stored(step)
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
         raise NotSupportedYet("an hl7 step: --via fhir skips it (contracts.md §2)")

@@ -5,10 +5,17 @@ raw fhir steps) and, per prescriber of the file's registry, a user client whose 
 `fhirUser` `Practitioner/<NPI>` (a prescriber's own signature, contracts.md §3). Their keys are
 made when a run starts (EC P-384, ES384) and live only in memory and in a temporary folder with
 the clients file and the gateway's token signing key; nothing is kept after the run.
+
+For a separately running gateway (`scenario clients FILE… --out DIR`, then `scenario run --via
+fhir --fhir URL --smart-keys DIR`) the same clients are written to a folder instead: the clients
+file the operator gives `serve --smart-clients` (public keys only; the system client also has
+`admin`, for the registry and scheduled work) and one private key per client (`<client_id>.pem`,
+mode 0600), which the runner reads back.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -26,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
     PublicFormat,
+    load_pem_private_key,
 )
 
 from gateway.scenario_file import ScenarioError
@@ -44,6 +52,9 @@ SYSTEM_SCOPES = [
     "system/GuidanceResponse.rs",
 ]
 USER_SCOPES = ["user/QuestionnaireResponse.cru", "user/Questionnaire.rs"]
+ADMIN_SCOPE = "admin"  # POST /admin/registry and /admin/scheduled-work on a running gateway
+CLIENTS_FILE = "smart-clients.yaml"
+PRESCRIBER_PREFIX = "scenario-prescriber-"
 RENEW_BEFORE_SECONDS = 60  # tokens last at most 300 s: a new one well before the old one ends
 ASSERTION_SECONDS = 240
 
@@ -86,7 +97,7 @@ class RunnerClient:
 
 
 def prescriber_client_id(npi: str) -> str:
-    return f"scenario-prescriber-{npi}"
+    return f"{PRESCRIBER_PREFIX}{npi}"
 
 
 @dataclass
@@ -119,7 +130,7 @@ class RunnerClients:
 
     def _write(self) -> None:
         entries = [c.entry() for c in (self.system, *self.prescribers.values())]
-        self.clients_file.write_text(yaml.safe_dump({"clients": entries}), encoding="utf-8")
+        write_clients_file(self.clients_file, entries)
         signing = ec.generate_private_key(ec.SECP384R1())
         pem = signing.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         self.signing_key_file.write_bytes(pem)
@@ -127,6 +138,87 @@ class RunnerClients:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def write_clients_file(path: Path, entries: list[dict[str, Any]]) -> None:
+    path.write_text(yaml.safe_dump({"clients": entries}, sort_keys=False), encoding="utf-8")
+
+
+# --- a folder of keys for a running gateway -----------------------------------------------------
+
+
+def key_file(folder: Path, client_id: str) -> Path:
+    return folder / f"{client_id}.pem"
+
+
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """The PEM, readable by its owner only (0600 from the start, not chmod'ed afterwards)."""
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(pem)
+    path.chmod(0o600)  # an older file keeps its mode through O_TRUNC
+
+
+def read_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ScenarioError(f"{path}: not an EC private key")
+    return key
+
+
+def write_key_folder(folder: Path, prescriber_npis: list[str]) -> Path:
+    """The runner's clients for a running gateway: DIR/smart-clients.yaml (public keys) and one
+    private key per client. Clients already in DIR keep their keys (a running gateway keeps
+    accepting them) and stay listed; the given prescribers are added."""
+    folder.mkdir(parents=True, exist_ok=True)
+    known = read_key_folder(folder) if (folder / CLIENTS_FILE).is_file() else None
+    npis = [*(known.prescribers if known else {}), *prescriber_npis]
+    system = known.system if known else RunnerClient(SYSTEM_CLIENT, [*SYSTEM_SCOPES, ADMIN_SCOPE])
+    users = {
+        npi: (known.prescribers.get(npi) if known else None)
+        or RunnerClient(prescriber_client_id(npi), USER_SCOPES, f"Practitioner/{npi}")
+        for npi in dict.fromkeys(npis)
+    }
+    for client in (system, *users.values()):
+        write_private_key(key_file(folder, client.client_id), client.key)
+    write_clients_file(folder / CLIENTS_FILE, [c.entry() for c in (system, *users.values())])
+    return folder / CLIENTS_FILE
+
+
+def read_key_folder(folder: Path) -> RunnerClients:
+    """The clients of DIR/smart-clients.yaml whose private key is in DIR, by NPI for prescribers."""
+    path = folder / CLIENTS_FILE
+    try:
+        entries = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("clients") or []
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise ScenarioError(f"--smart-keys {folder}: cannot read {CLIENTS_FILE}: {exc}") from None
+    clients = [c for c in map(_with_key(folder), entries) if c is not None]
+    system = next((c for c in clients if c.client_id == SYSTEM_CLIENT), None)
+    if system is None:
+        raise ScenarioError(
+            f"--smart-keys {folder}: no client {SYSTEM_CLIENT} with its key: "
+            "make the folder with `rems-gateway scenario clients`"
+        )
+    prescribers = {
+        c.client_id.removeprefix(PRESCRIBER_PREFIX): c
+        for c in clients
+        if c.client_id.startswith(PRESCRIBER_PREFIX)
+    }
+    return RunnerClients(folder, system, prescribers)
+
+
+def _with_key(folder: Path) -> Any:
+    def client(entry: dict[str, Any]) -> RunnerClient | None:
+        client_id = str(entry.get("client_id", ""))
+        path = key_file(folder, client_id)
+        if not client_id or not path.is_file():
+            return None
+        kid = str((entry.get("keys") or [{}])[0].get("kid") or secrets.token_hex(4))
+        scopes = [str(s) for s in entry.get("scopes") or []]
+        return RunnerClient(client_id, scopes, entry.get("fhir_user"), read_private_key(path), kid)
+
+    return client
 
 
 @dataclass

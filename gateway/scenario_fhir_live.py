@@ -1,0 +1,181 @@
+"""Scenario files against a separately running gateway over FHIR (contracts.md §1, `--via fhir
+--fhir URL --smart-keys DIR [--db URL]`).
+
+The gateway runs `rems-gateway serve --clock message --smart-clients DIR/smart-clients.yaml`
+(DIR made by `rems-gateway scenario clients`); the runner holds DIR's private keys. Per run of a
+file, as over MLLP (gateway/scenario_live.py):
+
+- patients' identifier values and handles, dispense request ids and the file's identifier values
+  inside raw `fhir` steps get the run's tag;
+- tokens come from the token endpoint named by `URL/.well-known/smart-configuration` (also the
+  assertions' `aud`); a prescriber of the file without a client in DIR fails the file first;
+- the registry goes through `POST /admin/registry` with the system client's `admin` token, after
+  the shared prescribers and pharmacies are compared with `--db` (no `--db`: not compared);
+- lab, labs, dispense, psf, sign and fhir steps go over FHIR exactly as FhirChannel sends them;
+  `advance_to` through `POST /admin/scheduled-work` for this file's patients;
+- `derived` and `usable` of lab steps are read from `--db`; without it they are ``NOT_READ``,
+  so an `expect` naming them fails saying why. A `sign` step with no QuestionnaireResponse of
+  this run to `$sign` goes through the service on `--db`; without it the step is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.scenario import NotSupportedYet
+from gateway.scenario_fhir import FhirChannel, FhirEndpoint, signer_npis
+from gateway.scenario_file import Scenario, Step
+from gateway.scenario_live import LiveRunError, Tagging, run_tag, shared_disagreements, tagged
+from gateway.scenario_smart import RunnerClients, prescriber_client_id, read_key_folder
+from gateway.service import RemsService
+
+NOT_READ = "not read: give --db, the gateway's database"
+DISCOVERY = "/.well-known/smart-configuration"
+
+
+@dataclass(frozen=True)
+class LiveFhirGateway:
+    """A running gateway's base URL (FHIR at `/fhir`), the runner's key folder and, optionally,
+    the gateway's database."""
+
+    base_url: str
+    keys: Path
+    db_url: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, keys: Path, db_url: str | None) -> LiveFhirGateway:
+        base = url.rstrip("/").removesuffix("/fhir")
+        if not base.startswith(("http://", "https://")):
+            raise LiveRunError(f"--fhir {url!r}: expected http(s)://HOST:PORT")
+        return cls(base, keys, db_url)
+
+
+def retag_resource(body: Any, tagging: Tagging) -> Any:
+    """A raw resource for this run: any `{system, value}` naming a patient identifier value of
+    the file gets the tagged value, and each resource's own `identifier` values (request ids,
+    accession numbers) get the tag, as dispense request ids do."""
+    if isinstance(body, list):
+        return [retag_resource(item, tagging) for item in body]
+    if not isinstance(body, dict):
+        return body
+    copy = {key: retag_resource(item, tagging) for key, item in body.items()}
+    if "system" in copy and str(copy.get("value")) in tagging.values:
+        copy["value"] = tagging.values[str(copy["value"])]
+    if "resourceType" in copy and "identifier" in copy:
+        copy["identifier"] = _own_identifiers(copy["identifier"], tagging)
+    return copy
+
+
+def _own_identifiers(identifiers: Any, tagging: Tagging) -> Any:
+    if isinstance(identifiers, list):
+        return [_own_identifiers(one, tagging) for one in identifiers]
+    if isinstance(identifiers, dict) and "value" in identifiers:
+        value = str(identifiers["value"])
+        if value not in tagging.values.values():  # not a patient's, tagged already
+            return {**identifiers, "value": tagging.suffix(value)}
+    return identifiers
+
+
+class LiveFhirChannel(FhirChannel):
+    """FhirChannel against a running gateway, with the runner's clients from DIR."""
+
+    def __init__(
+        self, service: RemsService | None, scenario: Scenario, gateway: LiveFhirGateway
+    ) -> None:
+        live, tagging = tagged(scenario, run_tag(scenario.path))
+        super().__init__(service, live, None)  # type: ignore[arg-type]  # None: no --db
+        self.database = service
+        self.tagging: Tagging = tagging
+        self.gateway = gateway
+
+    async def open(self) -> None:
+        clients = read_key_folder(self.gateway.keys)
+        self._require_clients(clients)
+        async with httpx.AsyncClient(timeout=30) as http:
+            token_url = await discover_token_url(http, self.gateway.base_url)
+        self.endpoint = FhirEndpoint(self.gateway.base_url, token_url, clients)
+        await super().open()
+
+    def _require_clients(self, clients: RunnerClients) -> None:
+        missing = [n for n in signer_npis(self.scenario) if n not in clients.prescribers]
+        if missing:
+            names = ", ".join(prescriber_client_id(n) for n in missing)
+            raise LiveRunError(
+                f"no SMART client {names} in {self.gateway.keys}: run `rems-gateway scenario "
+                "clients` with this file and restart the gateway with its smart-clients.yaml"
+            )
+
+    async def _admin(self, path: str, body: dict[str, Any]) -> Any:
+        assert self.http is not None and self.tokens is not None and self.clients is not None
+        headers = await self.tokens.bearer(self.clients.system)
+        response = await self.http.post(path, json=body, headers=headers)
+        if response.status_code != 200:
+            raise LiveRunError(f"POST {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    async def load_registry(self) -> None:
+        registry = self.scenario.registry
+        if self.database is not None:
+            problems = await self.database.writer.run(lambda s: shared_disagreements(s, registry))
+            if problems:
+                raise LiveRunError(
+                    "the file disagrees with the gateway's registry about shared records: "
+                    + "; ".join(problems)
+                )
+        loaded = await self._admin("/admin/registry", registry.model_dump(mode="json"))
+        ids = dict(loaded["patient_ids"])
+        self.patient_ids = {h: ids[self.tagging.suffix(h)] for h in self.scenario.handles}
+        await self._check_same_database()
+
+    async def _check_same_database(self) -> None:
+        if self.database is None or not self.scenario.handles:
+            return
+        identifiers = next(iter(self.scenario.handles.values()))
+        if await self.database.writer.run(lambda s: s.find_patient(identifiers)) is None:
+            raise LiveRunError("--db is not the database of the gateway at --fhir")
+
+    async def _stored(self, step: Step) -> dict[str, Any]:
+        if self.database is None:
+            return {"derived": NOT_READ, "usable": NOT_READ}
+        return await super()._stored(step)
+
+    async def _dispense(self, step: Step) -> dict[str, Any]:
+        request = step.request
+        if request.request_id:
+            request = replace(request, request_id=self.tagging.suffix(request.request_id))
+        return await super()._dispense(replace(step, request=request))
+
+    async def _sign(self, step: Step) -> dict[str, Any]:
+        _, psf_id = step.request
+        nothing_to_sign = self._response_to_sign(str(step.patient), psf_id) is None
+        if nothing_to_sign and self.database is None:
+            raise NotSupportedYet("no QuestionnaireResponse of this run to $sign: needs --db")
+        return await super()._sign(step)
+
+    async def _fhir(self, step: Step) -> dict[str, Any]:
+        return await super()._fhir(replace(step, body=retag_resource(step.body, self.tagging)))
+
+    async def _advance_to(self, step: Step) -> dict[str, Any]:
+        handles = [step.patient] if step.patient else list(self.scenario.handles)
+        ids = [self.patient_ids[h] for h in handles if h in self.patient_ids]
+        body = {"until": step.request.isoformat(), "patients": ids}
+        found = (await self._admin("/admin/scheduled-work", body))["patients"]
+        return {"warnings": [f for findings in found.values() for f in findings]}
+
+
+async def discover_token_url(http: httpx.AsyncClient, base_url: str) -> str:
+    """The gateway's token endpoint, from its SMART discovery document."""
+    try:
+        response = await http.get(base_url + DISCOVERY)
+    except httpx.HTTPError as exc:
+        raise LiveRunError(f"no gateway at --fhir {base_url}: {exc}") from None
+    if response.status_code != 200:
+        raise LiveRunError(
+            f"GET {base_url}{DISCOVERY}: HTTP {response.status_code}: "
+            "start the gateway with --smart-clients DIR/smart-clients.yaml"
+        )
+    return str(response.json()["token_endpoint"])
