@@ -36,6 +36,7 @@ from gateway.service import RemsService
 from gateway.writer import Writer, WriterStopped
 from mappings.fhir.outcome import Issue
 from mappings.hl7v2.senders import SenderDirectory
+from rems_core.rulepack import OutOfScope
 
 READY_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -206,6 +207,15 @@ def _add_error_handlers(app: FastAPI) -> None:
             return fhir_error_response(FhirError(400, "invalid", "", issues=issues))
         issues = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         return error_response(422, "invalid_request", "the request is not valid", issues=issues)
+
+    @app.exception_handler(OutOfScope)
+    async def out_of_scope(request: Request, exc: OutOfScope) -> Response:
+        """An event dated before any rule pack applies (rems-rules.md §0)."""
+        if _is_fhir(request):
+            return fhir_error_response(
+                FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code)
+            )
+        return error_response(422, "out_of_scope", str(exc))
 
     @app.exception_handler(WriterStopped)
     async def shutting_down(request: Request, exc: WriterStopped) -> Response:

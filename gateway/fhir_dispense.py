@@ -54,8 +54,6 @@ def record_medication_request(
 ) -> DispenseRecorded:
     """Decide and store the MedicationRequest version carrying the decision. The same resource
     again is answered from the store; the same identifier with another body is a conflict."""
-    from gateway.dispense_intake import RequestConflict
-
     identifiers = list(submission.patient_identifiers)
     if submission.patient_id is not None:
         patient = store.patient(submission.patient_id)
@@ -66,7 +64,9 @@ def record_medication_request(
     current = existing(store, draft)
     if current is not None:
         if current.content_hash != draft.content_hash:
-            raise RequestConflict("this identifier was used for a different MedicationRequest")
+            raise dispense_intake.RequestConflict(
+                "this identifier was used for a different MedicationRequest"
+            )
         return DispenseRecorded(Recorded(current, False, True), decision_of(current.body))
     request = submission.request
     decision = dispense_intake.decide_dispense(service, store, identifiers, request, source, pack)
@@ -121,11 +121,9 @@ def check_etasu(
 ) -> EtasuCheck:
     """A request already decided (same request id and body) is reported; any other is judged by
     the engine on the committed patient file, without an override, and nothing is stored."""
-    from gateway.dispense_intake import request_hash
-
     if request.request_id:
         earlier = store.decision_for_request(request.request_id)
-        if earlier is not None and earlier[0] == request_hash(identifiers, request):
+        if earlier is not None and earlier[0] == dispense_intake.request_hash(identifiers, request):
             return _reported(decision_from_dict(earlier[1]))
     request = replace(request, override=None)
     patient = store.find_patient(identifiers)

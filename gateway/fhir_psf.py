@@ -25,6 +25,7 @@ class PsfSubmission:
     patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
     patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
     shape: Callable[[dict[str, Any], PsfOutcome], dict[str, Any]]  # the body to store
+    received: datetime  # the clinical now of its arrival (the version's lastUpdated)
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,9 @@ def keep(
     """The response's version, with the outcome of its PSF."""
     draft = submission.draft
     draft = replace(draft, index=replace(draft.index, patient_id=outcome.patient))
-    received = submission.form.submitted_at
-    done = put(service, store, draft, received, lambda body: submission.shape(body, outcome))
+    done = put(
+        service, store, draft, submission.received, lambda body: submission.shape(body, outcome)
+    )
     return PsfRecorded(done, outcome)
 
 

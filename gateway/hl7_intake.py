@@ -19,6 +19,7 @@ from mappings.hl7v2.ack import build_ack, enhanced_mode, wanted
 from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, to_lab_report
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, Message, Segment, parse
+from rems_core.anc import relevant_codes
 from rems_core.model import AncResult
 from rems_core.rulepack import DEFAULT_PACK
 
@@ -106,14 +107,7 @@ class Hl7Intake:
         self.service = service
         self.senders = senders
         self.clock = clock
-        codes = service.packs.get(DEFAULT_PACK).loinc.value
-        self.relevant = {
-            *codes.anc,
-            *codes.wbc,
-            *codes.neutrophils_pct,
-            *codes.segmented_pct,
-            *codes.bands_pct,
-        }
+        self.relevant = relevant_codes(service.packs.get(DEFAULT_PACK))
 
     async def receive(
         self,

@@ -355,7 +355,9 @@ class LoopbackGateway:
         )
         writer = self.service.writer
         app = create_app(self.service, settings, GatewayState(writer.engine, writer))
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

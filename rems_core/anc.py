@@ -193,15 +193,14 @@ def same_result(pack: RulePack, a: LabResult, b: LabResult) -> bool:
     return first.value is not None and first.value == second.value
 
 
-def is_anc_relevant(pack: RulePack, code: str) -> bool:
+def relevant_codes(pack: RulePack) -> set[str]:
+    """The LOINC codes the REMS reads: ANCs and the inputs of a derived ANC."""
     codes = pack.loinc.value
-    return code in {
-        *codes.anc,
-        *codes.wbc,
-        *codes.neutrophils_pct,
-        *codes.segmented_pct,
-        *codes.bands_pct,
-    }
+    return {*codes.anc, *codes.wbc, *codes.neutrophils_pct, *codes.segmented_pct, *codes.bands_pct}
+
+
+def is_anc_relevant(pack: RulePack, code: str) -> bool:
+    return code in relevant_codes(pack)
 
 
 def specimen_ancs(

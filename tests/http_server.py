@@ -36,7 +36,9 @@ def running_app(service: RemsService, engine: Engine, **settings: Any) -> Iterat
     app = create_app(service, config, GatewayState(engine, service.writer))
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

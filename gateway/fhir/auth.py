@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from fastapi import Depends, Request
 
 from gateway.fhir.http import FhirError
+from gateway.fhir.scopes import ResourceScope, resource_scope
 
 INTERACTION_LETTERS = {"create": "c", "read": "r", "update": "u", "delete": "d", "search": "s"}
 ADMIN_SCOPE = "admin"
@@ -40,18 +41,12 @@ class Principal:
 
 
 def _grants(scope: str, resource_type: str, letter: str) -> bool:
-    """SMART v2 `system/Observation.cs` (and v1 `system/Observation.read|write|*`)."""
-    context, _, rest = scope.partition("/")
-    if context not in ("system", "user") or not rest:
-        return False
-    kind, _, permissions = rest.partition(".")
-    if kind not in (resource_type, "*"):
-        return False
-    if permissions in ("*", "write") and letter in "cud":
-        return True
-    if permissions in ("*", "read") and letter in "rs":
-        return True
-    return permissions not in ("*", "read", "write") and letter in permissions
+    """A system or user scope (SMART v2 or v1, see scopes.py) covering this interaction."""
+    granted = resource_scope(scope)
+    return granted is not None and any(
+        granted.covers(ResourceScope(context, resource_type, letter))
+        for context in ("system", "user")
+    )
 
 
 class Authenticator(Protocol):

@@ -99,6 +99,11 @@ def _entry(index: int, item: Any) -> Entry | FhirError:
             f"entry {index}: the resource's id must be the url's",
             (f"{where}.resource.id",),
         )
+    for condition in ("ifNoneExist", "ifMatch"):
+        if not isinstance(request.get(condition), str | None):
+            return FhirError(
+                400, "structure", f"{condition} must be a string", (f"{where}.request.{condition}",)
+            )
     return Entry(
         index,
         method,

@@ -43,10 +43,12 @@ from gateway.fhir.http import (
 from gateway.fhir.observations import conditional_identifier, reading, record, submission
 from gateway.fhir.resources import clinical_now, content_hash, location, validated
 from gateway.fhir_intake import (
+    IdentifierTaken,
     LabSubmission,
     Recorded,
     ResourceDraft,
     TransactionRefused,
+    UnknownResource,
     VersionConflict,
 )
 from gateway.values import Source
@@ -155,6 +157,14 @@ async def transaction(
         )
     except VersionConflict:
         raise FhirError(412, "conflict", "an entry's ifMatch names another version") from None
+    except UnknownResource:
+        raise FhirError(
+            404, "not-found", "an entry updates an Observation that does not exist"
+        ) from None
+    except IdentifierTaken:
+        raise FhirError(
+            409, "duplicate", "an entry gives an Observation another one's identifier"
+        ) from None
     except TransactionRefused:
         raise FhirError(
             422,

@@ -21,11 +21,9 @@ from gateway.fhir_dispense import EtasuCheck
 from gateway.service import RemsService
 from mappings.fhir.etasu import EtasuQuery, etasu_parameters, read_etasu_parameters
 from rems_core.model import Identifier
-from rems_core.rulepack import OutOfScope
 from rems_core.store.repo import Store
 
 router = APIRouter(tags=["GuidanceResponse"])
-OPERATION = "rems-etasu"
 
 
 @router.post("/GuidanceResponse/$rems-etasu")
@@ -39,10 +37,8 @@ async def rems_etasu(
     if query.problems:
         raise FhirError(422, "invalid", "", issues=query.problems)
     service: RemsService = request.app.state.service
-    try:
-        pack = service.pack_for(now)
-    except OutOfScope as exc:
-        raise FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code) from None
+    moment = query.request.dispense_date if query.request is not None else now
+    pack = service.pack_for(moment)  # the pack a dispense on that date would be judged by
     check, patient_id = await service.read(lambda store: _check(service, store, query, pack))
     return FhirResponse(etasu_parameters(check, query.missing, patient_id), 200)
 

@@ -108,9 +108,12 @@ def etag(version_id: int) -> str:
     return f'W/"{version_id}"'
 
 
-def version_of(if_match: str) -> int | None:
-    """The version an `If-Match: W/"3"` names, or None when it names none."""
+def version_of(if_match: str) -> int:
+    """The version an `If-Match: W/"3"` names; 400 when it names none (an update must not
+    quietly become unconditional)."""
     text = if_match.strip()
     text = text[2:] if text.startswith("W/") else text
     text = text.strip('"')
-    return int(text) if text.isdigit() else None
+    if not text.isdigit():
+        raise FhirError(400, "value", 'If-Match must name a version, e.g. W/"3"', ("If-Match",))
+    return int(text)

@@ -14,22 +14,17 @@ from fastapi.responses import Response
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, check_format, json_body
 from gateway.fhir.reads import add_reads
-from gateway.fhir.resources import clinical_now, content_hash, validated, written
+from gateway.fhir.resources import clinical_now, content_hash, service_of, validated, written
 from gateway.fhir_dispense import DispenseRecorded, DispenseSubmission
 from gateway.fhir_intake import ResourceDraft
-from gateway.service import RemsService, RequestConflict
+from gateway.service import RequestConflict
 from gateway.values import Source
 from mappings.fhir.medication_request import decision_issues, read_medication_request
 from mappings.fhir.outcome import Issue
-from rems_core.rulepack import OutOfScope
 from rems_core.store.fhir_repo import ResourceIndex
 
 router = APIRouter(tags=["MedicationRequest"])
 TYPE = "MedicationRequest"
-
-
-def service_of(request: Request) -> RemsService:
-    return request.app.state.service
 
 
 async def decide(
@@ -41,8 +36,6 @@ async def decide(
         raise FhirError(
             409, "conflict", "this identifier (request id) was used for another request"
         ) from None
-    except OutOfScope as exc:
-        raise FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code) from None
     if done.recorded is None:
         raise FhirError(
             422,

@@ -15,6 +15,7 @@ from gateway.fhir.resources import (
     clinical_now,
     content_hash,
     searchset,
+    service_of,
     validated,
     written,
 )
@@ -26,11 +27,10 @@ from gateway.fhir_intake import (
     UnknownResource,
     VersionConflict,
 )
-from gateway.service import RemsService
 from gateway.values import Source
 from mappings.fhir.observation import ObservationReading, read_observation
 from mappings.fhir.outcome import Issue, lab_issues
-from rems_core.anc import is_anc_relevant
+from rems_core.anc import relevant_codes
 from rems_core.model import Identifier
 from rems_core.store.fhir_repo import ResourceIndex, ResourceQuery
 
@@ -38,27 +38,18 @@ router = APIRouter(tags=["Observation"])
 TYPE = "Observation"
 
 
-def service_of(request: Request) -> RemsService:
-    return request.app.state.service
-
-
 def reading(
     request: Request, data: dict[str, Any], specimen: str | None = None
 ) -> ObservationReading:
     service = service_of(request)
     pack = service.lab_pack()
-    relevant = {code for code in _codes(pack) if is_anc_relevant(pack, code)}
+    relevant = relevant_codes(pack)
     observation = validated(data, TYPE)
     found = read_observation(observation, relevant, service.tz, specimen)
     errors = [p for p in found.problems if p.severity == "error"]
     if errors:
         raise FhirError(422, "invalid", "", issues=errors)
     return found
-
-
-def _codes(pack: Any) -> set[str]:
-    codes = pack.loinc.value
-    return {*codes.anc, *codes.wbc, *codes.neutrophils_pct, *codes.segmented_pct, *codes.bands_pct}
 
 
 def submission(
@@ -218,16 +209,16 @@ def _sort_order(sort: str | None) -> bool:
 
 
 def _patients(store: Any, patient: str | None, by_identifier: str | None) -> list[str] | None:
+    """The patient the search names; both parameters must name the same one (FHIR ANDs them)."""
     if patient is None and by_identifier is None:
         return None
-    ids = []
-    if patient is not None:
-        ids.append(patient.removeprefix("Patient/"))
+    named = {patient.removeprefix("Patient/")} if patient is not None else None
     if by_identifier is not None:
         system, value = identifier_param(by_identifier)
         found = store.find_patient([Identifier(system, value)])
-        ids.append(found.rems_id if found else "")
-    return ids
+        matched = {found.rems_id} if found else set()
+        named = matched if named is None else named & matched
+    return sorted(named or ())
 
 
 add_reads(router, TYPE)

@@ -10,19 +10,13 @@ from fastapi import APIRouter, Request
 from gateway import patient_status
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format
-from gateway.fhir.resources import BASE, clinical_now
+from gateway.fhir.resources import BASE, clinical_now, service_of
 from gateway.fhir.search import identifier_param
-from gateway.service import RemsService
 from mappings.fhir.patient import patient_resource, rems_status_parameters
 from rems_core.model import Identifier
-from rems_core.rulepack import OutOfScope
 
 router = APIRouter(tags=["Patient"])
 TYPE = "Patient"
-
-
-def service_of(request: Request) -> RemsService:
-    return request.app.state.service
 
 
 @router.get("/Patient/{patient_id}/$rems-status")
@@ -32,10 +26,7 @@ async def rems_status(
     check_format(request)
     service = service_of(request)
     now = clinical_now(request)
-    try:
-        pack = service.pack_for(now)
-    except OutOfScope as exc:
-        raise FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code) from None
+    pack = service.pack_for(now)
     status = await service.read(
         lambda store: patient_status.rems_status(pack, store, patient_id, now, service.tz)
     )

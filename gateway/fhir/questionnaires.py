@@ -24,6 +24,7 @@ from gateway.fhir.resources import (
     BASE,
     clinical_now,
     content_hash,
+    service_of,
     validated,
     written,
 )
@@ -37,7 +38,6 @@ from gateway.fhir_psf import (
     SignRequest,
     UnknownSubject,
 )
-from gateway.service import RemsService
 from gateway.values import Source
 from mappings.fhir.outcome import Issue
 from mappings.fhir.psf_outcome import (
@@ -50,15 +50,10 @@ from mappings.fhir.questionnaire import PsfReading, questionnaires
 from mappings.fhir.questionnaire import read_response as read_qr
 from rems_core.codes import Code
 from rems_core.model import PatientStatusForm, PsfOutcome
-from rems_core.rulepack import OutOfScope
 from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 
 router = APIRouter(tags=["Questionnaire", "QuestionnaireResponse"])
 TYPE = "QuestionnaireResponse"
-
-
-def service_of(request: Request) -> RemsService:
-    return request.app.state.service
 
 
 # --- Questionnaire -------------------------------------------------------------------------
@@ -147,7 +142,8 @@ def as_signed(
 async def submit(request: Request, principal: Principal, data: dict[str, Any]) -> Response:
     now = clinical_now(request, data)
     reading = checked(request, data, now)
-    assert reading.form is not None and reading.subject is not None  # checked() saw to it
+    if reading.form is None or reading.subject is None:  # checked() refuses these; never a 500
+        raise FhirError(422, "incomplete", "the response does not make a complete PSF")
     form = as_signed(principal, reading.form, reading.signature)
     signature = signature_extension(form.signed_by, form.submitted_at) if form.signed_by else None
     draft = ResourceDraft(
@@ -162,6 +158,7 @@ async def submit(request: Request, principal: Principal, data: dict[str, Any]) -
         reading.subject.identifiers,
         reading.subject.patient_id,
         lambda body, outcome: with_outcome(body, outcome, signature),
+        now,
     )
     source = Source("fhir", principal.client_id)
     try:
@@ -173,8 +170,6 @@ async def submit(request: Request, principal: Principal, data: dict[str, Any]) -
             "subject names a Patient the gateway does not know",
             (f"{TYPE}.subject",),
         ) from None
-    except OutOfScope as exc:
-        raise FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code) from None
     return answer(request, done)
 
 
@@ -245,8 +240,6 @@ async def sign_questionnaire_response(
         raise FhirError(
             409, "conflict", "the response changed meanwhile: read it and retry"
         ) from None
-    except OutOfScope as exc:
-        raise FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code) from None
     if done.recorded is None:
         assert done.outcome is not None
         raise FhirError(

@@ -6,7 +6,8 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fhir.resources.R4B import get_fhir_model_class
@@ -16,7 +17,15 @@ from gateway.fhir.http import FhirError, FhirResponse, etag, prefer_return, vali
 from mappings.fhir.outcome import Issue, operation_outcome
 from rems_core.store.fhir_repo import StoredResource
 
+if TYPE_CHECKING:
+    from gateway.service import RemsService
+
 BASE = "/fhir"
+
+
+def service_of(request: Request) -> RemsService:
+    """The application service every route calls."""
+    return request.app.state.service
 
 
 def validated(data: dict[str, Any], resource_type: str) -> Any:
@@ -44,19 +53,22 @@ def content_hash(data: dict[str, Any]) -> str:
 def clinical_now(request: Request, data: dict[str, Any] | None = None) -> datetime:
     """The clinical "now": the system clock, or with `serve --clock message` the
     `X-Clinical-Time` header or the resource's meta.lastUpdated (contracts.md §1)."""
-    if request.app.state.clock == "message":
-        given = request.headers.get("x-clinical-time") or (
-            (data or {}).get("meta", {}).get("lastUpdated")
-        )
-        if given:
-            try:
-                moment = datetime.fromisoformat(given.replace("Z", "+00:00"))
-            except ValueError:
-                raise FhirError(400, "value", "X-Clinical-Time is not an ISO 8601 time") from None
-            if moment.tzinfo is None:
-                raise FhirError(400, "value", "X-Clinical-Time needs a UTC offset")
-            return moment.astimezone(UTC)
-    return datetime.now(UTC)
+    if request.app.state.clock != "message":
+        return datetime.now(UTC)
+    given, source = request.headers.get("x-clinical-time"), "X-Clinical-Time"
+    if not given:
+        meta = (data or {}).get("meta")
+        given = meta.get("lastUpdated") if isinstance(meta, dict) else None
+        source = "meta.lastUpdated"
+    if not given:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(str(given).replace("Z", "+00:00"))
+    except ValueError:
+        raise FhirError(400, "value", f"{source} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise FhirError(400, "value", f"{source} needs a UTC offset")
+    return moment.astimezone(UTC)
 
 
 def location(stored: StoredResource) -> str:
@@ -97,8 +109,8 @@ def searchset(
     url = str(request.url)
     links = [{"relation": "self", "url": url}]
     if offset + count < total:
-        params = dict(request.query_params) | {"_offset": str(offset + count)}
-        query = "&".join(f"{k}={v}" for k, v in params.items())
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"]
+        query = urlencode([*params, ("_offset", str(offset + count))])
         links.append({"relation": "next", "url": f"{request.url.path}?{query}"})
     bundle = {
         "resourceType": "Bundle",

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 LETTERS = "cruds"
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": LETTERS}
-CONTEXTS = ("system", "user", "patient")
 _RESOURCE_SCOPE = re.compile(r"^(system|user|patient)/(\*|[A-Z][A-Za-z]{0,63})\.([a-z*]+)$")
 _PLAIN_SCOPE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 

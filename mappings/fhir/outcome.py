@@ -46,12 +46,6 @@ def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": listed}
 
 
-def finding_issues(
-    findings: Iterable[Finding], severity: str, code: str = "business-rule"
-) -> list[Issue]:
-    return [Issue(severity, code, f.text, rems_code=f.code) for f in findings]
-
-
 ANC_EXTENSION = "urn:rems-gateway:fhir:anc"  # the ANC per µL a result yields
 CATEGORY_EXTENSION = "urn:rems-gateway:fhir:anc-category"
 

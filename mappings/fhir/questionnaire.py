@@ -171,7 +171,8 @@ def collect(
 
 
 def _seen(found: Answers, link_id: str) -> bool:
-    return link_id in found.values or link_id in found.groups
+    """Answered: a value given, or a group present (an item with no answer counts as absent)."""
+    return bool(found.values.get(link_id)) or link_id in found.groups
 
 
 def _answers(
