@@ -57,10 +57,6 @@ class NotPending(Exception):
         self.status = status
 
 
-class NotTheSigner(Exception):
-    """Only the prescriber named on the form may sign it."""
-
-
 class Changed(Exception):
     """The QuestionnaireResponse has a newer version than the one the signer saw."""
 
@@ -95,15 +91,14 @@ def keep(
 
 
 def pending(store: Store, request: SignRequest) -> StoredPsf:
-    """The form the signer means, if it waits for their signature; otherwise the refusal."""
+    """The form the request means, if it waits for a signature; whether this signer may sign it
+    is the rules' question (rems_core.psf.signer_problem), answered in the unit of work."""
     current = store.current_resource("QuestionnaireResponse", request.resource_id)
     if current is None or current.version_id != request.version_id:
         raise Changed(request.resource_id)
     form = _psf(store, request.patient_id, request.psf_id)
     if form is None or form.status != PsfStatus.PENDING_PRESCRIBER_SIGNATURE:
         raise NotPending(form.status if form else None)
-    if request.signer != form.form.prescriber_npi:
-        raise NotTheSigner(request.psf_id)
     return form
 
 

@@ -32,7 +32,6 @@ from gateway.fhir_intake import ResourceDraft
 from gateway.fhir_psf import (
     Changed,
     NotPending,
-    NotTheSigner,
     PsfRecorded,
     PsfSubmission,
     SignRequest,
@@ -221,13 +220,6 @@ async def sign_questionnaire_response(
     sign = sign_request(current, signer, clinical_now(request))
     try:
         done = await service.sign_psf_resource(sign, Source("fhir", principal.client_id))
-    except NotTheSigner:
-        raise FhirError(
-            403,
-            "forbidden",
-            "only the prescriber named on the form can sign it",
-            rems_code=Code.SUBMITTER_NOT_AUTHORIZED,
-        ) from None
     except NotPending as refused:
         status = refused.status.value if refused.status else "not a PSF"
         raise FhirError(
