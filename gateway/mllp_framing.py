@@ -60,7 +60,6 @@ class MllpDecoder:
         self._state = self._OUTSIDE
         self._junk = 0
         self._buf = bytearray()
-        self._bare_reported = False
         self._head = b""
         self._discarded = 0
         self._last_was_fs = False
@@ -107,7 +106,6 @@ class MllpDecoder:
     def _open_frame(self) -> None:
         self._state = self._IN_FRAME
         self._buf = bytearray()
-        self._bare_reported = False
 
     def _feed_frame(self, data: bytes, pos: int, events: list[FrameEvent]) -> int:
         buf = self._buf
@@ -136,11 +134,7 @@ class MllpDecoder:
             self._state = self._DISCARDING
             self._buf = bytearray()
             return len(data)
-        check_from = max(len(buf) - 1, 0)
         buf += data[pos:]
-        if not self._bare_reported and buf.find(_FS, check_from, len(buf) - 1) != -1:
-            self._bare_reported = True
-            events.append(BareEndBlock())
         return len(data)
 
     def _head_of(self, data: bytes, pos: int, stop: int) -> bytes:
@@ -148,7 +142,9 @@ class MllpDecoder:
         return head + data[pos : min(stop, pos + OVERSIZE_HEAD_BYTES - len(head))]
 
     def _complete(self, content: bytes, events: list[FrameEvent]) -> None:
-        if not self._bare_reported and _FS in content:
+        # Told once the frame is whole, so that how reads split the stream changes nothing (an
+        # oversize frame is refused whole and says nothing of its content).
+        if _FS in content:
             events.append(BareEndBlock())
         events.append(Frame(content))
         self._state = self._OUTSIDE

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trustme
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -573,6 +573,9 @@ def test_settings_validation() -> None:
         max_size=6,
     ),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+)
+@example(  # an oversize frame holding a bare 0x1C, split before its end (found by CI)
+    parts=[(b"", b"\x00" * 9 + b"\x1c" + b"\x00" * 11), (b"", b"\x00\x1c\x00")], cuts=[15]
 )
 @hypothesis_settings(max_examples=300, deadline=None)
 def test_decoder_result_does_not_depend_on_how_reads_split_the_stream(
