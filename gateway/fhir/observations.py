@@ -120,6 +120,15 @@ async def record(
     return done, issues
 
 
+async def store_one(
+    request: Request, principal: Principal, data: dict[str, Any], made: LabSubmission
+) -> Response:
+    """One Observation stored (a create or an update), answered as `Prefer` asks."""
+    done, issues = await record(request, principal, [made], clinical_now(request, data))
+    result = done.recorded[0]
+    return written(request, result.resource, result.created, issues)
+
+
 @router.post("/Observation", status_code=201)
 async def create_observation(
     request: Request,
@@ -131,14 +140,7 @@ async def create_observation(
     check_format(request)
     data = await json_body(request)
     found = reading(request, data)
-    done, issues = await record(
-        request,
-        principal,
-        [submission(data, found, None, if_none_exist)],
-        clinical_now(request, data),
-    )
-    result = done.recorded[0]
-    return written(request, result.resource, result.created, issues)
+    return await store_one(request, principal, data, submission(data, found, None, if_none_exist))
 
 
 @router.put("/Observation/{resource_id}")
@@ -157,14 +159,8 @@ async def update_observation(
         )
     found = reading(request, data)
     expected = version_of(if_match) if if_match else None
-    done, issues = await record(
-        request,
-        principal,
-        [submission(data, found, resource_id, None, expected)],
-        clinical_now(request, data),
-    )
-    result = done.recorded[0]
-    return written(request, result.resource, result.created, issues)
+    made = submission(data, found, resource_id, None, expected)
+    return await store_one(request, principal, data, made)
 
 
 @router.get("/Observation")
