@@ -1,17 +1,18 @@
-"""PreparedInsert stores exactly what a Core INSERT stores (times, JSON, booleans), on both
-databases, and a driver error still arrives as SQLAlchemy's DBAPIError."""
+"""PreparedInsert stores exactly what a Core INSERT stores and PreparedQuery reads what a Core
+SELECT reads (times, JSON, booleans), on both databases, and a driver error still arrives as
+SQLAlchemy's DBAPIError."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from rems_core.model import Identifier, LabResult, ResultStatus
 from rems_core.store import tables
-from rems_core.store.prepared import PreparedInsert
+from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
 from rems_core.store.repo import observation_row
 
 observation_t = tables.ObservationRow.__table__
@@ -59,3 +60,48 @@ def test_a_driver_error_is_a_dbapi_error(engine: Engine) -> None:
     bad = rows()[0] | {"patient_id": "no-such-patient"}  # foreign key
     with pytest.raises(DBAPIError), engine.begin() as conn:
         PreparedInsert(insert(observation_t)).run(conn, [bad])
+
+
+def test_prepared_queries_read_what_core_reads(engine: Engine) -> None:
+    by_patient = select(observation_t).where(
+        observation_t.c.patient_id.is_(None), observation_t.c.current.is_(True)
+    )
+    with engine.begin() as conn:
+        conn.execute(insert(observation_t), rows())
+        prepared = PreparedQuery(by_patient.order_by(observation_t.c.id)).rows(conn)
+        core = conn.execute(by_patient.order_by(observation_t.c.id)).all()
+    assert [tuple(r) for r in prepared] == [tuple(r) for r in core]
+    assert prepared[0].drawn == MOMENT and prepared[0].drawn.tzinfo is not None
+    assert prepared[0].unmatched_identifiers == [{"system": "urn:oid:1.2.3", "value": "MRN9"}]
+    assert prepared[0].current is True
+
+
+def test_a_query_family_binds_list_values_like_their_column(engine: Engine) -> None:
+    """Times in an IN list are converted as the column stores them (else nothing matches)."""
+    drawn_in = QueryFamily(
+        lambda n: select(observation_t.c.channel).where(
+            observation_t.c.drawn.in_(
+                [bindparam(f"d{i}", type_=observation_t.c.drawn.type) for i in range(n)]
+            )
+        )
+    )
+    other = MOMENT + timedelta(days=3)
+    with engine.begin() as conn:
+        conn.execute(insert(observation_t), rows())
+        one = drawn_in(1).rows(conn, {"d0": MOMENT})
+        two = drawn_in(2).rows(conn, {"d0": other, "d1": MOMENT})
+        none = drawn_in(1).rows(conn, {"d0": other})
+    assert sorted(r.channel for r in one) == sorted(r.channel for r in two) == ["fhir", "mllp"]
+    assert none == []
+
+
+def test_a_prepared_update_counts_the_rows_it_changed(engine: Engine) -> None:
+    retire = PreparedQuery(
+        update(observation_t)
+        .where(observation_t.c.channel == bindparam("of_channel"))
+        .values(current=False)
+    )
+    with engine.begin() as conn:
+        conn.execute(insert(observation_t), rows())
+        assert retire.run(conn, {"of_channel": "mllp"}) == 1
+    assert [r[9] for r in stored(engine)] == [False, False]

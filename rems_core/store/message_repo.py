@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, insert, select
 
 from rems_core.store import tables as t
-from rems_core.store.prepared import PreparedInsert
+from rems_core.store.prepared import PreparedInsert, PreparedQuery
 
 message_t = t.Hl7MessageRow.__table__
 
-_first_by_control = (
+_first_by_control = PreparedQuery(
     select(message_t.c.content_hash, message_t.c.ack)
     .where(
         message_t.c.sender == bindparam("sender"),
@@ -34,9 +34,7 @@ class MessageRepo:
     def message_by_control_id(self, sender: str, control_id: str) -> tuple[str, str] | None:
         """The content hash and ACK of the message first accepted with this control id (in the
         database, or stored earlier in this batch and not written yet)."""
-        row = self.conn.execute(
-            _first_by_control, {"sender": sender, "control_id": control_id}
-        ).first()
+        row = _first_by_control.first(self.conn, {"sender": sender, "control_id": control_id})
         if row is not None:
             return row.content_hash, row.ack
         for values in self._deferred.get(_insert_message, ()):

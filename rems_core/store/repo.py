@@ -29,7 +29,7 @@ from rems_core.model import (
 from rems_core.store import tables as t
 from rems_core.store.fhir_repo import FhirRepo
 from rems_core.store.message_repo import MessageRepo
-from rems_core.store.prepared import PreparedInsert
+from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
 from rems_core.store.registry_repo import RegistryRepo
 
 FORM = TypeAdapter(PatientStatusForm)
@@ -46,18 +46,20 @@ audit_t = t.AuditRecord.__table__
 head_t = t.AuditHead.__table__
 
 
-# Hot-path statements are built once: building a statement costs more than running it.
-_current_ancs = select(anc_t).where(
-    anc_t.c.patient_id == bindparam("patient_id"), anc_t.c.current.is_(True)
+# Hot-path statements are built and compiled once: that costs more than running them.
+_current_ancs = PreparedQuery(
+    select(anc_t).where(anc_t.c.patient_id == bindparam("patient_id"), anc_t.c.current.is_(True))
 )
-_live_psfs = (
+_live_psfs = PreparedQuery(
     select(psf_t.c.id, psf_t.c.form, psf_t.c.status, psf_t.c.judged_at)
     .where(
         psf_t.c.patient_id == bindparam("patient_id"), psf_t.c.status != PsfStatus.REJECTED.value
     )
     .order_by(psf_t.c.judged_at)
 )
-_override_dates = select(override_t.c.at).where(override_t.c.patient_id == bindparam("patient_id"))
+_override_dates = PreparedQuery(
+    select(override_t.c.at).where(override_t.c.patient_id == bindparam("patient_id"))
+)
 _decision_by_request = select(decision_t.c.request_hash, decision_t.c.result).where(
     decision_t.c.request_id == bindparam("request_id")
 )
@@ -68,16 +70,28 @@ _observation_columns = [
 _current_observation = (observation_t.c.patient_id == bindparam("patient_id")) & (
     observation_t.c.current.is_(True)
 )
-_observations_touching = union_all(  # two index lookups: SQLite would not use both for an OR
-    select(*_observation_columns).where(
-        _current_observation,
-        observation_t.c.specimen_key.in_(bindparam("keys", expanding=True)),
-    ),
-    select(*_observation_columns).where(
-        _current_observation, observation_t.c.drawn.in_(bindparam("drawns", expanding=True))
-    ),
+
+
+def _in(column: Any, name: str, count: int) -> Any:
+    """``column IN (:name0, :name1, …)``: one compiled statement per list length."""
+    return column.in_([bindparam(f"{name}{i}", type_=column.type) for i in range(count)])
+
+
+def _named_list(name: str, values: Iterable[Any]) -> dict[str, Any]:
+    return {f"{name}{i}": value for i, value in enumerate(values)}
+
+
+_observations_touching = QueryFamily(
+    lambda keys, drawns: union_all(  # two index lookups: SQLite would not use both for an OR
+        select(*_observation_columns).where(
+            _current_observation, _in(observation_t.c.specimen_key, "key", keys)
+        ),
+        select(*_observation_columns).where(
+            _current_observation, _in(observation_t.c.drawn, "drawn", drawns)
+        ),
+    )
 )
-_newest_usable_anc = (
+_newest_usable_anc = PreparedQuery(
     select(anc_t)
     .where(
         anc_t.c.patient_id == bindparam("patient_id"),
@@ -88,23 +102,28 @@ _newest_usable_anc = (
     .order_by(anc_t.c.drawn.desc(), anc_t.c.received.desc())
     .limit(1)
 )
-_specimen_ancs = select(anc_t).where(
-    anc_t.c.patient_id == bindparam("patient_id"),
-    anc_t.c.current.is_(True),
-    anc_t.c.specimen_key.in_(bindparam("keys", expanding=True)),
+_specimen_ancs = QueryFamily(
+    lambda keys: select(anc_t).where(
+        anc_t.c.patient_id == bindparam("patient_id"),
+        anc_t.c.current.is_(True),
+        _in(anc_t.c.specimen_key, "key", keys),
+    )
 )
-_chain_head = select(head_t.c.seq, head_t.c.hash).where(head_t.c.id == 1)
-_locked_chain_head = (
+_chain_head = PreparedQuery(select(head_t.c.seq, head_t.c.hash).where(head_t.c.id == 1))
+_locked_chain_head = PreparedQuery(
     select(head_t.c.seq, head_t.c.hash, head_t.c.registry_version)
     .where(head_t.c.id == 1)
     .with_for_update()
 )
 _insert_audit = PreparedInsert(insert(audit_t))
-_move_head = update(head_t).where(head_t.c.id == 1)
-_move_head_and_registry = (
-    update(head_t).where(head_t.c.id == 1).values(registry_version=head_t.c.registry_version + 1)
+_new_head = {"seq": bindparam("seq"), "hash": bindparam("hash")}
+_move_head = PreparedQuery(update(head_t).where(head_t.c.id == 1).values(**_new_head))
+_move_head_and_registry = PreparedQuery(
+    update(head_t)
+    .where(head_t.c.id == 1)
+    .values(**_new_head, registry_version=head_t.c.registry_version + 1)
 )
-_supersede_observation = (
+_supersede_observation = PreparedQuery(
     update(observation_t)
     .where(
         observation_t.c.patient_id == bindparam("of_patient"),
@@ -115,7 +134,7 @@ _supersede_observation = (
     .values(current=False)
 )
 _insert_observation = PreparedInsert(insert(observation_t))
-_supersede_ancs = (
+_supersede_ancs = PreparedQuery(
     update(anc_t)
     .where(
         anc_t.c.patient_id == bindparam("of_patient"), anc_t.c.specimen_key == bindparam("of_key")
@@ -251,10 +270,11 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
     ) -> list[tuple[str, LabResult]]:
         """Current observations of these specimens, or drawn at these times, with their specimen
         keys, oldest first: everything a message of results can replace or repeat."""
-        rows = self.conn.execute(
-            _observations_touching,
-            {"patient_id": patient_id, "keys": list(keys), "drawns": list(drawn)},
-        ).all()
+        keys, drawn = list(keys), list(drawn)
+        rows = _observations_touching(len(keys), len(drawn)).rows(
+            self.conn,
+            {"patient_id": patient_id} | _named_list("key", keys) | _named_list("drawn", drawn),
+        )
         unique = {r.id: r for r in rows}  # a row may match both ways
         return [(r.specimen_key, _observation(r)) for _, r in sorted(unique.items())]
 
@@ -264,8 +284,8 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
 
     def supersede_observation(self, patient_id: str, key: str, code: str) -> None:
         """The current observation of a specimen and code is replaced (corrected, cancelled)."""
-        self.conn.execute(
-            _supersede_observation, {"of_patient": patient_id, "of_key": key, "of_code": code}
+        _supersede_observation.run(
+            self.conn, {"of_patient": patient_id, "of_key": key, "of_code": code}
         )
 
     def replace_specimen_ancs(
@@ -280,22 +300,23 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
         """The specimen's ANCs are now ``ancs``. ``supersede`` may be false only when the specimen
         had no current observation before, as it then has no current ANC either."""
         if supersede:
-            self.conn.execute(_supersede_ancs, {"of_patient": patient_id, "of_key": key})
+            _supersede_ancs.run(self.conn, {"of_patient": patient_id, "of_key": key})
         _insert_anc.run(self.conn, [_anc_row(patient_id, key, a, sources, received) for a in ancs])
 
     def anc_results(self, patient_id: str) -> list[AncResult]:
         """Every current ANC of the patient (the engine's view)."""
-        return [_anc(r) for r in self.conn.execute(_current_ancs, {"patient_id": patient_id})]
+        return [_anc(r) for r in _current_ancs.rows(self.conn, {"patient_id": patient_id})]
 
     def newest_usable_anc(self, patient_id: str, before: datetime) -> AncResult | None:
-        row = self.conn.execute(
-            _newest_usable_anc, {"patient_id": patient_id, "before": before}
-        ).first()
+        row = _newest_usable_anc.first(self.conn, {"patient_id": patient_id, "before": before})
         return _anc(row) if row is not None else None
 
     def specimen_ancs(self, patient_id: str, keys: Iterable[str]) -> list[AncResult]:
         """The current ANCs of these specimens."""
-        rows = self.conn.execute(_specimen_ancs, {"patient_id": patient_id, "keys": list(keys)})
+        keys = list(keys)
+        rows = _specimen_ancs(len(keys)).rows(
+            self.conn, {"patient_id": patient_id} | _named_list("key", keys)
+        )
         return [_anc(r) for r in rows]
 
     # --- PSFs ---------------------------------------------------------------------------------
@@ -344,7 +365,7 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
         )
 
     def psfs(self, patient_id: str) -> list[StoredPsf]:
-        rows = self.conn.execute(_live_psfs, {"patient_id": patient_id}).all()
+        rows = _live_psfs.rows(self.conn, {"patient_id": patient_id})
         return [
             StoredPsf(r.id, FORM.validate_python(r.form), PsfStatus(r.status), r.judged_at)
             for r in rows
@@ -398,7 +419,7 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
         self.conn.execute(_insert_override, values)
 
     def override_dates(self, patient_id: str) -> list[datetime]:
-        return list(self.conn.execute(_override_dates, {"patient_id": patient_id}).scalars())
+        return [r.at for r in _override_dates.rows(self.conn, {"patient_id": patient_id})]
 
     # --- scheduled work -----------------------------------------------------------------------
 
@@ -419,7 +440,7 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
     def lock_chain_head(self) -> ChainHead:
         """Take the chain head's row lock: writers of every process append in one order. Until
         ``flush_chain_head``, appends move the head in memory (one UPDATE per batch)."""
-        seq, hash_, self.registry_version = self.conn.execute(_locked_chain_head).one()
+        seq, hash_, self.registry_version = _locked_chain_head.rows(self.conn)[0]
         self.head = self._flushed = ChainHead(seq, hash_)
         return self.head
 
@@ -436,11 +457,11 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
         else:
             return
         assert self.head is not None
-        self.conn.execute(statement, {"seq": self.head.seq, "hash": self.head.hash})
+        statement.run(self.conn, {"seq": self.head.seq, "hash": self.head.hash})
         self._flushed, self.registry_changed = self.head, False
 
     def chain_head(self) -> ChainHead:
-        seq, hash_ = self.conn.execute(_chain_head).one()
+        seq, hash_ = _chain_head.rows(self.conn)[0]
         return ChainHead(seq, hash_)
 
     def append_audit(self, entry: AuditEntry) -> AuditEntry:
@@ -450,7 +471,7 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
         if locked:
             self.head = ChainHead(record.seq, record.hash)
         else:
-            self.conn.execute(_move_head, {"seq": record.seq, "hash": record.hash})
+            _move_head.run(self.conn, {"seq": record.seq, "hash": record.hash})
         return record
 
     def audit_records(self, batch: int = 1000) -> Iterator[AuditEntry]:
