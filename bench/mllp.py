@@ -7,8 +7,10 @@ measured in the same run.
 
     python bench/mllp.py [--messages 20000] [--runs 3] [--quick] [--postgres-url URL]
 
-Server and clients share one process and one event loop, on loopback: each connection sends its
-share of the messages one after another, waiting for each ACK before the next message.
+Server and clients share one process and one event loop (the one `serve` runs on: uvloop when
+installed), on loopback: each connection sends its share of the messages one after another,
+waiting for each ACK before the next message. (Clients in a process of their own were tried: every
+server got slower, by the cross-process wake-up each message then costs on two cores.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import importlib.util
 import io
 import os
 import pstats
@@ -725,7 +728,11 @@ def main() -> None:
         "--connections", type=int, nargs="+", default=[1, 8], help="connection counts to measure"
     )
     parser.add_argument(
-        "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the event loop"
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        help="the event loop (default: the one `serve` runs on under uvicorn, uvloop when"
+        " installed)",
     )
     parser.add_argument(
         "--profile",

@@ -336,11 +336,21 @@ class PatientSnapshot:
         return tuple(sorted((a for a in self.anc_results if a.usable), key=lambda a: a.drawn))
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None), Decimal})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def to_plain(value: Any) -> Any:
     """A value as JSON-ready data: dataclasses as dicts, times as ISO text, enums as values.
     (``dataclasses.asdict`` deep-copies and is several times slower on the hot path.)"""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    names = _FIELD_NAMES.get(kind)
+    if names is None and is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value))
+    if names is not None:
+        return {name: to_plain(getattr(value, name)) for name in names}
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, StrEnum):
