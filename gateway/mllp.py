@@ -483,6 +483,8 @@ class MllpServer:
         idle = self.settings.idle_timeout_s
         try:
             conn.writer.write(START_BLOCK + bytes(reply) + END_BLOCK)
+            if conn.writer.transport.get_write_buffer_size() == 0 and not conn.writer.is_closing():
+                return None  # the kernel took it all: nothing to wait for
             async with asyncio.timeout(idle if idle and idle > 0 else None):
                 await conn.writer.drain()
         except TimeoutError:

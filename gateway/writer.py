@@ -11,23 +11,42 @@ database), so batches of all writers apply one after another and the chain stays
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from rems_core.audit import ChainHead
+from rems_core.store.db import WalCheckpointer, has_wal
 from rems_core.store.registry_repo import RegistryCache
 from rems_core.store.repo import Store
 
 T = TypeVar("T")
 Work = Callable[[Store], Any]
-Outcome = tuple[Future, Any, BaseException | None]
+
+
+class _LoopReply:
+    """The answer to a caller awaiting on an event loop: set on that loop, together with the
+    batch's other answers for it (one wake-up of the loop per batch, not one per unit)."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.future.cancelled()  # a caller that gave up: its unit is skipped
+
+
+Reply = Future | _LoopReply
+Outcome = tuple[Reply, Any, BaseException | None]
 
 log = logging.getLogger("rems_gateway.writer")
 _STOP = object()
@@ -49,9 +68,12 @@ class Writer:
         self._registry: tuple[int, RegistryCache] | None = None
         self.commits = 0
         self.units = 0
+        self._checkpointer = WalCheckpointer(engine) if has_wal(engine) else None
 
     def start(self) -> None:
         self._thread.start()
+        if self._checkpointer is not None:
+            self._checkpointer.start()
 
     @property
     def engine(self) -> Engine:
@@ -71,23 +93,30 @@ class Writer:
         if self._thread.is_alive():
             self._thread.join()
         self._fail_queued()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
 
     def submit(self, work: Callable[[Store], T]) -> Future[T]:
         future: Future[T] = Future()
+        self._put(work, future)
+        return future
+
+    def _put(self, work: Work, reply: Reply) -> None:
         with self._lock:  # never queue behind the stop marker, or to a writer that died
             if not self.running:
                 raise WriterStopped("the gateway's writer is not running")
-            self._queue.put((work, future))
-        return future
+            self._queue.put((work, reply))
 
     def call(self, work: Callable[[Store], T]) -> T:
         """Run a unit of work and wait for its commit (for synchronous callers)."""
         return self.submit(work).result()
 
     async def run(self, work: Callable[[Store], T]) -> T:
-        return await asyncio.wrap_future(self.submit(work))
+        reply = _LoopReply(asyncio.get_running_loop())
+        self._put(work, reply)
+        return await reply.future  # type: ignore[no-any-return]
 
-    def _next_batch(self) -> tuple[list[tuple[Work, Future]], bool]:
+    def _next_batch(self) -> tuple[list[tuple[Work, Reply]], bool]:
         first = self._queue.get()
         if first is _STOP:
             return [], True
@@ -133,10 +162,10 @@ class Writer:
             except queue.Empty:
                 return
             if item is not _STOP and item[1].set_running_or_notify_cancel():
-                item[1].set_exception(WriterStopped("the gateway's writer stopped"))
+                _answer([(item[1], None, WriterStopped("the gateway's writer stopped"))])
 
     def _commit_batch(
-        self, conn: Connection | None, live: list[tuple[Work, Future]]
+        self, conn: Connection | None, live: list[tuple[Work, Reply]]
     ) -> Connection | None:
         """Apply and commit one batch, then answer its callers; returns the connection to keep.
 
@@ -171,12 +200,8 @@ class Writer:
                 conn = None
         finally:
             if outcomes is None:
-                outcomes = [(future, None, failure) for _, future in live]
-            for future, result, error in outcomes:
-                if error is None:
-                    future.set_result(result)
-                else:
-                    future.set_exception(error)
+                outcomes = [(reply, None, failure) for _, reply in live]
+            _answer(outcomes)
         return conn
 
     def _settle(self, conn: Connection, uncertain: CommitUncertain) -> list[Outcome] | None:
@@ -188,7 +213,7 @@ class Writer:
             return uncertain.outcomes
         raise uncertain.cause
 
-    def _apply(self, conn: Connection, live: list[tuple[Work, Future]]) -> list[Outcome]:
+    def _apply(self, conn: Connection, live: list[tuple[Work, Reply]]) -> list[Outcome]:
         """Every unit in one transaction, then one COMMIT. Units rarely fail, so the first
         attempt pays for no SAVEPOINT and sends some rows once per batch; if anything fails, the
         batch is rolled back and run once more with each unit in its own SAVEPOINT (nothing was
@@ -200,7 +225,7 @@ class Writer:
         return outcomes
 
     def _attempt(
-        self, conn: Connection, live: list[tuple[Work, Future]], careful: bool
+        self, conn: Connection, live: list[tuple[Work, Reply]], careful: bool
     ) -> list[Outcome] | None:
         store = Store(conn, defer=not careful)
         transaction = conn.begin()
@@ -235,7 +260,7 @@ class Writer:
         return outcomes
 
     @staticmethod
-    def _unit(conn: Connection, store: Store, work: Work, future: Future, careful: bool) -> Outcome:
+    def _unit(conn: Connection, store: Store, work: Work, future: Reply, careful: bool) -> Outcome:
         if not careful:
             try:
                 return future, work(store), None
@@ -251,6 +276,33 @@ class Writer:
             return future, None, exc
         savepoint.commit()
         return future, result, None
+
+
+def _answer(outcomes: list[Outcome]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        reply, result, error = outcome
+        if isinstance(reply, _LoopReply):
+            by_loop.setdefault(reply.loop, []).append(outcome)
+        elif error is None:
+            reply.set_result(result)
+        else:
+            reply.set_exception(error)
+    for loop, answers in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these any more
+            loop.call_soon_threadsafe(_settle, answers)
+
+
+def _settle(answers: list[Outcome]) -> None:
+    """On the callers' loop."""
+    for reply, result, error in answers:
+        future = cast(_LoopReply, reply).future
+        if future.done():  # cancelled by its caller meanwhile
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 class _UnitFailed(Exception):

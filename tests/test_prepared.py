@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, bindparam, insert, select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from rems_core.model import Identifier, LabResult, ResultStatus
 from rems_core.store import tables
@@ -105,3 +105,20 @@ def test_a_prepared_update_counts_the_rows_it_changed(engine: Engine) -> None:
         conn.execute(insert(observation_t), rows())
         assert retire.run(conn, {"of_channel": "mllp"}) == 1
     assert [r[9] for r in stored(engine)] == [False, False]
+
+
+def test_outside_a_transaction_the_connection_begins_one(engine: Engine) -> None:
+    """Never the driver's autocommit: what a prepared statement wrote is undone by a rollback."""
+    with engine.connect() as conn:
+        PreparedInsert(insert(observation_t)).run(conn, rows())
+        assert len(PreparedQuery(select(observation_t.c.id)).rows(conn)) == 2
+        conn.rollback()
+    assert stored(engine) == []
+
+
+def test_a_unique_violation_is_an_integrity_error(engine: Engine) -> None:
+    first = rows()[0] | {"id": 7}
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        PreparedInsert(insert(observation_t)).run(conn, [first])
+        PreparedInsert(insert(observation_t)).run(conn, [first])
+    assert stored(engine) == []
