@@ -114,16 +114,12 @@ class Segment:
         raw = self.raw(n)
         if n <= 2 and self.name in HEADER_SEGMENTS:
             return raw if component == subcomponent == 1 and repetition == 0 else ""
-        # The hot path: split only along the way to the one value asked for.
+        # The hot path: split only along the way to the one value asked for, and only where a
+        # separator is present (most values have none: no list to build).
         encoding = self._encoding
-        try:
-            value = (
-                raw.split(encoding.repetition)[repetition]
-                .split(encoding.component)[component - 1]
-                .split(encoding.subcomponent)[subcomponent - 1]
-            )
-        except IndexError:
-            return ""
+        value = _nth(raw, encoding.repetition, repetition)
+        value = _nth(value, encoding.component, component - 1)
+        value = _nth(value, encoding.subcomponent, subcomponent - 1)
         return unescape(value, encoding, self._charset) if encoding.escape in value else value
 
     def repetitions(self, n: int) -> int:
@@ -137,10 +133,19 @@ class Segment:
             return [[[raw]]]  # MSH-1 and MSH-2 are the delimiters themselves
         encoding = self._encoding
         component_separator, subcomponent_separator = encoding.component, encoding.subcomponent
-        split = [
-            [part.split(subcomponent_separator) for part in repetition.split(component_separator)]
-            for repetition in raw.split(encoding.repetition)
-        ]
+        if subcomponent_separator in raw:
+            split = [
+                [
+                    part.split(subcomponent_separator)
+                    for part in repetition.split(component_separator)
+                ]
+                for repetition in raw.split(encoding.repetition)
+            ]
+        else:
+            split = [
+                [[part] for part in repetition.split(component_separator)]
+                for repetition in raw.split(encoding.repetition)
+            ]
         if encoding.escape not in raw:
             return split
         charset = self._charset
@@ -148,6 +153,14 @@ class Segment:
             [[unescape(text, encoding, charset) for text in component] for component in repetition]
             for repetition in split
         ]
+
+
+def _nth(text: str, separator: str, n: int) -> str:
+    """The n-th part (from 0) of ``text`` cut at ``separator``; '' when there are fewer."""
+    if separator not in text:
+        return text if n == 0 else ""
+    parts = text.split(separator)
+    return parts[n] if n < len(parts) else ""
 
 
 class Message:
