@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rems_core.audit import AuditEntry, digest
+from rems_core.audit import AuditEntry, digest, digest_of_plain
 from rems_core.model import (
     Decision,
     DispenseRequest,
@@ -103,7 +103,7 @@ def labs(
         received,
         kind="lab",
         subject=outcome.patient,
-        input_hash=digest(to_plain(results)),
+        input_hash=digest_of_plain(results),
         input_ref=",".join(sorted({a.result_id for a in outcome.results if a.result_id})),
         outcome="stored" if outcome.matched else "unmatched",
         rule_pack=pack.id,

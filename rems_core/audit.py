@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from datetime import UTC, date, datetime
 from typing import Any
 
 GENESIS = "0" * 64
@@ -50,6 +50,21 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def digest_of_plain(value: Any) -> str:
+    """``digest(to_plain(value))`` without building the plain copy first: the JSON encoder asks
+    ``_plain`` for what it cannot write itself (enums are text already)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
 def columns(entry: AuditEntry) -> dict[str, Any]:
     """The record's fields as stored."""
     values = {f.name: getattr(entry, f.name) for f in fields(entry)}
@@ -57,8 +72,9 @@ def columns(entry: AuditEntry) -> dict[str, Any]:
     return values
 
 
-def record_hash(entry: AuditEntry) -> str:
-    hashed = columns(entry)
+def record_hash(entry: AuditEntry, **changes: Any) -> str:
+    """The hash of ``entry`` with ``changes`` made (without making the changed entry)."""
+    hashed = columns(entry) | changes
     hashed.pop("hash")
     # As stored: UTC to the microsecond, whatever offset the caller's times carried.
     hashed["at"] = entry.at.astimezone(UTC).isoformat(timespec="microseconds")
@@ -68,8 +84,8 @@ def record_hash(entry: AuditEntry) -> str:
 
 def chained(entry: AuditEntry, head: ChainHead) -> AuditEntry:
     """The entry as the record that follows ``head``."""
-    linked = replace(entry, seq=head.seq + 1, prev_hash=head.hash)
-    return replace(linked, hash=record_hash(linked))
+    link = {"seq": head.seq + 1, "prev_hash": head.hash}
+    return replace(entry, **link, hash=record_hash(entry, **link))
 
 
 @dataclass(frozen=True)

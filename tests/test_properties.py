@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rems_core.anc import category_of, specimen_ancs
+from rems_core.audit import digest, digest_of_plain
 from rems_core.dispense import decide
 from rems_core.model import (
     AncCategory,
@@ -24,8 +25,10 @@ from rems_core.model import (
     PharmacyEnrollment,
     Rationale,
     ReportedAnc,
+    ResultStatus,
     Setting,
     TreatmentStatus,
+    to_plain,
 )
 from tests.builders import LABEL, PACKS, REMS, CountingIds, anc, prescribers, psf
 
@@ -188,3 +191,25 @@ def test_an_authorization_carries_no_reason_but_the_override(
     if decision.outcome == Outcome.AUTHORIZED:
         assert {r.code for r in decision.reasons} <= {"PHARMACIST_OVERRIDE"}
         assert decision.rda is not None
+
+
+@st.composite
+def lab_results(draw: st.DrawFn) -> LabResult:
+    return LabResult(
+        draw(st.sampled_from(["751-8", "26499-4", "6690-2"])),
+        draw(st.text(max_size=8)),
+        draw(st.sampled_from(["10*3/uL", "/uL", "", "cells/µL"])),
+        draw(moments()),
+        draw(st.sampled_from(list(ResultStatus))),
+        draw(st.none() | st.text(max_size=12)),
+    )
+
+
+@SETTINGS
+@given(st.lists(lab_results(), max_size=6), snapshots())
+def test_the_fast_input_digest_is_the_plain_one(
+    results: list[LabResult], snapshot: PatientSnapshot
+) -> None:
+    """Audit input hashes must not change with how they are computed."""
+    assert digest_of_plain(results) == digest(to_plain(results))
+    assert digest_of_plain(snapshot) == digest(to_plain(snapshot))
