@@ -425,11 +425,13 @@ def assert_segment_reads(segment: Segment, fields: list[FieldValues], encoding: 
         assert segment.field(n) == expected
         assert segment.repetitions(n) == len(expected)
         for r, repetition in enumerate(expected):
+            assert segment.components(n, r) == [component[0] for component in repetition]
             for c, component in enumerate(repetition, start=1):
                 for s, text in enumerate(component, start=1):
                     assert segment.get(n, c, s, repetition=r) == text
             assert segment.get(n, len(repetition) + 1, repetition=r) == ""
     assert segment.field(len(fields) + 1) == []
+    assert segment.components(len(fields) + 1) == []
 
 
 @SETTINGS

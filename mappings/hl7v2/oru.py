@@ -93,8 +93,7 @@ def patient_identifiers(pid: Segment, sender: SenderConfig) -> list[Identifier]:
 
 def observation_code(obx: Segment, sender: SenderConfig) -> str | None:
     """LOINC from OBX-3 or its alternate triplet, else the sender's local code map."""
-    components = obx.field(3)[:1]
-    ce = [c[0] for c in components[0]] + [""] * 6 if components else [""] * 6  # CE/CWE, 1-based
+    ce = [*obx.components(3), "", "", "", "", "", ""]  # CE/CWE: code, text, system, alternates
     for code, system in ((ce[0], ce[2]), (ce[3], ce[5])):
         if code and system in LOINC_SYSTEMS:
             return code

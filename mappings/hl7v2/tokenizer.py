@@ -122,6 +122,31 @@ class Segment:
         value = _nth(value, encoding.subcomponent, subcomponent - 1)
         return unescape(value, encoding, self._charset) if encoding.escape in value else value
 
+    def components(self, n: int, repetition: int = 0) -> list[str]:
+        """The components of one repetition of field n (each its first subcomponent), unescaped;
+        [] when absent. For reading a coded value's parts at once."""
+        raw = self.raw(n)
+        if n <= 2 and self.name in HEADER_SEGMENTS:
+            return [raw] if raw and repetition == 0 else []
+        encoding = self._encoding
+        if not raw:
+            return []
+        if encoding.repetition in raw:
+            repetitions = raw.split(encoding.repetition)
+            if repetition >= len(repetitions):
+                return []
+            text = repetitions[repetition]
+        elif repetition:
+            return []
+        else:
+            text = raw
+        parts = text.split(encoding.component)
+        if encoding.subcomponent in text:
+            parts = [part.split(encoding.subcomponent, 1)[0] for part in parts]
+        if encoding.escape in text:
+            parts = [unescape(part, encoding, self._charset) for part in parts]
+        return parts
+
     def repetitions(self, n: int) -> int:
         return len(self.field(n))
 
