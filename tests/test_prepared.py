@@ -48,6 +48,48 @@ def test_prepared_rows_read_back_like_core_rows(engine: Engine) -> None:
     assert [r[9] for r in back[:3]] == [True, False, True]
 
 
+def test_prepared_rows_are_stored_as_the_same_text_as_core_rows(engine: Engine) -> None:
+    """Not only read back alike: JSON null, empty and full lists and times are the same text."""
+    audit_t = tables.AuditRecord.__table__
+    records = [audit_row(1, []), audit_row(2, ["ANC_UNIT_SUSPECT"])]
+    with engine.begin() as conn:
+        conn.execute(insert(observation_t), rows())
+        PreparedInsert(insert(observation_t)).run(conn, rows())
+        conn.execute(insert(audit_t), records)
+        PreparedInsert(insert(audit_t)).run(conn, [r | {"seq": r["seq"] + 2} for r in records])
+        observed = conn.exec_driver_sql(
+            "SELECT CAST(unmatched_identifiers AS TEXT), CAST(drawn AS TEXT) FROM observation"
+            " ORDER BY id"
+        ).all()
+        audited = conn.exec_driver_sql(
+            "SELECT CAST(reasons AS TEXT), CAST(warnings AS TEXT), CAST(at AS TEXT)"
+            " FROM audit_record ORDER BY seq"
+        ).all()
+    assert observed[:2] == observed[2:]
+    assert audited[:2] == audited[2:]
+
+
+def audit_row(seq: int, warnings: list[str]) -> dict:
+    return {
+        "seq": seq,
+        "at": MOMENT,
+        "clinical_at": MOMENT,
+        "kind": "lab",
+        "channel": "mllp",
+        "actor": "LAB",
+        "subject": None,
+        "input_hash": "0" * 64,
+        "input_ref": "",
+        "outcome": "stored",
+        "rule_pack": "",
+        "rule_pack_version": "",
+        "reasons": [],
+        "warnings": warnings,
+        "prev_hash": "0" * 64,
+        "hash": str(seq) * 64,
+    }
+
+
 def test_rows_of_different_shapes_go_one_by_one(engine: Engine) -> None:
     first, second = rows()
     del second["unmatched_identifiers"]

@@ -8,6 +8,7 @@ original mode a sender's engine may want other MSA-1 codes: ``msa_code`` maps ou
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -33,7 +34,12 @@ ACCEPT_CODE = {"AA": "CA", "AE": "CE", "AR": "CR"}
 _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
 
 
+_SPECIAL = re.compile(r"[\\|^&~\r\n]")
+
+
 def escape(text: str) -> str:
+    if not _SPECIAL.search(text):
+        return text  # most values: nothing to escape
     for raw, escaped in _ESCAPES:
         text = text.replace(raw, escaped)
     return text.replace("\r", " ").replace("\n", " ")

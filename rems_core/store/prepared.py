@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Executable, Insert
+from sqlalchemy import JSON, Connection, Executable, Insert
 from sqlalchemy.engine.interfaces import Dialect
 
 
@@ -28,32 +28,63 @@ class _Compiled:
     positions: tuple[str, ...] | None  # parameter order for positional paramstyles
     processors: dict[str, Callable[[Any], Any]]
     defaults: dict[str, Any]  # values the statement carries itself (literals, LIMIT)
+    converted: tuple[tuple[int, Callable[[Any], Any]], ...]  # positional: which, and how
 
     @classmethod
     def of(cls, statement: Any, dialect: Dialect, keys: Sequence[str] | None = None) -> _Compiled:
         compiled = statement.compile(
             dialect=dialect, column_keys=list(keys) if keys is not None else None
         )
-        positions = compiled.positiontup
+        positions = tuple(compiled.positiontup) if compiled.positiontup is not None else None
         defaults = {
             name: bind.effective_value
             for bind, name in compiled.bind_names.items()
             if not bind.required
         }
-        return cls(
-            compiled.string,
-            tuple(positions) if positions is not None else None,
-            dict(compiled._bind_processors),
-            defaults,
+        processors = {
+            name: _sqlite_json(process)
+            if _is_sqlite_json(compiled.binds[name], dialect)
+            else process
+            for name, process in compiled._bind_processors.items()
+        }
+        converted = tuple(
+            (i, processors[name]) for i, name in enumerate(positions or ()) if name in processors
         )
+        return cls(compiled.string, positions, processors, defaults, converted)
 
     def parameters(self, row: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        convert = self.processors
         if self.defaults:
             row = self.defaults | row
         if self.positions is None:
+            convert = self.processors
             return {k: convert[k](v) if k in convert else v for k, v in row.items()}
-        return tuple(convert[k](row[k]) if k in convert else row[k] for k in self.positions)
+        values = [row[name] for name in self.positions]
+        for i, process in self.converted:
+            values[i] = process(values[i])
+        return tuple(values)
+
+
+def _is_sqlite_json(bind: Any, dialect: Dialect) -> bool:
+    return (
+        dialect.name == "sqlite"
+        and isinstance(bind.type, JSON)
+        and not bind.type.none_as_null
+        and getattr(dialect, "_json_serializer", None) is None
+    )
+
+
+def _sqlite_json(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """SQLAlchemy's JSON text for SQLite (``json.dumps``), without the call for the values most
+    rows carry: none, or an empty list."""
+
+    def json_text(value: Any) -> Any:
+        if value is None:
+            return "null"
+        if not value and isinstance(value, list | tuple):
+            return "[]"
+        return process(value)
+
+    return json_text
 
 
 class PreparedInsert:
