@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from sqlalchemy import Engine, event, text
 
 from gateway.service import RemsService
 from gateway.writer import Writer, WriterStopped
+from rems_core.store.db import make_engine, upgrade
 from rems_core.store.repo import Store
 
 _keys = iter(range(1_000_000))
@@ -164,3 +167,32 @@ def test_a_commit_whose_answer_is_lost_is_applied_once(
     with engine.connect() as conn:
         for table in (tables.DecisionRow, tables.OverrideRow):
             assert conn.execute(select(func.count()).select_from(table.__table__)).scalar_one() == 1
+
+
+def test_wal_checkpoints_run_beside_the_writer(tmp_path: Path) -> None:
+    """The WAL is copied into the database file by the checkpoint thread (SQLite's own checkpoint,
+    in a COMMIT, waits for 10,000 pages); the thread ends with the writer."""
+    url = f"sqlite:///{tmp_path / 'wal.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    database = tmp_path / "wal.db"
+    writer = Writer(engine)
+    checkpointer = writer._checkpointer
+    assert checkpointer is not None
+    writer.start()
+    try:
+        raw = engine.raw_connection()  # outside a transaction, as a checkpoint must be
+        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw.close()
+        before = database.read_bytes()  # a COMMIT in WAL mode writes only the -wal file
+        for _ in range(50):
+            writer.call(insert_setting)
+        deadline = time.monotonic() + 10
+        while database.read_bytes() == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert database.read_bytes() != before
+        assert checkpointer.checkpoints > 0
+    finally:
+        writer.stop()
+        engine.dispose()
+    assert not checkpointer._thread.is_alive()
