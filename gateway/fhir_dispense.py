@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from gateway import dispense_intake
 from gateway.fhir_intake import Recorded, ResourceDraft, existing, put
 from gateway.values import Source
-from mappings.fhir.medication_request import decision_of, with_decision
+from mappings.fhir.medication_request import with_decision
 from rems_core.dispense import decide, evaluate
 from rems_core.model import (
     Decision,
@@ -67,7 +67,9 @@ def record_medication_request(
             raise dispense_intake.RequestConflict(
                 "this identifier was used for a different MedicationRequest"
             )
-        return DispenseRecorded(Recorded(current, False, True), decision_of(current.body))
+        stored = store.decision_for_request(submission.request.request_id or "")
+        decision = decision_from_dict(stored[1]) if stored is not None else None
+        return DispenseRecorded(Recorded(current, False, True), decision)
     request = submission.request
     decision = dispense_intake.decide_dispense(service, store, identifiers, request, source, pack)
     draft = replace(draft, index=replace(draft.index, patient_id=decision.patient))

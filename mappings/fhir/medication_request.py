@@ -23,7 +23,6 @@ from rems_core.model import (
     Finding,
     Outcome,
     Override,
-    Rda,
     ReportedAnc,
     Setting,
 )
@@ -222,40 +221,6 @@ def with_decision(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
     """The resource as stored: its own extensions, ours replaced by the decision."""
     kept = [e for e in body.get("extension", []) if e.get("url") != DECISION_EXTENSION]
     return body | {"extension": [*kept, decision_extension(decision)]}
-
-
-def decision_of(body: dict[str, Any]) -> Decision | None:
-    """The decision a stored MedicationRequest carries (JSON, as stored)."""
-    found = next((e for e in body.get("extension", []) if e.get("url") == DECISION_EXTENSION), None)
-    if found is None:
-        return None
-    values: dict[str, list[Any]] = {}
-    for part in found["extension"]:
-        value = next(v for k, v in part.items() if k.startswith("value"))
-        values.setdefault(part["url"], []).append(value)
-
-    def one(url: str, default: Any = None) -> Any:
-        return values.get(url, [default])[0]
-
-    findings = {
-        url: tuple(Finding(c["code"], c.get("display", "")) for c in values.get(url, []))
-        for url in ("reason", "warning")
-    }
-    rda = None
-    if "rda" in values:
-        until = datetime.fromisoformat(one("rda-valid-until"))
-        rda = Rda(one("rda")["value"], until, "", "", "", one("max-days-supply", 0))
-    return Decision(
-        outcome=Outcome(one("outcome")),
-        reasons=findings["reason"],
-        warnings=findings["warning"],
-        rule_pack=one("rule-pack", ""),
-        rule_pack_version=one("rule-pack-version", ""),
-        rda=rda,
-        max_days_supply=one("max-days-supply"),
-        override_possible=one("override-possible", False),
-        decision_id=one("decision-id", ""),
-    )
 
 
 def decision_issues(decision: Decision) -> list[Issue]:
