@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from gateway import dispense_intake
 from gateway.fhir_intake import Recorded, ResourceDraft, existing, put
 from gateway.values import Source
+from mappings.fhir.etasu import EtasuQuery
 from mappings.fhir.medication_request import with_decision
 from rems_core.dispense import decide, evaluate
 from rems_core.model import (
@@ -82,6 +83,10 @@ def record_medication_request(
 # --- $rems-etasu: a check that records nothing ---------------------------------------------------
 
 
+class UnknownPatient(LookupError):
+    """The check names the gateway's Patient/{id}, and there is none."""
+
+
 @dataclass(frozen=True)
 class EtasuCheck:
     """A stored decision (found by case number or request id), or the decision a dispense would
@@ -98,6 +103,23 @@ class _NoRda:
 
     def rda_number(self) -> str:
         return ""
+
+
+def etasu(
+    service: RemsService, store: Store, query: EtasuQuery, pack: RulePack | None
+) -> EtasuCheck:
+    """The decision a case number names, else the check of the query's dispense (``pack``: the
+    pack of its dispense date)."""
+    if query.case_number is not None:
+        return stored_decision(store, query.case_number)
+    assert query.subject is not None and query.request is not None and pack is not None
+    identifiers: list[Identifier] = list(query.subject.identifiers)
+    if query.subject.patient_id is not None:
+        patient = store.patient(query.subject.patient_id)
+        if patient is None:
+            raise UnknownPatient(query.subject.patient_id)
+        identifiers = list(patient.identifiers)
+    return check_etasu(service, store, identifiers, query.request, pack)
 
 
 def stored_decision(store: Store, case_number: str) -> EtasuCheck:

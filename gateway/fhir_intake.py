@@ -169,3 +169,22 @@ def record_transaction(
     if then.unknown_patients:
         raise TransactionRefused(then.unknown_patients)
     return LabsRecorded(first.recorded + then.recorded, first.outcomes + then.outcomes, [])
+
+
+@dataclass(frozen=True)
+class PatientNamed:
+    """The patient a search names: by the gateway's id, by an identifier, or both (ANDed, as
+    FHIR ANDs search parameters)."""
+
+    patient_id: str | None = None
+    identifier: Identifier | None = None
+
+
+def patient_ids(store: Store, named: PatientNamed) -> list[str]:
+    """The ids of the patient a search names ([] when they name none, or different ones)."""
+    ids = {named.patient_id} if named.patient_id is not None else None
+    if named.identifier is not None:
+        found = store.find_patient([named.identifier])
+        matched = {found.rems_id} if found else set()
+        ids = matched if ids is None else ids & matched
+    return sorted(ids or ())

@@ -96,13 +96,7 @@ def raw_step(step: Step) -> tuple[str, bytes]:
 async def stored_anc(service: RemsService, identifiers: list[Identifier], step: Step) -> dict:
     """`derived` and `usable` of the first ANC stored for the patient at the step's time."""
 
-    def read(store: Any) -> list[Any]:
-        patient = store.find_patient(identifiers)
-        if patient is None:
-            return []
-        return [a for a in store.anc_results(patient.rems_id) if a.received == step.at]
-
-    stored = await service.read(read)
+    stored = await service.ancs_received(identifiers, step.at)
     first = stored[0] if stored else None
     return {
         "derived": first.derived if first else None,

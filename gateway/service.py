@@ -10,7 +10,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TypeVar
 
@@ -21,15 +21,18 @@ from gateway import (
     fhir_intake,
     fhir_psf,
     lab_intake,
+    patient_status,
     psf_intake,
     registry_load,
 )
 from gateway.dispense_intake import RequestConflict as RequestConflict  # re-exported
-from gateway.fhir_intake import LabsRecorded, LabSubmission
+from gateway.fhir_intake import LabsRecorded, LabSubmission, PatientNamed
 from gateway.values import LabOutcome, ReceivedMessage, Source
 from gateway.writer import Writer
+from mappings.fhir.etasu import EtasuQuery
 from rems_core import monitoring
 from rems_core.model import (
+    AncResult,
     Decision,
     DispenseRequest,
     Finding,
@@ -40,6 +43,7 @@ from rems_core.model import (
 )
 from rems_core.registry import RegistryConflict, RegistryDocument
 from rems_core.rulepack import AUTO, DEFAULT_PACK, PackLibrary, RulePack
+from rems_core.store.fhir_repo import ResourceQuery, StoredResource
 from rems_core.store.repo import Store
 
 T = TypeVar("T")
@@ -105,7 +109,67 @@ class RemsService:
         choice = self.config.rules
         return self.packs.get(DEFAULT_PACK if choice == AUTO else choice)
 
-    async def read(self, work: Callable[[Store], T]) -> T:
+    # --- reads: outside the writer, on a connection of their own ------------------------------
+
+    async def resource(
+        self, resource_type: str, resource_id: str, version: int | None = None
+    ) -> StoredResource | None:
+        """A FHIR resource as stored: its current version, or the one asked for."""
+        if version is None:
+            return await self._read(lambda s: s.current_resource(resource_type, resource_id))
+        return await self._read(lambda s: s.resource_version(resource_type, resource_id, version))
+
+    async def search_resources(
+        self, query: ResourceQuery, patient: PatientNamed | None = None
+    ) -> tuple[list[StoredResource], int]:
+        """One page of the current resources that match, and how many match in all; ``patient``
+        (an id and/or an identifier, ANDed) narrows the query to that patient."""
+
+        def search(store: Store) -> tuple[list[StoredResource], int]:
+            if patient is None:
+                return store.search_resources(query)
+            ids = fhir_intake.patient_ids(store, patient)
+            return store.search_resources(replace(query, patient_ids=ids))
+
+        return await self._read(search)
+
+    async def patient_record(self, patient_id: str) -> patient_status.PatientRecord | None:
+        return await self._read(lambda store: patient_status.patient_record(store, patient_id))
+
+    async def patient_by_identifier(
+        self, identifier: Identifier
+    ) -> patient_status.PatientRecord | None:
+        return await self._read(
+            lambda store: patient_status.patient_by_identifier(store, identifier)
+        )
+
+    async def rems_status(self, patient_id: str, at: datetime) -> patient_status.RemsStatus | None:
+        """The patient's REMS status at ``at``, by the pack of that date."""
+        pack = self.pack_for(at)
+        return await self._read(
+            lambda store: patient_status.rems_status(pack, store, patient_id, at, self.tz)
+        )
+
+    async def check_etasu(self, query: EtasuQuery) -> fhir_dispense.EtasuCheck:
+        """`$rems-etasu`: a stored decision, or the decision a dispense would get now (by the
+        pack of its dispense date); records nothing. Raises UnknownPatient."""
+        moment = query.request.dispense_date if query.request is not None else None
+        pack = self.pack_for(moment) if moment is not None else None
+        return await self._read(lambda store: fhir_dispense.etasu(self, store, query, pack))
+
+    async def ancs_received(self, identifiers: list[Identifier], at: datetime) -> list[AncResult]:
+        """The patient's current ANCs stored from what arrived at ``at`` (the scenario runner's
+        view of one step)."""
+
+        def received(store: Store) -> list[AncResult]:
+            patient = store.find_patient(identifiers)
+            if patient is None:
+                return []
+            return [a for a in store.anc_results(patient.rems_id) if a.received == at]
+
+        return await self._read(received)
+
+    async def _read(self, work: Callable[[Store], T]) -> T:
         """A read outside the writer, on its own connection: it sees committed data only and
         never waits behind (or holds up) the writer's batches."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -20,6 +20,7 @@ from gateway.service import RemsService, ServiceConfig
 from gateway.writer import Writer
 from rems_core.rulepack import PackLibrary
 from rems_core.store.db import make_engine
+from rems_core.store.repo import Store
 
 PACKS = PackLibrary()
 POSTGRES_URL = os.environ.get("REMS_TEST_POSTGRES_URL") or None
@@ -78,3 +79,9 @@ def service(writer: Writer) -> RemsService:
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
+
+
+def committed(service: RemsService, work: Callable[[Store], T]) -> T:
+    """What the database holds now, read on a connection of the test's own."""
+    with service.writer.engine.connect().execution_options(read_only=True) as conn:
+        return work(Store(conn))

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from gateway.service import RemsService, Source
 from rems_core.registry import registry_from
 from rems_core.store.fhir_repo import ResourceQuery
-from tests.conftest import run
+from tests.conftest import committed, run
 from tests.http_server import running_app
 from tests.test_fhir_observation import anc_issue
 
@@ -64,7 +64,7 @@ def _texts(value: Any) -> Any:
 
 
 def stored(service: RemsService, resource_type: str) -> list[Any]:
-    found, _ = run(service.read(lambda s: s.search_resources(ResourceQuery(resource_type))))
+    found, _ = committed(service, lambda s: s.search_resources(ResourceQuery(resource_type)))
     return found
 
 
@@ -86,7 +86,7 @@ def test_a_transaction_stores_the_report_and_yields_a_derived_anc(
     assert anc_issue(report["outcome"]) == (1000, "mild")  # 3.3 × 30.3 % = 999.9 → 1000
     assert report["etag"] == 'W/"1"'
     assert report["location"].startswith("/fhir/DiagnosticReport/")
-    ancs = run(service.read(lambda s: s.anc_results(s.find_patient(_mrn()).rems_id)))
+    ancs = committed(service, lambda s: s.anc_results(s.find_patient(_mrn()).rems_id))
     derived = [a for a in ancs if a.derived]
     assert [(a.anc, a.specimen) for a in derived] == [
         (1000, "urn:oid:2.16.840.1.113883.3.999.6|FIX-CBC-20")  # the report's identifier
@@ -137,7 +137,7 @@ def test_a_transaction_with_one_bad_entry_stores_nothing(
     refused = client.post(gw.base, json=unknown, headers=HEADERS)
     assert refused.status_code == 422  # found only inside the unit of work: rolled back
     assert stored(service, "Observation") == stored(service, "DiagnosticReport") == []
-    ancs = run(service.read(lambda s: s.anc_results(s.find_patient(_mrn()).rems_id)))
+    ancs = committed(service, lambda s: s.anc_results(s.find_patient(_mrn()).rems_id))
     assert [a.anc for a in ancs] == [2100]  # the enrollment's only
 
 

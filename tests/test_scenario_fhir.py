@@ -26,7 +26,7 @@ from mappings.fhir.medication_request import read_medication_request
 from mappings.fhir.questionnaire import read_response
 from rems_core.audit import AuditEntry
 from rems_core.model import Identifier
-from tests.conftest import PACKS
+from tests.conftest import PACKS, committed
 
 SUBJECT = Identifier("urn:oid:2.16.840.1.113883.3.999.1", "SCENARIO-FHIR-P1")
 REGISTRY = """
@@ -112,7 +112,7 @@ def test_a_psf_step_is_read_back_as_the_same_form(tmp_path: Path, body: str) -> 
 
 
 def audit_of(service: RemsService) -> list[AuditEntry]:
-    return asyncio.run(service.read(lambda store: list(store.audit_records())))
+    return committed(service, lambda store: list(store.audit_records()))
 
 
 def test_steps_travel_over_fhir_with_the_right_client(

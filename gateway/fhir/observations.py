@@ -23,6 +23,7 @@ from gateway.fhir.search import date_range, identifier_param, page
 from gateway.fhir_intake import (
     IdentifierTaken,
     LabSubmission,
+    PatientNamed,
     ResourceDraft,
     UnknownResource,
     VersionConflict,
@@ -187,12 +188,8 @@ async def search_observations(
     limit, skip = page(count, offset)
     codes = [c.removeprefix("http://loinc.org|") for c in code.split(",")] if code else []
 
-    def search(store: Any) -> tuple[list[Any], int]:
-        patient_ids = _patients(store, patient, by_identifier)
-        query = ResourceQuery(TYPE, patient_ids, codes, start, before, newest_first, limit, skip)
-        return store.search_resources(query)
-
-    found, total = await service.read(search)
+    query = ResourceQuery(TYPE, None, codes, start, before, newest_first, limit, skip)
+    found, total = await service.search_resources(query, _patient_named(patient, by_identifier))
     return searchset(request, found, total, skip, limit)
 
 
@@ -204,17 +201,11 @@ def _sort_order(sort: str | None) -> bool:
     raise FhirError(400, "not-supported", "_sort supports date and -date", ("_sort",))
 
 
-def _patients(store: Any, patient: str | None, by_identifier: str | None) -> list[str] | None:
-    """The patient the search names; both parameters must name the same one (FHIR ANDs them)."""
+def _patient_named(patient: str | None, by_identifier: str | None) -> PatientNamed | None:
     if patient is None and by_identifier is None:
         return None
-    named = {patient.removeprefix("Patient/")} if patient is not None else None
-    if by_identifier is not None:
-        system, value = identifier_param(by_identifier)
-        found = store.find_patient([Identifier(system, value)])
-        matched = {found.rems_id} if found else set()
-        named = matched if named is None else named & matched
-    return sorted(named or ())
+    identifier = Identifier(*identifier_param(by_identifier)) if by_identifier else None
+    return PatientNamed(patient.removeprefix("Patient/") if patient else None, identifier)
 
 
 add_reads(router, TYPE)

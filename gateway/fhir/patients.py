@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request
 
-from gateway import patient_status
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format
 from gateway.fhir.resources import BASE, clinical_now, service_of
@@ -25,11 +24,7 @@ async def rems_status(
 ) -> FhirResponse:
     check_format(request)
     service = service_of(request)
-    now = clinical_now(request)
-    pack = service.pack_for(now)
-    status = await service.read(
-        lambda store: patient_status.rems_status(pack, store, patient_id, now, service.tz)
-    )
+    status = await service.rems_status(patient_id, clinical_now(request))
     if status is None:
         raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
     return FhirResponse(rems_status_parameters(status), 200)
@@ -40,9 +35,7 @@ async def read_patient(
     request: Request, patient_id: str, _: Annotated[Principal, requires(TYPE, "read")]
 ) -> FhirResponse:
     check_format(request)
-    record = await service_of(request).read(
-        lambda store: patient_status.patient_record(store, patient_id)
-    )
+    record = await service_of(request).patient_record(patient_id)
     if record is None:
         raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
     return FhirResponse(patient_resource(record), 200)
@@ -61,9 +54,7 @@ async def search_patients(
             400, "not-supported", "search Patient by identifier=system|value", ("identifier",)
         )
     system, value = identifier_param(identifier)
-    record = await service_of(request).read(
-        lambda store: patient_status.patient_by_identifier(store, Identifier(system, value))
-    )
+    record = await service_of(request).patient_by_identifier(Identifier(system, value))
     found = [patient_resource(record)] if record is not None else []
     bundle = {
         "resourceType": "Bundle",

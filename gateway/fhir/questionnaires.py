@@ -214,7 +214,7 @@ async def sign_questionnaire_response(
     if signer is None:
         raise FhirError(403, "forbidden", "a system client cannot sign: sign in as the prescriber")
     service = service_of(request)
-    current = await service.read(lambda s: s.current_resource(TYPE, resource_id))
+    current = await service.resource(TYPE, resource_id)
     if current is None:
         raise FhirError(404, "not-found", f"{TYPE}/{resource_id} is not known")
     sign = sign_request(current, signer, clinical_now(request))

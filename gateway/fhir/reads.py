@@ -23,7 +23,7 @@ def add_reads(router: APIRouter, resource_type: str) -> None:
     ) -> FhirResponse:
         check_format(request)
         service: RemsService = request.app.state.service
-        stored = await service.read(lambda s: s.current_resource(resource_type, resource_id))
+        stored = await service.resource(resource_type, resource_id)
         return read_response(stored, resource_type, resource_id)
 
     async def vread(
@@ -34,9 +34,7 @@ def add_reads(router: APIRouter, resource_type: str) -> None:
     ) -> FhirResponse:
         check_format(request)
         service: RemsService = request.app.state.service
-        stored = await service.read(
-            lambda s: s.resource_version(resource_type, resource_id, version_id)
-        )
+        stored = await service.resource(resource_type, resource_id, version_id)
         return read_response(stored, resource_type, f"{resource_id}/_history/{version_id}")
 
     name = resource_type[0].lower() + resource_type[1:]
