@@ -386,6 +386,17 @@ def test_etasu_for_a_patient_not_enrolled_is_a_failure(fhir: httpx.Client) -> No
     assert requirements(guidance)["patient-enrolled"] == "failure"
 
 
+def test_etasu_for_a_patient_id_the_gateway_does_not_know_is_422(fhir: httpx.Client) -> None:
+    parameters = fixture("etasu-patient-medication-request.json")
+    parameters["parameter"][0] = {
+        "name": "patient",
+        "valueReference": {"reference": "Patient/RP-nobody"},
+    }
+    response = post(fhir, parameters, path="/GuidanceResponse/$rems-etasu")
+    assert response.status_code == 422
+    assert response.json()["issue"][0]["code"] == "not-found"
+
+
 def test_etasu_without_patient_or_case_number_is_422(fhir: httpx.Client) -> None:
     response = post(fhir, {"resourceType": "Parameters"}, path="/GuidanceResponse/$rems-etasu")
     assert response.status_code == 422
