@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from gateway.fhir.http import FhirError
 from gateway.fhir_intake import Recorded
+from mappings.fhir.references import token
 
 OBSERVATION = "Observation"
 REPORT = "DiagnosticReport"
@@ -158,7 +159,7 @@ def specimen_fallbacks(entries: list[Entry]) -> dict[str, str]:
 def _identifier_text(identifiers: Any) -> str | None:
     for identifier in identifiers if isinstance(identifiers, list) else []:
         if isinstance(identifier, dict) and identifier.get("value"):
-            return f"{identifier.get('system') or ''}|{identifier['value']}"
+            return token(identifier.get("system"), identifier["value"])
     return None
 
 

@@ -47,6 +47,7 @@ from mappings.fhir.psf_outcome import (
 )
 from mappings.fhir.questionnaire import PsfReading, questionnaires
 from mappings.fhir.questionnaire import read_response as read_qr
+from mappings.fhir.references import token
 from rems_core.codes import Code
 from rems_core.model import PatientStatusForm, PsfOutcome
 from rems_core.store.fhir_repo import ResourceIndex, StoredResource
@@ -257,9 +258,7 @@ def sign_request(current: StoredResource, signer: str, at: datetime) -> SignRequ
 
 def _identifier(body: dict[str, Any]) -> str | None:
     identifier = body.get("identifier") or {}
-    return (
-        f"{identifier.get('system', '')}|{identifier['value']}" if "value" in identifier else None
-    )
+    return token(identifier.get("system"), identifier["value"]) if "value" in identifier else None
 
 
 def _refused(outcome: PsfOutcome) -> list[Issue]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mappings.fhir.observation import quantity_text
 from mappings.fhir.outcome import REMS_CODES, Issue
-from mappings.fhir.references import NPI_SYSTEM, SubjectRef, npi_of, subject_ref
+from mappings.fhir.references import NPI_SYSTEM, SubjectRef, npi_of, subject_ref, token
 from rems_core.model import (
     Decision,
     DispenseRequest,
@@ -61,9 +61,8 @@ def request_id(identifiers: list[Any] | None) -> tuple[str | None, str | None]:
     identifier has no system (then it is the same id as a scenario step's `request_id`)."""
     for identifier in identifiers or []:
         if identifier.value:
-            system = identifier.system or ""
-            key = f"{system}|{identifier.value}"
-            return (key if system else str(identifier.value)), key
+            key = token(identifier.system, identifier.value)
+            return (key if identifier.system else str(identifier.value)), key
     return None, None
 
 

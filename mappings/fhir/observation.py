@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from mappings.fhir.outcome import Issue
-from mappings.fhir.references import SubjectRef, identifier_key, subject_ref
+from mappings.fhir.references import SubjectRef, identifier_key, subject_ref, token
 from rems_core.model import LabResult, ResultStatus
 
 LOINC = "http://loinc.org"
@@ -169,5 +169,5 @@ def _specimen(observation: Any) -> str | None:
     specimen = observation.specimen
     identifier = getattr(specimen, "identifier", None) if specimen is not None else None
     if identifier is not None and identifier.value:
-        return f"{identifier.system or ''}|{identifier.value}"
+        return token(identifier.system, identifier.value)
     return None

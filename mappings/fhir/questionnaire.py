@@ -18,7 +18,7 @@ from typing import Any
 
 from mappings.fhir.observation import quantity_text
 from mappings.fhir.outcome import Issue
-from mappings.fhir.references import NPI_SYSTEM, SubjectRef, subject_ref
+from mappings.fhir.references import NPI_SYSTEM, SubjectRef, subject_ref, token
 from rems_core.model import (
     Designation,
     MonitoringFrequency,
@@ -135,7 +135,7 @@ def read_response(response: Any, now: datetime, tz: tzinfo) -> PsfReading:
         text = "subject must be a Patient: a logical reference by identifier or Patient/{id}"
         reading.problems.append(_issue("required", text, f"{ROOT}.subject"))
     if response.identifier is not None and response.identifier.value:
-        reading.identifier = f"{response.identifier.system or ''}|{response.identifier.value}"
+        reading.identifier = token(response.identifier.system, response.identifier.value)
     definition = questionnaires()[reading.questionnaire]
     answers = collect(response.item, definition["item"], ROOT, reading.problems)
     submitter = _submitter(response, answers, reading.problems)

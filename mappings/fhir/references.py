@@ -53,9 +53,15 @@ def npi_of(reference: Any, contained: list[Any] | None = None) -> str | None:
     return None
 
 
+def token(system: str | None, value: Any) -> str:
+    """An identifier as FHIR's token text, ``system|value`` (``|value`` without a system): the
+    key the gateway files identifiers by."""
+    return f"{system or ''}|{value}"
+
+
 def identifier_key(identifiers: list[Any] | None) -> str | None:
-    """The first business identifier as "system|value" (conditional create, re-sends)."""
+    """The first business identifier as a token (conditional create, re-sends)."""
     for identifier in identifiers or []:
         if identifier.value:
-            return f"{identifier.system or ''}|{identifier.value}"
+            return token(identifier.system, identifier.value)
     return None
