@@ -7,7 +7,7 @@ import copy
 import json
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,24 @@ def test_a_designees_psf_waits_for_the_prescriber_who_signs_it(fhir: FhirSession
     assert any(e["url"] == SIGNATURE for e in signed.json()["extension"])
     twice = post(fhir, None, PRESCRIBER, f"/{resource_id}/$sign")
     assert twice.status_code == 409
+
+
+def test_a_signed_version_is_filed_as_the_first_was(fhir: FhirSession, engine: Engine) -> None:
+    """Its questionnaire and authored time, for searches, not the time of the signature."""
+    resource_id = pending_response(fhir)
+    signed = post(fhir, None, PRESCRIBER, f"/{resource_id}/$sign")
+    assert signed.status_code == 200
+    table = tables.FhirResourceRow.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(table.c.version_id, table.c.code, table.c.effective, table.c.patient_id)
+            .where(table.c.id == resource_id)
+            .order_by(table.c.version_id)
+        ).all()
+    assert [r.version_id for r in rows] == [1, 2]
+    assert rows[1].code == rows[0].code == "clozapine-psf"
+    assert rows[1].effective == rows[0].effective == datetime(2022, 3, 20, 10, tzinfo=UTC)
+    assert rows[1].patient_id == rows[0].patient_id is not None
 
 
 def pending_response(fhir: FhirSession) -> str:

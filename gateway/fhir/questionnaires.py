@@ -46,6 +46,7 @@ from mappings.fhir.psf_outcome import (
     with_outcome,
 )
 from mappings.fhir.questionnaire import PsfReading, questionnaires
+from mappings.fhir.questionnaire import questionnaire_id as questionnaire_named
 from mappings.fhir.questionnaire import read_response as read_qr
 from mappings.fhir.references import token
 from rems_core.codes import Code
@@ -248,12 +249,22 @@ def sign_request(current: StoredResource, signer: str, at: datetime) -> SignRequ
 
     def next_version(body: dict[str, Any], signed: PsfOutcome) -> ResourceDraft:
         new_body = with_outcome(body, signed, signature_extension(signer, at))
-        index = ResourceIndex(_identifier(body), signed.patient, None, at)
+        # Found as the first version was: by its questionnaire and the form's authored time.
+        code = questionnaire_named(body.get("questionnaire"))
+        index = ResourceIndex(_identifier(body), signed.patient, code, _authored(body) or at)
         return ResourceDraft(TYPE, new_body, content_hash(new_body), index, resource_id=current.id)
 
     return SignRequest(
         current.id, current.version_id, outcome.psf_id, outcome.patient, signer, at, next_version
     )
+
+
+def _authored(body: dict[str, Any]) -> datetime | None:
+    try:
+        authored = datetime.fromisoformat(str(body.get("authored", "")))
+    except ValueError:
+        return None
+    return authored if authored.tzinfo is not None else None
 
 
 def _identifier(body: dict[str, Any]) -> str | None:
