@@ -5,7 +5,7 @@ again unchanged is answered from the store, not processed twice."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,7 @@ class LabsRecorded:
     recorded: list[Recorded]
     outcomes: list[LabOutcome]  # one per patient whose results were taken
     unknown_patients: list[str]  # literal Patient/{id} references to no patient
+    sources: list[list[int]] = field(default_factory=list)  # per outcome: its submissions
 
 
 def existing(store: Store, draft: ResourceDraft) -> StoredResource | None:
@@ -118,9 +119,9 @@ def record_labs(
 ) -> LabsRecorded:
     """Observations of one request (a create, or a Bundle's entries) in one unit of work."""
     recorded: list[Recorded] = []
-    by_patient: dict[tuple[Identifier, ...], list[LabResult]] = {}
+    by_patient: dict[tuple[Identifier, ...], list[tuple[int, LabResult]]] = {}
     unknown: list[str] = []
-    for submission in submissions:
+    for number, submission in enumerate(submissions):
         patient = _patient(store, submission)
         if submission.patient_id is not None and patient is None:
             unknown.append(submission.patient_id)
@@ -130,12 +131,15 @@ def record_labs(
         recorded.append(done)
         if submission.result is not None and not done.unchanged:
             identifiers = patient.identifiers if patient else submission.patient_identifiers
-            by_patient.setdefault(tuple(identifiers), []).append(submission.result)
+            by_patient.setdefault(tuple(identifiers), []).append((number, submission.result))
     outcomes = [
-        lab_intake.ingest(service, store, list(identifiers), results, source, received)
-        for identifiers, results in by_patient.items()
+        lab_intake.ingest(
+            service, store, list(identifiers), [r for _, r in taken], source, received
+        )
+        for identifiers, taken in by_patient.items()
     ]
-    return LabsRecorded(recorded, outcomes, unknown)
+    sources = [[number for number, _ in taken] for taken in by_patient.values()]
+    return LabsRecorded(recorded, outcomes, unknown, sources)
 
 
 def _patient(store: Store, submission: LabSubmission) -> Patient | None:
@@ -168,7 +172,10 @@ def record_transaction(
     then = record_labs(service, store, dependents(first.recorded), source, received)
     if then.unknown_patients:
         raise TransactionRefused(then.unknown_patients)
-    return LabsRecorded(first.recorded + then.recorded, first.outcomes + then.outcomes, [])
+    later = [[len(submissions) + number for number in taken] for taken in then.sources]
+    return LabsRecorded(
+        first.recorded + then.recorded, first.outcomes + then.outcomes, [], first.sources + later
+    )
 
 
 @dataclass(frozen=True)

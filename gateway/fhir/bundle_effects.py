@@ -29,32 +29,18 @@ def effects(
     """Entry index → its issues. ``entries`` are the Observations (aligned with
     ``submissions``) followed by the DiagnosticReports, aligned with ``done.recorded``."""
     found: dict[int, list[Issue]] = {}
-    fresh: Fresh = []
-    for entry, submission, recorded in zip(entries, submissions, done.recorded, strict=False):
+    for entry, recorded in zip(entries, done.recorded, strict=False):
         if recorded.unchanged:
             found.setdefault(entry.index, []).append(ALREADY_STORED)
-        elif submission.result is not None:
-            fresh.append((entry, submission))
     reports = [e for e in entries if e.resource_type == REPORT]
-    groups = _by_subject(fresh)
-    if len(groups) != len(done.outcomes):
-        groups = [fresh] * len(done.outcomes)  # one subject named two ways: report on all
-    for outcome, group in zip(done.outcomes, groups, strict=True):
+    for outcome, taken in zip(done.outcomes, done.sources, strict=True):
+        group = [(entries[number], submissions[number]) for number in taken]
         for entry, _ in group:
             found.setdefault(entry.index, []).extend(lab_issues((), outcome.warnings))
         for anc in outcome.results:
             owner = _owner(anc, group, reports)
             found.setdefault(owner.index, []).extend(lab_issues([anc]))
     return found
-
-
-def _by_subject(fresh: Fresh) -> list[Fresh]:
-    """The results grouped as the service groups them: per subject, in order of appearance."""
-    groups: dict[Any, Fresh] = {}
-    for entry, submission in fresh:
-        subject = submission.patient_id or submission.patient_identifiers
-        groups.setdefault(subject, []).append((entry, submission))
-    return list(groups.values())
 
 
 def _owner(anc: AncResult, group: Fresh, reports: list[Entry]) -> Entry:
