@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import socket
 import ssl
@@ -63,6 +62,7 @@ from gateway.mllp_framing import (  # noqa: F401  (re-exported for the client an
     Oversize,
     frame,
 )
+from gateway.mllp_tls import client_certificate, server_tls
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +131,6 @@ class MllpSettings:
         return self.tls_cert is not None
 
 
-def server_tls(settings: MllpSettings) -> ssl.SSLContext | None:
-    """The server's TLS context from the settings' files (None without tls_cert)."""
-    if settings.tls_cert is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    if settings.tls_client_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=settings.tls_client_ca)
-    return context
-
-
 # --- framing ----------------------------------------------------------------------------------
 
 
@@ -196,7 +183,9 @@ class MllpServer:
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("the MLLP server is already started")
-        self._tls = server_tls(self.settings)
+        self._tls = server_tls(
+            self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca
+        )
         self._stopping = False
         self._server = await asyncio.start_server(
             self._on_client,
@@ -340,17 +329,10 @@ class MllpServer:
             )
             self._emit("tls_handshake_failed", peer=peer.address, reason=str(reason))
             return None
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
+        subject, fingerprint = client_certificate(writer.get_extra_info("ssl_object"))
+        if fingerprint is None:
             return peer
-        parsed = ssl_object.getpeercert() or {}
-        return PeerInfo(
-            peer.host,
-            peer.port,
-            tls_subject=_rfc4514(parsed.get("subject", ())) or None,
-            tls_fingerprint_sha256=hashlib.sha256(der).hexdigest(),
-        )
+        return PeerInfo(peer.host, peer.port, subject, fingerprint)
 
     async def _serve(self, conn: _Connection, reader: asyncio.StreamReader) -> str:
         """Read, deframe, handle in order. Returns why the connection ends."""
@@ -542,36 +524,3 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     except asyncio.CancelledError:
         writer.transport.abort()
         raise
-
-
-_RDN_NAMES = {
-    "commonName": "CN",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "countryName": "C",
-    "stateOrProvinceName": "ST",
-    "localityName": "L",
-    "streetAddress": "STREET",
-    "domainComponent": "DC",
-    "userId": "UID",
-    "serialNumber": "serialNumber",
-    "emailAddress": "emailAddress",
-}
-
-
-def _rfc4514(subject: Any) -> str:
-    """`getpeercert()['subject']` as an RFC 4514 string (most specific RDN first)."""
-    rdns = []
-    for rdn in subject:
-        parts = [f"{_RDN_NAMES.get(name, name)}={_escape_dn(str(value))}" for name, value in rdn]
-        rdns.append("+".join(parts))
-    return ",".join(reversed(rdns))
-
-
-def _escape_dn(value: str) -> str:
-    out = "".join("\\" + ch if ch in ',+"\\<>;' else ch for ch in value)
-    if out.startswith((" ", "#")):
-        out = "\\" + out
-    if out.endswith(" ") and not out.endswith("\\ "):
-        out = out[:-1] + "\\ "
-    return out
