@@ -220,6 +220,12 @@ def scenario_run(
         raise typer.Exit(1)
 
 
+def _refuse_run(problem: str) -> NoReturn:
+    """`scenario run` options that do not fit together: say which, exit 2."""
+    typer.echo(f"scenario run: {problem}", err=True)
+    raise typer.Exit(2)
+
+
 def _live_fhir(
     via: str, db: str | None, fhir: str | None, smart_keys: Path | None, mllp: str | None
 ) -> LiveFhirGateway | None:
@@ -228,25 +234,21 @@ def _live_fhir(
     from gateway.scenario_fhir_live import LiveFhirGateway
     from gateway.scenario_live import LiveRunError, schema_problem
 
-    def refuse(problem: str) -> NoReturn:
-        typer.echo(f"scenario run: {problem}", err=True)
-        raise typer.Exit(2)
-
     if fhir is None:
         if smart_keys is not None:
-            refuse("--smart-keys is for a running gateway: give --fhir URL")
+            _refuse_run("--smart-keys is for a running gateway: give --fhir URL")
         return None
     if via != "fhir" or mllp is not None:
-        refuse("--fhir needs --via fhir (and no --mllp)")
+        _refuse_run("--fhir needs --via fhir (and no --mllp)")
     if smart_keys is None:
-        refuse("--fhir needs --smart-keys DIR (made by `rems-gateway scenario clients`)")
+        _refuse_run("--fhir needs --smart-keys DIR (made by `rems-gateway scenario clients`)")
     problem = schema_problem(db) if db else None
     if problem:
-        refuse(problem)
+        _refuse_run(problem)
     try:
         return LiveFhirGateway.parse(fhir, smart_keys, db)
     except LiveRunError as exc:
-        refuse(str(exc))
+        _refuse_run(str(exc))
 
 
 @scenario_app.command("clients")
@@ -293,28 +295,24 @@ def _live_gateway(
         schema_problem,
     )
 
-    def refuse(problem: str) -> NoReturn:
-        typer.echo(f"scenario run: {problem}", err=True)
-        raise typer.Exit(2)
-
     if mllp is None:
         if http_url or sender:
-            refuse("--gateway and --sender are for a running gateway: give --mllp HOST:PORT")
+            _refuse_run("--gateway and --sender are for a running gateway: give --mllp HOST:PORT")
         return None
     if via != "mllp":
-        refuse("--mllp needs --via mllp")
+        _refuse_run("--mllp needs --via mllp")
     if db is None:
-        refuse("--mllp needs --db, the running gateway's database")
+        _refuse_run("--mllp needs --db, the running gateway's database")
     problem = schema_problem(db)
     if problem:
-        refuse(problem)
+        _refuse_run(problem)
     try:
         identity = parse_sender(sender) if sender else SENDER
         return LiveGateway.parse(
             mllp, db, http_url=http_url, admin_token=admin_token, sender=identity
         )
     except LiveRunError as exc:
-        refuse(str(exc))
+        _refuse_run(str(exc))
 
 
 @app.command("serve")
