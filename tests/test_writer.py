@@ -72,6 +72,54 @@ def test_a_caller_that_gives_up_does_not_stop_the_writer(writer: Writer) -> None
     assert writer.running
 
 
+def test_callers_on_several_loops_in_one_batch_each_get_their_own_answer(
+    engine: Engine, gated_commit: threading.Event
+) -> None:
+    """A batch's answers go to each caller's own event loop (one wake-up per loop)."""
+    writer = Writer(engine)
+    writer.start()
+    answers: dict[int, list[int]] = {}
+
+    def caller(loop_number: int) -> None:
+        async def three() -> list[int]:
+            units = [writer.run(lambda store, n=n: insert_setting(store) * n) for n in (1, 2, 3)]
+            return list(await asyncio.gather(*units))
+
+        answers[loop_number] = asyncio.run(three())
+
+    try:
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # all nine queued behind the held COMMIT: they share the next batch
+        gated_commit.set()
+        for thread in threads:
+            thread.join(10)
+        assert answers == {n: [1, 2, 3] for n in range(3)}
+    finally:
+        gated_commit.set()
+        writer.stop()
+
+
+def test_a_caller_whose_loop_is_gone_does_not_stop_the_writer(
+    engine: Engine, gated_commit: threading.Event
+) -> None:
+    writer = Writer(engine)
+    writer.start()
+    try:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(
+            asyncio.wait([loop.create_task(writer.run(insert_setting))], timeout=0.2)
+        )
+        loop.close()  # its answer arrives after the loop closed
+        gated_commit.set()
+        assert writer.call(insert_setting) == 1
+        assert writer.running
+    finally:
+        gated_commit.set()
+        writer.stop()
+
+
 def test_work_after_stop_is_refused_not_stranded(engine: Engine) -> None:
     writer = Writer(engine)
     writer.start()
