@@ -135,7 +135,7 @@ class LiveFhirChannel(FhirChannel):
         if self.database is None or not self.scenario.handles:
             return
         identifiers = next(iter(self.scenario.handles.values()))
-        if await self.database.writer.run(lambda s: s.find_patient(identifiers)) is None:
+        if await self.database.find_patient(list(identifiers)) is None:
             raise LiveRunError("--db is not the database of the gateway at --fhir")
 
     async def _stored(self, step: Step) -> dict[str, Any]:

@@ -310,7 +310,7 @@ class LiveMllpChannel(Hl7Channel):
         if not self.http or not self.scenario.handles:
             return
         identifiers = next(iter(self.scenario.handles.values()))
-        found = await self.service.writer.run(lambda s: s.find_patient(identifiers))
+        found = await self.service.find_patient(list(identifiers))
         if found is None:
             raise LiveRunError("--db is not the database of the gateway at --gateway")
 

@@ -120,14 +120,7 @@ class Hl7Channel(InProcessChannel):
 
     async def _stored(self, step: Step, identifiers: list[Identifier] | None = None) -> list[Any]:
         identifiers = identifiers if identifiers is not None else self.identifiers(step.patient)
-
-        def read(store: Any) -> list[Any]:
-            patient = store.find_patient(identifiers)
-            if patient is None:
-                return []
-            return [a for a in store.anc_results(patient.rems_id) if a.received == step.at]
-
-        return await self.service.writer.run(read)
+        return await self.service.ancs_received(identifiers, step.at)
 
 
 class MllpChannel(Hl7Channel):

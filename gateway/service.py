@@ -38,6 +38,7 @@ from rems_core.model import (
     Finding,
     Identifier,
     LabResult,
+    Patient,
     PatientStatusForm,
     PsfOutcome,
 )
@@ -135,6 +136,10 @@ class RemsService:
 
     async def patient_record(self, patient_id: str) -> patient_status.PatientRecord | None:
         return await self._read(lambda store: patient_status.patient_record(store, patient_id))
+
+    async def find_patient(self, identifiers: list[Identifier]) -> Patient | None:
+        """The registry patient one of ``identifiers`` names."""
+        return await self._read(lambda store: store.find_patient(identifiers))
 
     async def patient_by_identifier(
         self, identifier: Identifier
