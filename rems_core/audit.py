@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, date, datetime
+from functools import cache
 from typing import Any
 
 GENESIS = "0" * 64
@@ -58,16 +59,21 @@ def digest_of_plain(value: Any) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in fields(value)}
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {name: getattr(value, name) for name in _field_names(type(value))}
     return str(value)
+
+
+@cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
 
 
 def columns(entry: AuditEntry) -> dict[str, Any]:
     """The record's fields as stored."""
-    values = {f.name: getattr(entry, f.name) for f in fields(entry)}
+    values = {name: getattr(entry, name) for name in _field_names(AuditEntry)}
     values["reasons"], values["warnings"] = list(entry.reasons), list(entry.warnings)
     return values
 
