@@ -41,7 +41,7 @@ from gateway.fhir.http import (
     version_of,
 )
 from gateway.fhir.observations import conditional_identifier, reading, record, submission
-from gateway.fhir.resources import clinical_now, content_hash, location, validated
+from gateway.fhir.resources import clinical_now, content_hash, location, service_of, validated
 from gateway.fhir_intake import (
     IdentifierTaken,
     LabSubmission,
@@ -114,7 +114,7 @@ def report_draft(request: Request, entry: Entry) -> ReportDraft:
     index = ResourceIndex(
         identifier=identifier,
         code=loinc_code(report.code),
-        effective=draw_time(report, request.app.state.service.tz),
+        effective=draw_time(report, service_of(request).tz),
     )
     who = (subject.identifiers, subject.patient_id) if subject else ((), None)
     return ReportDraft(entry, index, who)
@@ -152,9 +152,7 @@ async def transaction(
 
     source = Source("fhir", principal.client_id)
     try:
-        done = await request.app.state.service.record_transaction(
-            submissions, dependents, source, now
-        )
+        done = await service_of(request).record_transaction(submissions, dependents, source, now)
     except VersionConflict:
         raise FhirError(412, "conflict", "an entry's ifMatch names another version") from None
     except UnknownResource:

@@ -15,9 +15,8 @@ from fastapi import APIRouter, Request
 
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
-from gateway.fhir.resources import clinical_now, validated
+from gateway.fhir.resources import clinical_now, service_of, validated
 from gateway.fhir_dispense import UnknownPatient
-from gateway.service import RemsService
 from mappings.fhir.etasu import etasu_parameters, read_etasu_parameters
 
 router = APIRouter(tags=["GuidanceResponse"])
@@ -33,7 +32,7 @@ async def rems_etasu(
     query = read_etasu_parameters(validated(data, "Parameters"), now)
     if query.problems:
         raise FhirError(422, "invalid", "", issues=query.problems)
-    service: RemsService = request.app.state.service
+    service = service_of(request)
     try:
         check = await service.check_etasu(query)
     except UnknownPatient:

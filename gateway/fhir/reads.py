@@ -9,8 +9,7 @@ from fastapi import APIRouter, Request
 
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirResponse, check_format
-from gateway.fhir.resources import read_response
-from gateway.service import RemsService
+from gateway.fhir.resources import read_response, service_of
 
 
 def add_reads(router: APIRouter, resource_type: str) -> None:
@@ -22,7 +21,7 @@ def add_reads(router: APIRouter, resource_type: str) -> None:
         _: Annotated[Principal, requires(resource_type, "read")],
     ) -> FhirResponse:
         check_format(request)
-        service: RemsService = request.app.state.service
+        service = service_of(request)
         stored = await service.resource(resource_type, resource_id)
         return read_response(stored, resource_type, resource_id)
 
@@ -33,7 +32,7 @@ def add_reads(router: APIRouter, resource_type: str) -> None:
         _: Annotated[Principal, requires(resource_type, "read")],
     ) -> FhirResponse:
         check_format(request)
-        service: RemsService = request.app.state.service
+        service = service_of(request)
         stored = await service.resource(resource_type, resource_id, version_id)
         return read_response(stored, resource_type, f"{resource_id}/_history/{version_id}")
 
