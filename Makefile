@@ -14,11 +14,12 @@ $(BIN)/rems-gateway: pyproject.toml
 run: $(BIN)/rems-gateway
 	$(BIN)/rems-gateway serve $(ARGS)
 
-## Run the whole test suite (lint, unit, property, scenarios, integration) on SQLite, and on
+## Run the whole test suite (lint, import contracts, unit, property, scenarios, integration) on SQLite, and on
 ## PostgreSQL too when REMS_TEST_POSTGRES_URL is set (see README, .ci/run)
 test: $(BIN)/rems-gateway
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 scenarios: $(BIN)/rems-gateway
@@ -30,6 +31,7 @@ bench: $(BIN)/rems-gateway
 lint: $(BIN)/rems-gateway
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) *.egg-info rems-gateway.db*

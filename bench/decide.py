@@ -23,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import text
 
-from gateway.scenario import DatabaseFactory
-from gateway.service import RandomIds, RemsService, ServiceConfig, Source
-from gateway.writer import Writer
+from gateway.app.bootstrap import assemble
+from gateway.app.context import RandomIds, UnitContext
+from gateway.app.values import Source
+from gateway.scenarios.runner import DatabaseFactory
 from rems_core.anc import specimen_ancs
 from rems_core.dispense import decide
 from rems_core.model import (
@@ -137,9 +138,8 @@ class ServiceBench:
 
     def __init__(self, url: str, packs: PackLibrary) -> None:
         self.engine = make_engine(url)
-        self.writer = Writer(self.engine)
-        self.writer.start()
-        self.service = RemsService(self.writer, packs, ServiceConfig(), RandomIds())
+        application = assemble(self.engine, UnitContext(packs))
+        self.writer, self.service = application.writer, application.service
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self.service.load_registry(registry(), Source("bench")))
         self.request = DispenseRequest(PHARMACY, PRESCRIBER, Setting.OUTPATIENT, DAY, 30, "197536")

@@ -39,12 +39,13 @@ import hl7
 import hl7.mllp
 from sqlalchemy import Engine, func, select
 
+from gateway.app.bootstrap import assemble
+from gateway.app.context import UnitContext
+from gateway.app.values import Source
 from gateway.metrics import GatewayMetrics
-from gateway.mllp import END_BLOCK, START_BLOCK, MllpServer, MllpSettings, PeerInfo
-from gateway.mllp_listener import Hl7Listener
-from gateway.scenario import DatabaseFactory
-from gateway.service import RandomIds, RemsService, ServiceConfig, Source
-from gateway.writer import Writer
+from gateway.mllp.listener import Hl7Listener
+from gateway.mllp.server import END_BLOCK, START_BLOCK, MllpServer, MllpSettings, PeerInfo
+from gateway.scenarios.runner import DatabaseFactory
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from rems_core.registry import RegistryDocument
 from rems_core.rulepack import PackLibrary
@@ -479,9 +480,8 @@ class Gateway(Target):
     async def start(self) -> int:
         self.url = self.factory.fresh_url()
         self.engine = make_engine(self.url)
-        self.writer = Writer(self.engine)
-        self.writer.start()
-        self.service = RemsService(self.writer, self.packs, ServiceConfig(), RandomIds())
+        application = assemble(self.engine, UnitContext(self.packs))
+        self.writer, self.service = application.writer, application.service
         await self.service.load_registry(registry(self.today), Source("bench"))
         metrics = GatewayMetrics(self.writer)  # as `serve` does: ACK codes and latency
         self.listener = Hl7Listener(

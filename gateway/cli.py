@@ -11,11 +11,11 @@ import yaml
 
 from rems_core.registry import RegistryInvalid, registry_from
 from rems_core.rulepack import PackLibrary
-from rems_core.store.db import DEFAULT_URL, make_engine, upgrade
+from rems_core.store.db import DEFAULT_URL, upgrade
 
 if TYPE_CHECKING:
-    from gateway.scenario_fhir_live import LiveFhirGateway
-    from gateway.scenario_live import LiveGateway
+    from gateway.scenarios.fhir_live import LiveFhirGateway
+    from gateway.scenarios.live import LiveGateway
 
 app = typer.Typer(
     help="Clozapine REMS gateway: HL7 v2 and FHIR in, REMS decisions out.",
@@ -23,8 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-scenario_app = typer.Typer(help="Scenario files (contracts.md §2).", no_args_is_help=True)
-audit_app = typer.Typer(help="The audit trail (rems-rules.md §9).", no_args_is_help=True)
+scenario_app = typer.Typer(help="Scenario files (docs/contracts.md §2).", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail (docs/rules.md §9).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(scenario_app, name="scenario")
@@ -51,7 +51,7 @@ def audit_verify(
 ) -> None:
     """Check every audit record, its link to the previous one, the head and a checkpoint;
     exit 1 naming the first bad record."""
-    from gateway.audit_trail import read_checkpoint, verify_database
+    from gateway.app.audit_trail import read_checkpoint, verify_database
 
     problem, head = verify_database(db, read_checkpoint(checkpoint) if checkpoint else None)
     if problem is not None:
@@ -67,7 +67,7 @@ def audit_checkpoint(
 ) -> None:
     """Verify the chain (against the checkpoint already in OUT, if any), then write its head to
     OUT, a file kept outside the database (it catches a truncation that rewrote the head)."""
-    from gateway.audit_trail import ChainBroken, read_checkpoint, write_checkpoint
+    from gateway.app.audit_trail import ChainBroken, read_checkpoint, write_checkpoint
 
     previous = read_checkpoint(out) if out.exists() else None
     try:
@@ -87,7 +87,7 @@ def send_command(
     tls_key: Annotated[Path | None, typer.Option(help="Client key (mutual TLS)")] = None,
 ) -> None:
     """Send HL7 v2 messages (one per file, or FHS/BHS batch files) over MLLP; print each ACK."""
-    from gateway.mllp_client import client_tls, send
+    from gateway.mllp.client import client_tls, send
     from mappings.hl7v2.tokenizer import HL7ParseError, split_batch
 
     host, _, port = to.rpartition(":")
@@ -113,9 +113,9 @@ def load_registry(
     db: DbOption = DEFAULT_URL,
 ) -> None:
     """Load prescribers, designees, pharmacies and patients (idempotent; changes are updates)."""
-    from gateway.errors import yaml_problem
-    from gateway.service import RegistryConflict, RemsService, Source
-    from gateway.writer import Writer
+    from gateway.app.bootstrap import bootstrap
+    from gateway.app.values import Source
+    from rems_core.registry import RegistryConflict, yaml_problem
 
     try:
         doc = registry_from(yaml.safe_load(file.read_text(encoding="utf-8")))
@@ -126,17 +126,12 @@ def load_registry(
         typer.echo(f"{file}: {exc}", err=True)
         raise typer.Exit(2) from None
     upgrade(db)
-    engine = make_engine(db)
-    writer = Writer(engine)
-    writer.start()
-    try:
-        loaded = asyncio.run(RemsService(writer).load_registry(doc, Source("cli", "load-registry")))
-    except RegistryConflict as exc:
-        typer.echo(f"{file}: refused, nothing loaded: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    finally:
-        writer.stop()
-        engine.dispose()
+    with bootstrap(db) as gateway:
+        try:
+            loaded = asyncio.run(gateway.service.load_registry(doc, Source("cli", "load-registry")))
+        except RegistryConflict as exc:
+            typer.echo(f"{file}: refused, nothing loaded: {exc}", err=True)
+            raise typer.Exit(2) from exc
     typer.echo(
         f"loaded {len(doc.prescribers)} prescribers, {len(doc.pharmacies)} pharmacies, "
         f"{len(loaded)} patients"
@@ -193,7 +188,7 @@ def scenario_run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run scenario files; exit 1 on any mismatch, with a diff per failed step."""
-    from gateway.scenario import DatabaseFactory, format_report, run_file
+    from gateway.scenarios.runner import DatabaseFactory, format_report, run_file
 
     if via not in ("inprocess", "mllp", "fhir"):
         typer.echo(f"--via {via}: use inprocess, mllp or fhir", err=True)
@@ -231,8 +226,8 @@ def _live_fhir(
 ) -> LiveFhirGateway | None:
     """The running gateway of `--via fhir --fhir URL --smart-keys DIR [--db URL]`, or None (exit
     2 when the options do not fit together)."""
-    from gateway.scenario_fhir_live import LiveFhirGateway
-    from gateway.scenario_live import LiveRunError, schema_problem
+    from gateway.scenarios.fhir_live import LiveFhirGateway
+    from gateway.scenarios.live import LiveRunError, schema_problem
 
     if fhir is None:
         if smart_keys is not None:
@@ -259,9 +254,9 @@ def scenario_clients(
     """Write the runner's SMART clients for a running gateway: OUT/smart-clients.yaml (public
     keys: `scenario-runner` with admin, `scenario-prescriber-<NPI>` per prescriber of the files)
     for `serve --smart-clients`, and their private keys in OUT (0600) for `--smart-keys`."""
-    from gateway.scenario_fhir import signer_npis
-    from gateway.scenario_file import ScenarioError, load
-    from gateway.scenario_smart import write_key_folder
+    from gateway.scenarios.fhir import signer_npis
+    from gateway.scenarios.file import ScenarioError, load
+    from gateway.scenarios.smart import write_key_folder
 
     npis: list[str] = []
     for path in files:
@@ -287,7 +282,7 @@ def _live_gateway(
 ) -> LiveGateway | None:
     """The running gateway of `--via mllp --mllp HOST:PORT --db URL`, or None (exit 2 when the
     options do not fit together)."""
-    from gateway.scenario_live import (
+    from gateway.scenarios.live import (
         SENDER,
         LiveGateway,
         LiveRunError,

@@ -1,4 +1,4 @@
-"""Settings of `rems-gateway serve` (contracts.md §1).
+"""Settings of `rems-gateway serve` (docs/contracts.md §1).
 
 Precedence: command-line flags > environment (`REMS_…`) > config file (`--config`, YAML or
 TOML, keys are the field names) > defaults. Every problem is one line that names the setting.
@@ -25,6 +25,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from gateway.fhir.smart import SigningKey
+from gateway.fhir.smart_clients import load_clients
 from rems_core.rulepack import DEFAULT_PACK, PackLibrary, RulePackError
 from rems_core.store.db import DEFAULT_URL
 
@@ -59,7 +61,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=1, le=65535)
-    mllp_port: int = Field(2575, ge=1, le=65535)  # reserved: the MLLP listener comes later
+    mllp_port: int = Field(2575, ge=1, le=65535)  # the MLLP listener (HL7 v2)
     db: str = DEFAULT_URL
     rules: str = DEFAULT_PACK
     site_rules: FilePath | None = None
@@ -145,8 +147,6 @@ class Settings(BaseSettings):
     @classmethod
     def _clients_file(cls, value: Path | None) -> Path | None:
         if value is not None:
-            from gateway.fhir.smart_clients import load_clients
-
             load_clients(value)  # a SmartClientsError (a ValueError) names the problem
         return value
 
@@ -154,8 +154,6 @@ class Settings(BaseSettings):
     @classmethod
     def _signing_key(cls, value: Path | None) -> Path | None:
         if value is not None:
-            from gateway.fhir.smart import SigningKey
-
             SigningKey.from_file(value)
         return value
 

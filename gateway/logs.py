@@ -19,7 +19,7 @@ _DROPPED = {"color_message"}  # uvicorn's coloured copy of the message
 
 
 def safe_exception(exc_type: type[BaseException] | None, tb: TracebackType | None) -> str:
-    """`ValueError at gateway/app.py:42 in post_registry`: what and where, not the message."""
+    """`ValueError at gateway/http/admin.py:42 in post_registry`: what and where, not the text."""
     name = exc_type.__name__ if exc_type else "Exception"
     frames = traceback.extract_tb(tb) if tb else []
     if not frames:

@@ -11,8 +11,8 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.hl7_intake import DISPOSITIONS, KNOWN_MESSAGE_TYPES, OTHER_TYPE, UNREADABLE
-from gateway.writer import Writer
+from gateway.app.writer import Writer
+from gateway.mllp.intake import DISPOSITIONS, KNOWN_MESSAGE_TYPES, OTHER_TYPE, UNREADABLE
 from rems_core.model import Decision, Outcome
 
 log = logging.getLogger("rems_gateway.http")

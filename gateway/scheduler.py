@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from gateway.service import RemsService
+from gateway.app.service import RemsService
 
 log = logging.getLogger("rems_gateway.scheduler")
 
@@ -24,17 +24,31 @@ async def run_due_work(service: RemsService) -> None:
     log.info("scheduled work done", extra={"patients": len(found), "flagged": flagged})
 
 
-def start_scheduler(service: RemsService, every_minutes: int) -> AsyncIOScheduler:
-    scheduler = AsyncIOScheduler(timezone=UTC)
-    scheduler.add_job(
-        run_due_work,
-        "interval",
-        minutes=every_minutes,
-        args=[service],
-        id="monitoring",
-        coalesce=True,  # after a pause, run once, not once per missed interval
-        max_instances=1,
-        next_run_time=datetime.now(UTC),  # once at start-up: catch up after a restart
-    )
-    scheduler.start()
-    return scheduler
+class MonitoringScheduler:
+    """Scheduled work every ``every_minutes`` on the system clock, and once at start-up (to catch
+    up after a restart); a companion of the HTTP app, started inside its event loop."""
+
+    def __init__(self, service: RemsService, every_minutes: int) -> None:
+        self.service = service
+        self.every_minutes = every_minutes
+        self._scheduler: AsyncIOScheduler | None = None
+
+    async def start(self) -> None:
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            run_due_work,
+            "interval",
+            minutes=self.every_minutes,
+            args=[self.service],
+            id="monitoring",
+            coalesce=True,  # after a pause, run once, not once per missed interval
+            max_instances=1,
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None

@@ -1,6 +1,7 @@
 """`rems-gateway serve`: one process with the HTTP server and the single writer.
 
-Start-up: logging, migrations, rule packs, writer, service, app. Shutdown on SIGTERM/SIGINT:
+Start-up: logging, migrations, rule packs, the application (bootstrap), its companions (MLLP
+listener, scheduler), the app. Shutdown on SIGTERM/SIGINT:
 stop accepting, let in-flight requests finish, finish the writer's queue, close the database.
 """
 
@@ -14,13 +15,20 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from gateway.app import GatewayState, create_app
+from gateway.app.bootstrap import Gateway, bootstrap
+from gateway.app.context import UnitContext
 from gateway.config import Settings
+from gateway.fhir.auth import ADMIN_SCOPE
+from gateway.fhir.smart_clients import load_clients
+from gateway.http.app import Companion, create_app
 from gateway.logs import configure_logging
-from gateway.service import RemsService, ServiceConfig
-from gateway.writer import Writer
+from gateway.metrics import GatewayMetrics
+from gateway.mllp.listener import Hl7Listener
+from gateway.mllp.server import MllpSettings
+from gateway.scheduler import MonitoringScheduler
+from mappings.hl7v2.senders import SenderDirectory
 from rems_core.rulepack import AUTO, PackLibrary
-from rems_core.store.db import make_engine, upgrade
+from rems_core.store.db import upgrade
 
 log = logging.getLogger("rems_gateway")
 
@@ -88,9 +96,6 @@ def _smart_admin_clients(settings: Settings) -> bool:
     """Whether a SMART client may hold the admin scope (then /admin is not open)."""
     if settings.auth != "smart" or settings.smart_clients is None:
         return False
-    from gateway.fhir.auth import ADMIN_SCOPE
-    from gateway.fhir.smart_clients import load_clients
-
     try:
         clients = load_clients(settings.smart_clients)
     except ValueError:
@@ -107,18 +112,45 @@ def serve(settings: Settings) -> None:
     for warning in startup_warnings(settings, packs):
         log.warning(warning)
     _migrate(settings.db)
-    engine = make_engine(settings.db)
-    writer = Writer(engine)
-    writer.start()
-    try:
-        service = RemsService(writer, packs, ServiceConfig(settings.rules, settings.tz))
-        app = create_app(service, settings, GatewayState(engine, writer))
+    ctx = UnitContext(packs, settings.rules, settings.tz)
+    with bootstrap(settings.db, ctx) as gateway:
+        metrics = GatewayMetrics(gateway.writer)
+        app = create_app(gateway, settings, metrics, companions(gateway, settings, metrics))
         if not signals.requested:
             _run_http(app, settings, signals)
-    finally:
-        writer.stop()
-        engine.dispose()
-        log.info("stopped", extra={"writer_commits": writer.commits, "writer_units": writer.units})
+    log.info(
+        "stopped",
+        extra={"writer_commits": gateway.writer.commits, "writer_units": gateway.writer.units},
+    )
+
+
+def companions(gateway: Gateway, settings: Settings, metrics: GatewayMetrics) -> list[Companion]:
+    """What runs beside the HTTP server: the MLLP listener and, on the system clock, the
+    scheduler (with ``--clock message`` there is no "now" to run scheduled work up to)."""
+    running: list[Companion] = [mllp_listener(gateway, settings, metrics)]
+    if settings.clock == "system":
+        running.append(MonitoringScheduler(gateway.service, settings.schedule_every_minutes))
+    return running
+
+
+def mllp_listener(gateway: Gateway, settings: Settings, metrics: GatewayMetrics) -> Hl7Listener:
+    mllp = MllpSettings(
+        host=settings.host,
+        port=settings.mllp_port,
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+        tls_client_ca=settings.mllp_client_ca,
+    )
+    listener = Hl7Listener(
+        gateway.service,
+        SenderDirectory.load(settings.senders),
+        mllp,
+        settings.clock,
+        on_ack=metrics.count_ack,
+        on_message=metrics.count_hl7_message,
+    )
+    metrics.watch_connections(lambda: listener.server.open_connections)
+    return listener
 
 
 def _migrate(url: str) -> None:

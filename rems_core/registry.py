@@ -1,4 +1,4 @@
-"""§4 the registry block (contracts.md §2) as it is loaded: prescribers, designees, pharmacies,
+"""§4 the registry block (docs/contracts.md §2) as it is loaded: prescribers, designees, pharmacies,
 patients. Schema-checked; an unknown key or a bad NPI is an error, not a guess."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -174,3 +175,11 @@ def registry_from(data: Any) -> RegistryDocument:
                 for error in exc.errors(include_input=False, include_url=False)
             ]
         ) from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without quoting the document (it may hold names or identifiers)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None)
+    return f"not valid YAML{where}" + (f": {problem}" if problem else "")

@@ -1,5 +1,5 @@
-"""A registry patient as the FHIR edge shows it: demographics, and the REMS status at a moment
-(`Patient/{id}/$rems-status`), computed by the pure monitoring rules on a committed snapshot."""
+"""A registry patient as the edges show it: demographics, and the REMS status at a moment
+(`Patient/{id}/$rems-status`), computed by the monitoring rules (§3, §5–§7) from a snapshot."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from rems_core.model import (
     AncResult,
     Identifier,
     MonitoringFrequency,
+    PatientSnapshot,
     PsfStatus,
     PsfType,
     StoredPsf,
     TreatmentStatus,
 )
 from rems_core.rulepack import RulePack
-from rems_core.store.repo import Store
 
 
 @dataclass(frozen=True)
@@ -50,35 +50,9 @@ class RemsStatus:
     pending_signatures: tuple[StoredPsf, ...]
 
 
-def patient_record(store: Store, patient_id: str) -> PatientRecord | None:
-    patient = store.patient(patient_id)
-    if patient is None:
-        return None
-    person = store.patient_demographics(patient_id)
-    if person is None:
-        return None
-    return PatientRecord(
-        patient.rems_id,
-        patient.identifiers,
-        person.family_name,
-        person.given_name,
-        person.birth_date,
-        person.sex,
-    )
-
-
-def patient_by_identifier(store: Store, identifier: Identifier) -> PatientRecord | None:
-    patient = store.find_patient([identifier])
-    return patient_record(store, patient.rems_id) if patient is not None else None
-
-
 def rems_status(
-    pack: RulePack, store: Store, patient_id: str, at: datetime, tz: tzinfo
-) -> RemsStatus | None:
-    patient = store.patient(patient_id)
-    if patient is None:
-        return None
-    snapshot = store.snapshot(patient)
+    pack: RulePack, snapshot: PatientSnapshot, patient_id: str, at: datetime, tz: tzinfo
+) -> RemsStatus:
     accepted = monitoring.psfs_until(snapshot, at)
     enrollments = [p for p in accepted if p.form.type == PsfType.ENROLLMENT]
     status, _ = monitoring.treatment_status(pack, snapshot, at, tz)

@@ -15,9 +15,12 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import Engine
 
-from gateway.scenario import DatabaseFactory
-from gateway.service import RemsService, ServiceConfig
-from gateway.writer import Writer
+from gateway.app.bootstrap import Gateway, assemble
+from gateway.app.context import UnitContext
+from gateway.app.reads import RemsReads
+from gateway.app.service import RemsService
+from gateway.app.writer import Writer
+from gateway.scenarios.runner import DatabaseFactory
 from rems_core.rulepack import PackLibrary
 from rems_core.store.db import make_engine
 from rems_core.store.repo import Store
@@ -65,16 +68,26 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def writer(engine: Engine) -> Iterator[Writer]:
-    writer = Writer(engine)
-    writer.start()
-    yield writer
-    writer.stop()
+def application(engine: Engine) -> Iterator[Gateway]:
+    """The application as ``bootstrap`` wires it, on the test's engine, with the 2021 pack."""
+    gateway = assemble(engine, UnitContext(PACKS, rules="clozapine-rems-2021"))
+    yield gateway
+    gateway.writer.stop()
 
 
 @pytest.fixture
-def service(writer: Writer) -> RemsService:
-    return RemsService(writer, PACKS, ServiceConfig(rules="clozapine-rems-2021"))
+def writer(application: Gateway) -> Writer:
+    return application.writer
+
+
+@pytest.fixture
+def service(application: Gateway) -> RemsService:
+    return application.service
+
+
+@pytest.fixture
+def reads(application: Gateway) -> RemsReads:
+    return application.reads
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -12,9 +12,11 @@ from typing import Any
 import uvicorn
 from sqlalchemy import Engine
 
-from gateway.app import GatewayState, create_app
+from gateway.app.bootstrap import Gateway
+from gateway.app.reads import RemsReads
+from gateway.app.service import RemsService
 from gateway.config import Settings
-from gateway.service import RemsService
+from gateway.http.app import create_app
 
 
 def free_port() -> int:
@@ -33,7 +35,8 @@ def running_app(service: RemsService, engine: Engine, **settings: Any) -> Iterat
         "timezone": "UTC",
     }
     config = Settings(**(defaults | settings))
-    app = create_app(service, config, GatewayState(engine, service.writer))
+    reads = RemsReads(engine, service.ctx)
+    app = create_app(Gateway(engine, service.writer, service, reads, service.ctx), config)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(

@@ -13,10 +13,11 @@ import sys
 import time
 from typing import Any
 
-from gateway.service import RemsService, RequestConflict, ServiceConfig, Source
-from gateway.writer import Writer
+from gateway.app.bootstrap import assemble
+from gateway.app.errors import RequestConflict
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from rems_core.model import Override, ReportedAnc
-from rems_core.rulepack import PackLibrary
 from rems_core.store.db import make_engine
 from tests.builders import PRESCRIBER, at, dispense
 from tests.test_service import MRN
@@ -41,14 +42,14 @@ async def one(service: RemsService, mode: str, n: int) -> dict[str, Any]:
 
 async def main(url: str, mode: str, count: int) -> list[dict[str, Any]]:
     engine = make_engine(url)
-    writer = Writer(engine, max_batch=4)  # small batches: more interleaving with the other process
-    writer.start()
+    # small batches: more interleaving with the other process
+    application = assemble(engine, max_batch=4)
     await asyncio.sleep(max(0.0, float(sys.argv[5]) - time.time()))  # both processes start together
     try:
-        service = RemsService(writer, PackLibrary(), ServiceConfig())
+        service = application.service
         return list(await asyncio.gather(*(one(service, mode, n) for n in range(count))))
     finally:
-        writer.stop()
+        application.writer.stop()
         engine.dispose()
 
 

@@ -1,4 +1,4 @@
-"""rems-rules.md §1 (units, plausibility, derivation, statuses) and §2 (categories)."""
+"""docs/rules.md §1 (units, plausibility, derivation, statuses) and §2 (categories)."""
 
 from __future__ import annotations
 

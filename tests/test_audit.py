@@ -1,4 +1,4 @@
-"""rems-rules.md §9: append-only, hash-chained audit records; `audit verify` finds tampering."""
+"""docs/rules.md §9: append-only, hash-chained audit records; `audit verify` finds tampering."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, exc, insert, text
 
-from gateway.audit_trail import ChainBroken, verify_database, write_checkpoint
-from gateway.service import RemsService, Source
+from gateway.app.audit_trail import ChainBroken, verify_database, write_checkpoint
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from rems_core.audit import ChainHead, chained, columns, record_hash
 from rems_core.store.repo import Store, audit_t
 from tests.builders import at, dispense

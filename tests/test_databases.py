@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from gateway.scenario import DatabaseFactory
+from gateway.scenarios.runner import DatabaseFactory
 from rems_core.store.db import make_engine
 from tests.conftest import BACKENDS, POSTGRES_URL
 

@@ -1,4 +1,4 @@
-"""rems-rules.md §6: checks a–f, the pharmacist override, the discharge cap, the RDA; §0 packs."""
+"""docs/rules.md §6: checks a–f, the pharmacist override, the discharge cap, the RDA; §0 packs."""
 
 from __future__ import annotations
 

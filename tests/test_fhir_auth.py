@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives.serialization import (
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy import Engine
 
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from gateway.config import ConfigError, load_settings
 from gateway.fhir.scopes import granted_scopes
 from gateway.fhir.smart_clients import SmartClientsError, load_clients
-from gateway.service import RemsService, Source
 from tests.conftest import run
 from tests.http_server import running_app
 from tests.smart_tokens import (

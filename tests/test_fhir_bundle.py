@@ -15,7 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from gateway.service import RemsService, Source
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from rems_core.registry import registry_from
 from rems_core.store.fhir_repo import ResourceQuery
 from tests.conftest import committed, run

@@ -1,4 +1,4 @@
-"""Dispense decisions over FHIR (rems-rules.md §6, contracts.md §5) on a real HTTP server:
+"""Dispense decisions over FHIR (docs/rules.md §6, docs/contracts.md §5) on a real HTTP server:
 MedicationRequest, `$rems-etasu`, Patient read/search and `$rems-status`."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 from fhir.resources.R4B.parameters import Parameters
 from sqlalchemy import Engine
 
-from gateway.service import RemsService, Source
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from rems_core.model import DispenseRequest, Identifier, Setting
 from rems_core.registry import RegistryDocument
 from tests.builders import INPATIENT_ONLY, PHARMACY, PRESCRIBER, UNCERTIFIED

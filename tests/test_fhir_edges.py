@@ -12,7 +12,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from gateway.service import RemsService, Source
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from tests.conftest import run
 from tests.http_server import running_app
 from tests.test_fhir_observation import ANC, AT, FHIR

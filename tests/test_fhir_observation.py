@@ -11,10 +11,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from gateway.service import RemsService, ServiceConfig, Source
-from gateway.writer import Writer
+from gateway.app.bootstrap import bootstrap
+from gateway.app.context import UnitContext
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from rems_core.store import tables
-from rems_core.store.db import make_engine
 from tests.conftest import PACKS, run
 from tests.http_server import running_app
 from tests.test_service import MRN, registry
@@ -228,24 +229,20 @@ def test_parallel_conditional_creates_on_two_gateways_make_one_resource(
     """Two gateway processes' worth (two writers, two servers) on one database, 24 parallel
     conditional creates of one identifier: one resource, and every caller is told its id."""
     run(service.load_registry(registry(), Source("test")))
-    other_engine = make_engine(db_url)
-    other_writer = Writer(other_engine)
-    other_writer.start()
-    other = RemsService(other_writer, PACKS, ServiceConfig(rules="clozapine-rems-2021"))
     condition = {"If-None-Exist": "identifier=urn:oid:2.16.840.1.113883.3.999.5|LAB-1"}
-    try:
-        with running_app(service, engine) as first, running_app(other, other_engine) as second:
+    with (
+        bootstrap(db_url, UnitContext(PACKS, rules="clozapine-rems-2021")) as other,
+        running_app(service, engine) as first,
+        running_app(other.service, other.engine) as second,
+    ):
 
-            def create(n: int) -> httpx.Response:
-                base = first if n % 2 else second
-                with httpx.Client(base_url=base + "/fhir") as client:
-                    return post(client, ANC, **condition)
+        def create(n: int) -> httpx.Response:
+            base = first if n % 2 else second
+            with httpx.Client(base_url=base + "/fhir") as client:
+                return post(client, ANC, **condition)
 
-            with ThreadPoolExecutor(max_workers=24) as pool:
-                answers = list(pool.map(create, range(24)))
-    finally:
-        other_writer.stop()
-        other_engine.dispose()
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            answers = list(pool.map(create, range(24)))
     assert sorted(a.status_code for a in answers) == [200] * 23 + [201]
     assert len({a.headers["location"] for a in answers}) == 1
     with engine.connect() as conn:

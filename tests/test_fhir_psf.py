@@ -1,5 +1,5 @@
 """The Patient Status Form over real HTTP: Questionnaires, QuestionnaireResponse submission,
-the prescriber's signature and $validate (rems-rules.md §4–5, contracts.md §3, §5)."""
+the prescriber's signature and $validate (docs/rules.md §4–5, docs/contracts.md §3, §5)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from fhir.resources.R4B.questionnaire import Questionnaire
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from sqlalchemy import Engine, func, select
 
-from gateway.service import RemsService, Source
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from mappings.fhir.psf_outcome import PSF_OUTCOME, SIGNATURE
 from mappings.fhir.questionnaire import questionnaire_id, read_response
 from rems_core.model import (
@@ -236,7 +237,7 @@ def pending_response(fhir: FhirSession) -> str:
 
 @pytest.mark.parametrize("signer", [None, UNCERTIFIED], ids=["system-client", "other-prescriber"])
 def test_only_the_forms_prescriber_can_sign_it(fhir: FhirSession, signer: str | None) -> None:
-    """contracts.md §3: a system client cannot sign; neither can another prescriber."""
+    """docs/contracts.md §3: a system client cannot sign; neither can another prescriber."""
     resource_id = pending_response(fhir)
     refused = post(fhir, None, signer, f"/{resource_id}/$sign")
     assert refused.status_code == 403
@@ -328,7 +329,7 @@ def test_the_same_form_gets_the_same_outcome_in_process(
     twin = copy.deepcopy(body)
     twin["subject"]["identifier"]["value"] = "MRN456"
     now = datetime.fromisoformat(AT)
-    reading = read_response(QuestionnaireResponse.model_validate(twin), now, service.tz)
+    reading = read_response(QuestionnaireResponse.model_validate(twin), now, service.ctx.tz)
     assert reading.form is not None
     form = replace(reading.form, signed=True, signed_by=PRESCRIBER, signed_at=now)
     in_process = run(service.submit_psf([Identifier(MRN[0].system, "MRN456")], form, Source("t")))

@@ -1,4 +1,4 @@
-"""HL7 v2 lab results in (contracts.md §4): ORU mapping, ACK codes, duplicates, durable before ACK."""
+"""HL7 v2 lab results in (docs/contracts.md §4): ORU mapping, ACK codes, duplicates, durable before ACK."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from gateway.hl7_intake import Hl7Intake
-from gateway.service import RemsService, Source
+from gateway.app.service import RemsService
+from gateway.app.values import Source
+from gateway.mllp.intake import Hl7Intake
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from rems_core.store import tables
 from tests.conftest import run

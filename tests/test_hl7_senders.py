@@ -17,13 +17,14 @@ from prometheus_client import generate_latest
 from pydantic import ValidationError
 from sqlalchemy import Engine, func, select
 
-from gateway.hl7_intake import Hl7Intake
+from gateway.app.service import RemsService
+from gateway.app.values import Source
+from gateway.app.writer import Writer
 from gateway.metrics import GatewayMetrics
-from gateway.mllp import MllpSettings
-from gateway.mllp_client import MllpClientError, client_tls, send
-from gateway.mllp_listener import Hl7Listener
-from gateway.service import RemsService, Source
-from gateway.writer import Writer
+from gateway.mllp.client import MllpClientError, client_tls, send
+from gateway.mllp.intake import Hl7Intake
+from gateway.mllp.listener import Hl7Listener
+from gateway.mllp.server import MllpSettings
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from rems_core.store import tables
 from tests.conftest import run

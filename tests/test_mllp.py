@@ -21,7 +21,8 @@ from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from gateway.mllp import (
+from gateway.mllp.client import MllpClientError, client_tls, send
+from gateway.mllp.server import (
     BareEndBlock,
     CloseConnection,
     Frame,
@@ -34,7 +35,6 @@ from gateway.mllp import (
     PeerInfo,
     frame,
 )
-from gateway.mllp_client import MllpClientError, client_tls, send
 
 SETTINGS = MllpSettings(port=0, idle_timeout_s=5.0)
 MSG = b"MSH|^~\\&|LAB|HOSP|REMS|GW|20240101120000||ORU^R01|CTRL1|P|2.5.1\rPID|1||MRN123^^^HOSP^MR\r"
@@ -305,7 +305,7 @@ def test_handler_raising_close_connection_sends_nothing_and_closes_that_connecti
         closed = recorder.named("connection_closed")[0]
         assert (closed["reason"], closed["messages"]) == ("handler_closed", 0)
 
-    with caplog.at_level(logging.INFO, logger="gateway.mllp"):
+    with caplog.at_level(logging.INFO, logger="gateway.mllp.server"):
         run(body)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("without a reply" in r.getMessage() for r in caplog.records)
@@ -422,7 +422,7 @@ def test_handler_exception_closes_that_connection_only_and_logs_no_content(
             {"peer": recorder.named("handler_error")[0]["peer"], "error": "ValueError"}
         ]
 
-    with caplog.at_level(logging.DEBUG, logger="gateway.mllp"):
+    with caplog.at_level(logging.DEBUG, logger="gateway.mllp.server"):
         run(body)
     assert any("handler failed" in r.getMessage() for r in caplog.records)
     for record in caplog.records:

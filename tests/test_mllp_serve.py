@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from gateway.mllp_client import send
+from gateway.mllp.client import send
 from tests.test_serve import free_port, start
 
 ROOT = Path(__file__).parent.parent

@@ -1,4 +1,4 @@
-"""rems-rules.md §3 monitoring frequency, overdue, labs missed; §4 legacy enrollment; §7 status."""
+"""docs/rules.md §3 monitoring frequency, overdue, labs missed; §4 legacy enrollment; §7 status."""
 
 from __future__ import annotations
 

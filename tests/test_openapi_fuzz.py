@@ -18,11 +18,15 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from gateway.app import GatewayState, create_app
+from gateway.app.bootstrap import Gateway, assemble
+from gateway.app.context import UnitContext
+from gateway.app.reads import RemsReads
+from gateway.app.service import RemsService
+from gateway.app.values import Source
+from gateway.app.writer import Writer
 from gateway.config import Settings
-from gateway.scenario import DatabaseFactory
-from gateway.service import RemsService, ServiceConfig, Source
-from gateway.writer import Writer
+from gateway.http.app import create_app
+from gateway.scenarios.runner import DatabaseFactory
 from rems_core.store.db import make_engine
 from tests.conftest import PACKS, run
 from tests.http_server import running_app
@@ -35,9 +39,10 @@ EXAMPLES = 12
 def _document() -> dict:
     """The OpenAPI document of the app as `serve` builds it (no server needed to read it)."""
     engine = make_engine("sqlite://")
-    service = RemsService(Writer(engine), PACKS, ServiceConfig())
-    config = Settings(auth="development", admin_token=ADMIN)
-    return create_app(service, config, GatewayState(engine, service.writer)).openapi()
+    ctx = UnitContext(PACKS)
+    writer = Writer(engine)  # never started: the document needs no database
+    gateway = Gateway(engine, writer, RemsService(writer, ctx), RemsReads(engine, ctx), ctx)
+    return create_app(gateway, Settings(auth="development", admin_token=ADMIN)).openapi()
 
 
 schema = schemathesis.openapi.from_dict(_document())
@@ -48,9 +53,8 @@ def base_url() -> Iterator[str]:
     factory = DatabaseFactory()
     url = factory.fresh_url()
     engine = make_engine(url)
-    writer = Writer(engine)
-    writer.start()
-    service = RemsService(writer, PACKS, ServiceConfig(rules="clozapine-rems-2021"))
+    application = assemble(engine, UnitContext(PACKS, rules="clozapine-rems-2021"))
+    writer, service = application.writer, application.service
     run(service.load_registry(registry(), Source("test")))
     try:
         with running_app(service, engine, admin_token=ADMIN, clock="system") as base:

@@ -1,4 +1,4 @@
-"""rems-rules.md §4 enrollment and §5 PSF acceptance."""
+"""docs/rules.md §4 enrollment and §5 PSF acceptance."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Decisions for one patient never interleave — across threads and across processes, on SQLite
-and PostgreSQL (rems-rules.md §6.2 override limit, §6.4 one RDA per request id)."""
+and PostgreSQL (docs/rules.md §6.2 override limit, §6.4 one RDA per request id)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from gateway.audit_trail import verify_database
-from gateway.service import RemsService, RequestConflict, Source
+from gateway.app.audit_trail import verify_database
+from gateway.app.errors import RequestConflict
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from rems_core.model import Decision, Outcome
 from rems_core.store import tables
 from tests.builders import dispense

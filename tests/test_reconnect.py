@@ -8,8 +8,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from gateway.service import RemsService
-from gateway.writer import Writer
+from gateway.app.service import RemsService
+from gateway.app.writer import Writer
 from rems_core.model import Outcome
 from rems_core.store.repo import Store
 from tests.builders import dispense

@@ -1,4 +1,4 @@
-"""rems-rules.md §0: packs as data, derived packs, site overrides, `auto` by clinical date."""
+"""docs/rules.md §0: packs as data, derived packs, site overrides, `auto` by clinical date."""
 
 from __future__ import annotations
 

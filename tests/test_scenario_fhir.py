@@ -16,12 +16,13 @@ import pytest
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 
-from gateway.scenario import format_report, run_file
-from gateway.scenario_fhir import LoopbackGateway
-from gateway.scenario_fhir_resources import Decimals, medication_request, questionnaire_response
-from gateway.scenario_file import load
-from gateway.scenario_smart import SYSTEM_CLIENT, RunnerClients, TokenSource, prescriber_client_id
-from gateway.service import RemsService
+from gateway.app.bootstrap import Gateway
+from gateway.app.service import RemsService
+from gateway.scenarios.fhir_app import LoopbackGateway
+from gateway.scenarios.fhir_resources import Decimals, medication_request, questionnaire_response
+from gateway.scenarios.file import load
+from gateway.scenarios.runner import format_report, run_file
+from gateway.scenarios.smart import SYSTEM_CLIENT, RunnerClients, TokenSource, prescriber_client_id
 from mappings.fhir.medication_request import read_medication_request
 from mappings.fhir.questionnaire import read_response
 from rems_core.audit import AuditEntry
@@ -175,10 +176,10 @@ def test_the_same_steps_in_process_say_so_in_the_audit(
 
 
 def test_tokens_are_the_runners_clients_and_renewed_before_they_expire(
-    service: RemsService,
+    application: Gateway,
 ) -> None:
     clients = RunnerClients.make(["1234567893"])
-    gateway = LoopbackGateway(service, clients)
+    gateway = LoopbackGateway(application, clients)
     base = gateway.start()
 
     async def exchange() -> tuple[str, str, str, str]:

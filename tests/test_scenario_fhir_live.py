@@ -1,5 +1,5 @@
 """`scenario clients` and `scenario run --via fhir --fhir URL --smart-keys DIR` against a real
-`serve --clock message --smart-clients …` process (contracts.md §1): the runner's SMART clients
+`serve --clock message --smart-clients …` process (docs/contracts.md §1): the runner's SMART clients
 are made once for the operator, and files run over FHIR on one gateway, again and again."""
 
 from __future__ import annotations

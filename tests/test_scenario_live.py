@@ -1,5 +1,5 @@
 """`scenario run --via mllp --mllp HOST:PORT --db URL` against a real `serve --clock message`
-process (contracts.md §1): files stay independent on one gateway, in any order, run again."""
+process (docs/contracts.md §1): files stay independent on one gateway, in any order, run again."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from gateway.scenario_live import retag_control_id, retag_pid3
+from gateway.scenarios.live import retag_control_id, retag_pid3
 from rems_core.registry import npi_is_valid
 from rems_core.store.db import upgrade
 from tests.test_serve import Gateway, clean_environment, free_port, start

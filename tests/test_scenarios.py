@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.scenario import format_report, run_file
+from gateway.scenarios.runner import format_report, run_file
 from rems_core.codes import Code
 from tests.conftest import PACKS
 
@@ -23,7 +23,7 @@ def test_scenario_file_passes(path: Path, db_url: str, via: str) -> None:
     """On every backend (conftest's db_url), a fresh database per file; through the application
     service, with lab and hl7 steps through a real MLLP listener on a loopback port, and with
     lab, labs and fhir steps through the FHIR endpoint on a real HTTP server (an hl7 step, and
-    the steps after it, are skipped there: contracts.md §2)."""
+    the steps after it, are skipped there: docs/contracts.md §2)."""
     report = asyncio.run(run_file(path, db_url, PACKS, via))
     assert report.passed, format_report(report)
 

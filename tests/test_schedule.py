@@ -1,10 +1,11 @@
-"""rems-rules.md §8: scheduled work up to a time — overdue labs, labs missed, legacy enrollment."""
+"""docs/rules.md §8: scheduled work up to a time — overdue labs, labs missed, legacy enrollment."""
 
 from __future__ import annotations
 
 from sqlalchemy import Engine, select
 
-from gateway.service import RemsService, Source
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from rems_core.model import Identifier, PatientStatusForm, PsfType, SubmitterRole
 from rems_core.registry import RegistryDocument
 from rems_core.store import tables

@@ -1,4 +1,4 @@
-"""`rems-gateway serve` as a real process over real HTTP (contracts.md §1)."""
+"""`rems-gateway serve` as a real process over real HTTP (docs/contracts.md §1)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import httpx
 import pytest
 import yaml
 
-from gateway.app import GatewayState, readiness_problem
+from gateway.app.bootstrap import assemble
 from gateway.config import ConfigError, load_settings
-from gateway.writer import Writer
+from gateway.http.app import readiness_problem
 from rems_core.store.db import make_engine, upgrade
 
 pytestmark = pytest.mark.slow
@@ -336,8 +336,10 @@ def test_not_ready_while_the_writer_thread_is_not_running(tmp_path: Path) -> Non
     url = f"sqlite:///{tmp_path / 'rems.db'}"
     upgrade(url)
     engine = make_engine(url)
+    gateway = assemble(engine)
+    gateway.writer.stop()
     try:
-        problem = readiness_problem(GatewayState(engine, Writer(engine)))
+        problem = readiness_problem(gateway)
     finally:
         engine.dispose()
     assert problem == "the writer thread is not running"
@@ -345,12 +347,11 @@ def test_not_ready_while_the_writer_thread_is_not_running(tmp_path: Path) -> Non
 
 def test_not_ready_while_the_database_has_no_schema(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
-    writer = Writer(engine)
-    writer.start()
+    gateway = assemble(engine)
     try:
-        problem = readiness_problem(GatewayState(engine, writer))
+        problem = readiness_problem(gateway)
     finally:
-        writer.stop()
+        gateway.writer.stop()
         engine.dispose()
     assert problem is not None
     assert problem.startswith("the database does not answer")

@@ -9,14 +9,11 @@ from typing import Any, NoReturn
 import pytest
 from sqlalchemy import Engine, func, select
 
-from gateway.service import (
-    RegistryConflict,
-    RemsService,
-    RequestConflict,
-    ServiceConfig,
-    Source,
-)
-from gateway.writer import Writer
+from gateway.app.bootstrap import bootstrap
+from gateway.app.context import UnitContext
+from gateway.app.errors import RequestConflict
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from rems_core.model import (
     AncCategory,
     Decision,
@@ -32,9 +29,8 @@ from rems_core.model import (
     ResultStatus,
     SubmitterRole,
 )
-from rems_core.registry import PatientEntry, RegistryDocument
+from rems_core.registry import PatientEntry, RegistryConflict, RegistryDocument
 from rems_core.store import tables
-from rems_core.store.db import make_engine
 from rems_core.store.repo import Store
 from tests.builders import PHARMACY, PRESCRIBER, at, dispense
 from tests.conftest import PACKS, run
@@ -440,16 +436,9 @@ def test_a_designation_changed_by_another_writer_is_read_anew(
     run(service.load_registry(registry(), SOURCE))
     first = run(service.ingest_labs(MRN, [lab("800")], SOURCE, at("2022-03-02T09:00")))
     assert [r.category for r in first.results] == [AncCategory.MODERATE]
-    engine = make_engine(db_url)
-    other = Writer(engine)
-    other.start()
-    try:
+    with bootstrap(db_url, UnitContext(PACKS, rules="clozapine-rems-2021")) as other:
         ben = monthly_psf("2022-03-05", designation=Designation.BEN)
-        other_service = RemsService(other, PACKS, ServiceConfig(rules="clozapine-rems-2021"))
-        assert run(other_service.submit_psf(MRN, ben, SOURCE)).accepted
-    finally:
-        other.stop()
-        engine.dispose()
+        assert run(other.service.submit_psf(MRN, ben, SOURCE)).accepted
     later = replace(lab("800", specimen="ACC-2"), drawn=at("2022-03-06T08:00"))
     again = run(service.ingest_labs(MRN, [later], SOURCE, at("2022-03-06")))
     assert [r.category for r in again.results] == [AncCategory.BEN_NEUTROPENIA]

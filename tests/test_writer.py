@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, text
 
-from gateway.service import RemsService
-from gateway.writer import Writer, WriterStopped
+from gateway.app.service import RemsService
+from gateway.app.writer import Writer, WriterStopped
 from rems_core.store.db import make_engine, upgrade
 from rems_core.store.repo import Store
 
@@ -149,7 +149,7 @@ def test_a_unit_that_raises_base_exception_fails_its_batch_and_the_writer_report
 def test_a_failed_unit_takes_its_audit_records_with_it(writer: Writer, db_url: str) -> None:
     from datetime import UTC, datetime
 
-    from gateway.audit_trail import verify_database
+    from gateway.app.audit_trail import verify_database
     from rems_core.audit import AuditEntry
 
     def entry(outcome: str) -> AuditEntry:

@@ -6,9 +6,10 @@ holds no names or identifier values.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
+from gateway.app.values import LabOutcome, Source
 from rems_core.audit import AuditEntry, digest, digest_of_plain
 from rems_core.model import (
     Decision,
@@ -22,17 +23,14 @@ from rems_core.model import (
 )
 from rems_core.rulepack import RulePack
 
-if TYPE_CHECKING:
-    from gateway.service import LabOutcome, Source
-
 
 def _codes(findings: tuple[Finding, ...] | list[Finding]) -> tuple[str, ...]:
     return tuple(f.code for f in findings)
 
 
-def _entry(source: Source, clinical_at: datetime, **fields: Any) -> AuditEntry:
+def _entry(recorded: datetime, source: Source, clinical_at: datetime, **fields: Any) -> AuditEntry:
     return AuditEntry(
-        at=datetime.now(UTC),
+        at=recorded,
         clinical_at=clinical_at,
         channel=source.channel,
         actor=source.actor,
@@ -41,6 +39,7 @@ def _entry(source: Source, clinical_at: datetime, **fields: Any) -> AuditEntry:
 
 
 def dispense(
+    recorded: datetime,
     source: Source,
     identifiers: list[Identifier],
     request: DispenseRequest,
@@ -48,6 +47,7 @@ def dispense(
     request_digest: str,
 ) -> AuditEntry:
     return _entry(
+        recorded,
         source,
         request.dispense_date,
         kind="dispense",
@@ -62,21 +62,29 @@ def dispense(
     )
 
 
-def psf(source: Source, form: PatientStatusForm, outcome: PsfOutcome) -> AuditEntry:
-    return _psf_entry(source, "psf", form.submitted_at, to_plain(form), outcome)
+def psf(
+    recorded: datetime, source: Source, form: PatientStatusForm, outcome: PsfOutcome
+) -> AuditEntry:
+    return _psf_entry(recorded, source, "psf", form.submitted_at, to_plain(form), outcome)
 
 
 def signature(
-    source: Source, signer: str, psf_id: str | None, at: datetime, outcome: PsfOutcome
+    recorded: datetime,
+    source: Source,
+    signer: str,
+    psf_id: str | None,
+    at: datetime,
+    outcome: PsfOutcome,
 ) -> AuditEntry:
     signed = {"signer": signer, "psf": psf_id, "at": at.isoformat()}
-    return _psf_entry(source, "psf_signature", at, signed, outcome)
+    return _psf_entry(recorded, source, "psf_signature", at, signed, outcome)
 
 
 def _psf_entry(
-    source: Source, kind: str, at: datetime, received: Any, outcome: PsfOutcome
+    recorded: datetime, source: Source, kind: str, at: datetime, received: Any, outcome: PsfOutcome
 ) -> AuditEntry:
     return _entry(
+        recorded,
         source,
         at,
         kind=kind,
@@ -92,6 +100,7 @@ def _psf_entry(
 
 
 def labs(
+    recorded: datetime,
     source: Source,
     results: list[LabResult],
     outcome: LabOutcome,
@@ -99,6 +108,7 @@ def labs(
     pack: RulePack,
 ) -> AuditEntry:
     return _entry(
+        recorded,
         source,
         received,
         kind="lab",
@@ -113,10 +123,17 @@ def labs(
 
 
 def registry_change(
-    source: Source, subject: str, change: str, fields: list[str], entry: Any, at: datetime
+    recorded: datetime,
+    source: Source,
+    subject: str,
+    change: str,
+    fields: list[str],
+    entry: Any,
+    at: datetime,
 ) -> AuditEntry:
     """A registry record inserted or updated: which fields, never their values."""
     return _entry(
+        recorded,
         source,
         at,
         kind="registry",
@@ -127,8 +144,11 @@ def registry_change(
     )
 
 
-def scheduled(source: Source, patient: str, found: tuple[Finding, ...], at: datetime) -> AuditEntry:
+def scheduled(
+    recorded: datetime, source: Source, patient: str, found: tuple[Finding, ...], at: datetime
+) -> AuditEntry:
     return _entry(
+        recorded,
         source,
         at,
         kind="scheduled",

@@ -1,11 +1,24 @@
-"""Values the application service and its units of work exchange with the channels."""
+"""Values the application service and its units of work exchange with the channels: what an edge
+hands the service (submissions, requests) and what it gets back (receipts)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from rems_core.model import AncResult, Finding
+from rems_core.model import (
+    AncResult,
+    Decision,
+    DispenseRequest,
+    Finding,
+    Identifier,
+    LabResult,
+    PatientStatusForm,
+    PsfOutcome,
+)
+from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 
 
 @dataclass(frozen=True)
@@ -37,3 +50,89 @@ class LabOutcome:
     @property
     def matched(self) -> bool:
         return self.patient is not None
+
+
+@dataclass(frozen=True)
+class ResourceDraft:
+    """A resource as received and validated, with what the store finds it by."""
+
+    resource_type: str
+    body: dict[str, Any]
+    content_hash: str
+    index: ResourceIndex
+    resource_id: str | None = None  # PUT names it; a create gets a new one (or its identifier's)
+    if_none_exist: bool = False  # conditional create: an existing match is returned untouched
+    if_match: int | None = None  # PUT with If-Match: the version it must replace
+
+
+@dataclass(frozen=True)
+class Recorded:
+    resource: StoredResource
+    created: bool  # a new resource (201), not a new version of one (200)
+    unchanged: bool = False  # the same resource again, or a conditional create's match
+
+
+@dataclass(frozen=True)
+class LabSubmission:
+    draft: ResourceDraft
+    patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
+    patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
+    result: LabResult | None  # None: stored, but nothing the REMS reads
+
+
+@dataclass(frozen=True)
+class LabsRecorded:
+    recorded: list[Recorded]
+    outcomes: list[LabOutcome]  # one per patient whose results were taken
+    unknown_patients: list[str]  # literal Patient/{id} references to no patient
+    sources: list[list[int]] = field(default_factory=list)  # per outcome: its submissions
+
+
+@dataclass(frozen=True)
+class PatientNamed:
+    """The patient a search names: by the gateway's id, by an identifier, or both (ANDed, as
+    FHIR ANDs search parameters)."""
+
+    patient_id: str | None = None
+    identifier: Identifier | None = None
+
+
+@dataclass(frozen=True)
+class DispenseSubmission:
+    draft: ResourceDraft
+    patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
+    patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
+    request: DispenseRequest
+
+
+@dataclass(frozen=True)
+class DispenseRecorded:
+    recorded: Recorded | None  # None: the subject names no Patient of the gateway
+    decision: Decision | None
+
+
+@dataclass(frozen=True)
+class PsfSubmission:
+    draft: ResourceDraft  # the QuestionnaireResponse as received
+    form: PatientStatusForm
+    patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
+    patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
+    shape: Callable[[dict[str, Any], PsfOutcome], dict[str, Any]]  # the body to store
+    received: datetime  # the clinical now of its arrival (the version's lastUpdated)
+
+
+@dataclass(frozen=True)
+class PsfRecorded:
+    recorded: Recorded | None  # None: a refused signature, nothing stored
+    outcome: PsfOutcome | None  # None: the same response again, answered from the store
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    resource_id: str  # the QuestionnaireResponse
+    version_id: int  # its version the signer saw
+    psf_id: str
+    patient_id: str
+    signer: str  # the signed-in prescriber's NPI
+    at: datetime
+    next_version: Callable[[dict[str, Any], PsfOutcome], ResourceDraft]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.app.values import LabsRecorded, LabSubmission
 from gateway.fhir.bundle_entries import REPORT, Entry
-from gateway.fhir_intake import LabsRecorded, LabSubmission
 from mappings.fhir.outcome import Issue, lab_issues
 from rems_core.model import AncResult
 from rems_core.store.repo import specimen_key

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.app.values import Recorded
 from gateway.fhir.http import FhirError
-from gateway.fhir_intake import Recorded
 from mappings.fhir.references import token
 
 OBSERVATION = "Observation"
@@ -144,7 +144,7 @@ def _placed(entry: Entry, expression: str) -> str:
 
 def specimen_fallbacks(entries: list[Entry]) -> dict[str, str]:
     """Entry reference → the identifier of the DiagnosticReport that lists it among its results:
-    the specimen of an Observation that names none (contracts.md §5)."""
+    the specimen of an Observation that names none (docs/contracts.md §5)."""
     fallbacks: dict[str, str] = {}
     for entry in entries:
         if entry.resource_type != REPORT:

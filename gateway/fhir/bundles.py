@@ -1,5 +1,5 @@
 """Bundles: `POST /fhir` (FHIR's transaction/batch endpoint) and `POST /fhir/Bundle`
-(contracts.md §5), e.g. a DiagnosticReport with its Observations.
+(docs/contracts.md §5), e.g. a DiagnosticReport with its Observations.
 
 A transaction is all or nothing: every entry is read and checked first, then its Observations
 and the DiagnosticReports that refer to them are stored in one unit of work, with references to
@@ -18,6 +18,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.app.errors import IdentifierTaken, TransactionRefused, UnknownResource, VersionConflict
+from gateway.app.values import LabSubmission, Recorded, ResourceDraft, Source
 from gateway.fhir.auth import INTERACTION_LETTERS, Principal
 from gateway.fhir.bundle_effects import effects
 from gateway.fhir.bundle_entries import (
@@ -41,17 +43,14 @@ from gateway.fhir.http import (
     version_of,
 )
 from gateway.fhir.observations import conditional_identifier, reading, record, submission
-from gateway.fhir.resources import clinical_now, content_hash, location, service_of, validated
-from gateway.fhir_intake import (
-    IdentifierTaken,
-    LabSubmission,
-    Recorded,
-    ResourceDraft,
-    TransactionRefused,
-    UnknownResource,
-    VersionConflict,
+from gateway.fhir.resources import (
+    clinical_now,
+    content_hash,
+    context_of,
+    location,
+    service_of,
+    validated,
 )
-from gateway.values import Source
 from mappings.fhir.observation import draw_time, loinc_code
 from mappings.fhir.outcome import Issue, operation_outcome
 from mappings.fhir.references import identifier_key, subject_ref
@@ -114,7 +113,7 @@ def report_draft(request: Request, entry: Entry) -> ReportDraft:
     index = ResourceIndex(
         identifier=identifier,
         code=loinc_code(report.code),
-        effective=draw_time(report, service_of(request).tz),
+        effective=draw_time(report, context_of(request).tz),
     )
     who = (subject.identifiers, subject.patient_id) if subject else ((), None)
     return ReportDraft(entry, index, who)

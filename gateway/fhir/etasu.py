@@ -13,10 +13,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request
 
+from gateway.app.errors import UnknownPatient
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
-from gateway.fhir.resources import clinical_now, service_of, validated
-from gateway.fhir_dispense import UnknownPatient
+from gateway.fhir.resources import clinical_now, reads_of, validated
 from mappings.fhir.etasu import etasu_parameters, read_etasu_parameters
 
 router = APIRouter(tags=["GuidanceResponse"])
@@ -32,9 +32,8 @@ async def rems_etasu(
     query = read_etasu_parameters(validated(data, "Parameters"), now)
     if query.problems:
         raise FhirError(422, "invalid", "", issues=query.problems)
-    service = service_of(request)
     try:
-        check = await service.check_etasu(query)
+        check = await reads_of(request).check_etasu(query)
     except UnknownPatient:
         raise FhirError(
             422, "not-found", "patient names a Patient the gateway does not know", ("patient",)

@@ -11,14 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.app.errors import RequestConflict
+from gateway.app.values import DispenseRecorded, DispenseSubmission, ResourceDraft, Source
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, check_format, json_body
 from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import clinical_now, content_hash, service_of, validated, written
-from gateway.fhir_dispense import DispenseRecorded, DispenseSubmission
-from gateway.fhir_intake import ResourceDraft
-from gateway.service import RequestConflict
-from gateway.values import Source
 from mappings.fhir.medication_request import decision_issues, read_medication_request
 from mappings.fhir.outcome import Issue
 from rems_core.store.fhir_repo import ResourceIndex
@@ -50,7 +48,7 @@ async def decide(
 async def create_medication_request(
     request: Request, principal: Annotated[Principal, requires(TYPE, "create")]
 ) -> Response:
-    """Decide a clozapine dispense (rems-rules.md §6) and store the request with its decision."""
+    """Decide a clozapine dispense (docs/rules.md §6) and store the request with its decision."""
     check_format(request)
     data = await json_body(request)
     now = clinical_now(request, data)

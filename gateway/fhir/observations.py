@@ -8,27 +8,22 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
+from gateway.app.errors import IdentifierTaken, UnknownResource, VersionConflict
+from gateway.app.values import LabSubmission, PatientNamed, ResourceDraft, Source
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body, version_of
 from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
     clinical_now,
     content_hash,
+    context_of,
+    reads_of,
     searchset,
     service_of,
     validated,
     written,
 )
 from gateway.fhir.search import date_range, identifier_param, page
-from gateway.fhir_intake import (
-    IdentifierTaken,
-    LabSubmission,
-    PatientNamed,
-    ResourceDraft,
-    UnknownResource,
-    VersionConflict,
-)
-from gateway.values import Source
 from mappings.fhir.observation import ObservationReading, read_observation
 from mappings.fhir.outcome import Issue, lab_issues
 from rems_core.anc import relevant_codes
@@ -42,11 +37,11 @@ TYPE = "Observation"
 def reading(
     request: Request, data: dict[str, Any], specimen: str | None = None
 ) -> ObservationReading:
-    service = service_of(request)
-    pack = service.lab_pack()
+    ctx = context_of(request)
+    pack = ctx.lab_pack()
     relevant = relevant_codes(pack)
     observation = validated(data, TYPE)
-    found = read_observation(observation, relevant, service.tz, specimen)
+    found = read_observation(observation, relevant, ctx.tz, specimen)
     errors = [p for p in found.problems if p.severity == "error"]
     if errors:
         raise FhirError(422, "invalid", "", issues=errors)
@@ -179,7 +174,6 @@ async def search_observations(
     (system|value), `code` (LOINC, comma-separated, optional `http://loinc.org|`), `date`
     (eq/ge/gt/le/lt), `_sort` (date or -date), `_count`."""
     check_format(request)
-    service = service_of(request)
     by_identifier = request.query_params.get("patient:identifier") or request.query_params.get(
         "subject:identifier"
     )
@@ -189,7 +183,9 @@ async def search_observations(
     codes = [c.removeprefix("http://loinc.org|") for c in code.split(",")] if code else []
 
     query = ResourceQuery(TYPE, None, codes, start, before, newest_first, limit, skip)
-    found, total = await service.search_resources(query, _patient_named(patient, by_identifier))
+    found, total = await reads_of(request).search_resources(
+        query, _patient_named(patient, by_identifier)
+    )
     return searchset(request, found, total, skip, limit)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format
-from gateway.fhir.resources import BASE, clinical_now, service_of
+from gateway.fhir.resources import BASE, clinical_now, reads_of
 from gateway.fhir.search import identifier_param
 from mappings.fhir.patient import patient_resource, rems_status_parameters
 from rems_core.model import Identifier
@@ -23,8 +23,7 @@ async def rems_status(
     request: Request, patient_id: str, _: Annotated[Principal, requires(TYPE, "read")]
 ) -> FhirResponse:
     check_format(request)
-    service = service_of(request)
-    status = await service.rems_status(patient_id, clinical_now(request))
+    status = await reads_of(request).rems_status(patient_id, clinical_now(request))
     if status is None:
         raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
     return FhirResponse(rems_status_parameters(status), 200)
@@ -35,7 +34,7 @@ async def read_patient(
     request: Request, patient_id: str, _: Annotated[Principal, requires(TYPE, "read")]
 ) -> FhirResponse:
     check_format(request)
-    record = await service_of(request).patient_record(patient_id)
+    record = await reads_of(request).patient_record(patient_id)
     if record is None:
         raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
     return FhirResponse(patient_resource(record), 200)
@@ -54,7 +53,7 @@ async def search_patients(
             400, "not-supported", "search Patient by identifier=system|value", ("identifier",)
         )
     system, value = identifier_param(identifier)
-    record = await service_of(request).patient_by_identifier(Identifier(system, value))
+    record = await reads_of(request).patient_by_identifier(Identifier(system, value))
     found = [patient_resource(record)] if record is not None else []
     bundle = {
         "resourceType": "Bundle",

@@ -1,7 +1,7 @@
 """The Patient Status Form over FHIR: our Questionnaires, QuestionnaireResponse submission
 (`POST /QuestionnaireResponse`, `$submit`) and the prescriber's signature (`$sign`).
 
-Signing (contracts.md §3) is an act of a signed-in prescriber: a user whose fhirUser is
+Signing (docs/contracts.md §3) is an act of a signed-in prescriber: a user whose fhirUser is
 `Practitioner/<NPI>`. A response counts as signed when that prescriber submits it for themself
 (unless its `signature` answer is false: a draft to sign later), or when they `$sign` it. A
 `signature` answer of true from anyone else — a system client, a designee, another prescriber —
@@ -17,6 +17,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.app.errors import Changed, NotPending, UnknownSubject
+from gateway.app.values import PsfRecorded, PsfSubmission, ResourceDraft, SignRequest, Source
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
 from gateway.fhir.reads import add_reads
@@ -24,20 +26,12 @@ from gateway.fhir.resources import (
     BASE,
     clinical_now,
     content_hash,
+    context_of,
+    reads_of,
     service_of,
     validated,
     written,
 )
-from gateway.fhir_intake import ResourceDraft
-from gateway.fhir_psf import (
-    Changed,
-    NotPending,
-    PsfRecorded,
-    PsfSubmission,
-    SignRequest,
-    UnknownSubject,
-)
-from gateway.values import Source
 from mappings.fhir.outcome import Issue
 from mappings.fhir.psf_outcome import (
     psf_issues,
@@ -98,7 +92,7 @@ async def search_questionnaires(
 
 def checked(request: Request, data: dict[str, Any], now: datetime) -> PsfReading:
     """The response read against its Questionnaire; 422 with every problem otherwise."""
-    reading = read_qr(validated(data, TYPE), now, service_of(request).tz)
+    reading = read_qr(validated(data, TYPE), now, context_of(request).tz)
     if reading.problems:
         raise FhirError(422, "invalid", "", issues=reading.problems)
     return reading
@@ -216,7 +210,7 @@ async def sign_questionnaire_response(
     if signer is None:
         raise FhirError(403, "forbidden", "a system client cannot sign: sign in as the prescriber")
     service = service_of(request)
-    current = await service.resource(TYPE, resource_id)
+    current = await reads_of(request).resource(TYPE, resource_id)
     if current is None:
         raise FhirError(404, "not-found", f"{TYPE}/{resource_id} is not known")
     sign = sign_request(current, signer, clinical_now(request))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirResponse, check_format
-from gateway.fhir.resources import read_response, service_of
+from gateway.fhir.resources import read_response, reads_of
 
 
 def add_reads(router: APIRouter, resource_type: str) -> None:
@@ -21,8 +21,7 @@ def add_reads(router: APIRouter, resource_type: str) -> None:
         _: Annotated[Principal, requires(resource_type, "read")],
     ) -> FhirResponse:
         check_format(request)
-        service = service_of(request)
-        stored = await service.resource(resource_type, resource_id)
+        stored = await reads_of(request).resource(resource_type, resource_id)
         return read_response(stored, resource_type, resource_id)
 
     async def vread(
@@ -32,8 +31,7 @@ def add_reads(router: APIRouter, resource_type: str) -> None:
         _: Annotated[Principal, requires(resource_type, "read")],
     ) -> FhirResponse:
         check_format(request)
-        service = service_of(request)
-        stored = await service.resource(resource_type, resource_id, version_id)
+        stored = await reads_of(request).resource(resource_type, resource_id, version_id)
         return read_response(stored, resource_type, f"{resource_id}/_history/{version_id}")
 
     name = resource_type[0].lower() + resource_type[1:]

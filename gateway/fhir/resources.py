@@ -18,14 +18,26 @@ from mappings.fhir.outcome import Issue, operation_outcome
 from rems_core.store.fhir_repo import StoredResource
 
 if TYPE_CHECKING:
-    from gateway.service import RemsService
+    from gateway.app.context import UnitContext
+from gateway.app.reads import RemsReads
+from gateway.app.service import RemsService
 
 BASE = "/fhir"
 
 
 def service_of(request: Request) -> RemsService:
-    """The application service every route calls."""
+    """The application service every route that changes something calls."""
     return request.app.state.service
+
+
+def reads_of(request: Request) -> RemsReads:
+    """The service's reads, for routes that decide nothing (read, vread, search, status)."""
+    return request.app.state.reads
+
+
+def context_of(request: Request) -> UnitContext:
+    """The rule packs and site time zone the application runs with."""
+    return request.app.state.gateway.ctx
 
 
 def validated(data: dict[str, Any], resource_type: str) -> Any:
@@ -52,7 +64,7 @@ def content_hash(data: dict[str, Any]) -> str:
 
 def clinical_now(request: Request, data: dict[str, Any] | None = None) -> datetime:
     """The clinical "now": the system clock, or with `serve --clock message` the
-    `X-Clinical-Time` header or the resource's meta.lastUpdated (contracts.md §1)."""
+    `X-Clinical-Time` header or the resource's meta.lastUpdated (docs/contracts.md §1)."""
     if request.app.state.clock != "message":
         return datetime.now(UTC)
     given, source = request.headers.get("x-clinical-time"), "X-Clinical-Time"

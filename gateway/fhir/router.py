@@ -22,10 +22,10 @@ capability.declare(
     conditional_create=True,
 )
 
-capability.declare("Bundle", ["create"])  # transaction and batch (contracts.md §5)
+capability.declare("Bundle", ["create"])  # transaction and batch (docs/contracts.md §5)
 
 
-# Dispense decisions (rems-rules.md §6): gateway/fhir/{medication_requests,etasu,patients}.py
+# Dispense decisions (docs/rules.md §6): gateway/fhir/{medication_requests,etasu,patients}.py
 capability.declare("MedicationRequest", ["create", "read", "vread"])
 capability.declare(
     "GuidanceResponse",
@@ -40,7 +40,7 @@ capability.declare(
 )
 
 
-# The Patient Status Form (rems-rules.md §4–5): gateway/fhir/questionnaires.py
+# The Patient Status Form (docs/rules.md §4–5): gateway/fhir/questionnaires.py
 capability.declare("Questionnaire", ["read", "search-type"])
 capability.declare(
     "QuestionnaireResponse",

@@ -25,7 +25,6 @@ from fastapi import Request
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.utils import base64url_encode
 
-from gateway.config import Settings
 from gateway.fhir.auth import Principal
 from gateway.fhir.http import FhirError
 from gateway.fhir.smart_clients import SmartClient, load_clients
@@ -122,19 +121,24 @@ class SmartBackendAuth:
         self.replays = ReplayCache()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SmartBackendAuth:
-        clients = load_clients(settings.smart_clients) if settings.smart_clients else {}
+    def from_files(
+        cls, clients_file: Path | None, signing_key: Path | None, public_base_url: str | None
+    ) -> SmartBackendAuth:
+        """The clients file, the PEM key signing access tokens (else one made now) and the URL
+        clients reach the gateway at (``serve``'s --smart-clients, --smart-signing-key and
+        --public-base-url)."""
+        clients = load_clients(clients_file) if clients_file else {}
         if not clients:
             log.warning("no SMART clients (--smart-clients): every FHIR request gets 401")
-        if settings.smart_signing_key:
-            key = SigningKey.from_file(settings.smart_signing_key)
+        if signing_key:
+            key = SigningKey.from_file(signing_key)
         else:
             key = SigningKey.generated()
             log.warning(
                 "no --smart-signing-key: access tokens are signed with a key generated now; "
                 "they do not survive a restart and other gateway processes refuse them"
             )
-        base = str(settings.public_base_url) if settings.public_base_url else None
+        base = public_base_url
         if base is None and clients:
             log.warning(
                 "no --public-base-url: client assertions must name this request's own "

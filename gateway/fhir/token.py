@@ -15,7 +15,6 @@ import jwt
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gateway.errors import ERROR_SCHEMA
 from gateway.fhir.http import FhirError
 from gateway.fhir.openapi import OUTCOME_SCHEMA
 from gateway.fhir.scopes import granted_scopes
@@ -226,6 +225,14 @@ async def token(request: Request) -> JSONResponse:
     return JSONResponse(body, 200, headers=NO_STORE)
 
 
+# The 404 of the discovery document outside /fhir: the gateway's plain error body.
+NOT_ENABLED = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+}
+
+
 def smart_configuration(request: Request) -> JSONResponse:
     try:
         auth = smart_auth(request)
@@ -248,7 +255,7 @@ def smart_configuration(request: Request) -> JSONResponse:
     "/.well-known/smart-configuration",
     responses={
         200: _json(CONFIGURATION, "SMART configuration"),
-        404: _json(ERROR_SCHEMA, "SMART is not enabled"),
+        404: _json(NOT_ENABLED, "SMART is not enabled"),
     },
 )
 async def well_known(request: Request) -> JSONResponse:

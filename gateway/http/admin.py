@@ -1,4 +1,5 @@
-"""Admin operations (admin scope): `POST /admin/registry`, the registry block of contracts.md §2."""
+"""Admin operations (admin scope): `POST /admin/registry` (the registry block of
+docs/contracts.md §2) and `POST /admin/scheduled-work`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import yaml
 from fastapi import APIRouter, Depends, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from gateway.errors import ApiError, error_responses, yaml_problem
+from gateway.app.service import RemsService
+from gateway.app.values import Source
 from gateway.fhir.auth import ADMIN_SCOPE
 from gateway.fhir.smart import (
     InvalidAccessToken,
@@ -20,8 +22,14 @@ from gateway.fhir.smart import (
     bearer_token,
     invalid_token_challenge,
 )
-from gateway.service import RegistryConflict, RemsService, Source
-from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from
+from gateway.http.errors import ApiError, error_responses
+from rems_core.registry import (
+    RegistryConflict,
+    RegistryDocument,
+    RegistryInvalid,
+    registry_from,
+    yaml_problem,
+)
 
 log = logging.getLogger("rems_gateway.admin")
 router = APIRouter(

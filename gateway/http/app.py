@@ -1,14 +1,15 @@
 """The HTTP side of the gateway: health, readiness, metrics, admin, FHIR (CDS Hooks come later).
 
-Routes only translate: they call the application service and shape its answer.
+Routes only translate: they call the application service (or its reads) and shape the answer.
+What runs beside the HTTP server is handed in as companions, not imported.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,9 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.admin import router as admin_router
+from gateway.app.bootstrap import Gateway
+from gateway.app.writer import WriterStopped
 from gateway.config import Settings
-from gateway.errors import ApiError, error_response, error_responses
 from gateway.fhir.auth import Authenticator, DevelopmentAuth
 from gateway.fhir.http import FhirError
 from gateway.fhir.http import error_response as fhir_error_response
@@ -28,14 +29,10 @@ from gateway.fhir.resources import warm_up
 from gateway.fhir.router import fhir_router
 from gateway.fhir.smart import SmartBackendAuth
 from gateway.fhir.token import router as smart_router
+from gateway.http.admin import router as admin_router
+from gateway.http.errors import ApiError, error_response, error_responses
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
-from gateway.mllp import MllpSettings
-from gateway.mllp_listener import Hl7Listener
-from gateway.scheduler import start_scheduler
-from gateway.service import RemsService
-from gateway.writer import Writer, WriterStopped
 from mappings.fhir.outcome import Issue
-from mappings.hl7v2.senders import SenderDirectory
 from rems_core.rulepack import OutOfScope
 
 READY_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
@@ -49,12 +46,13 @@ FHIR_HTTP_ISSUES = {
 }
 
 
-@dataclass(frozen=True)
-class GatewayState:
-    """What the process owns besides the service: for readiness and shutdown."""
+class Companion(Protocol):
+    """What runs beside the HTTP server for as long as it serves (the MLLP listener, the
+    scheduler): built by ``server.py``, started and stopped by the app's lifespan."""
 
-    engine: Engine
-    writer: Writer
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 def database_problem(engine: Engine) -> str | None:
@@ -73,37 +71,39 @@ def database_problem(engine: Engine) -> str | None:
     return None
 
 
-def readiness_problem(state: GatewayState) -> str | None:
-    if not state.writer.running:
+def readiness_problem(gateway: Gateway) -> str | None:
+    if not gateway.writer.running:
         return "the writer thread is not running"
-    return database_problem(state.engine)
+    return database_problem(gateway.engine)
 
 
-def create_app(service: RemsService, settings: Settings, state: GatewayState) -> FastAPI:
+def create_app(
+    gateway: Gateway,
+    settings: Settings,
+    metrics: GatewayMetrics | None = None,
+    companions: Sequence[Companion] = (),
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        scheduler = None
-        if settings.clock == "system":
-            scheduler = start_scheduler(service, settings.schedule_every_minutes)
-        listener = mllp_listener(service, settings, metrics)
-        await listener.start()
+        for companion in companions:
+            await companion.start()
         await asyncio.to_thread(warm_up)  # the FHIR models, before the first request needs them
         yield
-        await listener.stop()  # in-flight messages finish and are answered
-        if scheduler is not None:
-            scheduler.shutdown(wait=True)
+        for companion in reversed(companions):
+            await companion.stop()  # the listener's in-flight messages finish and are answered
 
     app = FastAPI(title="rems-gateway", summary="Clozapine REMS gateway", lifespan=lifespan)
-    metrics = GatewayMetrics(state.writer)
-    app.state.service = service
+    metrics = metrics or GatewayMetrics(gateway.writer)
+    app.state.service = gateway.service
+    app.state.reads = gateway.reads
     app.state.settings = settings
-    app.state.gateway = state
+    app.state.gateway = gateway
     app.state.clock = settings.clock  # the channels read it: the system clock or the event's time
     app.state.metrics = metrics
-    service.decision_observers.append(metrics.count_decision)
+    gateway.service.decision_observers.append(metrics.count_decision)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _add_error_handlers(app)
-    _add_probes(app, state, metrics)
+    _add_probes(app, gateway, metrics)
     app.include_router(admin_router)
     app.state.fhir_auth = authenticator(settings)
     app.include_router(smart_router)  # /auth/token, /.well-known/smart-configuration
@@ -115,31 +115,11 @@ def create_app(service: RemsService, settings: Settings, state: GatewayState) ->
 def authenticator(settings: Settings) -> Authenticator:
     if settings.auth == "development":
         return DevelopmentAuth()
-    return SmartBackendAuth.from_settings(settings)
+    base = str(settings.public_base_url) if settings.public_base_url else None
+    return SmartBackendAuth.from_files(settings.smart_clients, settings.smart_signing_key, base)
 
 
-def mllp_listener(service: RemsService, settings: Settings, metrics: GatewayMetrics) -> Hl7Listener:
-    mllp = MllpSettings(
-        host=settings.host,
-        port=settings.mllp_port,
-        tls_cert=settings.tls_cert,
-        tls_key=settings.tls_key,
-        tls_client_ca=settings.mllp_client_ca,
-    )
-    senders = SenderDirectory.load(settings.senders)
-    listener = Hl7Listener(
-        service,
-        senders,
-        mllp,
-        settings.clock,
-        on_ack=metrics.count_ack,
-        on_message=metrics.count_hl7_message,
-    )
-    metrics.watch_connections(lambda: listener.server.open_connections)
-    return listener
-
-
-def _add_probes(app: FastAPI, state: GatewayState, metrics: GatewayMetrics) -> None:
+def _add_probes(app: FastAPI, gateway: Gateway, metrics: GatewayMetrics) -> None:
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -152,7 +132,7 @@ def _add_probes(app: FastAPI, state: GatewayState, metrics: GatewayMetrics) -> N
         },
     )
     def readyz() -> Response:
-        problem = readiness_problem(state)
+        problem = readiness_problem(gateway)
         if problem:
             return error_response(503, "not_ready", problem)
         return JSONResponse({"status": "ready"})
@@ -210,7 +190,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OutOfScope)
     async def out_of_scope(request: Request, exc: OutOfScope) -> Response:
-        """An event dated before any rule pack applies (rems-rules.md §0)."""
+        """An event dated before any rule pack applies (docs/rules.md §0)."""
         if _is_fhir(request):
             return fhir_error_response(
                 FhirError(422, "business-rule", str(exc), rems_code=OutOfScope.code)

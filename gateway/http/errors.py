@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-import yaml
 from fastapi.responses import JSONResponse
 
 ERROR_SCHEMA = {
@@ -52,11 +51,3 @@ def error_response(
     **extra: Any,
 ) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail, **extra}, status, headers=headers)
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """Where and what, without quoting the document (it may hold names or identifiers)."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(exc, "problem", None)
-    return f"not valid YAML{where}" + (f": {problem}" if problem else "")

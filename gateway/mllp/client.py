@@ -11,7 +11,7 @@ import contextlib
 import ssl
 from pathlib import Path
 
-from gateway.mllp_framing import END_BLOCK, START_BLOCK, Frame, MllpDecoder, Oversize
+from gateway.mllp.framing import END_BLOCK, START_BLOCK, Frame, MllpDecoder, Oversize
 
 #: Largest reply accepted (an ACK is a few hundred bytes; an RRE^O12 a few KiB).
 MAX_REPLY_BYTES = 16 * 1_048_576

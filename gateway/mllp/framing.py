@@ -1,6 +1,6 @@
 """MLLP framing (release 1): ``0x0B message 0x1C 0x0D``, decoded from any split of reads.
 
-Shared by the server (mllp.py) and the client (mllp_client.py); see mllp.py for the policy.
+Shared by the server (server.py) and the client (client.py); see server.py for the policy.
 """
 
 from __future__ import annotations

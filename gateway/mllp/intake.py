@@ -1,4 +1,4 @@
-"""HL7 v2 in: tokenize → ORU mapping → the application service → ACK (contracts.md §4).
+"""HL7 v2 in: tokenize → ORU mapping → the application service → ACK (docs/contracts.md §4).
 
 The MLLP listener and the scenario runner's ``hl7`` steps both call ``Hl7Intake.receive``; it
 decides nothing itself. The ACK is built inside the unit of work that stores the message, so a
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, cast, get_args
 
-from gateway.service import LabOutcome, ReceivedMessage, RemsService, Source
+from gateway.app.service import RemsService
+from gateway.app.values import LabOutcome, ReceivedMessage, Source
 from mappings.hl7v2.ack import build_ack, enhanced_mode, wanted
 from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, to_lab_report
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
@@ -107,7 +108,7 @@ class Hl7Intake:
         self.service = service
         self.senders = senders
         self.clock = clock
-        self.relevant = relevant_codes(service.packs.get(DEFAULT_PACK))
+        self.relevant = relevant_codes(service.ctx.packs.get(DEFAULT_PACK))
 
     async def receive(
         self,
@@ -133,14 +134,14 @@ class Hl7Intake:
         except Rejected as rejected:
             return self._answer(message, sender, rejected.code, [rejected.problem], received)
         if self.clock == "message" and now is None:
-            received = hl7_time(message.msh.get(7, 1), self.service.tz) or received
+            received = hl7_time(message.msh.get(7, 1), self.service.ctx.tz) or received
         return await self._store(message, sender, data, received)
 
     async def _store(
         self, message: Message, sender: SenderConfig, data: bytes, received: datetime
     ) -> Received:
         """The unit of work: stored with its ACK, or the stored ACK of a resend."""
-        report = to_lab_report(message, sender, self.relevant, self.service.tz)
+        report = to_lab_report(message, sender, self.relevant, self.service.ctx.tz)
         envelope = ReceivedMessage(
             sender=sender.key,
             control_id=message.msh.get(10, 1),
@@ -157,7 +158,7 @@ class Hl7Intake:
                 message.msh, code, problems, _ack_id(envelope), received, msa_code=sender.msa_code
             )
             answered.ack, answered.code = ack, code
-            # the service's dispositions are a subset of ours (gateway/service.py _receive)
+            # the service's dispositions are a subset of ours (gateway/app/units/messages.py)
             answered.outcome, answered.disposition = outcome, cast(Disposition, disposition)
             return ack
 

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from gateway.hl7_intake import UNREADABLE, Hl7Intake, Received, message_type
-from gateway.mllp import CloseConnection, MllpServer, MllpSettings, PeerInfo
-from gateway.service import RemsService
+from gateway.app.service import RemsService
+from gateway.mllp.intake import UNREADABLE, Hl7Intake, Received, message_type
+from gateway.mllp.server import CloseConnection, MllpServer, MllpSettings, PeerInfo
 from mappings.hl7v2.ack import build_ack
 from mappings.hl7v2.oru import Hl7Problem
 from mappings.hl7v2.senders import SenderDirectory

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.logs import safe_exception
-from gateway.mllp_framing import (  # noqa: F401  (re-exported for the client and tests)
+from gateway.mllp.framing import (  # noqa: F401  (re-exported for the client and tests)
     END_BLOCK,
     OVERSIZE_HEAD_BYTES,
     START_BLOCK,
@@ -62,7 +62,7 @@ from gateway.mllp_framing import (  # noqa: F401  (re-exported for the client an
     Oversize,
     frame,
 )
-from gateway.mllp_tls import client_certificate, server_tls
+from gateway.mllp.tls import client_certificate, server_tls
 
 log = logging.getLogger(__name__)
 

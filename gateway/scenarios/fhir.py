@@ -1,8 +1,8 @@
-"""Scenario steps as FHIR R4 over HTTP (contracts.md §2, `--via fhir`).
+"""Scenario steps as FHIR R4 over HTTP (docs/contracts.md §2, `--via fhir`).
 
 Each step goes to the gateway's FHIR endpoint with `X-Clinical-Time: <at>` and `Prefer:
-return=OperationOutcome` (resources: gateway/scenario_fhir_resources.py; answers:
-gateway/scenario_fhir_answers.py):
+return=OperationOutcome` (resources: fhir_resources.py; answers:
+fhir_answers.py):
 
 - `lab` → `POST /fhir/Observation`, `labs` → a transaction Bundle (`POST /fhir`); `derived` and
   `usable` are read from what the gateway stored;
@@ -13,143 +13,54 @@ gateway/scenario_fhir_answers.py):
   response the step's `psf` names, else the patient's newest one still pending (else its newest);
   a patient with no response at all has nothing to `$sign`: the service answers that;
 - `fhir` steps are posted as written; `hl7` steps, and the steps after one, are skipped
-  (gateway/scenario.py: InProcessChannel.run);
+  (channel.py: InProcessChannel.run);
 - `advance_to` goes through the application service (FHIR has no operation for it).
 
 ``FhirChannel`` talks to a ``FhirEndpoint`` (base URL, token endpoint, the runner's SMART
-clients: gateway/scenario_smart.py). Without one it runs the gateway's app on a real uvicorn
-server on a loopback port, in this process, on the runner's service, with SMART Backend Services
-auth and the message clock; a separately running gateway is gateway/scenario_fhir_live.py's.
-``InProcessFhir`` is the same app without a socket (httpx's ASGI transport, development auth)
-for in-process `fhir` steps.
+clients: smart.py). Without one it runs the gateway's app on a real uvicorn server on a loopback
+port, in this process, on the runner's application, with SMART Backend Services auth and the
+message clock (fhir_app.py: ``LoopbackGateway``); a separately running gateway is fhir_live.py's.
+``InProcessFhir`` (fhir_app.py) is the same app without a socket, for in-process `fhir` steps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 
-from gateway.scenario import InProcessChannel, NotSupportedYet
-from gateway.scenario_fhir_answers import (
+from gateway.app.bootstrap import Gateway
+from gateway.scenarios.channel import InProcessChannel, NotSupportedYet
+from gateway.scenarios.fhir_answers import (
     answer_fields,
     decision_fields,
     lab_fields,
     psf_fields,
 )
-from gateway.scenario_fhir_resources import (
+from gateway.scenarios.fhir_app import (
+    SIGN_PARAMETERS,
+    Answer,
+    LoopbackGateway,
+    post,
+    raw_step,
+    resource_id,
+    step_headers,
+    stored_anc,
+)
+from gateway.scenarios.fhir_resources import (
     Decimals,
-    as_written,
     medication_request,
     observation,
     questionnaire_response,
     report_bundle,
 )
-from gateway.scenario_file import Scenario, ScenarioError, Step
-from gateway.scenario_smart import RunnerClient, RunnerClients, TokenSource
-from gateway.service import RemsService
+from gateway.scenarios.file import Scenario, Step
+from gateway.scenarios.smart import RunnerClient, RunnerClients, TokenSource
 from rems_core.model import Identifier, LabResult, PatientStatusForm, PsfStatus, SubmitterRole
 
-FHIR_JSON = "application/fhir+json"
 PENDING = PsfStatus.PENDING_PRESCRIBER_SIGNATURE.value
-SIGN_PARAMETERS = json.dumps({"resourceType": "Parameters"}).encode()
-
-Answer = tuple[int, Any, httpx.Headers]
-
-
-def step_headers(step: Step) -> dict[str, str]:
-    return {
-        "Content-Type": FHIR_JSON,
-        "Accept": FHIR_JSON,
-        "X-Clinical-Time": step.at.isoformat(),
-        "Prefer": "return=OperationOutcome",
-    }
-
-
-async def post(
-    http: httpx.AsyncClient, path: str, content: bytes, headers: dict[str, str]
-) -> Answer:
-    response = await http.post(path, content=content, headers=headers)
-    try:
-        return response.status_code, response.json(), response.headers
-    except ValueError:
-        return response.status_code, None, response.headers
-
-
-def raw_step(step: Step) -> tuple[str, bytes]:
-    """A fhir step's resource as written: a Bundle to the base, a resource to its type."""
-    if not isinstance(step.body, dict) or "resourceType" not in step.body:
-        raise ScenarioError(f"{step.label}: a fhir step is a resource with its resourceType")
-    kind = str(step.body["resourceType"])
-    path = "/fhir" if kind == "Bundle" else f"/fhir/{kind}"
-    numbers = Decimals()
-    return path, numbers.dumps(as_written(step.body, numbers))
-
-
-async def stored_anc(service: RemsService, identifiers: list[Identifier], step: Step) -> dict:
-    """`derived` and `usable` of the first ANC stored for the patient at the step's time."""
-
-    stored = await service.ancs_received(identifiers, step.at)
-    first = stored[0] if stored else None
-    return {
-        "derived": first.derived if first else None,
-        "usable": first.usable if first else None,
-    }
-
-
-def resource_id(headers: httpx.Headers, resource_type: str) -> str | None:
-    """The id in a Location header (`…/QuestionnaireResponse/{id}/_history/{v}`)."""
-    parts = headers.get("location", "").split("/")
-    if resource_type in parts and parts.index(resource_type) + 1 < len(parts):
-        return parts[parts.index(resource_type) + 1]
-    return None
-
-
-# --- in process: the app without a socket ------------------------------------------------------
-
-
-class InProcessFhir:
-    """The gateway's app on the runner's service through httpx's ASGI transport: the same FHIR
-    mapping and service as the HTTP endpoint, no socket (development auth, message clock)."""
-
-    def __init__(self, service: RemsService) -> None:
-        from gateway.app import GatewayState, create_app
-
-        settings = gateway_settings(service, auth="development")
-        app = create_app(service, settings, GatewayState(service.writer.engine, service.writer))
-        transport = httpx.ASGITransport(app=app)
-        self.service = service
-        self.http = httpx.AsyncClient(transport=transport, base_url="http://in-process")
-
-    async def run(self, step: Step, identifiers: list[Identifier] | None) -> dict[str, Any]:
-        path, content = raw_step(step)
-        status, body, _ = await post(self.http, path, content, step_headers(step))
-        fields = answer_fields(status, body)
-        if identifiers:
-            fields |= await stored_anc(self.service, identifiers, step)
-        return fields
-
-    async def close(self) -> None:
-        await self.http.aclose()
-
-
-def gateway_settings(service: RemsService, **more: Any) -> Any:
-    from gateway.config import Settings
-
-    return Settings(
-        clock="message",
-        host="127.0.0.1",
-        mllp_port=free_port(),  # the app's MLLP listener: unused here, but never in the way
-        timezone=str(service.tz),
-        **more,
-    )
 
 
 # --- over HTTP ----------------------------------------------------------------------------------
@@ -171,9 +82,9 @@ class FhirChannel(InProcessChannel):
     loopback port with fresh clients (LoopbackGateway) and ``close`` removes both."""
 
     def __init__(
-        self, service: RemsService, scenario: Scenario, endpoint: FhirEndpoint | None = None
+        self, application: Gateway | None, scenario: Scenario, endpoint: FhirEndpoint | None = None
     ) -> None:
-        super().__init__(service, scenario)
+        super().__init__(application, scenario)
         self.endpoint = endpoint
         self.http: httpx.AsyncClient | None = None
         self.server: LoopbackGateway | None = None
@@ -194,7 +105,7 @@ class FhirChannel(InProcessChannel):
 
     def _start_loopback(self) -> FhirEndpoint:
         clients = RunnerClients.make(signer_npis(self.scenario))
-        self.server = LoopbackGateway(self.service, clients)
+        self.server = LoopbackGateway(self._application(), clients)
         try:
             base = self.server.start()
         except BaseException:
@@ -239,7 +150,7 @@ class FhirChannel(InProcessChannel):
 
     async def _stored(self, step: Step) -> dict[str, Any]:
         """`derived` and `usable` of the step's ANC, from the database the gateway stored it in."""
-        return await stored_anc(self.service, self.identifiers(step.patient), step)
+        return await stored_anc(self.reads, self.identifiers(step.patient), step)
 
     async def _dispense(self, step: Step) -> dict[str, Any]:
         numbers = Decimals()
@@ -304,7 +215,7 @@ class FhirChannel(InProcessChannel):
         return fields | await self._stored(step)
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
-        raise NotSupportedYet("an hl7 step: --via fhir skips it (contracts.md §2)")
+        raise NotSupportedYet("an hl7 step: --via fhir skips it (docs/contracts.md §2)")
 
 
 def signs_own_form(form: PatientStatusForm) -> bool:
@@ -322,53 +233,3 @@ def signer_npis(scenario: Scenario) -> list[str]:
         elif step.kind == "psf" and signs_own_form(step.request):
             npis.append(step.request.signed_by)
     return list(dict.fromkeys(npis))
-
-
-class LoopbackGateway:
-    """The gateway's app on a real uvicorn server on a free loopback port, in a thread of this
-    process, on the runner's service: SMART Backend Services with the runner's clients, the
-    message clock."""
-
-    def __init__(self, service: RemsService, clients: RunnerClients) -> None:
-        self.service = service
-        self.clients = clients
-        self.server: uvicorn.Server | None = None
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> str:
-        from gateway.app import GatewayState, create_app
-
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        settings = gateway_settings(
-            self.service,
-            auth="smart",
-            smart_clients=self.clients.clients_file,
-            smart_signing_key=self.clients.signing_key_file,
-            public_base_url=base,
-        )
-        writer = self.service.writer
-        app = create_app(self.service, settings, GatewayState(writer.engine, writer))
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise ScenarioError("the FHIR endpoint did not start")
-            time.sleep(0.01)
-        return base
-
-    def stop(self) -> None:
-        if self.server is not None and self.thread is not None:
-            self.server.should_exit = True
-            self.thread.join(10)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

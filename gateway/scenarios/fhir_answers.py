@@ -1,4 +1,5 @@
-"""What the gateway's FHIR endpoint answered, as a scenario step's result keys (contracts.md §3).
+"""What the gateway's FHIR endpoint answered, as a scenario step's result keys
+(docs/contracts.md §3).
 
 Every answer is read from an OperationOutcome (`Prefer: return=OperationOutcome`) or a Bundle
 response: an ANC and its category from issue extensions (mappings/fhir/outcome.py), a dispense

@@ -1,9 +1,9 @@
-"""Scenario files against a separately running gateway over FHIR (contracts.md §1, `--via fhir
+"""Scenario files against a separately running gateway over FHIR (docs/contracts.md §1, `--via fhir
 --fhir URL --smart-keys DIR [--db URL]`).
 
 The gateway runs `rems-gateway serve --clock message --smart-clients DIR/smart-clients.yaml`
 (DIR made by `rems-gateway scenario clients`); the runner holds DIR's private keys. Per run of a
-file, as over MLLP (gateway/scenario_live.py):
+file, as over MLLP (live.py):
 
 - patients' identifier values and handles, dispense request ids and the file's identifier values
   inside raw `fhir` steps get the run's tag;
@@ -26,12 +26,12 @@ from typing import Any
 
 import httpx
 
-from gateway.scenario import NotSupportedYet
-from gateway.scenario_fhir import FhirChannel, FhirEndpoint, signer_npis
-from gateway.scenario_file import Scenario, Step
-from gateway.scenario_live import LiveRunError, Tagging, run_tag, shared_disagreements, tagged
-from gateway.scenario_smart import RunnerClients, prescriber_client_id, read_key_folder
-from gateway.service import RemsService
+from gateway.app.bootstrap import Gateway
+from gateway.scenarios.channel import NotSupportedYet
+from gateway.scenarios.fhir import FhirChannel, FhirEndpoint, signer_npis
+from gateway.scenarios.file import Scenario, Step
+from gateway.scenarios.live import LiveRunError, Tagging, run_tag, shared_disagreements, tagged
+from gateway.scenarios.smart import RunnerClients, prescriber_client_id, read_key_folder
 
 NOT_READ = "not read: give --db, the gateway's database"
 DISCOVERY = "/.well-known/smart-configuration"
@@ -84,11 +84,10 @@ class LiveFhirChannel(FhirChannel):
     """FhirChannel against a running gateway, with the runner's clients from DIR."""
 
     def __init__(
-        self, service: RemsService | None, scenario: Scenario, gateway: LiveFhirGateway
+        self, application: Gateway | None, scenario: Scenario, gateway: LiveFhirGateway
     ) -> None:
         live, tagging = tagged(scenario, run_tag(scenario.path))
-        super().__init__(service, live, None)  # type: ignore[arg-type]  # None: no --db
-        self.database = service
+        super().__init__(application, live, None)  # application None: no --db
         self.tagging: Tagging = tagging
         self.gateway = gateway
 
@@ -119,8 +118,10 @@ class LiveFhirChannel(FhirChannel):
 
     async def load_registry(self) -> None:
         registry = self.scenario.registry
-        if self.database is not None:
-            problems = await self.database.writer.run(lambda s: shared_disagreements(s, registry))
+        if self.application is not None:
+            problems = await self.application.writer.run(
+                lambda s: shared_disagreements(s, registry)
+            )
             if problems:
                 raise LiveRunError(
                     "the file disagrees with the gateway's registry about shared records: "
@@ -132,14 +133,14 @@ class LiveFhirChannel(FhirChannel):
         await self._check_same_database()
 
     async def _check_same_database(self) -> None:
-        if self.database is None or not self.scenario.handles:
+        if self.application is None or not self.scenario.handles:
             return
         identifiers = next(iter(self.scenario.handles.values()))
-        if await self.database.find_patient(list(identifiers)) is None:
+        if await self.application.reads.find_patient(list(identifiers)) is None:
             raise LiveRunError("--db is not the database of the gateway at --fhir")
 
     async def _stored(self, step: Step) -> dict[str, Any]:
-        if self.database is None:
+        if self.application is None:
             return {"derived": NOT_READ, "usable": NOT_READ}
         return await super()._stored(step)
 
@@ -152,7 +153,7 @@ class LiveFhirChannel(FhirChannel):
     async def _sign(self, step: Step) -> dict[str, Any]:
         _, psf_id = step.request
         nothing_to_sign = self._response_to_sign(str(step.patient), psf_id) is None
-        if nothing_to_sign and self.database is None:
+        if nothing_to_sign and self.application is None:
             raise NotSupportedYet("no QuestionnaireResponse of this run to $sign: needs --db")
         return await super()._sign(step)
 

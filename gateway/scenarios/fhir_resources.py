@@ -1,4 +1,4 @@
-"""Scenario steps as FHIR R4 resources (contracts.md §2 and §5, `--via fhir`).
+"""Scenario steps as FHIR R4 resources (docs/contracts.md §2 and §5, `--via fhir`).
 
 `lab` → Observation, `labs` → a transaction Bundle (DiagnosticReport + Observations),
 `dispense` → MedicationRequest (mappings/fhir/medication_request.py reads it back), `psf` →
@@ -212,7 +212,7 @@ def _category(code: str) -> dict[str, Any]:
 
 
 def override_extension(override: Override, numbers: Decimals) -> dict[str, Any]:
-    """The pharmacist override (rems-rules.md §6.2); a part the step leaves out is left out."""
+    """The pharmacist override (docs/rules.md §6.2); a part the step leaves out is left out."""
     parts: list[dict[str, Any]] = []
     if override.prescriber_npi:
         identifier = {"system": NPI_SYSTEM, "value": override.prescriber_npi}

@@ -1,4 +1,4 @@
-"""Scenario files (contracts.md §2): reading them strictly, and their steps as domain requests.
+"""Scenario files (docs/contracts.md §2): reading them strictly, and their steps as domain requests.
 
 Every step is parsed when the file is loaded, so a typo is reported before anything runs, with
 the step and the key it concerns.
@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from gateway.errors import yaml_problem
 from rems_core.model import (
     Designation,
     DispenseRequest,
@@ -34,7 +33,7 @@ from rems_core.model import (
     SubmitterRole,
     TreatmentStatus,
 )
-from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from
+from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from, yaml_problem
 from rems_core.rulepack import DEFAULT_PACK
 
 E = TypeVar("E", bound=StrEnum)

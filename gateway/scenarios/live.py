@@ -1,4 +1,4 @@
-"""Scenario files against a separately running gateway (contracts.md §1, `--via mllp --mllp`).
+"""Scenario files against a separately running gateway (docs/contracts.md §1, `--via mllp --mllp`).
 
 The gateway runs `rems-gateway serve --clock message` on its own database; the runner is given
 its MLLP address and the same database (`--db`), and optionally its HTTP base (`--gateway`) for
@@ -29,10 +29,10 @@ from typing import Any
 import httpx
 from sqlalchemy import inspect, make_url
 
-from gateway.mllp_client import send
-from gateway.scenario_file import Scenario, ScenarioError, Step
-from gateway.scenario_mllp import SENDER, Hl7Channel
-from gateway.service import RemsService
+from gateway.app.bootstrap import Gateway
+from gateway.mllp.client import send
+from gateway.scenarios.file import Scenario, ScenarioError, Step
+from gateway.scenarios.mllp import SENDER, Hl7Channel
 from mappings.hl7v2.senders import SenderConfig
 from mappings.hl7v2.tokenizer import HL7ParseError, escape, parse, unescape
 from rems_core.model import Identifier, Pharmacy, Prescriber
@@ -237,14 +237,14 @@ class LiveMllpChannel(Hl7Channel):
     """Lab and hl7 steps to a running gateway over MLLP; the rest through the service on its
     database; the registry and scheduled work through its admin API when ``http_url`` is set."""
 
-    def __init__(self, service: RemsService, scenario: Scenario, gateway: LiveGateway) -> None:
+    def __init__(self, application: Gateway, scenario: Scenario, gateway: LiveGateway) -> None:
         live, tagging = tagged(scenario, run_tag(scenario.path))
         sender = SenderConfig(
             application=gateway.sender[0],
             facility=gateway.sender[1],
             assigning_authorities=_namespaces(live),
         )
-        super().__init__(service, live, sender)
+        super().__init__(application, live, sender)
         self.tagging = tagging
         self.gateway = gateway
         self.control_prefix = f"S{tagging.tag}"
@@ -280,7 +280,7 @@ class LiveMllpChannel(Hl7Channel):
 
     async def load_registry(self) -> None:
         registry = self.scenario.registry
-        problems = await self.service.writer.run(lambda s: shared_disagreements(s, registry))
+        problems = await self._application().writer.run(lambda s: shared_disagreements(s, registry))
         if problems:
             raise LiveRunError(
                 "the file disagrees with the gateway's registry about shared records: "
@@ -293,7 +293,7 @@ class LiveMllpChannel(Hl7Channel):
         await self._check_same_database()
 
     async def _load_through_service(self) -> dict[str, str]:
-        from gateway.scenario import SOURCE
+        from gateway.scenarios.channel import SOURCE
 
         return await self.service.load_registry(self.scenario.registry, SOURCE)
 
@@ -310,7 +310,7 @@ class LiveMllpChannel(Hl7Channel):
         if not self.http or not self.scenario.handles:
             return
         identifiers = next(iter(self.scenario.handles.values()))
-        found = await self.service.find_patient(list(identifiers))
+        found = await self.reads.find_patient(list(identifiers))
         if found is None:
             raise LiveRunError("--db is not the database of the gateway at --gateway")
 

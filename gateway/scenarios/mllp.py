@@ -1,12 +1,12 @@
-"""Scenario steps as HL7 v2 over MLLP (contracts.md §2, `--via mllp`).
+"""Scenario steps as HL7 v2 over MLLP (docs/contracts.md §2, `--via mllp`).
 
 `lab` steps become ORU^R01 messages and `hl7` steps are sent as they are; the runner reads
 `warnings` from the ACK's ERR segments and `anc`/`category` from what the gateway stored. Steps
 that MLLP does not carry (dispense, psf, sign, advance_to) go through the application service on
-the same database, as contracts.md §2 says.
+the same database, as docs/contracts.md §2 says.
 
 ``MllpChannel`` runs its own listener on a loopback port, in this process;
-``gateway.scenario_live.LiveMllpChannel`` sends to a separately running gateway.
+``gateway.scenarios.live.LiveMllpChannel`` sends to a separately running gateway.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from itertools import count
 from typing import Any
 
-from gateway.mllp import MllpSettings
-from gateway.mllp_client import send
-from gateway.mllp_listener import Hl7Listener
-from gateway.scenario import InProcessChannel, NotSupportedYet
-from gateway.scenario_file import Scenario, Step
-from gateway.service import RemsService
+from gateway.app.bootstrap import Gateway
+from gateway.mllp.client import send
+from gateway.mllp.listener import Hl7Listener
+from gateway.mllp.server import MllpSettings
+from gateway.scenarios.channel import InProcessChannel, NotSupportedYet
+from gateway.scenarios.file import Scenario, Step
 from mappings.hl7v2.ack import escape
 from mappings.hl7v2.oru import patient_identifiers
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
@@ -46,8 +46,8 @@ class Hl7Channel(InProcessChannel):
 
     control_prefix = "SCN"
 
-    def __init__(self, service: RemsService, scenario: Scenario, sender: SenderConfig) -> None:
-        super().__init__(service, scenario)
+    def __init__(self, application: Gateway, scenario: Scenario, sender: SenderConfig) -> None:
+        super().__init__(application, scenario)
         self.sender = sender
         self.control_ids = count(1)
 
@@ -108,7 +108,7 @@ class Hl7Channel(InProcessChannel):
         }
 
     async def _fhir(self, step: Step) -> dict[str, Any]:
-        raise NotSupportedYet("a fhir step: --via mllp skips it (contracts.md §2)")
+        raise NotSupportedYet("a fhir step: --via mllp skips it (docs/contracts.md §2)")
 
     def _patient_of(self, text: str) -> list[Identifier]:
         """The identifiers the gateway reads from the message's PID-3."""
@@ -120,13 +120,13 @@ class Hl7Channel(InProcessChannel):
 
     async def _stored(self, step: Step, identifiers: list[Identifier] | None = None) -> list[Any]:
         identifiers = identifiers if identifiers is not None else self.identifiers(step.patient)
-        return await self.service.ancs_received(identifiers, step.at)
+        return await self.reads.ancs_received(identifiers, step.at)
 
 
 class MllpChannel(Hl7Channel):
     """A real MLLP listener on a loopback port in this process, on the runner's database."""
 
-    def __init__(self, service: RemsService, scenario: Scenario) -> None:
+    def __init__(self, application: Gateway, scenario: Scenario) -> None:
         systems = sorted(
             {i.system for ids in scenario.handles.values() for i in ids} | {UNKNOWN_SYSTEM}
         )
@@ -136,9 +136,11 @@ class MllpChannel(Hl7Channel):
             facility=SENDER[1],
             assigning_authorities={ns: system for system, ns in namespaces.items()},
         )
-        super().__init__(service, scenario, sender)
+        super().__init__(application, scenario, sender)
         directory = SenderDirectory(accept_unknown=True, senders=[sender])
-        self.listener = Hl7Listener(service, directory, MllpSettings(port=0), clock="message")
+        self.listener = Hl7Listener(
+            application.service, directory, MllpSettings(port=0), clock="message"
+        )
 
     async def open(self) -> None:
         await self.listener.start()

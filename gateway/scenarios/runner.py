@@ -1,4 +1,5 @@
-"""The scenario runner: steps through the application service, answers compared with `expect`."""
+"""The scenario runner: a file's steps through one channel (channel.py and the channels derived
+from it), the answers compared with `expect`."""
 
 from __future__ import annotations
 
@@ -10,24 +11,21 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from gateway.scenario_file import Scenario, ScenarioError, Step, load, read
-from gateway.service import RemsService, RequestConflict, ServiceConfig, Source
-from gateway.writer import Writer
-from rems_core.model import Identifier
+from gateway.app.bootstrap import Gateway, bootstrap
+from gateway.app.context import UnitContext
+from gateway.scenarios.channel import InProcessChannel, NotSupportedYet
+from gateway.scenarios.fhir import FhirChannel
+from gateway.scenarios.fhir_live import LiveFhirChannel, LiveFhirGateway
+from gateway.scenarios.file import Scenario, ScenarioError, Step, load, read
+from gateway.scenarios.live import LiveGateway, LiveMllpChannel
+from gateway.scenarios.mllp import MllpChannel
 from rems_core.rulepack import OutOfScope, PackLibrary, RulePackError
-from rems_core.store.db import make_engine, upgrade
-
-if TYPE_CHECKING:
-    from gateway.scenario_fhir import InProcessFhir
-    from gateway.scenario_fhir_live import LiveFhirGateway
-    from gateway.scenario_live import LiveGateway
-
-SOURCE = Source("scenario", "scenario-runner")
+from rems_core.store.db import upgrade
 
 
 @dataclass
@@ -85,140 +83,6 @@ def compare(expect: dict[str, Any], actual: dict[str, Any]) -> list[str]:
             if not same:
                 problems.append(f"{key}: expected {wanted!r}, got {got!r}")
     return problems
-
-
-class InProcessChannel:
-    """Runs steps through the application service, without a network."""
-
-    def __init__(self, service: RemsService, scenario: Scenario) -> None:
-        self.service = service
-        self.scenario = scenario
-        self.patient_ids: dict[str, str] = {}
-        self.fhir_app: InProcessFhir | None = None  # made by the first fhir step
-        self.skipped_raw: Step | None = None  # an hl7 or fhir step this channel does not carry
-
-    def identifiers(self, handle: Any) -> list[Identifier]:
-        known = self.scenario.handles.get(str(handle))
-        return known or [Identifier("urn:rems-gateway:scenario-unknown", str(handle))]
-
-    async def open(self) -> None:
-        """Nothing to open in process."""
-
-    async def close(self) -> None:
-        """The in-process FHIR app's client, if a fhir step made one."""
-        if self.fhir_app is not None:
-            await self.fhir_app.close()
-
-    async def load_registry(self) -> None:
-        self.patient_ids = await self.service.load_registry(self.scenario.registry, SOURCE)
-
-    async def run(self, step: Step) -> dict[str, Any]:
-        # What a skipped raw step (hl7 over FHIR, fhir over MLLP) would have stored is missing,
-        # so later answers would differ from the file's for no fault of the gateway's: they are
-        # skipped too, and say why.
-        if self.skipped_raw is not None:
-            skipped = self.skipped_raw
-            raise NotSupportedYet(f"follows the skipped {skipped.kind} step {skipped.index}")
-        try:
-            return await getattr(self, f"_{step.kind}")(step)
-        except NotSupportedYet:
-            if step.kind in ("hl7", "fhir"):
-                self.skipped_raw = step
-            raise
-        except RequestConflict as exc:
-            return {"reasons": [], "http_status": 409, "ack": "AE", "error": str(exc)}
-        except OutOfScope as exc:
-            reason = {"code": OutOfScope.code, "text": str(exc)}
-            refused = {"reasons": [reason], "http_status": 422, "ack": "AE"}
-            if step.kind in ("psf", "sign"):
-                refused |= {"accepted": False, "status": "rejected"}
-            return refused
-
-    async def _lab(self, step: Step) -> dict[str, Any]:
-        return await self._labs(step)
-
-    async def _labs(self, step: Step) -> dict[str, Any]:
-        outcome = await self.service.ingest_labs(
-            self.identifiers(step.patient), step.request, SOURCE, step.at
-        )
-        warnings = [w.as_dict() for w in outcome.warnings]
-        warnings += [w.as_dict() for r in outcome.results for w in r.warnings]
-        first = outcome.results[0] if outcome.results else None
-        return {
-            "anc": first.anc if first else None,
-            "category": first.category.value if first and first.category else None,
-            "derived": first.derived if first else None,
-            "usable": first.usable if first else None,
-            "warnings": warnings,
-            "ack": "AA",
-            "http_status": 201,
-        }
-
-    async def _dispense(self, step: Step) -> dict[str, Any]:
-        decision = await self.service.decide_dispense(
-            self.identifiers(step.patient), step.request, SOURCE
-        )
-        return {**decision.as_dict(), "ack": "AA", "http_status": 201}
-
-    async def _psf(self, step: Step) -> dict[str, Any]:
-        outcome = await self.service.submit_psf(
-            self.identifiers(step.patient), step.request, SOURCE
-        )
-        return {**outcome.as_dict(), "ack": "AA", "http_status": 201}
-
-    async def _sign(self, step: Step) -> dict[str, Any]:
-        signer, psf_id = step.request
-        outcome = await self.service.sign_psf(
-            self.identifiers(step.patient), signer, step.at, SOURCE, psf_id
-        )
-        return {**outcome.as_dict(), "ack": "AA", "http_status": 200}
-
-    async def _advance_to(self, step: Step) -> dict[str, Any]:
-        handles = [step.patient] if step.patient else list(self.scenario.handles)
-        ids = [self.patient_ids[h] for h in handles if h in self.patient_ids]
-        found = await self.service.run_scheduled(step.request, ids)
-        return {"warnings": [f.as_dict() for items in found.values() for f in items]}
-
-    async def _hl7(self, step: Step) -> dict[str, Any]:
-        """A raw message through the same HL7 mapping as the MLLP listener, without a socket."""
-        from gateway.hl7_intake import Hl7Intake
-        from mappings.hl7v2.senders import SenderDirectory
-
-        if not isinstance(step.body, str):
-            raise ScenarioError(f"{step.label}: an hl7 step is the message text")
-        intake = Hl7Intake(self.service, SenderDirectory(accept_unknown=True))
-        received = await intake.receive(step.body.encode("utf-8"), now=step.at)
-        ack = received.ack or ""
-        warnings = [
-            {"code": err.split("|")[5].split("^")[0], "text": ""}
-            for err in ack.split("\r")
-            if err.startswith("ERR|") and len(err.split("|")) > 5 and err.split("|")[5]
-        ]
-        results = received.outcome.results if received.outcome else ()
-        first = results[0] if results else None
-        return {
-            "ack": received.code,
-            "warnings": warnings,
-            "anc": first.anc if first else None,
-            "category": first.category.value if first and first.category else None,
-            "derived": first.derived if first else None,
-            "usable": first.usable if first else None,
-            "http_status": None,
-        }
-
-    async def _fhir(self, step: Step) -> dict[str, Any]:
-        """A resource or Bundle through the same FHIR mapping and service as the HTTP endpoint,
-        without a socket (the app through httpx's ASGI transport, development auth)."""
-        from gateway.scenario_fhir import InProcessFhir
-
-        if self.fhir_app is None:
-            self.fhir_app = InProcessFhir(self.service)
-        patient = step.patient
-        return await self.fhir_app.run(step, self.identifiers(patient) if patient else None)
-
-
-class NotSupportedYet(RuntimeError):
-    pass
 
 
 class DatabaseFactory:
@@ -362,27 +226,22 @@ async def run_file(
         return report
     except OutOfScope:
         pass  # each step says so for itself
-    with _service_on(db_url, packs, scenario) as service:
-        await _run_steps(_channel(via, service, scenario, live), scenario, report)
+    with _application_on(db_url, packs, scenario) as application:
+        await _run_steps(_channel(via, application, scenario, live), scenario, report)
     return report
 
 
 @contextlib.contextmanager
-def _service_on(
+def _application_on(
     db_url: str | None, packs: PackLibrary, scenario: Scenario
-) -> Iterator[RemsService | None]:
-    """The application service on ``db_url`` for the file's run (None without a database)."""
+) -> Iterator[Gateway | None]:
+    """The application on ``db_url`` for the file's run, with the file's rules and time zone
+    (None without a database)."""
     if db_url is None:
         yield None
         return
-    engine = make_engine(db_url)
-    writer = Writer(engine)
-    writer.start()
-    try:
-        yield RemsService(writer, packs, ServiceConfig(rules=scenario.rules, tz=scenario.tz))
-    finally:
-        writer.stop()
-        engine.dispose()
+    with bootstrap(db_url, UnitContext(packs, scenario.rules, scenario.tz)) as application:
+        yield application
 
 
 async def _run_steps(channel: InProcessChannel, scenario: Scenario, report: FileReport) -> None:
@@ -409,29 +268,21 @@ async def _run_steps(channel: InProcessChannel, scenario: Scenario, report: File
 
 def _channel(
     via: str,
-    service: RemsService | None,
+    application: Gateway | None,
     scenario: Scenario,
     live: LiveGateway | LiveFhirGateway | None,
 ) -> InProcessChannel:
-    if via == "fhir" and live is not None:
-        from gateway.scenario_fhir_live import LiveFhirChannel
-
-        return LiveFhirChannel(service, scenario, live)  # type: ignore[arg-type]
-    if service is None:
+    if via == "fhir" and isinstance(live, LiveFhirGateway):
+        return LiveFhirChannel(application, scenario, live)
+    if application is None:
         raise ScenarioError("a database is needed unless the run is --via fhir --fhir URL")
-    if live is not None:
-        from gateway.scenario_live import LiveMllpChannel
-
-        return LiveMllpChannel(service, scenario, live)
+    if isinstance(live, LiveGateway):
+        return LiveMllpChannel(application, scenario, live)
     if via == "mllp":
-        from gateway.scenario_mllp import MllpChannel
-
-        return MllpChannel(service, scenario)
+        return MllpChannel(application, scenario)
     if via == "fhir":
-        from gateway.scenario_fhir import FhirChannel
-
-        return FhirChannel(service, scenario)
-    return InProcessChannel(service, scenario)
+        return FhirChannel(application, scenario)
+    return InProcessChannel(application, scenario)
 
 
 def _name_of(path: Path) -> str:

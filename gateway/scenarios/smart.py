@@ -2,7 +2,7 @@
 
 The runner is its own set of SMART clients: one system client (labs, dispenses, unsigned PSFs,
 raw fhir steps) and, per prescriber of the file's registry, a user client whose tokens carry
-`fhirUser` `Practitioner/<NPI>` (a prescriber's own signature, contracts.md §3). Their keys are
+`fhirUser` `Practitioner/<NPI>` (a prescriber's own signature, docs/contracts.md §3). Their keys are
 made when a run starts (EC P-384, ES384) and live only in memory and in a temporary folder with
 the clients file and the gateway's token signing key; nothing is kept after the run.
 
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from gateway.scenario_file import ScenarioError
+from gateway.scenarios.file import ScenarioError
 
 SYSTEM_CLIENT = "scenario-runner"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

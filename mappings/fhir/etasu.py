@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mappings.fhir.medication_request import (
     DEFAULT_RXNORM,
@@ -26,10 +26,7 @@ from mappings.fhir.medication_request import (
 from mappings.fhir.outcome import Issue
 from mappings.fhir.references import NPI_SYSTEM, SubjectRef, npi_of, subject_ref
 from rems_core.codes import Code
-from rems_core.model import DispenseRequest, Finding, Identifier, Outcome, Setting
-
-if TYPE_CHECKING:  # the application layer's result, used for its shape only
-    from gateway.fhir_dispense import EtasuCheck
+from rems_core.model import Decision, DispenseRequest, Finding, Identifier, Outcome, Setting
 
 CASE_NUMBER_NAMES = ("case_number", "caseNumber", "authNumber")
 MODULE = "urn:rems-gateway:fhir:rems-etasu:clozapine"
@@ -83,6 +80,17 @@ class EtasuQuery:
     request: DispenseRequest | None = None  # None: only a case number was given
     missing: tuple[str, ...] = ()  # participants not given: "prescriber", "pharmacy"
     problems: list[Issue] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EtasuCheck:
+    """A stored decision (found by case number or request id), or the decision a dispense would
+    get now, with every failing requirement (f is evaluated even when a–e fail)."""
+
+    decision: Decision | None  # None: the case number names no decision
+    stored: bool
+    denials: tuple[Finding, ...] = ()
+    rationale: tuple[Finding, ...] = ()
 
 
 def _named(parameters: Any, name: str) -> Any:

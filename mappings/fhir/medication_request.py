@@ -1,4 +1,4 @@
-"""MedicationRequest ⇄ a dispense request and its decision (contracts.md §5, rems-rules.md §6).
+"""MedicationRequest ⇄ a dispense request and its decision (docs/contracts.md §5, docs/rules.md §6).
 
 In: subject (identifier or Patient/{id}), requester and dispenseRequest.performer by NPI,
 expectedSupplyDuration (days, weeks), category (inpatient | outpatient | community | discharge),

@@ -1,4 +1,4 @@
-"""Observation (ANC, WBC, neutrophil %) → a lab result (contracts.md §5)."""
+"""Observation (ANC, WBC, neutrophil %) → a lab result (docs/contracts.md §5)."""
 
 from __future__ import annotations
 

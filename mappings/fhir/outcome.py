@@ -8,7 +8,7 @@ from typing import Any
 
 from rems_core.model import AncResult, Finding
 
-REMS_CODES = "urn:rems-gateway:codes"  # our reason and warning codes (rems-rules.md)
+REMS_CODES = "urn:rems-gateway:codes"  # our reason and warning codes (docs/rules.md)
 UCUM = "http://unitsofmeasure.org"
 
 

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mappings.fhir.outcome import UCUM
-
-if TYPE_CHECKING:  # the read models of the application layer, used for their shape only
-    from gateway.patient_status import PatientRecord, RemsStatus
+from rems_core.status import PatientRecord, RemsStatus
 
 GENDER = {"f": "female", "female": "female", "m": "male", "male": "male", "o": "other"}
 GENDER["other"] = "other"

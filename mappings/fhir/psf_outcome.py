@@ -1,4 +1,4 @@
-"""A PSF's outcome (contracts.md §3) on FHIR: an extension of the stored QuestionnaireResponse,
+"""A PSF's outcome (docs/contracts.md §3) on FHIR: an extension of the stored QuestionnaireResponse,
 the same extension on the summary issue of an OperationOutcome, and the prescriber's signature.
 
     {"url": "urn:rems-gateway:fhir:psf-outcome", "extension": [

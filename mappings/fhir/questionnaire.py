@@ -1,5 +1,5 @@
 """The Patient Status Form as FHIR: our Questionnaires (data: questionnaires.json) and a
-QuestionnaireResponse → PatientStatusForm (rems-rules.md §4–5, contracts.md §5).
+QuestionnaireResponse → PatientStatusForm (docs/rules.md §4–5, docs/contracts.md §5).
 
 A response is checked against its Questionnaire's items (linkIds, answer types, answer options,
 required answers); every problem names the element by a FHIRPath expression and never echoes a

@@ -1,5 +1,5 @@
-"""References from hospital systems (contracts.md §5): patients by identifier or by the gateway's
-own `Patient/{id}`; prescribers and pharmacies by NPI, logical or contained."""
+"""References from hospital systems (docs/contracts.md §5): patients by identifier or by the
+gateway's own `Patient/{id}`; prescribers and pharmacies by NPI, logical or contained."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ACK messages (contracts.md §4): MSA with the original control id, one ERR per problem.
+"""ACK messages (docs/contracts.md §4): MSA with the original control id, one ERR per problem.
 
 v2.5 and later: ERR-2 location, ERR-3 HL7 table 0357, ERR-4 severity, ERR-5 our code, ERR-8 text.
 Older versions: ERR-1 (location with the 0357 code) and MSA-3 text. Enhanced mode (MSH-15/16

@@ -1,4 +1,4 @@
-"""ORU^R01 (v2.3–v2.8) → the lab results the REMS rules read (contracts.md §4).
+"""ORU^R01 (v2.3–v2.8) → the lab results the REMS rules read (docs/contracts.md §4).
 
 Only ANC and derivation inputs are taken (by LOINC in OBX-3 or its alternate triplet, or the
 sender's local code); every other OBX is ignored. Values stay text: the rules read them.

@@ -1,4 +1,4 @@
-"""Dispense decisions inside the service's units of work (rems-rules.md §6): the request id's
+"""Dispense decisions inside the service's units of work (docs/rules.md §6): the request id's
 earlier answer, the pharmacist override's ANC, the decision, and its RDA and override rows."""
 
 from __future__ import annotations
@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from datetime import datetime
 
-from gateway import audit_log, lab_intake
-from gateway.values import Source
+from gateway.app import audit_records
+from gateway.app.context import UnitContext
+from gateway.app.errors import RequestConflict
+from gateway.app.units import labs
+from gateway.app.values import Source
 from rems_core.dispense import decide
 from rems_core.model import (
     AncResult,
@@ -24,13 +26,6 @@ from rems_core.model import (
 from rems_core.rulepack import RulePack
 from rems_core.store.repo import Store
 
-if TYPE_CHECKING:
-    from gateway.service import RemsService
-
-
-class RequestConflict(ValueError):
-    """The same request id arrived with a different body."""
-
 
 def request_hash(identifiers: list[Identifier], request: DispenseRequest) -> str:
     """What makes two requests with one request id the same request: patient and body."""
@@ -41,7 +36,7 @@ def request_hash(identifiers: list[Identifier], request: DispenseRequest) -> str
 
 
 def decide_dispense(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     identifiers: list[Identifier],
     request: DispenseRequest,
@@ -58,17 +53,19 @@ def decide_dispense(
                 )
             return decision_from_dict(earlier[1])
     patient = store.find_patient(identifiers)
-    override_anc = _override_anc(service, store, patient, request, source)
+    override_anc = _override_anc(ctx, store, patient, request, source)
     snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
-    decision = decide(pack, request, snapshot, service.tz, service.ids, override_anc)
-    decision = replace(decision, decision_id=service.ids.new_id("dec"))
-    _record_decision(store, request, decision, digest, source)
-    store.append_audit(audit_log.dispense(source, identifiers, request, decision, digest))
+    decision = decide(pack, request, snapshot, ctx.tz, ctx.ids, override_anc)
+    decision = replace(decision, decision_id=ctx.ids.new_id("dec"))
+    _record_decision(store, request, decision, digest, source, ctx.now())
+    store.append_audit(
+        audit_records.dispense(ctx.now(), source, identifiers, request, decision, digest)
+    )
     return decision
 
 
 def _override_anc(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     patient: Patient | None,
     request: DispenseRequest,
@@ -76,8 +73,8 @@ def _override_anc(
 ) -> AncResult | None:
     if request.override is None or request.override.anc is None:
         return None
-    stored = lab_intake.store_reported_ancs(
-        service, store, patient, (request.override.anc,), request.dispense_date, source
+    stored = labs.store_reported_ancs(
+        ctx, store, patient, (request.override.anc,), request.dispense_date, source
     )
     return stored[0] if stored else None
 
@@ -88,6 +85,7 @@ def _record_decision(
     decision: Decision,
     digest: str,
     source: Source,
+    decided_at: datetime,
 ) -> None:
     store.add_decision(
         {
@@ -96,7 +94,7 @@ def _record_decision(
             "request_hash": digest,
             "patient_id": decision.patient,
             "at": request.dispense_date,
-            "decided_at": datetime.now(UTC),
+            "decided_at": decided_at,
             "rule_pack": decision.rule_pack,
             "rule_pack_version": decision.rule_pack_version,
             "outcome": decision.outcome.value,

@@ -1,26 +1,26 @@
 """Dispense decisions over FHIR: a MedicationRequest decided and stored with its decision in one
 unit of work, and the read-only `$rems-etasu` check.
 
-The decision goes through ``dispense_intake.decide_dispense``, as the service's own
+The decision goes through ``dispense_unit.decide_dispense``, as the service's own
 ``decide_dispense`` does: the same rules, the same idempotency per request id, the same audit
 record and RDA.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
-from gateway import dispense_intake
-from gateway.fhir_intake import Recorded, ResourceDraft, existing, put
-from gateway.values import Source
-from mappings.fhir.etasu import EtasuQuery
+from gateway.app.context import UnitContext
+from gateway.app.errors import UnknownPatient
+from gateway.app.units import dispense as dispense_unit
+from gateway.app.units.fhir_records import existing, put
+from gateway.app.values import DispenseRecorded, DispenseSubmission, Recorded, Source
+from mappings.fhir.etasu import EtasuCheck, EtasuQuery
 from mappings.fhir.medication_request import with_decision
 from rems_core.dispense import decide, evaluate
 from rems_core.model import (
     Decision,
     DispenseRequest,
-    Finding,
     Identifier,
     Outcome,
     decision_from_dict,
@@ -28,26 +28,9 @@ from rems_core.model import (
 from rems_core.rulepack import RulePack
 from rems_core.store.repo import Store
 
-if TYPE_CHECKING:
-    from gateway.service import RemsService
-
-
-@dataclass(frozen=True)
-class DispenseSubmission:
-    draft: ResourceDraft
-    patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
-    patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
-    request: DispenseRequest
-
-
-@dataclass(frozen=True)
-class DispenseRecorded:
-    recorded: Recorded | None  # None: the subject names no Patient of the gateway
-    decision: Decision | None
-
 
 def record_medication_request(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     submission: DispenseSubmission,
     source: Source,
@@ -65,37 +48,22 @@ def record_medication_request(
     current = existing(store, draft)
     if current is not None:
         if current.content_hash != draft.content_hash:
-            raise dispense_intake.RequestConflict(
+            raise dispense_unit.RequestConflict(
                 "this identifier was used for a different MedicationRequest"
             )
         stored = store.decision_for_request(submission.request.request_id or "")
         decision = decision_from_dict(stored[1]) if stored is not None else None
         return DispenseRecorded(Recorded(current, False, True), decision)
     request = submission.request
-    decision = dispense_intake.decide_dispense(service, store, identifiers, request, source, pack)
+    decision = dispense_unit.decide_dispense(ctx, store, identifiers, request, source, pack)
     draft = replace(draft, index=replace(draft.index, patient_id=decision.patient))
     recorded = put(
-        service, store, draft, request.dispense_date, lambda body: with_decision(body, decision)
+        ctx, store, draft, request.dispense_date, lambda body: with_decision(body, decision)
     )
     return DispenseRecorded(recorded, decision)
 
 
 # --- $rems-etasu: a check that records nothing ---------------------------------------------------
-
-
-class UnknownPatient(LookupError):
-    """The check names the gateway's Patient/{id}, and there is none."""
-
-
-@dataclass(frozen=True)
-class EtasuCheck:
-    """A stored decision (found by case number or request id), or the decision a dispense would
-    get now, with every failing requirement (f is evaluated even when a–e fail)."""
-
-    decision: Decision | None  # None: the case number names no decision
-    stored: bool
-    denials: tuple[Finding, ...] = ()
-    rationale: tuple[Finding, ...] = ()
 
 
 class _NoRda:
@@ -105,9 +73,7 @@ class _NoRda:
         return ""
 
 
-def etasu(
-    service: RemsService, store: Store, query: EtasuQuery, pack: RulePack | None
-) -> EtasuCheck:
+def etasu(ctx: UnitContext, store: Store, query: EtasuQuery, pack: RulePack | None) -> EtasuCheck:
     """The decision a case number names, else the check of the query's dispense (``pack``: the
     pack of its dispense date)."""
     if query.case_number is not None:
@@ -119,7 +85,7 @@ def etasu(
         if patient is None:
             raise UnknownPatient(query.subject.patient_id)
         identifiers = list(patient.identifiers)
-    return check_etasu(service, store, identifiers, query.request, pack)
+    return check_etasu(ctx, store, identifiers, query.request, pack)
 
 
 def stored_decision(store: Store, case_number: str) -> EtasuCheck:
@@ -137,7 +103,7 @@ def _reported(decision: Decision) -> EtasuCheck:
 
 
 def check_etasu(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     identifiers: list[Identifier],
     request: DispenseRequest,
@@ -147,11 +113,11 @@ def check_etasu(
     the engine on the committed patient file, without an override, and nothing is stored."""
     if request.request_id:
         earlier = store.decision_for_request(request.request_id)
-        if earlier is not None and earlier[0] == dispense_intake.request_hash(identifiers, request):
+        if earlier is not None and earlier[0] == dispense_unit.request_hash(identifiers, request):
             return _reported(decision_from_dict(earlier[1]))
     request = replace(request, override=None)
     patient = store.find_patient(identifiers)
     snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
-    decision = replace(decide(pack, request, snapshot, service.tz, _NoRda()), rda=None)
-    checks = evaluate(pack, request, snapshot, None, service.tz)
+    decision = replace(decide(pack, request, snapshot, ctx.tz, _NoRda()), rda=None)
+    checks = evaluate(pack, request, snapshot, None, ctx.tz)
     return EtasuCheck(decision, False, tuple(checks.denials), tuple(checks.rationale))

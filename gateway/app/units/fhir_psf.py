@@ -4,61 +4,18 @@ version with the new outcome — or nothing changes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from gateway.fhir_intake import Recorded, ResourceDraft, existing, put
-from rems_core.model import Identifier, PatientStatusForm, PsfOutcome, PsfStatus, StoredPsf
+from gateway.app.context import UnitContext
+from gateway.app.errors import Changed, NotPending, UnknownSubject
+from gateway.app.units.fhir_records import existing, put
+from gateway.app.values import PsfRecorded, PsfSubmission, Recorded, SignRequest
+from rems_core.model import Identifier, PsfOutcome, PsfStatus, StoredPsf
 from rems_core.store.repo import Store
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
-    from gateway.service import RemsService
-
-
-@dataclass(frozen=True)
-class PsfSubmission:
-    draft: ResourceDraft  # the QuestionnaireResponse as received
-    form: PatientStatusForm
-    patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
-    patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
-    shape: Callable[[dict[str, Any], PsfOutcome], dict[str, Any]]  # the body to store
-    received: datetime  # the clinical now of its arrival (the version's lastUpdated)
-
-
-@dataclass(frozen=True)
-class PsfRecorded:
-    recorded: Recorded | None  # None: a refused signature, nothing stored
-    outcome: PsfOutcome | None  # None: the same response again, answered from the store
-
-
-@dataclass(frozen=True)
-class SignRequest:
-    resource_id: str  # the QuestionnaireResponse
-    version_id: int  # its version the signer saw
-    psf_id: str
-    patient_id: str
-    signer: str  # the signed-in prescriber's NPI
-    at: datetime
-    next_version: Callable[[dict[str, Any], PsfOutcome], ResourceDraft]
-
-
-class UnknownSubject(Exception):
-    """The subject names a Patient/{id} the gateway does not know."""
-
-
-class NotPending(Exception):
-    """The form is not waiting for a signature (any more)."""
-
-    def __init__(self, status: PsfStatus | None) -> None:
-        super().__init__(status.value if status else "unknown")
-        self.status = status
-
-
-class Changed(Exception):
-    """The QuestionnaireResponse has a newer version than the one the signer saw."""
+    pass
 
 
 def resent(store: Store, submission: PsfSubmission) -> PsfRecorded | None:
@@ -79,14 +36,12 @@ def subject_identifiers(store: Store, submission: PsfSubmission) -> list[Identif
 
 
 def keep(
-    service: RemsService, store: Store, submission: PsfSubmission, outcome: PsfOutcome
+    ctx: UnitContext, store: Store, submission: PsfSubmission, outcome: PsfOutcome
 ) -> PsfRecorded:
     """The response's version, with the outcome of its PSF."""
     draft = submission.draft
     draft = replace(draft, index=replace(draft.index, patient_id=outcome.patient))
-    done = put(
-        service, store, draft, submission.received, lambda body: submission.shape(body, outcome)
-    )
+    done = put(ctx, store, draft, submission.received, lambda body: submission.shape(body, outcome))
     return PsfRecorded(done, outcome)
 
 
@@ -108,7 +63,7 @@ def patient_identifiers(store: Store, patient_id: str) -> list[Identifier]:
 
 
 def keep_signature(
-    service: RemsService, store: Store, request: SignRequest, outcome: PsfOutcome
+    ctx: UnitContext, store: Store, request: SignRequest, outcome: PsfOutcome
 ) -> PsfRecorded:
     """The next version with the signed form's outcome, when the signature changed the form; a
     signature the rules refused (e.g. a decertified prescriber) changes nothing."""
@@ -118,7 +73,7 @@ def keep_signature(
     current = store.current_resource("QuestionnaireResponse", request.resource_id)
     assert current is not None  # pending() found it in this unit of work
     draft = request.next_version(current.body, outcome)
-    return PsfRecorded(put(service, store, draft, request.at), outcome)
+    return PsfRecorded(put(ctx, store, draft, request.at), outcome)
 
 
 def _psf(store: Store, patient_id: str, psf_id: str) -> StoredPsf | None:

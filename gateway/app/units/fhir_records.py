@@ -5,66 +5,24 @@ again unchanged is answered from the store, not processed twice."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway import lab_intake
-from gateway.values import LabOutcome, Source
+from gateway.app.context import UnitContext
+from gateway.app.errors import IdentifierTaken, TransactionRefused, UnknownResource, VersionConflict
+from gateway.app.units import labs
+from gateway.app.values import (
+    LabsRecorded,
+    LabSubmission,
+    PatientNamed,
+    Recorded,
+    ResourceDraft,
+    Source,
+)
 from rems_core.model import Identifier, LabResult, Patient
-from rems_core.store.fhir_repo import ResourceIndex, StoredResource
+from rems_core.store.fhir_repo import StoredResource
 from rems_core.store.repo import Store
-
-if TYPE_CHECKING:
-    from gateway.service import RemsService
-
-
-@dataclass(frozen=True)
-class ResourceDraft:
-    """A resource as received and validated, with what the store finds it by."""
-
-    resource_type: str
-    body: dict[str, Any]
-    content_hash: str
-    index: ResourceIndex
-    resource_id: str | None = None  # PUT names it; a create gets a new one (or its identifier's)
-    if_none_exist: bool = False  # conditional create: an existing match is returned untouched
-    if_match: int | None = None  # PUT with If-Match: the version it must replace
-
-
-@dataclass(frozen=True)
-class Recorded:
-    resource: StoredResource
-    created: bool  # a new resource (201), not a new version of one (200)
-    unchanged: bool = False  # the same resource again, or a conditional create's match
-
-
-class VersionConflict(Exception):
-    """If-Match named another version than the current one (412)."""
-
-
-class UnknownResource(Exception):
-    """An update of a resource that does not exist (404: the server does no update-as-create)."""
-
-
-class IdentifierTaken(Exception):
-    """An update gives a resource the business identifier of another one (409)."""
-
-
-@dataclass(frozen=True)
-class LabSubmission:
-    draft: ResourceDraft
-    patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
-    patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
-    result: LabResult | None  # None: stored, but nothing the REMS reads
-
-
-@dataclass(frozen=True)
-class LabsRecorded:
-    recorded: list[Recorded]
-    outcomes: list[LabOutcome]  # one per patient whose results were taken
-    unknown_patients: list[str]  # literal Patient/{id} references to no patient
-    sources: list[list[int]] = field(default_factory=list)  # per outcome: its submissions
 
 
 def existing(store: Store, draft: ResourceDraft) -> StoredResource | None:
@@ -87,7 +45,7 @@ def _check_update(store: Store, draft: ResourceDraft, current: StoredResource | 
 
 
 def put(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     draft: ResourceDraft,
     received: datetime,
@@ -102,7 +60,7 @@ def put(
     if current is not None and (draft.if_none_exist or current.content_hash == draft.content_hash):
         return Recorded(current, created=False, unchanged=True)
     resource_id = current.id if current is not None else draft.resource_id
-    resource_id = resource_id or service.ids.new_id(draft.resource_type.lower())
+    resource_id = resource_id or ctx.ids.new_id(draft.resource_type.lower())
     body = shape(draft.body) if shape else draft.body
     stored = store.put_resource(
         draft.resource_type, resource_id, body, draft.content_hash, draft.index, received, current
@@ -111,7 +69,7 @@ def put(
 
 
 def record_labs(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     submissions: list[LabSubmission],
     source: Source,
@@ -127,15 +85,13 @@ def record_labs(
             unknown.append(submission.patient_id)
             continue
         index = replace(submission.draft.index, patient_id=patient.rems_id if patient else None)
-        done = put(service, store, replace(submission.draft, index=index), received)
+        done = put(ctx, store, replace(submission.draft, index=index), received)
         recorded.append(done)
         if submission.result is not None and not done.unchanged:
             identifiers = patient.identifiers if patient else submission.patient_identifiers
             by_patient.setdefault(tuple(identifiers), []).append((number, submission.result))
     outcomes = [
-        lab_intake.ingest(
-            service, store, list(identifiers), [r for _, r in taken], source, received
-        )
+        labs.ingest(ctx, store, list(identifiers), [r for _, r in taken], source, received)
         for identifiers, taken in by_patient.items()
     ]
     sources = [[number for number, _ in taken] for taken in by_patient.values()]
@@ -148,16 +104,8 @@ def _patient(store: Store, submission: LabSubmission) -> Patient | None:
     return store.find_patient(submission.patient_identifiers)
 
 
-class TransactionRefused(Exception):
-    """A transaction entry names a Patient/{id} the gateway does not know: nothing is stored."""
-
-    def __init__(self, unknown_patients: list[str]) -> None:
-        super().__init__("unknown patient")
-        self.unknown_patients = unknown_patients
-
-
 def record_transaction(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     submissions: list[LabSubmission],
     dependents: Callable[[list[Recorded]], list[LabSubmission]],
@@ -166,25 +114,16 @@ def record_transaction(
 ) -> LabsRecorded:
     """A transaction Bundle, all or nothing: its Observations, then the resources that refer to
     them (a DiagnosticReport), which ``dependents`` builds once the Observations' ids are known."""
-    first = record_labs(service, store, submissions, source, received)
+    first = record_labs(ctx, store, submissions, source, received)
     if first.unknown_patients:
         raise TransactionRefused(first.unknown_patients)
-    then = record_labs(service, store, dependents(first.recorded), source, received)
+    then = record_labs(ctx, store, dependents(first.recorded), source, received)
     if then.unknown_patients:
         raise TransactionRefused(then.unknown_patients)
     later = [[len(submissions) + number for number in taken] for taken in then.sources]
     return LabsRecorded(
         first.recorded + then.recorded, first.outcomes + then.outcomes, [], first.sources + later
     )
-
-
-@dataclass(frozen=True)
-class PatientNamed:
-    """The patient a search names: by the gateway's id, by an identifier, or both (ANDed, as
-    FHIR ANDs search parameters)."""
-
-    patient_id: str | None = None
-    identifier: Identifier | None = None
 
 
 def patient_ids(store: Store, named: PatientNamed) -> list[str]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway import audit_log
-from gateway.values import LabOutcome, Source
+from gateway.app import audit_records
+from gateway.app.context import UnitContext
+from gateway.app.values import LabOutcome, Source
 from rems_core.anc import (
     cancelled,
     is_anc_relevant,
@@ -30,19 +31,16 @@ from rems_core.model import (
 from rems_core.rulepack import RulePack
 from rems_core.store.repo import Store, observation_row, specimen_key
 
-if TYPE_CHECKING:
-    from gateway.service import RemsService
-
 
 def ingest(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     identifiers: list[Identifier],
     results: list[LabResult],
     source: Source,
     received: datetime,
 ) -> LabOutcome:
-    pack = service.lab_pack()
+    pack = ctx.lab_pack()
     relevant = [r for r in results if is_anc_relevant(pack, r.code)]
     patient = store.find_patient(identifiers)
     if patient is None:
@@ -54,21 +52,21 @@ def ingest(
         )
         outcome = LabOutcome(None, (), (finding(Code.PATIENT_NOT_MATCHED),))
     else:
-        stored = store_results(service, store, patient, relevant, source, received)
+        stored = store_results(ctx, store, patient, relevant, source, received)
         outcome = LabOutcome(patient.rems_id, tuple(stored))
-    store.append_audit(audit_log.labs(source, results, outcome, received, pack))
+    store.append_audit(audit_records.labs(ctx.now(), source, results, outcome, received, pack))
     return outcome
 
 
 def store_results(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     patient: Patient,
     results: list[LabResult],
     source: Source,
     received: datetime,
 ) -> list[AncResult]:
-    pack = service.lab_pack()
+    pack = ctx.lab_pack()
     file = PatientObservations.read(store, patient.rems_id, results)
     rows = NewObservations(store, patient.rems_id, received, source.channel)
     touched: dict[str, list[LabResult]] = {}
@@ -96,7 +94,7 @@ def store_results(
         ancs = [
             replace(
                 with_repeat_advice(pack, a, earlier.get(a.drawn, [])),
-                result_id=service.ids.new_id("anc"),
+                result_id=ctx.ids.new_id("anc"),
                 received=received,
             )
             for a in derived[key]
@@ -205,7 +203,7 @@ class NewObservations:
 
 
 def store_reported_ancs(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     patient: Patient | None,
     reported: tuple[ReportedAnc, ...],
@@ -216,4 +214,4 @@ def store_reported_ancs(
     if patient is None or not reported:
         return []
     results = [LabResult(a.code, a.value, a.unit, a.drawn) for a in reported]
-    return store_results(service, store, patient, results, source, received)
+    return store_results(ctx, store, patient, results, source, received)

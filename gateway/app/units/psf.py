@@ -1,4 +1,4 @@
-"""The Patient Status Form inside the service's units of work (rems-rules.md §4–5): a form
+"""The Patient Status Form inside the service's units of work (docs/rules.md §4–5): a form
 judged on submission, a pending form judged again when its prescriber signs it, and what an
 accepted form changes (designation, treatment status events)."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from gateway import lab_intake
-from gateway.values import Source
+from gateway.app.context import UnitContext
+from gateway.app.units import labs
+from gateway.app.values import Source
 from rems_core import monitoring
 from rems_core.codes import Code, finding
 from rems_core.model import (
@@ -26,12 +26,9 @@ from rems_core.psf import judge_psf, signed_form, signer_problem
 from rems_core.rulepack import RulePack
 from rems_core.store.repo import Store
 
-if TYPE_CHECKING:
-    from gateway.service import RemsService
-
 
 def submit(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     identifiers: list[Identifier],
     form: PatientStatusForm,
@@ -42,19 +39,17 @@ def submit(
     if patient is None:
         return PsfOutcome(PsfStatus.REJECTED, (finding(Code.PATIENT_NOT_MATCHED),))
     form = _with_designees_prescriber(store, form)
-    own = lab_intake.store_reported_ancs(
-        service, store, patient, form.anc, form.submitted_at, source
-    )
+    own = labs.store_reported_ancs(ctx, store, patient, form.anc, form.submitted_at, source)
     snapshot = store.snapshot(patient, [form.submitter, form.prescriber_npi])
-    judgement = judge_psf(pack, snapshot, form, own, service.tz)
+    judgement = judge_psf(pack, snapshot, form, own, ctx.tz)
     # What the lab rules said of the form's own ANCs (e.g. a suspect unit) is news to the
     # prescriber too.
     warnings = tuple(dict.fromkeys((*judgement.warnings, *(w for a in own for w in a.warnings))))
-    stored = StoredPsf(service.ids.new_id("psf"), form, judgement.status, form.submitted_at)
+    stored = StoredPsf(ctx.ids.new_id("psf"), form, judgement.status, form.submitted_at)
     versions = (pack.id, pack.version)
     store.add_psf(stored, patient.rems_id, judgement.reasons, warnings, versions, source.channel)
     if judgement.status == PsfStatus.ACCEPTED:
-        _record_acceptance(service, store, pack, snapshot, stored, patient)
+        _record_acceptance(ctx, store, pack, snapshot, stored, patient)
     return PsfOutcome(
         judgement.status, judgement.reasons, warnings, stored.psf_id, *versions, patient.rems_id
     )
@@ -69,7 +64,7 @@ def _with_designees_prescriber(store: Store, form: PatientStatusForm) -> Patient
 
 
 def _record_acceptance(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     pack: RulePack,
     before: PatientSnapshot,
@@ -79,7 +74,7 @@ def _record_acceptance(
     designation = psf.form.designation
     if designation is not None and designation != patient.designation:
         store.set_designation(patient.rems_id, designation)  # accepted: signed if BEN/hospice
-    old, _ = monitoring.treatment_status(pack, before, psf.judged_at, service.tz)
+    old, _ = monitoring.treatment_status(pack, before, psf.judged_at, ctx.tz)
     if old.value != psf.form.treatment_status.value:
         store.add_status_event(
             patient.rems_id,
@@ -92,7 +87,7 @@ def _record_acceptance(
 
 
 def sign(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     identifiers: list[Identifier],
     signer: str,
@@ -126,12 +121,12 @@ def sign(
             PsfStatus.REJECTED, (reason,), psf_id=target.psf_id, patient=patient.rems_id
         )
     form = signed_form(target, signer, at)
-    judgement = judge_psf(pack, snapshot, form, [], service.tz)
+    judgement = judge_psf(pack, snapshot, form, [], ctx.tz)
     signed = StoredPsf(target.psf_id, form, judgement.status, at)
     versions = (pack.id, pack.version)
     store.update_psf(signed, judgement.reasons, judgement.warnings, versions)
     if judgement.status == PsfStatus.ACCEPTED:
-        _record_acceptance(service, store, pack, snapshot, signed, patient)
+        _record_acceptance(ctx, store, pack, snapshot, signed, patient)
     return PsfOutcome(
         judgement.status,
         judgement.reasons,

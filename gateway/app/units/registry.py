@@ -1,4 +1,4 @@
-"""Loading the registry block (contracts.md §1–§2): an upsert that audits every change.
+"""Loading the registry block (docs/contracts.md §1–§2): an upsert that audits every change.
 
 A patient's ``enrollment`` is an accepted enrollment PSF submitted at the start of its day, its
 ANCs stored as lab results; loading the same block again changes nothing.
@@ -7,9 +7,12 @@ ANCs stored as lab results; loading the same block again changes nothing.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway import audit_log, lab_intake
+from gateway.app import audit_records
+from gateway.app.context import UnitContext
+from gateway.app.units import labs
+from gateway.app.values import Source
 from rems_core.model import (
     PatientStatusForm,
     PsfStatus,
@@ -22,19 +25,14 @@ from rems_core.registry import AncEntry, PatientEntry, RegistryDocument
 from rems_core.store.registry_repo import Change
 from rems_core.store.repo import Store
 
-if TYPE_CHECKING:
-    from gateway.service import RemsService, Source
-
 
 def start_of_day(day: date, tz: tzinfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
 
 
-def load(
-    service: RemsService, store: Store, doc: RegistryDocument, source: Source
-) -> dict[str, str]:
+def load(ctx: UnitContext, store: Store, doc: RegistryDocument, source: Source) -> dict[str, str]:
     """Upsert everything; the REMS patient ids by handle (or first identifier value)."""
-    now = datetime.now(UTC)
+    now = ctx.now()
     changes: list[tuple[str, Change, Any]] = []  # with the entry that made each change
     for prescriber in doc.prescribers:
         changes += [(*c, prescriber) for c in store.upsert_prescriber(prescriber)]
@@ -42,15 +40,21 @@ def load(
         changes += [(*c, pharmacy) for c in store.upsert_pharmacy(pharmacy)]
     handles = {}
     for entry in doc.patients:
-        patient_id, patient_changes = store.upsert_patient(entry, service.ids.new_id("RP"))
+        patient_id, patient_changes = store.upsert_patient(entry, ctx.ids.new_id("RP"))
         changes += [(*c, entry) for c in patient_changes]
         handles[entry.id or entry.identifiers[0].value] = patient_id
         if entry.enrollment and not store.registry_enrollment_exists(patient_id):
-            _enrollment(service, store, entry, patient_id, source)
+            _enrollment(ctx, store, entry, patient_id, source)
     for subject, change, entry in changes:
         store.append_audit(
-            audit_log.registry_change(
-                source, subject, change.kind, change.fields, entry.model_dump(mode="json"), now
+            audit_records.registry_change(
+                now,
+                source,
+                subject,
+                change.kind,
+                change.fields,
+                entry.model_dump(mode="json"),
+                now,
             )
         )
     return handles
@@ -66,11 +70,11 @@ def _reported(anc: AncEntry, tz: tzinfo) -> ReportedAnc:
 
 
 def _enrollment(
-    service: RemsService, store: Store, entry: PatientEntry, patient_id: str, source: Source
+    ctx: UnitContext, store: Store, entry: PatientEntry, patient_id: str, source: Source
 ) -> None:
     enrollment = entry.enrollment
     assert enrollment is not None
-    at = start_of_day(enrollment.date, service.tz)
+    at = start_of_day(enrollment.date, ctx.tz)
     by_prescriber = bool(store.prescribers([enrollment.by]))
     form = PatientStatusForm(
         type=PsfType.ENROLLMENT,
@@ -80,11 +84,11 @@ def _enrollment(
         prescriber_npi=enrollment.prescriber or enrollment.by,
         designation=entry.designation,
         monitoring_frequency=enrollment.monitoring_frequency,
-        anc=tuple(_reported(a, service.tz) for a in enrollment.anc),
+        anc=tuple(_reported(a, ctx.tz) for a in enrollment.anc),
         signed=by_prescriber,
     )
     patient = store.patient(patient_id)
-    lab_intake.store_reported_ancs(service, store, patient, form.anc, at, source)
-    stored = StoredPsf(service.ids.new_id("psf"), form, PsfStatus.ACCEPTED, at)
+    labs.store_reported_ancs(ctx, store, patient, form.anc, at, source)
+    stored = StoredPsf(ctx.ids.new_id("psf"), form, PsfStatus.ACCEPTED, at)
     store.add_psf(stored, patient_id, (), (), ("registry", ""), "registry")
     store.add_status_event(patient_id, at, "not_enrolled", "active", enrollment.by, "enrollment")

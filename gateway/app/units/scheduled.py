@@ -6,21 +6,19 @@ Runs as one unit of work; re-running it for the same time finds nothing new (res
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from gateway import audit_log
+from gateway.app import audit_records
+from gateway.app.context import UnitContext
+from gateway.app.values import Source
 from rems_core import monitoring
 from rems_core.codes import Code, finding
 from rems_core.model import Finding, PatientSnapshot, PsfType, TreatmentStatus
 from rems_core.rulepack import OutOfScope, RulePack
 from rems_core.store.repo import Store
 
-if TYPE_CHECKING:
-    from gateway.service import RemsService, Source
-
 
 def monitoring_alerts(
-    service: RemsService,
+    ctx: UnitContext,
     store: Store,
     until: datetime,
     patient_ids: list[str] | None,
@@ -28,10 +26,10 @@ def monitoring_alerts(
 ) -> dict[str, tuple[Finding, ...]]:
     """What each patient's file shows at ``until``; new alerts are stored and audited."""
     try:
-        pack = service.pack_for(until)
+        pack = ctx.pack_for(until)
     except OutOfScope:
         return {}
-    tz = service.tz
+    tz = ctx.tz
     store.purge_messages(until)  # HL7 messages without results, kept for replay, age out
     found: dict[str, tuple[Finding, ...]] = {}
     for patient_id in patient_ids if patient_ids is not None else store.patient_ids():
@@ -42,7 +40,9 @@ def monitoring_alerts(
             ended = _end_legacy_enrollment(store, pack, snapshot, until)
             if ended is not None:
                 found[patient_id] = (ended,)
-                store.append_audit(audit_log.scheduled(source, patient_id, (ended,), until))
+                store.append_audit(
+                    audit_records.scheduled(ctx.now(), source, patient_id, (ended,), until)
+                )
             continue
         newest = monitoring.newest_usable(snapshot, until)
         newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
@@ -62,7 +62,9 @@ def monitoring_alerts(
             if _record_once(store, patient_id, item, until, newest.drawn if newest else None)
         ]
         if new:
-            store.append_audit(audit_log.scheduled(source, patient_id, tuple(new), until))
+            store.append_audit(
+                audit_records.scheduled(ctx.now(), source, patient_id, tuple(new), until)
+            )
         found[patient_id] = tuple(findings)
     return found
 

@@ -1,0 +1,121 @@
+"""Reads that decide nothing, beside the service: FHIR read, vread and search, a patient's record
+and REMS status, the read-only `$rems-etasu`. Each runs on a connection of its own in a worker
+thread, sees committed data only and never waits behind (or holds up) the writer's batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import TypeVar
+
+from sqlalchemy import Engine
+
+from gateway.app.context import UnitContext
+from gateway.app.units import fhir_dispense, fhir_records
+from gateway.app.values import PatientNamed
+from mappings.fhir.etasu import EtasuCheck, EtasuQuery
+from rems_core import status
+from rems_core.model import AncResult, Identifier, Patient
+from rems_core.status import PatientRecord, RemsStatus
+from rems_core.store.fhir_repo import ResourceQuery, StoredResource
+from rems_core.store.repo import Store
+
+T = TypeVar("T")
+
+
+class RemsReads:
+    def __init__(self, engine: Engine, ctx: UnitContext) -> None:
+        self.engine = engine
+        self.ctx = ctx
+
+    async def resource(
+        self, resource_type: str, resource_id: str, version: int | None = None
+    ) -> StoredResource | None:
+        """A FHIR resource as stored: its current version, or the one asked for."""
+        if version is None:
+            return await self._read(lambda s: s.current_resource(resource_type, resource_id))
+        return await self._read(lambda s: s.resource_version(resource_type, resource_id, version))
+
+    async def search_resources(
+        self, query: ResourceQuery, patient: PatientNamed | None = None
+    ) -> tuple[list[StoredResource], int]:
+        """One page of the current resources that match, and how many match in all; ``patient``
+        (an id and/or an identifier, ANDed) narrows the query to that patient."""
+
+        def search(store: Store) -> tuple[list[StoredResource], int]:
+            if patient is None:
+                return store.search_resources(query)
+            ids = fhir_records.patient_ids(store, patient)
+            return store.search_resources(replace(query, patient_ids=ids))
+
+        return await self._read(search)
+
+    async def patient_record(self, patient_id: str) -> PatientRecord | None:
+        return await self._read(lambda store: _patient_record(store, patient_id))
+
+    async def find_patient(self, identifiers: list[Identifier]) -> Patient | None:
+        """The registry patient one of ``identifiers`` names."""
+        return await self._read(lambda store: store.find_patient(identifiers))
+
+    async def patient_by_identifier(self, identifier: Identifier) -> PatientRecord | None:
+        def by_identifier(store: Store) -> PatientRecord | None:
+            patient = store.find_patient([identifier])
+            return _patient_record(store, patient.rems_id) if patient is not None else None
+
+        return await self._read(by_identifier)
+
+    async def rems_status(self, patient_id: str, at: datetime) -> RemsStatus | None:
+        """The patient's REMS status at ``at``, by the pack of that date."""
+        pack = self.ctx.pack_for(at)
+
+        def of_patient(store: Store) -> RemsStatus | None:
+            patient = store.patient(patient_id)
+            if patient is None:
+                return None
+            return status.rems_status(pack, store.snapshot(patient), patient_id, at, self.ctx.tz)
+
+        return await self._read(of_patient)
+
+    async def check_etasu(self, query: EtasuQuery) -> EtasuCheck:
+        """`$rems-etasu`: a stored decision, or the decision a dispense would get now (by the
+        pack of its dispense date); records nothing. Raises UnknownPatient."""
+        moment = query.request.dispense_date if query.request is not None else None
+        pack = self.ctx.pack_for(moment) if moment is not None else None
+        return await self._read(lambda store: fhir_dispense.etasu(self.ctx, store, query, pack))
+
+    async def ancs_received(self, identifiers: list[Identifier], at: datetime) -> list[AncResult]:
+        """The patient's current ANCs stored from what arrived at ``at`` (the scenario runner's
+        view of one step)."""
+
+        def received(store: Store) -> list[AncResult]:
+            patient = store.find_patient(identifiers)
+            if patient is None:
+                return []
+            return [a for a in store.anc_results(patient.rems_id) if a.received == at]
+
+        return await self._read(received)
+
+    async def _read(self, work: Callable[[Store], T]) -> T:
+        def on_read_connection() -> T:
+            connection = self.engine.connect().execution_options(read_only=True)
+            with connection as conn, conn.begin():
+                return work(Store(conn))
+
+        return await asyncio.to_thread(on_read_connection)
+
+
+def _patient_record(store: Store, patient_id: str) -> PatientRecord | None:
+    patient = store.patient(patient_id)
+    person = store.patient_demographics(patient_id) if patient is not None else None
+    if patient is None or person is None:
+        return None
+    return PatientRecord(
+        patient.rems_id,
+        patient.identifiers,
+        person.family_name,
+        person.given_name,
+        person.birth_date,
+        person.sex,
+    )
