@@ -57,9 +57,10 @@ def decide_dispense(
     snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
     decision = decide(pack, request, snapshot, ctx.tz, ctx.ids, override_anc)
     decision = replace(decision, decision_id=ctx.ids.new_id("dec"))
-    _record_decision(store, request, decision, digest, source, ctx.now())
+    decided_at = ctx.now()
+    _record_decision(store, request, decision, digest, source, decided_at)
     store.append_audit(
-        audit_records.dispense(ctx.now(), source, identifiers, request, decision, digest)
+        audit_records.dispense(decided_at, source, identifiers, request, decision, digest)
     )
     return decision
 
