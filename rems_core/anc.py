@@ -22,6 +22,10 @@ from rems_core.model import (
 from rems_core.rulepack import RulePack
 
 HUNDRED = Decimal(100)
+#: No reported count or percentage comes near 10^12, nor any ANC near 10^9 per µL: beyond them a
+#: value is out of range before any arithmetic (which could overflow) and is never kept as a count.
+LARGEST_EXPONENT = 12
+LARGEST_ANC = Decimal(10**9)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ def read_count(pack: RulePack, result: LabResult) -> Reading:
         return Reading(
             None, (finding(Code.ANC_VALUE_INVALID, value=result.value, code=result.code),)
         )
+    if value.adjusted() > LARGEST_EXPONENT:
+        return Reading(None, (out_of_range(pack, value),))
     factor = count_factor(pack, result.unit)
     if factor is None:
         return Reading(None, (finding(Code.ANC_UNIT_UNKNOWN, unit=result.unit, code=result.code),))
@@ -71,9 +77,17 @@ def read_percent(pack: RulePack, result: LabResult) -> Reading:
         return Reading(
             None, (finding(Code.ANC_VALUE_INVALID, value=result.value, code=result.code),)
         )
+    if value.adjusted() > LARGEST_EXPONENT:
+        return Reading(None, (out_of_range(pack, value),))
     if result.unit.strip() not in pack.percent_units.value:
         return Reading(None, (finding(Code.ANC_UNIT_UNKNOWN, unit=result.unit, code=result.code),))
     return Reading(value)
+
+
+def out_of_range(pack: RulePack, value: Decimal) -> Finding:
+    """ANC_OUT_OF_RANGE for a number too large to be kept as a count (shown in E notation)."""
+    low, high = pack.anc_range.value.min, pack.anc_range.value.max
+    return finding(Code.ANC_OUT_OF_RANGE, anc=f"{value:.3E}", low=low, high=high)
 
 
 def round_half_up(value: Decimal) -> int:
@@ -117,6 +131,9 @@ def _judge(
     status_warnings = {
         ResultStatus.PRELIMINARY: (finding(Code.RESULT_PRELIMINARY),),
     }.get(source.status, ())
+    if per_ul is not None and abs(per_ul) >= LARGEST_ANC:
+        kept = tuple(w for w in warnings if w.code != Code.ANC_UNIT_SUSPECT)
+        warnings, per_ul = (*kept, out_of_range(pack, per_ul)), None
     anc = round_half_up(per_ul) if per_ul is not None else None
     usable = anc is not None and not warnings and not status_warnings
     low, high = pack.anc_range.value.min, pack.anc_range.value.max

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, cast, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 from gateway.app.service import RemsService
 from gateway.app.values import LabOutcome, ReceivedMessage, Source
 from mappings.hl7v2.ack import build_ack, enhanced_mode, wanted
+from mappings.hl7v2.limits import message_problem
 from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, to_lab_report
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, Message, Segment, parse
@@ -25,6 +27,7 @@ from rems_core.model import AncResult
 from rems_core.rulepack import DEFAULT_PACK
 
 log = logging.getLogger("rems_gateway.hl7")
+T = TypeVar("T")
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1")
 PROCESSING_IDS = ("P", "T", "D")
@@ -53,6 +56,8 @@ Disposition = Literal[
 ]
 DISPOSITIONS: tuple[Disposition, ...] = get_args(Disposition)
 _ACCEPT_CODE = {"CA": "AA", "CE": "AE", "CR": "AR"}
+#: A message larger than this is tokenized, checked and mapped on a worker thread.
+OFF_LOOP_BYTES = 65_536
 
 
 @dataclass(frozen=True)
@@ -120,12 +125,17 @@ class Hl7Intake:
         """One message in, its answer out. ``client_certificate_sha256``: the fingerprint of the
         connection's verified client certificate (None: plain TCP, or TLS without one)."""
         received = now or datetime.now(UTC)
-        try:
-            message = parse(data)
-        except HL7ParseError as error:
-            return self._unreadable(error, received)
+        if len(data) > OFF_LOOP_BYTES:  # linear, but a large message is still milliseconds
+            read = await asyncio.to_thread(self._read, data)
+        else:
+            read = self._read(data)
+        if isinstance(read, HL7ParseError):
+            return self._unreadable(read, received)
+        message, problem = read
         sender = self.senders.find(message.msh.get(3, 1), message.msh.get(4, 1))
         try:
+            if problem is not None:
+                raise Rejected("AE", problem)
             if sender is None:
                 raise Rejected("AR", UNKNOWN_SENDER)
             _check_certificate(sender, client_certificate_sha256)
@@ -137,11 +147,21 @@ class Hl7Intake:
             received = hl7_time(message.msh.get(7, 1), self.service.ctx.tz) or received
         return await self._store(message, sender, data, received)
 
+    def _read(self, data: bytes) -> tuple[Message, Hl7Problem | None] | HL7ParseError:
+        """Tokenized, and checked against the limits (docs/contracts.md §4)."""
+        try:
+            message = parse(data)
+        except HL7ParseError as error:
+            return error
+        return message, message_problem(message, self.senders.limits)
+
     async def _store(
         self, message: Message, sender: SenderConfig, data: bytes, received: datetime
     ) -> Received:
         """The unit of work: stored with its ACK, or the stored ACK of a resend."""
-        report = to_lab_report(message, sender, self.relevant, self.service.ctx.tz)
+        report = await _mapped(
+            len(data), to_lab_report, message, sender, self.relevant, self.service.ctx.tz
+        )
         envelope = ReceivedMessage(
             sender=sender.key,
             control_id=message.msh.get(10, 1),
@@ -292,6 +312,13 @@ def strict_problem(data: bytes, charset: str) -> Hl7Problem | None:
         kind = type(exc).__name__
         return Hl7Problem("", "102", "E", "STRICT_VALIDATION", f"strict HL7 validation: {kind}")
     return None
+
+
+async def _mapped(size: int, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)``, on a worker thread for a large message, so the event loop stays free."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
 
 
 def _ack_id(envelope: ReceivedMessage) -> str:

@@ -34,15 +34,18 @@ ACCEPT_CODE = {"AA": "CA", "AE": "CE", "AR": "CR"}
 _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
 
 
-_SPECIAL = re.compile(r"[\\|^&~\r\n]")
+_SPECIAL = re.compile(r"[\\|^&~\x00-\x1f\x7f]")
+#: Control characters (0x0B and 0x1C frame MLLP, CR ends a segment) never reach an ACK.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x0c\x0e-\x1f\x7f]")
 
 
 def escape(text: str) -> str:
+    """One echoed value for the ACK: delimiters escaped, CR and LF a space, other controls gone."""
     if not _SPECIAL.search(text):
         return text  # most values: nothing to escape
     for raw, escaped in _ESCAPES:
         text = text.replace(raw, escaped)
-    return text.replace("\r", " ").replace("\n", " ")
+    return _CONTROL.sub("", text).replace("\r", " ").replace("\n", " ")
 
 
 def _version_at_least_2_5(version: str) -> bool:

@@ -51,7 +51,8 @@ class LabReport:
 
 
 def hl7_time(text: str, tz: tzinfo) -> datetime | None:
-    """An HL7 TS/DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][±ZZZZ]); without an offset, in ``tz``."""
+    """An HL7 TS/DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][±ZZZZ]); without an offset, in ``tz``.
+    None when it is no such time: a day, hour or offset out of range, or beyond the calendar."""
     match = _TS.match(text.strip())
     if not match:
         return None
@@ -66,25 +67,31 @@ def hl7_time(text: str, tz: tzinfo) -> datetime | None:
             int(second or 0),
             int((fraction or "0").ljust(6, "0")[:6]),
         )
-    except ValueError:
+        zone = _offset(offset) if offset else tz
+        return moment.replace(tzinfo=zone).astimezone(UTC)
+    except (ValueError, OverflowError):  # e.g. +2500, or 9999-12-31 23:59 -1200 (year 10000)
         return None
-    if offset:
-        sign = 1 if offset[0] == "+" else -1
-        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
-        return moment.replace(tzinfo=timezone(sign * delta)).astimezone(UTC)
-    return moment.replace(tzinfo=tz).astimezone(UTC)
+
+
+def _offset(offset: str) -> timezone:
+    hours, minutes = int(offset[1:3]), int(offset[3:5])
+    if hours > 23 or minutes > 59:
+        raise ValueError("a UTC offset is at most ±23:59")
+    sign = 1 if offset[0] == "+" else -1
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
 def patient_identifiers(pid: Segment, sender: SenderConfig) -> list[Identifier]:
-    """PID-3 repetitions: CX-4.2 with CX-4.3 ISO as ``urn:oid:``, or the sender's CX-4.1 map."""
+    """PID-3 repetitions: CX-4.2 with CX-4.3 ISO as ``urn:oid:``, or the sender's CX-4.1 map.
+    PID-3 is split once (linear in its length, however many repetitions it has)."""
     identifiers = []
-    for repetition in range(pid.repetitions(3)):
-        value = pid.get(3, 1, repetition=repetition)
+    for repetition in pid.field(3):
+        cx = [*(component[0] for component in repetition), "", "", "", ""]
+        authority = [*repetition[3], "", "", ""] if len(repetition) > 3 else ["", "", ""]
+        value, namespace, universal, kind = cx[0], authority[0], authority[1], authority[2]
         if not value:
             continue
-        namespace = pid.get(3, 4, 1, repetition=repetition)
-        universal = pid.get(3, 4, 2, repetition=repetition)
-        if universal and pid.get(3, 4, 3, repetition=repetition).upper() == "ISO":
+        if universal and kind.upper() == "ISO":
             identifiers.append(Identifier(f"urn:oid:{universal}", value))
         if namespace in sender.assigning_authorities:
             identifiers.append(Identifier(sender.assigning_authorities[namespace], value))
@@ -178,7 +185,14 @@ def _read_obx(
     drawn_text = obx.get(14, 1) or context.collected
     drawn = hl7_time(drawn_text, tz)
     if drawn is None:
-        where = f"OBX^{sequence}^14"
-        return Hl7Problem(where, "101", "W", "DRAW_TIME_MISSING", f"{code}: no usable draw time")
+        return _draw_time_problem(f"OBX^{sequence}^14", code, drawn_text)
     unit = obx.get(6, 1) or obx.get(6, 2)
     return LabResult(code, observation_value(obx), unit, drawn, status, context.specimen)
+
+
+def _draw_time_problem(where: str, code: str, drawn_text: str) -> Hl7Problem:
+    """No draw time (101), or one that is no time (102): the result is not used either way."""
+    if drawn_text.strip():
+        text = f"{code}: the draw time is not a readable HL7 time"
+        return Hl7Problem(where, "102", "W", "DRAW_TIME_INVALID", text)
+    return Hl7Problem(where, "101", "W", "DRAW_TIME_MISSING", f"{code}: no usable draw time")

@@ -67,8 +67,25 @@ class SenderConfig(_Strict):
         return msa_code
 
 
+class Hl7Limits(_Strict):
+    """What one message may hold (the senders file's ``limits``); beyond them, AE naming the limit.
+
+    They keep the work per message linear and small, and every stored key within what an index
+    entry can hold on PostgreSQL. The frame itself is limited by MllpSettings.max_frame_bytes.
+    """
+
+    max_segments: int = Field(default=1000, ge=1)  # segments per message: ERR-3 100
+    max_repetitions: int = Field(default=100, ge=1)  # repetitions of one field: ERR-3 102
+    # characters of one field; OBX-5 is bounded by the frame only (an ED report may be large)
+    max_field_length: int = Field(default=65_536, ge=1)
+    # characters of a value that becomes a stored key: MSH-3, MSH-4, MSH-10, OBR-2, OBR-3,
+    # SPM-2 and PID-3 CX-1 (HL7 v2.7 gives ST and EI values 199 characters): ERR-3 102
+    max_key_length: int = Field(default=199, ge=1)
+
+
 class SenderDirectory(_Strict):
     accept_unknown: bool = False  # an unknown sender gets AR (True: read with defaults)
+    limits: Hl7Limits = Field(default_factory=Hl7Limits)
     senders: list[SenderConfig] = Field(default_factory=list)
 
     def find(self, application: str, facility: str) -> SenderConfig | None:

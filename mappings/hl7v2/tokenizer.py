@@ -97,6 +97,10 @@ class Segment:
             raise ValueError(f"HL7 field numbers start at 1, not {n}")
         return self._fields[n] if n < len(self._fields) else ""
 
+    def raw_fields(self) -> list[str]:
+        """Every field as received, from field 1 (MSH-1 for a header); shared: do not change it."""
+        return self._fields[1:]
+
     def field(self, n: int) -> FieldValues:
         """Field n as repetitions → components → subcomponents, unescaped; [] when empty.
 
@@ -440,7 +444,8 @@ def _escape_sequence(content: str, encoding: Encoding, charset: str) -> str:
         return "\n"
     if content.startswith("X") and len(content) > 1:
         try:
-            return bytes.fromhex(content[1:]).decode(charset)
+            # NUL is no character of any HL7 value (and no PostgreSQL text may hold one)
+            return bytes.fromhex(content[1:]).decode(charset).replace("\x00", "")
         except ValueError:  # odd or non-hex digits, or bytes the charset does not know
             pass
     elif _FORMATTING.fullmatch(content):

@@ -271,6 +271,8 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
         """Current observations of these specimens, or drawn at these times, with their specimen
         keys, oldest first: everything a message of results can replace or repeat."""
         keys, drawn = list(keys), list(drawn)
+        if not keys or not drawn:  # every result has both: none asked, none to read
+            return []
         rows = _observations_touching(len(keys), len(drawn)).rows(
             self.conn,
             {"patient_id": patient_id} | _named_list("key", keys) | _named_list("drawn", drawn),
@@ -312,8 +314,10 @@ class Store(RegistryRepo, MessageRepo, FhirRepo):
         return _anc(row) if row is not None else None
 
     def specimen_ancs(self, patient_id: str, keys: Iterable[str]) -> list[AncResult]:
-        """The current ANCs of these specimens."""
+        """The current ANCs of these specimens (none asked: none, without a query)."""
         keys = list(keys)
+        if not keys:
+            return []
         rows = _specimen_ancs(len(keys)).rows(
             self.conn, {"patient_id": patient_id} | _named_list("key", keys)
         )

@@ -41,7 +41,7 @@ def ingest(
     received: datetime,
 ) -> LabOutcome:
     pack = ctx.lab_pack()
-    relevant = [r for r in results if is_anc_relevant(pack, r.code)]
+    relevant = once_each(pack, [r for r in results if is_anc_relevant(pack, r.code)])
     patient = store.find_patient(identifiers)
     if patient is None:
         store.add_observations(
@@ -67,6 +67,7 @@ def store_results(
     received: datetime,
 ) -> list[AncResult]:
     pack = ctx.lab_pack()
+    results = once_each(pack, results)
     file = PatientObservations.read(store, patient.rems_id, results)
     rows = NewObservations(store, patient.rems_id, received, source.channel)
     touched: dict[str, list[LabResult]] = {}
@@ -86,7 +87,7 @@ def store_results(
             rows.add(result)
             touched.setdefault(key, []).append(result)
     rows.write()
-    reported = store.specimen_ancs(patient.rems_id, repeated - touched.keys()) if repeated else []
+    reported = store.specimen_ancs(patient.rems_id, repeated - touched.keys())
     reported += late_preliminaries
     derived = {key: specimen_ancs(pack, patient.designation, file.of(key)) for key in touched}
     earlier = _earlier_ancs(store, patient, pack, [a for ancs in derived.values() for a in ancs])
@@ -106,6 +107,26 @@ def store_results(
         withdrawn = [cancelled(r) for r in arrived if r.status == ResultStatus.CANCELLED]
         reported += ancs or withdrawn
     return reported
+
+
+def once_each(pack: RulePack, results: list[LabResult]) -> list[LabResult]:
+    """The same result twice in one message or Bundle is one result (§5.3 sameness): the first
+    is kept. Sameness here also needs the same specimen and status; a value that cannot be read
+    is the same only as the same text and unit."""
+    kept: list[LabResult] = []
+    seen: dict[tuple[str, str, datetime, ResultStatus], list[LabResult]] = {}
+    for result in results:
+        earlier = seen.setdefault(
+            (result.code, specimen_key(result), result.drawn, result.status), []
+        )
+        if not any(_same(pack, e, result) for e in earlier):
+            earlier.append(result)
+            kept.append(result)
+    return kept
+
+
+def _same(pack: RulePack, a: LabResult, b: LabResult) -> bool:
+    return (a.value, a.unit) == (b.value, b.unit) or same_result(pack, a, b)
 
 
 def _earlier_ancs(
