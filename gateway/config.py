@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # request came in on); access tokens are signed with this key (else one made at start-up).
     public_base_url: str | None = None
     smart_signing_key: FilePath | None = None
+    # HTTP request limits (issue 11): a larger body is 413 before it is read whole; JSON nested
+    # deeper than this (objects and arrays) is 400.
+    http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    json_max_depth: int = Field(64, ge=8, le=512)
 
     @classmethod
     def settings_customise_sources(

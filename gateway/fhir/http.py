@@ -72,15 +72,49 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise FhirError(
             415, "not-supported", f"send {FHIR_JSON} (got {media_type or 'no content type'})"
         )
-    body = await request.body()
     try:
-        data = json.loads(body)
-    except ValueError as exc:
-        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise FhirError(400, "structure", f"the body is not valid JSON{where}") from None
+        data = decode_json(await request.body(), request.app.state.settings.json_max_depth)
+    except JsonRefused as refused:
+        raise FhirError(400, "structure", str(refused)) from None
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise FhirError(400, "structure", "the body is not a FHIR resource (no resourceType)")
     return data
+
+
+class JsonRefused(ValueError):
+    """A body that is not JSON, or nested deeper than the limit; the text names no value."""
+
+
+def decode_json(body: bytes, max_depth: int) -> Any:
+    """The JSON value of ``body``, nested at most ``max_depth`` objects and arrays deep."""
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise JsonRefused(f"the body is nested deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise JsonRefused(f"the body is not valid JSON{where}") from None
+    if json_depth(data, max_depth) > max_depth:
+        raise JsonRefused(f"the body is nested deeper than {max_depth} levels")
+    return data
+
+
+def json_depth(data: Any, limit: int) -> int:
+    """How deep ``data`` nests objects and arrays (a scalar is 0); stops counting past ``limit``."""
+    deepest, pending = 0, [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > limit:
+            return deepest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def validation_issues(error: ValidationError) -> list[Issue]:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirResponse, check_format
 from gateway.fhir.resources import read_response, reads_of
+from gateway.fhir.search import MAX_INT
 
 
 def add_reads(router: APIRouter, resource_type: str) -> None:
@@ -31,6 +32,8 @@ def add_reads(router: APIRouter, resource_type: str) -> None:
         _: Annotated[Principal, requires(resource_type, "read")],
     ) -> FhirResponse:
         check_format(request)
+        if not 1 <= version_id <= MAX_INT:  # no such version: the store holds none beyond
+            return read_response(None, resource_type, f"{resource_id}/_history/{version_id}")
         stored = await reads_of(request).resource(resource_type, resource_id, version_id)
         return read_response(stored, resource_type, f"{resource_id}/_history/{version_id}")
 

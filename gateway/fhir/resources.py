@@ -53,6 +53,12 @@ def validated(data: dict[str, Any], resource_type: str) -> Any:
         return get_fhir_model_class(resource_type).model_validate(data)
     except ValidationError as error:
         raise FhirError(422, "invalid", "", issues=validation_issues(error)) from None
+    except (TypeError, KeyError, ValueError, AttributeError, LookupError, RecursionError) as exc:
+        # fhir.resources fails this way on some shapes (a contained resource of no known type):
+        # still a resource that is not valid FHIR R4. Its text may quote the data: not shown.
+        raise FhirError(
+            422, "invalid", f"the resource is not valid FHIR R4 ({type(exc).__name__})"
+        ) from None
 
 
 def content_hash(data: dict[str, Any]) -> str:

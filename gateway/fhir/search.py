@@ -43,6 +43,9 @@ def _period(text: str) -> tuple[datetime, datetime]:
     return moment, moment + timedelta(microseconds=1)
 
 
+MAX_INT = 2**31 - 1  # the store's integer columns: beyond, no version or offset exists
+
+
 def identifier_param(value: str) -> tuple[str, str]:
     system, bar, code = value.partition("|")
     if not bar or not code:
@@ -53,4 +56,6 @@ def identifier_param(value: str) -> tuple[str, str]:
 def page(count: int | None, offset: int | None) -> tuple[int, int]:
     if (count is not None and count < 0) or (offset is not None and offset < 0):
         raise FhirError(400, "value", "_count and _offset cannot be negative")
+    if offset is not None and offset > MAX_INT:
+        raise FhirError(400, "value", f"_offset cannot be above {MAX_INT}", ("_offset",))
     return min(count if count is not None else DEFAULT_COUNT, MAX_COUNT), offset or 0

@@ -3,7 +3,6 @@ docs/contracts.md §2) and `POST /admin/scheduled-work`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from gateway.app.service import RemsService
 from gateway.app.values import Source
 from gateway.fhir.auth import ADMIN_SCOPE
+from gateway.fhir.http import JsonRefused, decode_json, json_depth
 from gateway.fhir.smart import (
     InvalidAccessToken,
     SmartBackendAuth,
@@ -86,21 +86,30 @@ def _smart_actor(smart: SmartBackendAuth, token: str) -> str:
     return f"smart:{principal.client_id}"
 
 
-def parse_body(content_type: str, body: bytes) -> Any:
+def parse_body(content_type: str, body: bytes, max_depth: int) -> Any:
     media_type = content_type.split(";")[0].strip().lower()
     if media_type in JSON_TYPES:
         try:
-            return json.loads(body)
-        except ValueError as exc:
-            where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
-            raise ApiError(400, "invalid_body", f"the body is not valid JSON{where}") from None
+            return decode_json(body, max_depth)
+        except JsonRefused as refused:
+            raise ApiError(400, "invalid_body", str(refused)) from None
     if media_type in YAML_TYPES:
-        try:
-            return yaml.safe_load(body)
-        except yaml.YAMLError as exc:
-            raise ApiError(400, "invalid_body", f"the body is {yaml_problem(exc)}") from None
+        return _yaml_body(body, max_depth)
     accepted = ", ".join(sorted(JSON_TYPES | YAML_TYPES))
     raise ApiError(415, "unsupported_media_type", f"send the registry block as one of: {accepted}")
+
+
+def _yaml_body(body: bytes, max_depth: int) -> Any:
+    too_deep = ApiError(400, "invalid_body", f"the body is nested deeper than {max_depth} levels")
+    try:
+        data = yaml.safe_load(body)
+    except RecursionError:
+        raise too_deep from None
+    except yaml.YAMLError as exc:
+        raise ApiError(400, "invalid_body", f"the body is {yaml_problem(exc)}") from None
+    if json_depth(data, max_depth) > max_depth:
+        raise too_deep
+    return data
 
 
 def registry_document(data: Any) -> RegistryDocument:
@@ -115,9 +124,9 @@ async def post_registry(
     request: Request, actor: Annotated[str, Depends(require_admin)]
 ) -> dict[str, Any]:
     """Load prescribers, designees, pharmacies and patients; idempotent, changes are updates."""
-    doc = registry_document(
-        parse_body(request.headers.get("content-type", ""), await request.body())
-    )
+    content_type = request.headers.get("content-type", "")
+    max_depth = request.app.state.settings.json_max_depth
+    doc = registry_document(parse_body(content_type, await request.body(), max_depth))
     service: RemsService = request.app.state.service
     try:
         patient_ids = await service.load_registry(doc, Source("admin", actor))

@@ -7,6 +7,7 @@ What runs beside the HTTP server is handed in as companions, not imported.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -16,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.app.bootstrap import Gateway
@@ -31,13 +34,22 @@ from gateway.fhir.smart import SmartBackendAuth
 from gateway.fhir.token import router as smart_router
 from gateway.http.admin import router as admin_router
 from gateway.http.errors import ApiError, error_response, error_responses
+from gateway.http.guard import RequestGuard
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from mappings.fhir.outcome import Issue
 from rems_core.rulepack import OutOfScope
 
+log = logging.getLogger("rems_gateway.http")
+RETRY_AFTER_SECONDS = 5  # a restart or failover of the database usually takes a few seconds
 READY_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
-HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 FHIR_HTTP_ISSUES = {
+    400: "value",
     404: "not-found",
     405: "not-supported",
     413: "too-long",
@@ -101,7 +113,13 @@ def create_app(
     app.state.clock = settings.clock  # the channels read it: the system clock or the event's time
     app.state.metrics = metrics
     gateway.service.decision_observers.append(metrics.count_decision)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.http_max_body_bytes,
+        refused=lambda scope, exc: _http_error(_is_fhir_path(scope["path"]), exc),
+        unexpected=lambda scope, exc: _unexpected(_is_fhir_path(scope["path"]), exc),
+    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outside: counts the guard's
     _add_error_handlers(app)
     _add_probes(app, gateway, metrics)
     app.include_router(admin_router)
@@ -149,7 +167,53 @@ def _add_probes(app: FastAPI, gateway: Gateway, metrics: GatewayMetrics) -> None
 
 
 def _is_fhir(request: Request) -> bool:
-    return request.url.path == "/fhir" or request.url.path.startswith("/fhir/")
+    return _is_fhir_path(request.url.path)
+
+
+def _is_fhir_path(path: str) -> bool:
+    return path == "/fhir" or path.startswith("/fhir/")
+
+
+def _http_error(fhir: bool, exc: StarletteHTTPException) -> Response:
+    if fhir:
+        code = FHIR_HTTP_ISSUES.get(exc.status_code, "processing")
+        return fhir_error_response(
+            FhirError(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        )
+    code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+
+def _unexpected(fhir: bool, exc: Exception) -> Response:
+    # Logged by the guard (type and place only, see logs.py); the text may hold PHI.
+    text = f"unexpected {type(exc).__name__}"
+    if fhir:
+        return fhir_error_response(FhirError(500, "exception", text))
+    return error_response(500, "internal_error", text)
+
+
+def _unavailable(fhir: bool, exc: Exception) -> Response:
+    """503 + Retry-After: the store (or the writer) cannot take the request now; nothing was
+    stored, and the same request later can succeed. The driver's text is not shown (it may
+    quote the URL or the data)."""
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    text = (
+        "the gateway is shutting down; try again later"
+        if isinstance(exc, WriterStopped)
+        else f"the store is unavailable ({type(exc).__name__}); try again later"
+    )
+    if fhir:
+        return fhir_error_response(FhirError(503, "transient", text, headers=headers))
+    code = "shutting_down" if isinstance(exc, WriterStopped) else "store_unavailable"
+    return error_response(503, code, text, headers)
+
+
+def store_unavailable(exc: Exception) -> bool:
+    """A database error that says the store cannot be reached or used now, not that the
+    request's content is wrong."""
+    if isinstance(exc, (WriterStopped, PoolTimeout, OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -169,13 +233,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if _is_fhir(request):
-            code = FHIR_HTTP_ISSUES.get(exc.status_code, "processing")
-            return fhir_error_response(
-                FhirError(exc.status_code, code, str(exc.detail), headers=exc.headers)
-            )
-        code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+        return _http_error(_is_fhir(request), exc)
 
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, exc: RequestValidationError) -> Response:
@@ -198,15 +256,18 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(422, "out_of_scope", str(exc))
 
     @app.exception_handler(WriterStopped)
-    async def shutting_down(request: Request, exc: WriterStopped) -> Response:
-        if _is_fhir(request):
-            return fhir_error_response(FhirError(503, "transient", str(exc)))
-        return error_response(503, "shutting_down", str(exc))
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(DBAPIError)
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, DataError):  # e.g. a NUL or a number the store's columns cannot hold
+            text = "a value cannot be stored (out of range or a forbidden character)"
+            if _is_fhir(request):
+                return fhir_error_response(FhirError(400, "value", text))
+            return error_response(400, "invalid_value", text)
+        if not store_unavailable(exc):
+            log.error("unexpected database error", exc_info=exc)  # type and place only
+            return _unexpected(_is_fhir(request), exc)
+        log.warning("store unavailable: %s", type(exc).__name__)
+        return _unavailable(_is_fhir(request), exc)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        # Logged by the server (type and place only, see logs.py); the text may hold PHI.
-        text = f"unexpected {type(exc).__name__}"
-        if _is_fhir(request):
-            return fhir_error_response(FhirError(500, "exception", text))
-        return error_response(500, "internal_error", text)
+    # Any other exception: gateway/http/guard.py answers 500 and keeps the connection.
