@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.app.service import RemsService
@@ -18,7 +18,7 @@ from gateway.mllp.client import send
 from gateway.mllp.intake import Hl7Intake
 from gateway.mllp.server import END_BLOCK, START_BLOCK, MllpSettings
 from tests.conftest import run
-from tests.fuzz.mutations import msh_15, mutated_messages
+from tests.fuzz.mutations import SEGMENTS, msh_15, mutated_messages
 from tests.test_hl7_intake import LOCAL, NOW, intake
 from tests.test_hl7_senders import listening
 
@@ -32,6 +32,9 @@ BOUNDED = settings(
 )
 CONTROL_IDS = itertools.count()
 ANY_INPUT = mutated_messages() | st.binary(max_size=400)
+#: The campaign's findings, always among the examples: the same ANC OBX twice, a bad MSH-7.
+ANC_TWICE = b"\r".join([*SEGMENTS[:4], *SEGMENTS[3:]]) + b"\r"
+BAD_MSH_7 = b"\r".join(SEGMENTS).replace(b"081500-0500", b"081500+2500", 1) + b"\r"
 
 
 def unique_control_id(message: bytes) -> bytes:
@@ -58,6 +61,8 @@ def asked_for_none(message: bytes, code: str) -> bool:
 
 @BOUNDED
 @given(ANY_INPUT)
+@example(ANC_TWICE)
+@example(BAD_MSH_7)
 def test_any_input_is_answered_once_well_formed_and_never_ar_207(
     intake: Hl7Intake, message: bytes
 ) -> None:
