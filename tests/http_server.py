@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from gateway.app.bootstrap import Gateway
@@ -26,8 +27,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(service: RemsService, engine: Engine, **settings: Any) -> Iterator[str]:
-    """Yields the base URL (http://127.0.0.1:PORT) while the server runs."""
+def running_app(
+    service: RemsService,
+    engine: Engine,
+    extend: Callable[[FastAPI], None] | None = None,
+    **settings: Any,
+) -> Iterator[str]:
+    """Yields the base URL (http://127.0.0.1:PORT) while the server runs; ``extend`` may add
+    test-only routes to the app first."""
     defaults: dict[str, Any] = {
         "auth": "development",
         "mllp_port": free_port(),
@@ -37,6 +44,8 @@ def running_app(service: RemsService, engine: Engine, **settings: Any) -> Iterat
     config = Settings(**(defaults | settings))
     reads = RemsReads(engine, service.ctx)
     app = create_app(Gateway(engine, service.writer, service, reads, service.ctx), config)
+    if extend is not None:
+        extend(app)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(

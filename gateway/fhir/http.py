@@ -78,7 +78,31 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise FhirError(400, "structure", str(refused)) from None
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise FhirError(400, "structure", "the body is not a FHIR resource (no resourceType)")
+    where = control_character_at(data)
+    if where is not None:
+        raise FhirError(400, "value", "a string holds a control character", (where,))
     return data
+
+
+FORBIDDEN = frozenset(chr(c) for c in range(32)) - {"\t", "\n", "\r"}
+
+
+def control_character_at(data: Any) -> str | None:
+    """Where a string (or a key) holds a character FHIR strings may not (below U+0020 but
+    tab, CR and LF: a NUL, say), as a path like ``identifier.0.value``; None when none does."""
+    pending: list[tuple[Any, str]] = [(data, "")]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, str) and not FORBIDDEN.isdisjoint(value):
+            return path or "$this"
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if not FORBIDDEN.isdisjoint(key):
+                    return path or "$this"
+                pending.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            pending.extend((child, f"{path}.{i}") for i, child in enumerate(value))
+    return None
 
 
 class JsonRefused(ValueError):
