@@ -230,3 +230,12 @@ def test_echoed_fields_are_escaped_and_control_characters_dropped(
     assert not any(ord(c) < 32 and c != "\r" for c in ack), repr(ack)
     names = [s[0] for s in segments(ack)]
     assert names[:2] == ["MSH", "MSA"] and names.count("MSH") == names.count("MSA") == 1
+
+
+@pytest.mark.parametrize("version", [b"0" * 6000, b"2.\xc2\xb2", b"2." + b"9" * 5000])
+def test_an_absurd_version_is_ar_203_with_a_well_formed_ack(
+    intake: Hl7Intake, version: bytes
+) -> None:
+    message = with_field(b"MSH", 18, b"UNICODE UTF-8", with_field(b"MSH", 12, version))
+    received = run(intake.receive(message, NOW))
+    assert received.code == "AR" and errors(received.ack)[0][:2] == ("MSH^1^12", "203")

@@ -49,8 +49,11 @@ def escape(text: str) -> str:
 
 
 def _version_at_least_2_5(version: str) -> bool:
-    parts = [int(p) for p in version.split(".")[:2] if p.isdigit()]
-    return tuple(parts) >= (2, 5)
+    """Whether MSH-12 is 2.5 or later; a part of more than 4 digits is no version number."""
+    parts = version.split(".")[:2]
+    if any(len(p) > 4 for p in parts):
+        return False
+    return tuple(int(p) for p in parts if p.isdecimal()) >= (2, 5)
 
 
 def enhanced_mode(msh: Segment) -> bool:

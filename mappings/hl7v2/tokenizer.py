@@ -431,7 +431,7 @@ def _checked_msh(field_lists: list[list[str]]) -> list[str]:
 
 def _check_batch_count(bts: bytes, messages: int, sequence: int) -> None:
     count = bts[4:].split(bts[3:4])[0] if len(bts) > 4 else b""
-    if count.strip().isdigit() and int(count) != messages:
+    if count.strip().isdigit() and len(count.strip()) < 10 and int(count) != messages:
         reason = f"BTS-1 counts {int(count)} messages, the batch holds {messages}"
         raise HL7ParseError("100", reason, f"BTS^{sequence}^1")
 
