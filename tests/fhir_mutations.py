@@ -1,6 +1,6 @@
 """Mutations of valid FHIR resources, for the bounded test in the suite (test_fhir_mutations.py)
 and the longer manual run (tests/fuzz/fhir_mutations.py): drop, duplicate or retype an element,
-nest deeply, put huge numbers, NUL and odd unicode where values were."""
+contain a resource of no known type, nest deeply, put huge numbers, NUL and odd unicode where values were."""
 
 from __future__ import annotations
 
@@ -64,11 +64,14 @@ ODD_VALUES = st.one_of(
             {"resourceType": "NoSuchType"},
         ]
     ),
-    st.integers(min_value=70, max_value=1_200).map(nested),
+    st.sampled_from([70, 1_000, 1_200]).map(nested),
     st.text(max_size=30),
     st.integers(),
     st.floats(allow_nan=False, allow_infinity=False),
 )
+
+
+CONTAINED = {"resourceType": "NoSuchType", "id": "x"}
 
 
 def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -102,6 +105,8 @@ def mutate(body: dict[str, Any], path: tuple[Any, ...], how: str, value: Any) ->
         parent[key] = [parent[key], copy.deepcopy(parent[key])]
     elif how == "wrap":
         parent[key] = [parent[key]]
+    elif how == "contain":  # a contained resource: of an odd type, or an odd value
+        body["contained"] = [value if isinstance(value, dict) and value else CONTAINED]
     else:
         parent[key] = value
 
@@ -116,7 +121,7 @@ def mutated(draw: st.DrawFn, bodies: list[dict[str, Any]]) -> tuple[str, dict[st
         if not where:
             break
         path = draw(st.sampled_from(where))
-        how = draw(st.sampled_from(["drop", "duplicate", "wrap", "retype", "retype"]))
+        how = draw(st.sampled_from(["drop", "duplicate", "wrap", "retype", "retype", "contain"]))
         mutate(body, path, how, draw(ODD_VALUES))
     return endpoint, body
 
