@@ -24,17 +24,18 @@ OUTCOME_SCHEMA: dict[str, Any] = {
     },
 }
 ERRORS = {
-    400: "Bad request (malformed JSON, wrong resource type, bad parameter)",
+    400: "Bad request (malformed JSON, nested too deeply, a control character, bad parameter)",
     401: "No or invalid access token",
     403: "The token does not grant this interaction",
     404: "Not found",
     406: "Only JSON is offered",
     409: "Conflict (e.g. a request id reused with another body)",
     412: "If-Match names another version",
+    413: "The body is larger than the limit (http_max_body_bytes)",
     415: "Send application/fhir+json",
     422: "Not valid FHIR R4, or not usable for the REMS",
     500: "Internal error",
-    503: "Shutting down",
+    503: "The store is unavailable or the gateway shuts down; see Retry-After",
 }
 
 

@@ -33,7 +33,9 @@ from rems_core.registry import (
 
 log = logging.getLogger("rems_gateway.admin")
 router = APIRouter(
-    prefix="/admin", tags=["admin"], responses=error_responses(400, 401, 403, 409, 415, 422, 503)
+    prefix="/admin",
+    tags=["admin"],
+    responses=error_responses(400, 401, 403, 409, 413, 415, 422, 500, 503),
 )
 
 JSON_TYPES = {"application/json"}
