@@ -275,11 +275,6 @@ def _read_all(sock: socket.socket) -> bytes:
 # 2 (the FHIR part). The same ANC twice in one transaction
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 2, the HL7/store side's fix (labs unit, _specimen_ancs): the same "
-    "result twice in one unit of work is still stored as two current ANC results",
-)
 def test_a_transaction_with_the_same_anc_twice_stores_one_result(
     client: httpx.Client, service: RemsService
 ) -> None:
@@ -288,7 +283,8 @@ def test_a_transaction_with_the_same_anc_twice_stores_one_result(
     answer = client.post("/fhir", json=bundle)
     assert answer.status_code in (200, 201), answer.text[:300]
     assert answer.json()["type"] == "transaction-response"
-    current = select(func.count()).where(tables.AncResultRow.current)
+    specimen = tables.AncResultRow.specimen_key == "urn:acc|ACC-9"
+    current = select(func.count()).where(tables.AncResultRow.current, specimen)
     with service.writer.engine.connect() as conn:
         assert conn.execute(current).scalar_one() == 1
 
