@@ -356,6 +356,14 @@ def serve_command(
         int | None,
         typer.Option(help="Run scheduled monitoring work every N minutes (default 15)"),
     ] = None,
+    http_max_body_bytes: Annotated[
+        int | None,
+        typer.Option(help="Largest HTTP request body; larger ones get 413 (default 4 MiB)"),
+    ] = None,
+    json_max_depth: Annotated[
+        int | None,
+        typer.Option(help="Deepest nesting of a JSON or YAML body; deeper gets 400 (default 64)"),
+    ] = None,
     auth: Annotated[
         str | None,
         typer.Option(

@@ -136,3 +136,20 @@ def test_verbose_shows_what_each_step_answered(scenario_files: tuple[Path, Path]
         "ok   step 1 (dispense at 2022-03-02T09:00:00+00:00): ack=AA outcome=authorized"
         in result.stdout
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "setting"),
+    [
+        ("--http-max-body-bytes", "10", "http_max_body_bytes"),
+        ("--json-max-depth", "2", "json_max_depth"),
+    ],
+)
+def test_serve_takes_the_input_limits_as_flags_and_refuses_absurd_ones(
+    flag: str, value: str, setting: str
+) -> None:
+    """The body and nesting limits are settings like any other: flag, REMS_… or --config; a value
+    out of range stops `serve` with one line naming the setting, before anything starts."""
+    done = cli("serve", flag, value)
+    assert done.returncode == 2
+    assert setting in done.stderr

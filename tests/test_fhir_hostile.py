@@ -92,6 +92,20 @@ def test_json_nested_a_thousand_deep_is_400_on_admin(client: httpx.Client, media
     assert answer.json()["error"] == "invalid_body"
 
 
+def test_yaml_aliases_on_admin_are_400_before_anything_expands(client: httpx.Client) -> None:
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    laughs += [
+        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+        for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    answer = client.post(
+        "/admin/registry", content="\n".join(laughs), headers={"Content-Type": "application/yaml"}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_body"
+    assert "anchors and aliases are not accepted" in answer.json()["detail"]
+
+
 def test_scheduled_work_nested_a_thousand_deep_is_a_4xx(client: httpx.Client) -> None:
     answer = client.post(
         "/admin/scheduled-work",

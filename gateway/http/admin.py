@@ -101,10 +101,23 @@ def parse_body(content_type: str, body: bytes, max_depth: int) -> Any:
     raise ApiError(415, "unsupported_media_type", f"send the registry block as one of: {accepted}")
 
 
+class _LoaderWithoutAliases(yaml.SafeLoader):
+    """YAML without anchors and aliases: a registry block never needs them, and an alias of an
+    alias of … ("billion laughs") would make a small body exponentially large to walk."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases are not accepted", mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _yaml_body(body: bytes, max_depth: int) -> Any:
     too_deep = ApiError(400, "invalid_body", f"the body is nested deeper than {max_depth} levels")
     try:
-        data = yaml.safe_load(body)
+        data = yaml.load(body, Loader=_LoaderWithoutAliases)
     except RecursionError:
         raise too_deep from None
     except yaml.YAMLError as exc:
