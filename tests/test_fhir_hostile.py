@@ -204,6 +204,18 @@ def test_a_body_announced_too_large_is_413_before_it_is_read(base: str) -> None:
     assert b'"too-long"' in answer
 
 
+def test_a_content_length_of_thousands_of_digits_is_a_4xx(base: str) -> None:
+    port = int(base.rsplit(":", 1)[1])
+    head = (
+        "POST /fhir/Observation HTTP/1.1\r\nHost: t\r\n"
+        f"Content-Type: {FHIR}\r\nContent-Length: {'9' * 5000}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head.encode() + b"{}")
+        answer = _read_all(sock)
+    assert answer.startswith((b"HTTP/1.1 413", b"HTTP/1.1 400")), answer[:40]
+
+
 def test_a_chunked_body_past_the_limit_is_413(base: str) -> None:
     port = int(base.rsplit(":", 1)[1])
     head = (
