@@ -37,7 +37,6 @@ def running_app(
     test-only routes to the app first."""
     defaults: dict[str, Any] = {
         "auth": "development",
-        "mllp_port": free_port(),
         "clock": "message",
         "timezone": "UTC",
     }

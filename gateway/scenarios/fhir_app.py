@@ -103,7 +103,6 @@ def gateway_settings(application: Gateway, **more: Any) -> Settings:
     return Settings(
         clock="message",
         host="127.0.0.1",
-        mllp_port=free_port(),  # the app's MLLP listener: unused here, but never in the way
         timezone=str(application.ctx.tz),
         **more,
     )
