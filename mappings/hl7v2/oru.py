@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 from mappings.hl7v2.senders import SenderConfig
-from mappings.hl7v2.tokenizer import Message, Segment
+from mappings.hl7v2.tokenizer import FieldValues, Message, Segment
+from rems_core.identity import Candidate, Rule, resolved
 from rems_core.model import Identifier, LabResult, ResultStatus
 
 LOINC_SYSTEMS = {"LN", "LOINC", "http://loinc.org"}
@@ -48,6 +49,7 @@ class LabReport:
     results: list[LabResult]
     locations: list[str]  # the OBX of each result, e.g. "OBX^3"
     problems: list[Hl7Problem] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)  # identifiers: the resolved ones
 
 
 def hl7_time(text: str, tz: tzinfo) -> datetime | None:
@@ -82,20 +84,59 @@ def _offset(offset: str) -> timezone:
 
 
 def patient_identifiers(pid: Segment, sender: SenderConfig) -> list[Identifier]:
-    """PID-3 repetitions: CX-4.2 with CX-4.3 ISO as ``urn:oid:``, or the sender's CX-4.1 map.
-    PID-3 is split once (linear in its length, however many repetitions it has)."""
-    identifiers = []
-    for repetition in pid.field(3):
-        cx = [*(component[0] for component in repetition), "", "", "", ""]
-        authority = [*repetition[3], "", "", ""] if len(repetition) > 3 else ["", "", ""]
-        value, namespace, universal, kind = cx[0], authority[0], authority[1], authority[2]
-        if not value:
-            continue
-        if universal and kind.upper() == "ISO":
-            identifiers.append(Identifier(f"urn:oid:{universal}", value))
-        if namespace in sender.assigning_authorities:
-            identifiers.append(Identifier(sender.assigning_authorities[namespace], value))
-    return identifiers
+    """The identifiers of the PID's candidates that resolve, each once."""
+    return resolved(patient_candidates(pid, sender))
+
+
+def patient_candidates(pid: Segment, sender: SenderConfig) -> list[Candidate]:
+    """PID-3 repetitions, then PID-2 and PID-4 (older senders), one candidate per CX-1 value."""
+    return [
+        *cx_candidates(pid.field(3), "PID-3", sender, numbered=True),
+        *cx_candidates(pid.field(2), "PID-2", sender),
+        *cx_candidates(pid.field(4), "PID-4", sender, numbered=True),
+    ]
+
+
+def cx_candidates(
+    repetitions: FieldValues, name: str, sender: SenderConfig, numbered: bool = False
+) -> list[Candidate]:
+    """One candidate per repetition of a CX field with a value, named "PID-3[1]"…; without
+    ``numbered``, a field of one repetition is named plainly ("PID-2")."""
+    label_each = numbered or len(repetitions) > 1
+    candidates = []
+    for index, repetition in enumerate(repetitions, start=1):
+        label = f"{name}[{index}]" if label_each else name
+        candidate = _cx_candidate(repetition, label, sender)
+        if candidate is not None:
+            candidates.append(candidate)
+    return candidates
+
+
+def _cx_candidate(
+    repetition: list[list[str]], label: str, sender: SenderConfig
+) -> Candidate | None:
+    value = repetition[0][0].strip()
+    if not value:
+        return None
+    authority = [*(repetition[3] if len(repetition) > 3 else []), "", "", ""]
+    namespace, universal, kind = (part.strip() for part in authority[:3])
+    rule, system = _authority_system(namespace, universal, kind, sender)
+    return Candidate(value, label, rule, system, namespace or universal)
+
+
+def _authority_system(
+    namespace: str, universal: str, kind: str, sender: SenderConfig
+) -> tuple[Rule, str]:
+    """The system of a CX-4 (HD: namespace, universal id, its type) by rules (a)–(d)."""
+    if universal and kind.upper() == "ISO":
+        return Rule.OID, f"urn:oid:{universal}"
+    if namespace in sender.assigning_authorities:
+        return Rule.MAPPED, sender.assigning_authorities[namespace]
+    if namespace and sender.namespace_as_system:
+        return Rule.NAMESPACE, namespace
+    if not namespace and not universal and sender.default_authority:
+        return Rule.DEFAULT_AUTHORITY, sender.default_authority
+    return Rule.UNRESOLVED, ""
 
 
 def observation_code(obx: Segment, sender: SenderConfig) -> str | None:
@@ -140,7 +181,7 @@ def to_lab_report(
 ) -> LabReport:
     tz = ZoneInfo(sender.timezone) if sender.timezone else default_tz
     pid = message.first("PID")
-    identifiers = patient_identifiers(pid, sender) if pid else []
+    candidates = patient_candidates(pid, sender) if pid else []
     results: list[LabResult] = []
     locations: list[str] = []
     problems: list[Hl7Problem] = []
@@ -162,7 +203,7 @@ def to_lab_report(
             elif read is not None:
                 results.append(read)
                 locations.append(f"OBX^{obx_count}")
-    return LabReport(identifiers, results, locations, problems)
+    return LabReport(resolved(candidates), results, locations, problems, candidates)
 
 
 def _read_obx(

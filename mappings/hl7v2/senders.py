@@ -28,6 +28,8 @@ class SenderConfig(_Strict):
     facility: str = ""  # MSH-4.1
     local_codes: dict[str, str] = {}  # the sender's OBX-3 code → LOINC
     assigning_authorities: dict[str, str] = {}  # PID-3 CX-4.1 → identifier system
+    default_authority: str | None = None  # identifier system of a CX without CX-4: rule (d)
+    namespace_as_system: bool = True  # rule (c): an unmapped CX-4.1 text is itself the system
     timezone: str | None = None  # for times without an offset; default the gateway's
     charset_fallback: str | None = None  # e.g. cp1252, when bytes do not decode as MSH-18 says
     validation: Literal["tolerant", "strict"] = "tolerant"
