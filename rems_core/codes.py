@@ -36,6 +36,8 @@ class Code(StrEnum):
     RESULT_PRELIMINARY = "RESULT_PRELIMINARY"
     RESULT_CANCELLED = "RESULT_CANCELLED"
     PATIENT_NOT_MATCHED = "PATIENT_NOT_MATCHED"
+    PATIENT_AMBIGUOUS = "PATIENT_AMBIGUOUS"
+    PATIENT_MERGE_REVIEW = "PATIENT_MERGE_REVIEW"
     # §4, §5 PSF
     SUBMITTER_NOT_AUTHORIZED = "SUBMITTER_NOT_AUTHORIZED"
     RATIONALE_REQUIRED = "RATIONALE_REQUIRED"
@@ -101,6 +103,12 @@ TEXT: dict[Code, str] = {
     Code.RESULT_PRELIMINARY: "Preliminary result: stored, not used for decisions until final.",
     Code.RESULT_CANCELLED: "Cancelled result: the earlier value of this specimen is withdrawn.",
     Code.PATIENT_NOT_MATCHED: "No registry patient matches the identifiers; kept for review.",
+    Code.PATIENT_AMBIGUOUS: (
+        "The identifiers name different registry patients: nothing was filed; kept for review."
+    ),
+    Code.PATIENT_MERGE_REVIEW: (
+        "The merge names two registry patients: nothing was merged; kept for review."
+    ),
     Code.SUBMITTER_NOT_AUTHORIZED: "{submitter} may not submit for prescriber {prescriber}: {why}.",
     Code.RATIONALE_REQUIRED: "A prescriber's treatment rationale is required: {why}.",
     Code.RATIONALE_INCOMPLETE: "The treatment rationale is incomplete: {why}.",

@@ -19,6 +19,7 @@ from gateway.app.service import RemsService
 from gateway.app.values import Source
 from rems_core.registry import registry_from
 from rems_core.store.fhir_repo import ResourceQuery
+from rems_core.store.review_repo import ReviewFilter
 from tests.conftest import committed, run
 from tests.http_server import running_app
 from tests.test_fhir_observation import anc_issue
@@ -133,13 +134,23 @@ def test_a_transaction_with_one_bad_entry_stores_nothing(
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["expression"] == ["Bundle.entry[2].resource.subject"]
     assert stored(service, "Observation") == stored(service, "DiagnosticReport") == []
-    unknown = copy.deepcopy(TRANSACTION)
-    unknown["entry"][2]["resource"]["subject"] = {"reference": "Patient/no-such-patient"}
-    refused = client.post(gw.base, json=unknown, headers=HEADERS)
-    assert refused.status_code == 422  # found only inside the unit of work: rolled back
-    assert stored(service, "Observation") == stored(service, "DiagnosticReport") == []
     ancs = committed(service, lambda s: s.anc_results(s.find_patient(_mrn()).rems_id))
     assert [a.anc for a in ancs] == [2100]  # the enrollment's only
+
+
+def test_a_transaction_for_a_patient_nobody_knows_is_stored_and_held(gw: Gateway) -> None:
+    unknown = copy.deepcopy(TRANSACTION)
+    for entry in unknown["entry"]:
+        entry["resource"]["subject"] = {"reference": "Patient/no-such-patient"}
+    response = gw.client.post(gw.base, json=unknown, headers=HEADERS)
+    assert response.status_code == 200
+    assert {e["response"]["status"].split()[0] for e in response.json()["entry"]} == {"201"}
+    assert len(stored(gw.service, "Observation")) == 2
+    held, total = committed(gw.service, lambda s: s.review_items(ReviewFilter()))
+    assert total == 1 and held[0]["kind"] == "unmatched"
+    assert sorted(held[0]["resources"]) == sorted(
+        f"Observation/{r.id}" for r in stored(gw.service, "Observation")
+    )
 
 
 def test_a_transaction_refuses_an_unsupported_entry(

@@ -108,7 +108,7 @@ def test_one_control_id_with_other_content_is_a_conflict_held_for_review(
 @pytest.mark.parametrize(
     ("change", "code", "location", "err3"),
     [
-        ((b"ORU^R01^ORU_R01", b"ADT^A01^ADT_A01"), "AR", "MSH^1^9", "200"),
+        ((b"ORU^R01^ORU_R01", b"OML^O21^OML_O21"), "AR", "MSH^1^9", "200"),
         ((b"ORU^R01^ORU_R01", b"ORU^R30^ORU_R30"), "AR", "MSH^1^9", "201"),
         ((b"|MSG0001|P|", b"|MSG0001|X|"), "AR", "MSH^1^11", "202"),
         ((b"|P|2.5.1", b"|P|2.2"), "AR", "MSH^1^12", "203"),
@@ -134,9 +134,14 @@ def test_a_result_for_an_unknown_patient_is_kept_for_review(
     assert received.code == "AA" and ("PID^1^3", "204", "W", "PATIENT_NOT_MATCHED") in errors(
         received.ack
     )
+    text = next(e for e in received.ack.split("\r") if "PATIENT_NOT_MATCHED" in e).split("|")[8]
+    assert "MRN404" not in text and "****04" in text  # the candidate tried, masked
     with engine.connect() as conn:
         kept = conn.execute(select(tables.ObservationRow.__table__.c.patient_id)).scalars().all()
-    assert kept.count(None) == 1  # stored without a patient, for review
+        held = conn.execute(select(tables.ReviewItemRow.__table__)).one()
+    assert None not in kept  # nobody's file holds it; the review queue does
+    assert (held.kind, held.message) == ("unmatched", "LAB|GENERAL HOSP#MSG0001")
+    assert [c["value"] for c in held.candidates] == ["MRN404"]
 
 
 def test_a_comparator_is_flagged_never_used(intake: Hl7Intake) -> None:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from rems_core.model import Identifier, LabResult, ResultStatus
+from rems_core.model import LabResult, ResultStatus
 from rems_core.store import tables
 from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
 from rems_core.store.repo import observation_row
@@ -21,9 +21,8 @@ MOMENT = datetime(2022, 3, 2, 8, 0, 0, 123456, tzinfo=UTC)
 
 def rows() -> list[dict]:
     result = LabResult("751-8", "0.8", "10*3/uL", MOMENT, ResultStatus.FINAL, "ACC-1")
-    unmatched = [Identifier("urn:oid:1.2.3", "MRN9")]
     return [
-        observation_row(None, result, MOMENT + timedelta(hours=1), "mllp", unmatched=unmatched),
+        observation_row(None, result, MOMENT + timedelta(hours=1), "mllp"),
         observation_row(None, result, MOMENT, "fhir", current=False),
     ]
 
@@ -43,9 +42,9 @@ def test_prepared_rows_read_back_like_core_rows(engine: Engine) -> None:
         conn.execute(insert(observation_t), rows()[:1])
     back = stored(engine)
     assert back[:3] == back[3:]
-    assert back[0][1] == [{"system": "urn:oid:1.2.3", "value": "MRN9"}]
-    assert back[0][7] == MOMENT and back[0][7].tzinfo is not None
-    assert [r[9] for r in back[:3]] == [True, False, True]
+    assert back[0][1] == "ACC-1"
+    assert back[0][6] == MOMENT and back[0][6].tzinfo is not None
+    assert [r[8] for r in back[:3]] == [True, False, True]
 
 
 def test_prepared_rows_are_stored_as_the_same_text_as_core_rows(engine: Engine) -> None:
@@ -58,8 +57,7 @@ def test_prepared_rows_are_stored_as_the_same_text_as_core_rows(engine: Engine) 
         conn.execute(insert(audit_t), records)
         PreparedInsert(insert(audit_t)).run(conn, [r | {"seq": r["seq"] + 2} for r in records])
         observed = conn.exec_driver_sql(
-            "SELECT CAST(unmatched_identifiers AS TEXT), CAST(drawn AS TEXT) FROM observation"
-            " ORDER BY id"
+            "SELECT CAST(value AS TEXT), CAST(drawn AS TEXT) FROM observation ORDER BY id"
         ).all()
         audited = conn.exec_driver_sql(
             "SELECT CAST(reasons AS TEXT), CAST(warnings AS TEXT), CAST(at AS TEXT)"
@@ -92,10 +90,10 @@ def audit_row(seq: int, warnings: list[str]) -> dict:
 
 def test_rows_of_different_shapes_go_one_by_one(engine: Engine) -> None:
     first, second = rows()
-    del second["unmatched_identifiers"]
+    del second["patient_id"]  # the column's default (NULL) fills it
     with engine.begin() as conn:
         PreparedInsert(insert(observation_t)).run(conn, [first, second])
-    assert [r[1] for r in stored(engine)] == [[{"system": "urn:oid:1.2.3", "value": "MRN9"}], None]
+    assert [r[-1] for r in stored(engine)] == ["mllp", "fhir"]
 
 
 def test_a_driver_error_is_a_dbapi_error(engine: Engine) -> None:
@@ -114,7 +112,7 @@ def test_prepared_queries_read_what_core_reads(engine: Engine) -> None:
         core = conn.execute(by_patient.order_by(observation_t.c.id)).all()
     assert [tuple(r) for r in prepared] == [tuple(r) for r in core]
     assert prepared[0].drawn == MOMENT and prepared[0].drawn.tzinfo is not None
-    assert prepared[0].unmatched_identifiers == [{"system": "urn:oid:1.2.3", "value": "MRN9"}]
+    assert prepared[0].channel == "mllp"
     assert prepared[0].current is True
 
 
@@ -146,7 +144,7 @@ def test_a_prepared_update_counts_the_rows_it_changed(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(insert(observation_t), rows())
         assert retire.run(conn, {"of_channel": "mllp"}) == 1
-    assert [r[9] for r in stored(engine)] == [False, False]
+    assert [r[8] for r in stored(engine)] == [False, False]
 
 
 def test_outside_a_transaction_the_connection_begins_one(engine: Engine) -> None:

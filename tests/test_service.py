@@ -232,7 +232,11 @@ def test_an_unmatched_lab_is_kept_for_review(service: RemsService, engine: Engin
         service.ingest_labs([Identifier("urn:x", "NOPE")], [lab("2000")], SOURCE, at("2022-03-02"))
     )
     assert not outcome.matched and [w.code for w in outcome.warnings] == ["PATIENT_NOT_MATCHED"]
-    assert count(engine, tables.ObservationRow) == 1
+    assert count(engine, tables.ObservationRow) == 0  # nobody's file holds it
+    with engine.connect() as conn:
+        item = conn.execute(select(tables.ReviewItemRow.__table__)).one()
+    assert (item.id, item.kind, item.status) == (outcome.review_id, "unmatched", "open")
+    assert [r["value"] for r in item.results] == ["2000"]
 
 
 def test_a_failing_unit_of_work_rolls_back_alone(service: RemsService, engine: Engine) -> None:

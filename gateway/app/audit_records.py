@@ -158,3 +158,26 @@ def scheduled(
         outcome="flagged",
         warnings=_codes(found),
     )
+
+
+def review(
+    recorded: datetime,
+    source: Source,
+    at: datetime,
+    item_ids: list[str],
+    outcome: str,
+    subject: str | None = None,
+    findings: tuple[str, ...] = (),
+) -> AuditEntry:
+    """The review queue: items held, linked, discarded or purged (their ids, never values)."""
+    return _entry(
+        recorded,
+        source,
+        at,
+        kind="review",
+        subject=subject,
+        input_hash=digest(sorted(item_ids)),
+        input_ref=",".join(f"review/{i}" for i in item_ids),
+        outcome=outcome,
+        warnings=findings,
+    )

@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Protocol
 
 from rems_core.monitoring import local_date
@@ -55,6 +55,8 @@ class UnitContext:
     tz: tzinfo = UTC
     ids: IdSource = field(default_factory=RandomIds)
     now: Callable[[], datetime] = utc_now  # the recording time of what the units store
+    # how long results of no registry patient are kept for review (review_retention_days)
+    review_retention: timedelta = timedelta(days=30)
 
     def pack_for(self, moment: datetime) -> RulePack:
         """The pack for an event's clinical time (raises OutOfScope before the program)."""

@@ -18,14 +18,6 @@ class IdentifierTaken(Exception):
     """An update gives a resource the business identifier of another one (409)."""
 
 
-class TransactionRefused(Exception):
-    """A transaction entry names a Patient/{id} the gateway does not know: nothing is stored."""
-
-    def __init__(self, unknown_patients: list[str]) -> None:
-        super().__init__("unknown patient")
-        self.unknown_patients = unknown_patients
-
-
 class UnknownPatient(LookupError):
     """The check names the gateway's Patient/{id}, and there is none."""
 
@@ -48,3 +40,24 @@ class Changed(Exception):
 
 class RequestConflict(ValueError):
     """The same request id arrived with a different body."""
+
+
+class UnknownReviewItem(LookupError):
+    """No review item has this id."""
+
+
+class ReviewClosed(Exception):
+    """The review item was linked, discarded or purged already."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class NotLinkable(ValueError):
+    """The item cannot be linked as asked (its kind, or a patient or identifier it does not
+    name); the message says why."""
+
+
+class ClientIdTaken(Exception):
+    """A PUT to a resource id that another client (or the gateway) created (409)."""

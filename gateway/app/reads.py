@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
@@ -21,6 +21,7 @@ from rems_core.model import AncResult, Identifier, Patient
 from rems_core.status import PatientRecord, RemsStatus
 from rems_core.store.fhir_repo import ResourceQuery, StoredResource
 from rems_core.store.repo import Store
+from rems_core.store.review_repo import ReviewFilter
 
 T = TypeVar("T")
 
@@ -96,6 +97,17 @@ class RemsReads:
             return [a for a in store.anc_results(patient.rems_id) if a.received == at]
 
         return await self._read(received)
+
+    async def review_items(self, wanted: ReviewFilter) -> tuple[list[dict[str, Any]], int]:
+        """One page of the review queue, oldest first, and how many items match."""
+        return await self._read(lambda store: store.review_items(wanted))
+
+    async def review_item(self, item_id: str) -> dict[str, Any] | None:
+        return await self._read(lambda store: store.review_item(item_id))
+
+    async def review_counts(self) -> dict[str, int]:
+        """Open review items by kind."""
+        return await self._read(lambda store: store.review_counts())
 
     async def _read(self, work: Callable[[Store], T]) -> T:
         def on_read_connection() -> T:

@@ -7,7 +7,7 @@ themselves (``units/``) get the service's ``UnitContext``, never the service.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from gateway.app import audit_records
@@ -20,6 +20,7 @@ from gateway.app.units import (
     labs,
     messages,
     registry,
+    review,
     scheduled,
 )
 from gateway.app.units import psf as psf_unit
@@ -37,6 +38,8 @@ from gateway.app.values import (
     Source,
 )
 from gateway.app.writer import Writer
+from mappings.hl7v2.adt import AdtEvent
+from rems_core.identity import Candidate, Rule
 from rems_core.model import (
     Decision,
     DispenseRequest,
@@ -73,13 +76,18 @@ class RemsService:
 
     async def ingest_labs(
         self,
-        identifiers: list[Identifier],
+        patient: Sequence[Identifier | Candidate],
         results: list[LabResult],
         source: Source,
         received: datetime,
     ) -> LabOutcome:
+        """Results of the patient named by identifiers (with their systems) or candidates."""
+        candidates = [
+            c if isinstance(c, Candidate) else Candidate(c.value, "subject", Rule.FHIR, c.system)
+            for c in patient
+        ]
         return await self.writer.run(
-            lambda store: labs.ingest(self.ctx, store, identifiers, results, source, received)
+            lambda store: labs.ingest(self.ctx, store, candidates, results, source, received)
         )
 
     async def record_labs(
@@ -207,7 +215,7 @@ class RemsService:
     async def receive_message(
         self,
         message: ReceivedMessage,
-        identifiers: list[Identifier],
+        candidates: list[Candidate],
         results: list[LabResult],
         answer: Callable[[LabOutcome | None, str], str],
         source: Source,
@@ -217,8 +225,40 @@ class RemsService:
         control id with the same content gets the stored ACK; with other content, a conflict."""
         return await self.writer.run(
             lambda store: messages.receive(
-                self.ctx, store, message, identifiers, results, answer, source
+                self.ctx, store, message, candidates, results, answer, source
             )
+        )
+
+    async def receive_adt(
+        self,
+        message: ReceivedMessage,
+        event: AdtEvent,
+        answer: Callable[[LabOutcome | None, str], str],
+        source: Source,
+    ) -> str:
+        """An ADT message, as ``receive_message``: identifiers added or merged, and the ACK."""
+        return await self.writer.run(
+            lambda store: messages.receive_adt(self.ctx, store, message, event, answer, source)
+        )
+
+    # --- the review queue -----------------------------------------------------------------
+
+    async def link_review(
+        self,
+        item_id: str,
+        patient_id: str,
+        identifier: Identifier | None,
+        source: Source,
+        at: datetime,
+    ) -> review.Linked:
+        """File a held item to a registry patient (and what else waited for its identifier)."""
+        return await self.writer.run(
+            lambda store: review.link(self.ctx, store, item_id, patient_id, identifier, source, at)
+        )
+
+    async def discard_review(self, item_id: str, reason: str, source: Source, at: datetime) -> None:
+        await self.writer.run(
+            lambda store: review.discard(self.ctx, store, item_id, reason, source, at)
         )
 
     # --- scheduled work (§8) ------------------------------------------------------------------

@@ -27,6 +27,7 @@ class Source:
 
     channel: str
     actor: str = ""
+    message: str = ""  # the HL7 control id (MSH-10) it came in, if any
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class LabOutcome:
     patient: str | None
     results: tuple[AncResult, ...]
     warnings: tuple[Finding, ...] = ()
+    review_id: str | None = None  # held for review: no patient, or two
 
     @property
     def matched(self) -> bool:
@@ -83,8 +85,7 @@ class LabSubmission:
 @dataclass(frozen=True)
 class LabsRecorded:
     recorded: list[Recorded]
-    outcomes: list[LabOutcome]  # one per patient whose results were taken
-    unknown_patients: list[str]  # literal Patient/{id} references to no patient
+    outcomes: list[LabOutcome]  # one per patient (or unmatched subject) whose results were taken
     sources: list[list[int]] = field(default_factory=list)  # per outcome: its submissions
 
 

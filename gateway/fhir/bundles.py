@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.app.errors import IdentifierTaken, TransactionRefused, UnknownResource, VersionConflict
+from gateway.app.errors import IdentifierTaken, UnknownResource, VersionConflict
 from gateway.app.values import LabSubmission, Recorded, ResourceDraft, Source
 from gateway.fhir.auth import INTERACTION_LETTERS, Principal
 from gateway.fhir.bundle_effects import effects
@@ -161,12 +161,6 @@ async def transaction(
     except IdentifierTaken:
         raise FhirError(
             409, "duplicate", "an entry gives an Observation another one's identifier"
-        ) from None
-    except TransactionRefused:
-        raise FhirError(
-            422,
-            "not-found",
-            "an entry's subject names a Patient the gateway does not know: nothing was stored",
         ) from None
     ordered = observations + reports
     found = effects(ordered, submissions, done)

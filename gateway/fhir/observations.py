@@ -103,13 +103,6 @@ async def record(
         raise FhirError(
             409, "duplicate", "another Observation has this identifier", ("Observation.identifier",)
         ) from None
-    if done.unknown_patients:
-        raise FhirError(
-            422,
-            "not-found",
-            "subject names a Patient the gateway does not know",
-            ("Observation.subject",),
-        )
     issues = [i for outcome in done.outcomes for i in lab_issues(outcome.results, outcome.warnings)]
     if any(r.unchanged for r in done.recorded):
         issues.append(Issue("information", "informational", "already stored: not processed again"))

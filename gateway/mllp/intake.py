@@ -18,11 +18,14 @@ from typing import Any, Literal, TypeVar, cast, get_args
 from gateway.app.service import RemsService
 from gateway.app.values import LabOutcome, ReceivedMessage, Source
 from mappings.hl7v2.ack import build_ack, enhanced_mode, wanted
+from mappings.hl7v2.adt import AdtEvent, to_adt_event
+from mappings.hl7v2.identity_text import ambiguous_text, unmatched_text
 from mappings.hl7v2.limits import message_problem
 from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, to_lab_report
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, Message, Segment, parse
 from rems_core.anc import relevant_codes
+from rems_core.identity import Candidate
 from rems_core.model import AncResult
 from rems_core.rulepack import DEFAULT_PACK
 
@@ -38,21 +41,40 @@ WARNING_0357 = {
     "ANC_UNIT_SUSPECT": "102",
     "ANC_UNIT_UNKNOWN": "103",
     "PATIENT_NOT_MATCHED": "204",
+    "PATIENT_AMBIGUOUS": "204",
+    "PATIENT_MERGE_REVIEW": "204",
 }
-WARNING_FIELD = {"ANC_UNIT_UNKNOWN": 6, "ANC_UNIT_SUSPECT": 6, "PATIENT_NOT_MATCHED": 3}
+WARNING_FIELD = {
+    "ANC_UNIT_UNKNOWN": 6,
+    "ANC_UNIT_SUSPECT": 6,
+    "PATIENT_NOT_MATCHED": 3,
+    "PATIENT_AMBIGUOUS": 3,
+    "PATIENT_MERGE_REVIEW": 3,
+}
 
 
 #: MSH-9 values the metrics name; any other is "other", so a sender cannot grow the label set.
 #: ORU^R01 is what we take; the rest are what a lab or pharmacy route may send us by mistake.
 KNOWN_MESSAGE_TYPES = frozenset(
-    {"ORU^R01", "ORU^R30", "OUL^R22", "OML^O21", "RDE^O11", "ADT^A01", "ADT^A04", "ADT^A08"}
-)
+    {
+        "ORU^R01", "ORU^R30", "OUL^R22", "OML^O21", "RDE^O11",
+        "ADT^A01", "ADT^A04", "ADT^A08", "ADT^A28", "ADT^A31", "ADT^A34", "ADT^A40", "ADT^A47",
+    }
+)  # fmt: skip
 UNREADABLE = "unreadable"
 OTHER_TYPE = "other"
 #: What became of a message: the service's dispositions, a resend answered from the stored ACK
 #: (duplicate), refused before the store (rejected), or the store was unavailable (error).
 Disposition = Literal[
-    "accepted", "unmatched", "no_results", "duplicate", "conflict", "rejected", "error"
+    "accepted",
+    "unmatched",
+    "no_results",
+    "ignored",
+    "held",
+    "duplicate",
+    "conflict",
+    "rejected",
+    "error",
 ]
 DISPOSITIONS: tuple[Disposition, ...] = get_args(Disposition)
 _ACCEPT_CODE = {"CA": "AA", "CE": "AE", "CR": "AR"}
@@ -159,21 +181,27 @@ class Hl7Intake:
         self, message: Message, sender: SenderConfig, data: bytes, received: datetime
     ) -> Received:
         """The unit of work: stored with its ACK, or the stored ACK of a resend."""
-        report = await _mapped(
-            len(data), to_lab_report, message, sender, self.relevant, self.service.ctx.tz
-        )
+        is_adt = message.msh.get(9, 1) == "ADT"
         envelope = ReceivedMessage(
             sender=sender.key,
             control_id=message.msh.get(10, 1),
             content_hash=content_hash(data),
-            message_type="ORU^R01",
+            message_type=f"ADT^{message.msh.get(9, 2)}" if is_adt else "ORU^R01",
             raw=data,
             received=received,
         )
+        source = Source("mllp", sender.key, envelope.control_id)
         answered = _Answered()
+        if is_adt:
+            event = to_adt_event(message, sender)
+            report = LabReport([], [], [], candidates=_adt_candidates(event))
+        else:
+            report = await _mapped(
+                len(data), to_lab_report, message, sender, self.relevant, self.service.ctx.tz
+            )
 
         def answer(outcome: LabOutcome | None, disposition: str) -> str:
-            code, problems = _disposition(report, outcome, disposition)
+            code, problems = _disposition(report, outcome, disposition, sender)
             ack = build_ack(
                 message.msh, code, problems, _ack_id(envelope), received, msa_code=sender.msa_code
             )
@@ -183,9 +211,12 @@ class Hl7Intake:
             return ack
 
         try:
-            ack = await self.service.receive_message(
-                envelope, report.identifiers, report.results, answer, Source("mllp", sender.key)
-            )
+            if is_adt:
+                ack = await self.service.receive_adt(envelope, event, answer, source)
+            else:
+                ack = await self.service.receive_message(
+                    envelope, report.candidates, report.results, answer, source
+                )
         except Exception as exc:  # the store is unavailable: nothing was half-written
             return self._store_failed(message, sender, exc, received)
         # The service calls answer() for a new message only; a resend gets the stored ACK, a
@@ -269,9 +300,10 @@ def _check_certificate(sender: SenderConfig, fingerprint: str | None) -> None:
 
 def _check(message: Message) -> None:
     msh = message.msh
+    kind, event = msh.get(9, 1), msh.get(9, 2)
     checks = [
-        (msh.get(9, 1) == "ORU", "MSH^1^9", "200", f"message type {msh.get(9, 1)!r} is not ORU"),
-        (msh.get(9, 2) == "R01", "MSH^1^9", "201", f"event {msh.get(9, 2)!r} is not R01"),
+        (kind in ("ORU", "ADT"), "MSH^1^9", "200", f"message type {kind!r} is not ORU or ADT"),
+        (kind == "ADT" or event == "R01", "MSH^1^9", "201", f"event {event!r} is not R01"),
         (msh.get(11, 1) in PROCESSING_IDS, "MSH^1^11", "202", "processing id not P, T or D"),
         (msh.get(12, 1) in SUPPORTED_VERSIONS, "MSH^1^12", "203", "version not 2.3–2.8"),
         (bool(msh.get(10, 1)), "MSH^1^10", "101", "no message control id"),
@@ -325,21 +357,38 @@ def _ack_id(envelope: ReceivedMessage) -> str:
     return f"ACK-{envelope.control_id}"
 
 
+def _adt_candidates(event: AdtEvent) -> list[Candidate]:
+    return [c for patient in event.patients for c in (*patient.candidates, *patient.prior)]
+
+
 def _disposition(
-    report: LabReport, outcome: LabOutcome | None, disposition: str
+    report: LabReport, outcome: LabOutcome | None, disposition: str, sender: SenderConfig
 ) -> tuple[str, list[Hl7Problem]]:
     if disposition == "conflict":
         text = "this control id was used for another message; held for review"
         return "AE", [Hl7Problem("MSH^1^10", "205", "E", "DUPLICATE_CONTROL_ID", text)]
     problems = list(report.problems)
     if outcome is not None:
-        problems += [_warning("PID^1^3", w.code, w.text) for w in outcome.warnings]
+        problems += [
+            _warning("PID^1^3", w.code, _patient_text(report, w.code, w.text, sender))
+            for w in outcome.warnings
+        ]
         problems += [
             _warning(_location(report, anc), w.code, w.text)
             for anc in outcome.results
             for w in anc.warnings
         ]
     return "AA", problems
+
+
+def _patient_text(report: LabReport, code: str, text: str, sender: SenderConfig) -> str:
+    """The ERR-8 of a patient finding: which identifiers were tried (masked), and what would
+    resolve a bare one."""
+    if code == "PATIENT_NOT_MATCHED":
+        return unmatched_text(report.candidates, sender.key)
+    if code == "PATIENT_AMBIGUOUS":
+        return ambiguous_text(report.candidates, 2)
+    return text
 
 
 def _location(report: LabReport, anc: AncResult) -> str:

@@ -171,3 +171,60 @@ def _specimen(observation: Any) -> str | None:
     if identifier is not None and identifier.value:
         return token(identifier.system, identifier.value)
     return None
+
+
+#: Units the gateway writes as UCUM codes when an HL7 result is shown as an Observation; any
+#: other unit is kept as the sender's text only.
+UCUM_COUNT_UNITS = {"/uL", "10*3/uL", "10*9/L", "10*6/L", "/mm3", "{cells}/uL", "%"}
+LAB_CATEGORY = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "laboratory",
+        }
+    ]
+}
+MAX_SHOWN = Decimal(10**12)  # no count is larger: such a value is shown as the text it was
+RESULT_STATUS_CODE = {
+    ResultStatus.FINAL: "final",
+    ResultStatus.CORRECTED: "corrected",
+    ResultStatus.PRELIMINARY: "preliminary",
+    ResultStatus.CANCELLED: "cancelled",
+}
+
+
+def lab_observation(
+    result: LabResult, patient_id: str, source: str, issued: datetime
+) -> dict[str, Any]:
+    """A lab result that arrived another way (HL7 v2, a PSF, a scenario) as an Observation of
+    the patient's FHIR record; ``source`` (meta.source) names the sender and message."""
+    body: dict[str, Any] = {
+        "resourceType": "Observation",
+        "meta": {"source": source},
+        "status": RESULT_STATUS_CODE[result.status],
+        "category": [LAB_CATEGORY],
+        "code": {"coding": [{"system": LOINC, "code": result.code}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": result.drawn.isoformat(),
+        "issued": issued.isoformat(),
+    }
+    body |= _value_element(result.value, result.unit)
+    if result.specimen:
+        body["specimen"] = {"identifier": {"value": result.specimen}}
+    return body
+
+
+def _value_element(value: str, unit: str) -> dict[str, Any]:
+    try:
+        number = Decimal(value.strip())
+    except ArithmeticError:
+        return {"valueString": value} if value else {}
+    if not number.is_finite() or abs(number) > MAX_SHOWN:
+        return {"valueString": value}
+    whole = number == number.to_integral()
+    quantity: dict[str, Any] = {"value": int(number) if whole else float(number)}
+    if unit:
+        quantity["unit"] = unit
+        if unit in UCUM_COUNT_UNITS:
+            quantity |= {"system": UCUM, "code": unit}
+    return {"valueQuantity": quantity}

@@ -27,6 +27,8 @@ class StoredResource:
     last_updated: datetime
     content_hash: str
     body: dict[str, Any]  # with id and meta.versionId / meta.lastUpdated
+    owner: str | None = None  # the client that created it; None: the gateway
+    patient_id: str | None = None  # the registry patient it is of (indexed)
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,14 @@ _insert = PreparedInsert(insert(resource_t))
 
 def _stored(row: Any) -> StoredResource:
     return StoredResource(
-        row.resource_type, row.id, row.version_id, row.last_updated, row.content_hash, row.body
+        row.resource_type,
+        row.id,
+        row.version_id,
+        row.last_updated,
+        row.content_hash,
+        row.body,
+        row.owner,
+        row.patient_id,
     )
 
 
@@ -122,13 +131,15 @@ class FhirRepo:
         index: ResourceIndex,
         at: datetime,
         current: StoredResource | None = None,
+        owner: str | None = None,
     ) -> StoredResource:
         """Store ``body`` as the next version of ``current`` (the resource's current version,
-        which the caller has read), or as a new resource."""
+        which the caller has read), or as a new resource of ``owner``."""
         version = current.version_id + 1 if current is not None else 1
         if current is not None:
             self.conn.execute(_supersede, {"of_type": resource_type, "of_id": resource_id})
         stored = with_meta(body, resource_id, version, at)
+        owner = current.owner if current is not None else owner
         _insert.run(
             self.conn,
             [
@@ -144,10 +155,13 @@ class FhirRepo:
                     "code": index.code,
                     "effective": index.effective,
                     "body": stored,
+                    "owner": owner,
                 }
             ],
         )
-        return StoredResource(resource_type, resource_id, version, at, content_hash, stored)
+        return StoredResource(
+            resource_type, resource_id, version, at, content_hash, stored, owner, index.patient_id
+        )
 
     def search_resources(self, query: ResourceQuery) -> tuple[list[StoredResource], int]:
         """The current resources that match, one page of them, and how many match in all."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from rems_core.store import tables as t
 from rems_core.store.prepared import PreparedInsert, PreparedQuery
@@ -57,3 +57,11 @@ class MessageRepo:
             )
         )
         return result.rowcount or 0
+
+    def forget_message_body(self, sender: str, control_id: str) -> None:
+        """A held message's retention ended: its raw text goes, its ACK stays (resends)."""
+        self.conn.execute(
+            update(message_t)
+            .where(message_t.c.sender == sender, message_t.c.control_id == control_id)
+            .values(raw=b"")
+        )

@@ -239,6 +239,36 @@ class RegistryRepo:
                 return patient
         return None
 
+    def patients_named(self, identifiers: Iterable[Identifier]) -> list[Patient]:
+        """Every registry patient one of ``identifiers`` names, each once, in their order."""
+        found: dict[str, Patient] = {}
+        for ident in identifiers:
+            patient = self.find_patient([ident])
+            if patient is not None:
+                found.setdefault(patient.rems_id, patient)
+        return list(found.values())
+
+    def add_patient_identifier(self, patient_id: str, identifier: Identifier) -> None:
+        """A new identifier of a registry patient (the caller checked nobody holds it)."""
+        self.forget_cached()
+        self.registry_changed = True
+        self.conn.execute(
+            insert(identifier_t).values(
+                system=identifier.system, value=identifier.value, patient_id=patient_id
+            )
+        )
+
+    def move_patient_identifier(self, identifier: Identifier, patient_id: str) -> None:
+        """A merge: the identifier is now the surviving patient's."""
+        self.forget_cached()
+        self.registry_changed = True
+        self.conn.execute(
+            update(identifier_t)
+            .where(identifier_t.c.system == identifier.system)
+            .where(identifier_t.c.value == identifier.value)
+            .values(patient_id=patient_id)
+        )
+
     def patient(self, patient_id: str) -> Patient | None:
         return _patient(self.conn.execute(_patient_by_id, {"patient_id": patient_id}).all())
 

@@ -17,7 +17,6 @@ from rems_core.model import (
     AncCategory,
     AncResult,
     Finding,
-    Identifier,
     LabResult,
     Patient,
     PatientSnapshot,
@@ -31,6 +30,7 @@ from rems_core.store.fhir_repo import FhirRepo
 from rems_core.store.message_repo import MessageRepo
 from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
 from rems_core.store.registry_repo import RegistryRepo
+from rems_core.store.review_repo import ReviewRepo
 
 FORM = TypeAdapter(PatientStatusForm)
 
@@ -164,15 +164,11 @@ def observation_row(
     received: datetime,
     channel: str,
     current: bool = True,
-    unmatched: list[Identifier] | None = None,
 ) -> dict[str, Any]:
     """A reported observation as stored: the original value and unit, never rewritten. A
     cancelled result is kept for the record but is never current."""
     return {
         "patient_id": patient_id,
-        "unmatched_identifiers": [{"system": i.system, "value": i.value} for i in unmatched]
-        if unmatched
-        else None,
         "specimen_key": specimen_key(result),
         "code": result.code,
         "value": result.value,
@@ -250,7 +246,7 @@ def _judgement(
     }
 
 
-class Store(RegistryRepo, MessageRepo, FhirRepo):
+class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo):
     """One unit of work's reads and writes."""
 
     def __init__(self, conn: Connection, defer: bool = False) -> None:

@@ -139,9 +139,6 @@ class ObservationRow(SQLModel, table=True):
     )
     id: int | None = Field(default=None, primary_key=True)
     patient_id: str | None = Field(default=None, foreign_key="patient.id")
-    unmatched_identifiers: list[dict[str, str]] | None = Field(
-        default=None, sa_column=Column(JSON, nullable=True)
-    )
     specimen_key: str
     code: str
     value: str
@@ -353,3 +350,52 @@ class FhirResourceRow(SQLModel, table=True):
     code: str | None = None  # the LOINC code of an Observation
     effective: datetime | None = _utc(nullable=True)
     body: dict[str, Any] = _json()
+    owner: str | None = None  # the client that created it (ids are one space per gateway)
+
+
+class FhirPatientIdentifierRow(SQLModel, table=True):
+    """The identifiers of a client's current Patient: what links it to a registry patient."""
+
+    __tablename__ = "fhir_patient_identifier"
+    __table_args__ = (Index("ix_fhir_patient_identifier", "system", "value"),)
+    resource_id: str = Field(primary_key=True)
+    system: str = Field(primary_key=True)
+    value: str = Field(primary_key=True)
+
+
+class ReviewItemRow(SQLModel, table=True):
+    """What the gateway holds for a person to look at (docs/contracts.md §4, §5): results of no
+    or of two patients, a reused control id, a merge of two registry patients."""
+
+    __tablename__ = "review_item"
+    __table_args__ = (
+        Index("ix_review_item_open", "status", "kind", "received"),
+        Index("ix_review_item_purge", "status", "purge_after"),
+    )
+    id: str = Field(primary_key=True)
+    kind: str  # unmatched | ambiguous | conflict | merge
+    status: str = "open"  # open | linked | discarded | purged
+    channel: str
+    sender: str  # MSH-3|MSH-4, or the FHIR client
+    received: datetime = _utc(nullable=False)  # the clinical now of its arrival
+    candidates: list[dict[str, str]] = Field(default_factory=list, sa_column=Column(JSON))
+    results: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    findings: list[dict[str, str]] = Field(default_factory=list, sa_column=Column(JSON))
+    patients: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # those it names
+    message: str | None = None  # "MSH-3|MSH-4#MSH-10" of the HL7 message
+    resources: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # "Type/id"
+    purge_after: datetime | None = _utc(nullable=True)
+    resolved_at: datetime | None = _utc(nullable=True)
+    resolved_by: str | None = None
+    resolution: str = ""  # linked to whom, or why it was discarded
+    patient_id: str | None = None  # the registry patient it was filed to
+
+
+class ReviewKeyRow(SQLModel, table=True):
+    """The identifiers (and FHIR references) an open item's results wait for."""
+
+    __tablename__ = "review_key"
+    __table_args__ = (Index("ix_review_key_identifier", "system", "value"),)
+    review_id: str = Field(primary_key=True, foreign_key="review_item.id")
+    system: str = Field(primary_key=True)
+    value: str = Field(primary_key=True)

@@ -5,13 +5,13 @@ again unchanged is answered from the store, not processed twice."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from gateway.app.context import UnitContext
-from gateway.app.errors import IdentifierTaken, TransactionRefused, UnknownResource, VersionConflict
-from gateway.app.units import labs
+from gateway.app.errors import IdentifierTaken, UnknownResource, VersionConflict
+from gateway.app.units import identity, labs
 from gateway.app.values import (
     LabsRecorded,
     LabSubmission,
@@ -20,7 +20,8 @@ from gateway.app.values import (
     ResourceDraft,
     Source,
 )
-from rems_core.model import Identifier, LabResult, Patient
+from rems_core.identity import Candidate, of_identifiers, reference
+from rems_core.model import LabResult
 from rems_core.store.fhir_repo import StoredResource
 from rems_core.store.repo import Store
 
@@ -75,33 +76,48 @@ def record_labs(
     source: Source,
     received: datetime,
 ) -> LabsRecorded:
-    """Observations of one request (a create, or a Bundle's entries) in one unit of work."""
+    """Observations of one request (a create, or a Bundle's entries) in one unit of work. Those
+    whose subject names no registry patient are stored all the same, and held for review."""
     recorded: list[Recorded] = []
-    by_patient: dict[tuple[Identifier, ...], list[tuple[int, LabResult]]] = {}
-    unknown: list[str] = []
+    groups: dict[object, Group] = {}
     for number, submission in enumerate(submissions):
-        patient = _patient(store, submission)
-        if submission.patient_id is not None and patient is None:
-            unknown.append(submission.patient_id)
-            continue
+        candidates = subject_candidates(submission)
+        found = identity.match(store, candidates)
+        patient = found.patient
         index = replace(submission.draft.index, patient_id=patient.rems_id if patient else None)
         done = put(ctx, store, replace(submission.draft, index=index), received)
         recorded.append(done)
         if submission.result is not None and not done.unchanged:
-            identifiers = patient.identifiers if patient else submission.patient_identifiers
-            by_patient.setdefault(tuple(identifiers), []).append((number, submission.result))
+            key = patient.rems_id if patient else tuple(candidates)
+            group = groups.setdefault(key, Group(candidates))
+            group.add(number, submission.result, done.resource)
     outcomes = [
-        labs.ingest(ctx, store, list(identifiers), [r for _, r in taken], source, received)
-        for identifiers, taken in by_patient.items()
+        labs.ingest(ctx, store, g.candidates, g.results, source, received, tuple(g.resources))
+        for g in groups.values()
     ]
-    sources = [[number for number, _ in taken] for taken in by_patient.values()]
-    return LabsRecorded(recorded, outcomes, unknown, sources)
+    return LabsRecorded(recorded, outcomes, [g.numbers for g in groups.values()])
 
 
-def _patient(store: Store, submission: LabSubmission) -> Patient | None:
+@dataclass
+class Group:
+    """The results of one request for one patient (or for the same unmatched subject)."""
+
+    candidates: list[Candidate]
+    numbers: list[int] = field(default_factory=list)
+    results: list[LabResult] = field(default_factory=list)
+    resources: list[str] = field(default_factory=list)
+
+    def add(self, number: int, result: LabResult, resource: StoredResource) -> None:
+        self.numbers.append(number)
+        self.results.append(result)
+        self.resources.append(f"{resource.resource_type}/{resource.id}")
+
+
+def subject_candidates(submission: LabSubmission) -> list[Candidate]:
+    candidates = of_identifiers(list(submission.patient_identifiers))
     if submission.patient_id is not None:
-        return store.patient(submission.patient_id)
-    return store.find_patient(submission.patient_identifiers)
+        candidates.append(reference(submission.patient_id))
+    return candidates
 
 
 def record_transaction(
@@ -115,14 +131,10 @@ def record_transaction(
     """A transaction Bundle, all or nothing: its Observations, then the resources that refer to
     them (a DiagnosticReport), which ``dependents`` builds once the Observations' ids are known."""
     first = record_labs(ctx, store, submissions, source, received)
-    if first.unknown_patients:
-        raise TransactionRefused(first.unknown_patients)
     then = record_labs(ctx, store, dependents(first.recorded), source, received)
-    if then.unknown_patients:
-        raise TransactionRefused(then.unknown_patients)
     later = [[len(submissions) + number for number in taken] for taken in then.sources]
     return LabsRecorded(
-        first.recorded + then.recorded, first.outcomes + then.outcomes, [], first.sources + later
+        first.recorded + then.recorded, first.outcomes + then.outcomes, first.sources + later
     )
 
 

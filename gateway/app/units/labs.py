@@ -4,13 +4,18 @@ re-derived, re-sends recognised as the same result. Called inside the service's 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
+from gateway.app.units import identity
 from gateway.app.values import LabOutcome, Source
+from mappings.fhir.observation import lab_observation
 from rems_core.anc import (
     cancelled,
     is_anc_relevant,
@@ -19,43 +24,75 @@ from rems_core.anc import (
     with_repeat_advice,
 )
 from rems_core.codes import Code, finding
+from rems_core.identity import Candidate
 from rems_core.model import (
     AncCategory,
     AncResult,
-    Identifier,
     LabResult,
     Patient,
     ReportedAnc,
     ResultStatus,
 )
 from rems_core.rulepack import RulePack
+from rems_core.store.fhir_repo import ResourceIndex
 from rems_core.store.repo import Store, observation_row, specimen_key
+
+OBSERVATION = "Observation"
 
 
 def ingest(
     ctx: UnitContext,
     store: Store,
-    identifiers: list[Identifier],
+    candidates: list[Candidate],
     results: list[LabResult],
     source: Source,
     received: datetime,
+    resources: tuple[str, ...] = (),
 ) -> LabOutcome:
+    """Results of one patient: filed to the registry patient the candidates name, else held for
+    review. ``resources``: the FHIR Observations ("Observation/id") they came as, if they did."""
     pack = ctx.lab_pack()
     relevant = once_each(pack, [r for r in results if is_anc_relevant(pack, r.code)])
-    patient = store.find_patient(identifiers)
-    if patient is None:
-        store.add_observations(
-            [
-                observation_row(None, r, received, source.channel, unmatched=identifiers)
-                for r in relevant
-            ]
-        )
-        outcome = LabOutcome(None, (), (finding(Code.PATIENT_NOT_MATCHED),))
+    found = identity.match(store, candidates)
+    if found.patient is None:
+        outcome = _held(ctx, store, found, candidates, relevant, source, received, resources)
     else:
-        stored = store_results(ctx, store, patient, relevant, source, received)
-        outcome = LabOutcome(patient.rems_id, tuple(stored))
+        stored = store_results(
+            ctx, store, found.patient, relevant, source, received, as_resources=not resources
+        )
+        outcome = LabOutcome(found.patient.rems_id, tuple(stored))
     store.append_audit(audit_records.labs(ctx.now(), source, results, outcome, received, pack))
     return outcome
+
+
+def _held(
+    ctx: UnitContext,
+    store: Store,
+    found: identity.Match,
+    candidates: list[Candidate],
+    results: list[LabResult],
+    source: Source,
+    received: datetime,
+    resources: tuple[str, ...],
+) -> LabOutcome:
+    code = Code.PATIENT_AMBIGUOUS if found.ambiguous else Code.PATIENT_NOT_MATCHED
+    warning = finding(code)
+    review_id = identity.hold(
+        ctx,
+        store,
+        identity.Held(
+            kind=identity.AMBIGUOUS if found.ambiguous else identity.UNMATCHED,
+            candidates=candidates,
+            source=source,
+            received=received,
+            findings=(warning,),
+            results=results,
+            patients=[p.rems_id for p in found.patients],
+            resources=resources,
+            message=f"{source.actor}#{source.message}" if source.message else None,
+        ),
+    )
+    return LabOutcome(None, (), (warning,), review_id)
 
 
 def store_results(
@@ -65,11 +102,15 @@ def store_results(
     results: list[LabResult],
     source: Source,
     received: datetime,
+    as_resources: bool = False,
 ) -> list[AncResult]:
+    """``as_resources``: each new result is also an Observation of the patient's FHIR record (a
+    lab result that did not come as one)."""
     pack = ctx.lab_pack()
     results = once_each(pack, results)
     file = PatientObservations.read(store, patient.rems_id, results)
-    rows = NewObservations(store, patient.rems_id, received, source.channel)
+    resources = FhirRecord(store, patient.rems_id, source, received) if as_resources else None
+    rows = NewObservations(store, patient.rems_id, received, source.channel, resources)
     touched: dict[str, list[LabResult]] = {}
     repeated: set[str] = set()
     late_preliminaries: list[AncResult] = []
@@ -78,13 +119,14 @@ def store_results(
         if known is not None:
             repeated.add(known)
         elif file.behind_a_final(result):
-            rows.add(result, current=False)
+            rows.add(result, current=False, replaced=False)
             late_preliminaries += specimen_ancs(pack, patient.designation, [result])
         else:
             key = specimen_key(result)
-            if file.replace(key, result):
+            replaced = file.replace(key, result)
+            if replaced:
                 rows.supersede(key, result.code)
-            rows.add(result)
+            rows.add(result, replaced=replaced)
             touched.setdefault(key, []).append(result)
     rows.write()
     reported = store.specimen_ancs(patient.rems_id, repeated - touched.keys())
@@ -200,17 +242,27 @@ class NewObservations:
     """A message's observations, stored in one round trip; one replaced within the message is
     simply stored as not current."""
 
-    def __init__(self, store: Store, patient_id: str, received: datetime, channel: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        patient_id: str,
+        received: datetime,
+        channel: str,
+        resources: FhirRecord | None = None,
+    ) -> None:
         self.store, self.patient_id = store, patient_id
         self.received, self.channel = received, channel
+        self.resources = resources
         self.rows: list[dict[str, Any]] = []
         self.pending: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def add(self, result: LabResult, current: bool = True) -> None:
+    def add(self, result: LabResult, current: bool = True, replaced: bool = False) -> None:
         row = observation_row(self.patient_id, result, self.received, self.channel, current)
         self.rows.append(row)
         if row["current"]:
             self.pending[(row["specimen_key"], result.code)] = row
+        if self.resources is not None and (current or result.status == ResultStatus.CANCELLED):
+            self.resources.add(result, replaced)
 
     def supersede(self, key: str, code: str) -> None:
         row = self.pending.pop((key, code), None)
@@ -221,6 +273,33 @@ class NewObservations:
 
     def write(self) -> None:
         self.store.add_observations(self.rows)
+
+
+class FhirRecord:
+    """Results that did not come as FHIR Observations become Observations of the patient's FHIR
+    record (docs/contracts.md §5): one resource per specimen and code, a correction or a
+    cancellation its next version."""
+
+    def __init__(self, store: Store, patient_id: str, source: Source, received: datetime) -> None:
+        self.store, self.patient_id, self.received = store, patient_id, received
+        self.source = source_uri(source)
+
+    def add(self, result: LabResult, replaced: bool) -> None:
+        key = f"{self.patient_id}|{specimen_key(result)}|{result.code}"
+        resource_id = "lab-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+        current = self.store.current_resource(OBSERVATION, resource_id) if replaced else None
+        body = lab_observation(result, self.patient_id, self.source, self.received)
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        index = ResourceIndex(patient_id=self.patient_id, code=result.code, effective=result.drawn)
+        self.store.put_resource(
+            OBSERVATION, resource_id, body, digest, index, self.received, current
+        )
+
+
+def source_uri(source: Source) -> str:
+    """meta.source: the channel, the sender (or client) and the message's control id."""
+    uri = f"urn:rems-gateway:{source.channel}:{quote(source.actor, safe='')}"
+    return f"{uri}#{quote(source.message, safe='')}" if source.message else uri
 
 
 def store_reported_ancs(

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
+from gateway.app.units import review
 from gateway.app.values import Source
 from rems_core import monitoring
 from rems_core.codes import Code, finding
@@ -31,6 +32,7 @@ def monitoring_alerts(
         return {}
     tz = ctx.tz
     store.purge_messages(until)  # HL7 messages without results, kept for replay, age out
+    review.purge(ctx, store, until, source)  # results of nobody, past their retention
     found: dict[str, tuple[Finding, ...]] = {}
     for patient_id in patient_ids if patient_ids is not None else store.patient_ids():
         patient = store.patient(patient_id)
