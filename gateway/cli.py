@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 import yaml
 
+from gateway.app.errors import NotLinkable, ReviewClosed, UnknownPatient, UnknownReviewItem
 from rems_core.registry import RegistryInvalid, registry_from
 from rems_core.rulepack import PackLibrary
 from rems_core.store.db import DEFAULT_URL, upgrade
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.scenarios.fhir_live import LiveFhirGateway
     from gateway.scenarios.live import LiveGateway
 
+T = TypeVar("T")
 app = typer.Typer(
     help="Clozapine REMS gateway: HL7 v2 and FHIR in, REMS decisions out.",
     no_args_is_help=True,
@@ -28,6 +32,11 @@ audit_app = typer.Typer(help="The audit trail (docs/rules.md §9).", no_args_is_
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(scenario_app, name="scenario")
+review_app = typer.Typer(
+    help="The review queue: results of no patient (or of two), reused control ids, merges.",
+    no_args_is_help=True,
+)
+app.add_typer(review_app, name="review")
 
 DbOption = Annotated[
     str, typer.Option("--db", envvar="REMS_DB", help="Database URL (SQLite file or PostgreSQL).")
@@ -105,6 +114,145 @@ def send_command(
         typer.echo(ack.decode("utf-8", "replace").replace("\r", "\n"))
     if any(b"MSA|AA" not in ack and b"MSA|CA" not in ack for ack in acks):
         raise typer.Exit(1)
+
+
+REVIEW_REFUSALS = (UnknownReviewItem, ReviewClosed, UnknownPatient, NotLinkable)
+RevealOption = Annotated[
+    bool, typer.Option("--reveal", help="Show identifier values (at this terminal only)")
+]
+
+
+@review_app.command("list")
+def review_list(
+    db: DbOption = DEFAULT_URL,
+    kind: Annotated[str | None, typer.Option(help="unmatched, ambiguous, conflict, merge")] = None,
+    sender: Annotated[str | None, typer.Option(help="MSH-3|MSH-4, or a FHIR client id")] = None,
+    older_than: Annotated[str | None, typer.Option(help="at least this old: 7d, 36h")] = None,
+    status: Annotated[str, typer.Option(help="open, linked, discarded, purged or all")] = "open",
+    reveal: RevealOption = False,
+) -> None:
+    """One line per item, oldest first; identifier values masked unless --reveal."""
+    from gateway.http.review import review_filter
+
+    try:
+        wanted = review_filter(kind, sender, older_than, status, 1000, 0)
+    except ValueError as exc:
+        typer.echo(f"rems-gateway review list: {exc}", err=True)
+        raise typer.Exit(2) from None
+    items, total = _with_reads(db, lambda reads: reads.review_items(wanted))
+    from mappings.review import review_view
+
+    now = _now()
+    for item in items:
+        typer.echo(review_line(review_view(item, now, reveal)))
+    shown = f"{len(items)} of {total}" if total > len(items) else str(total)
+    typer.echo(f"{shown} item{'s' if total != 1 else ''}")
+
+
+def review_line(view: dict[str, Any]) -> str:
+    named = ", ".join(
+        f"{c['field']} {c['system'] or '(no system)'}|{c['value']}" for c in view["candidates"]
+    )
+    parts = [view["id"], view["kind"], view["status"], view["received"], view["sender"] or "-"]
+    parts += [named or "-", f"{len(view['results'])} result(s)"]
+    if view["purge_after"]:
+        soon = " (soon)" if view["expires_soon"] else ""
+        parts.append(f"purged after {view['purge_after']}{soon}")
+    return "  ".join(parts)
+
+
+@review_app.command("show")
+def review_show(
+    item: Annotated[str, typer.Argument(help="The item's id (rev-…)")],
+    db: DbOption = DEFAULT_URL,
+    reveal: RevealOption = False,
+) -> None:
+    """Everything the gateway holds of one item (YAML)."""
+    from mappings.review import review_view
+
+    found = _with_reads(db, lambda reads: reads.review_item(item))
+    if found is None:
+        typer.echo(f"rems-gateway review show: no review item {item}", err=True)
+        raise typer.Exit(1)
+    typer.echo(yaml.safe_dump(review_view(found, _now(), reveal), sort_keys=False).rstrip())
+
+
+@review_app.command("link")
+def review_link(
+    item: Annotated[str, typer.Argument(help="The item's id (rev-…)")],
+    patient: Annotated[str, typer.Option(help="The registry patient's REMS id")],
+    identifier: Annotated[
+        str | None,
+        typer.Option(help="system|value to attach (default: every one the item resolved)"),
+    ] = None,
+    db: DbOption = DEFAULT_URL,
+) -> None:
+    """File the item to a registry patient: its identifier is attached (later messages match)
+    and every result held for it is filed, oldest first."""
+    from gateway.http.review import refused
+    from rems_core.model import Identifier
+
+    given = None
+    if identifier is not None:
+        system, bar, value = identifier.partition("|")
+        if not bar or not system or not value:
+            typer.echo("rems-gateway review link: --identifier is system|value", err=True)
+            raise typer.Exit(2)
+        given = Identifier(system, value)
+    try:
+        linked = _with_service(
+            db, lambda service, source: service.link_review(item, patient, given, source, _now())
+        )
+    except REVIEW_REFUSALS as exc:
+        typer.echo(f"rems-gateway review link: {refused(exc).detail}", err=True)
+        raise typer.Exit(1) from None
+    filed = linked.attached.filed
+    typer.echo(
+        f"linked {item} to {linked.patient_id}: {len(linked.attached.added)} identifier(s) "
+        f"added, {len(filed)} item(s) filed ({', '.join(filed)})"
+    )
+
+
+@review_app.command("discard")
+def review_discard(
+    item: Annotated[str, typer.Argument(help="The item's id (rev-…)")],
+    reason: Annotated[str, typer.Option(help="Why it is nobody's (kept with who and when)")],
+    db: DbOption = DEFAULT_URL,
+) -> None:
+    """Close an item without filing it; who, when and why are kept."""
+    from gateway.http.review import refused
+
+    try:
+        _with_service(
+            db, lambda service, source: service.discard_review(item, reason, source, _now())
+        )
+    except REVIEW_REFUSALS as exc:
+        typer.echo(f"rems-gateway review discard: {refused(exc).detail}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"discarded {item}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _with_reads(db: str, read: Callable[[Any], Awaitable[T]]) -> T:
+    from gateway.app.bootstrap import bootstrap
+
+    upgrade(db)
+    with bootstrap(db) as gateway:
+        return asyncio.run(read(gateway.reads))
+
+
+def _with_service(db: str, act: Callable[[Any, Any], Awaitable[T]]) -> T:
+    from getpass import getuser
+
+    from gateway.app.bootstrap import bootstrap
+    from gateway.app.values import Source
+
+    upgrade(db)
+    with bootstrap(db) as gateway:
+        return asyncio.run(act(gateway.service, Source("cli", f"cli:{getuser()}")))
 
 
 @app.command("load-registry")
@@ -363,6 +511,10 @@ def serve_command(
     json_max_depth: Annotated[
         int | None,
         typer.Option(help="Deepest nesting of a JSON or YAML body; deeper gets 400 (default 64)"),
+    ] = None,
+    review_retention_days: Annotated[
+        int | None,
+        typer.Option(help="Days results of no registry patient are kept for review (default 30)"),
     ] = None,
     auth: Annotated[
         str | None,

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     # deeper than this (objects and arrays) is 400.
     http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     json_max_depth: int = Field(64, ge=8, le=512)
+    # Results of no registry patient (or of two) are kept this long for review, then purged.
+    review_retention_days: int = Field(30, ge=1, le=3650)
 
     @classmethod
     def settings_customise_sources(

@@ -9,8 +9,11 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.app.reads import RemsReads
+from gateway.app.values import REVIEW_KINDS
 from gateway.app.writer import Writer
 from gateway.mllp.intake import DISPOSITIONS, KNOWN_MESSAGE_TYPES, OTHER_TYPE, UNREADABLE
 from rems_core.model import Decision, Outcome
@@ -18,6 +21,7 @@ from rems_core.model import Decision, Outcome
 log = logging.getLogger("rems_gateway.http")
 UNMATCHED = "unmatched"  # every unknown path shares one label, so scanners cannot grow the series
 PROBES = {"/healthz", "/readyz", "/metrics"}  # polled every few seconds: debug, not info
+REVIEW_STATUSES = ("open", "linked", "discarded", "purged")
 
 
 class WriterCollector(Collector):
@@ -72,7 +76,25 @@ class GatewayMetrics:
         self.ack_latency = Histogram(
             "rems_hl7_ack_seconds", "From a message's arrival to its ACK", registry=self.registry
         )
+        self.review_items = Gauge(
+            "rems_review_items",
+            "Review queue items by kind and status (open: the queue; purged: past retention)",
+            ["kind", "status"],
+            registry=self.registry,
+        )
         self.registry.register(WriterCollector(writer))
+
+    async def refresh_review(self, reads: RemsReads) -> None:
+        """The queue as the database has it now (read at scrape time; kept if it cannot be)."""
+        try:
+            counts = await reads.review_counts()
+        except SQLAlchemyError as exc:
+            log.warning("review queue not counted: %s", type(exc).__name__)
+            return
+        for kind in REVIEW_KINDS:
+            for status in REVIEW_STATUSES:
+                count = counts.get((kind, status), 0)
+                self.review_items.labels(kind=kind, status=status).set(count)
 
     def watch_connections(self, open_connections: Callable[[], int]) -> None:
         gauge = Gauge("rems_mllp_open_connections", "Open MLLP connections", registry=self.registry)

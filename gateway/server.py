@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from datetime import timedelta
 from types import FrameType
 
 import uvicorn
@@ -112,7 +113,8 @@ def serve(settings: Settings) -> None:
     for warning in startup_warnings(settings, packs):
         log.warning(warning)
     _migrate(settings.db)
-    ctx = UnitContext(packs, settings.rules, settings.tz)
+    retention = timedelta(days=settings.review_retention_days)
+    ctx = UnitContext(packs, settings.rules, settings.tz, review_retention=retention)
     with bootstrap(settings.db, ctx) as gateway:
         metrics = GatewayMetrics(gateway.writer)
         app = create_app(gateway, settings, metrics, companions(gateway, settings, metrics))

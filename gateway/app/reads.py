@@ -105,8 +105,8 @@ class RemsReads:
     async def review_item(self, item_id: str) -> dict[str, Any] | None:
         return await self._read(lambda store: store.review_item(item_id))
 
-    async def review_counts(self) -> dict[str, int]:
-        """Open review items by kind."""
+    async def review_counts(self) -> dict[tuple[str, str], int]:
+        """Review items by kind and status."""
         return await self._read(lambda store: store.review_counts())
 
     async def _read(self, work: Callable[[Store], T]) -> T:

@@ -20,6 +20,10 @@ from rems_core.model import (
 )
 from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 
+#: What the review queue holds: results of no registry patient, or of two; a message whose
+#: control id was used for another; a merge of two registry patients.
+REVIEW_KINDS = ("unmatched", "ambiguous", "conflict", "merge")
+
 
 @dataclass(frozen=True)
 class Source:
@@ -137,3 +141,28 @@ class SignRequest:
     signer: str  # the signed-in prescriber's NPI
     at: datetime
     next_version: Callable[[dict[str, Any], PsfOutcome], ResourceDraft]
+
+
+@dataclass(frozen=True)
+class PatientSubmission:
+    """A client's FHIR Patient (a PUT keeps its id, a POST gets one) and the identifiers it is
+    linked to a registry patient by (system and value; ones without a system are not)."""
+
+    draft: ResourceDraft
+    identifiers: tuple[Identifier, ...]
+
+
+@dataclass(frozen=True)
+class PatientRecorded:
+    recorded: Recorded
+    patient_id: str | None  # the registry patient it is linked to
+    ambiguous: bool = False  # its identifiers name two registry patients: linked to none
+    filed: tuple[str, ...] = ()  # review items filed to the patient by this link
+
+
+@dataclass(frozen=True)
+class PatientTransaction:
+    """A transaction Bundle with Patient entries: the Patients, then the lab entries."""
+
+    patients: list[PatientRecorded]
+    labs: LabsRecorded

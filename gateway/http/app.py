@@ -35,6 +35,7 @@ from gateway.fhir.token import router as smart_router
 from gateway.http.admin import router as admin_router
 from gateway.http.errors import ApiError, error_response, error_responses
 from gateway.http.guard import RequestGuard
+from gateway.http.review import router as review_router
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from mappings.fhir.outcome import Issue
 from rems_core.rulepack import OutOfScope
@@ -123,6 +124,7 @@ def create_app(
     _add_error_handlers(app)
     _add_probes(app, gateway, metrics)
     app.include_router(admin_router)
+    app.include_router(review_router)
     app.state.fhir_auth = authenticator(settings)
     app.include_router(smart_router)  # /auth/token, /.well-known/smart-configuration
     app.include_router(fhir_router())
@@ -162,7 +164,8 @@ def _add_probes(app: FastAPI, gateway: Gateway, metrics: GatewayMetrics) -> None
             200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}
         },
     )
-    def prometheus_metrics() -> Response:
+    async def prometheus_metrics() -> Response:
+        await metrics.refresh_review(gateway.reads)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -112,14 +112,14 @@ class ReviewRepo:
         ).all()
         return [review_item(r) for r in rows]
 
-    def review_counts(self) -> dict[str, int]:
-        """Open items by kind."""
+    def review_counts(self) -> dict[tuple[str, str], int]:
+        """Items by kind and status."""
         rows = self.conn.execute(
-            select(review_t.c.kind, func.count())
-            .where(review_t.c.status == OPEN)
-            .group_by(review_t.c.kind)
+            select(review_t.c.kind, review_t.c.status, func.count()).group_by(
+                review_t.c.kind, review_t.c.status
+            )
         ).all()
-        return {kind: count for kind, count in rows}
+        return {(kind, status): count for kind, status, count in rows}
 
     def drop_resources(self, references: Iterable[str]) -> None:
         """Every version of these held resources ("Type/id"): their retention ended."""

@@ -11,13 +11,12 @@ from typing import Any
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
-from gateway.app.values import Source
+from gateway.app.values import REVIEW_KINDS, Source
 from rems_core.identity import Candidate, Rule, resolved
 from rems_core.model import Finding, Identifier, LabResult, Patient, ResultStatus
 from rems_core.store.repo import Store
 
-UNMATCHED, AMBIGUOUS, CONFLICT, MERGE = "unmatched", "ambiguous", "conflict", "merge"
-KINDS = (UNMATCHED, AMBIGUOUS, CONFLICT, MERGE)
+UNMATCHED, AMBIGUOUS, CONFLICT, MERGE = REVIEW_KINDS
 RETAINED = (UNMATCHED, AMBIGUOUS)  # results of people the registry may not know: purged in time
 PATIENT = "Patient"
 
