@@ -4,21 +4,69 @@ from it and carry the steps their channel can carry."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from itertools import count
 from typing import Any
 
 from gateway.app.bootstrap import Gateway
-from gateway.app.errors import RequestConflict
+from gateway.app.errors import NotLinkable, RequestConflict, ReviewClosed, UnknownReviewItem
 from gateway.app.reads import RemsReads
 from gateway.app.service import RemsService
 from gateway.app.values import Source
 from gateway.mllp.intake import Hl7Intake
 from gateway.scenarios.fhir_app import InProcessFhir
-from gateway.scenarios.file import Scenario, ScenarioError, Step
-from mappings.hl7v2.senders import SenderDirectory
+from gateway.scenarios.file import AdtStep, ReviewStep, Scenario, ScenarioError, Step, pid_values
+from mappings.hl7v2.ack import escape
+from mappings.hl7v2.oru import patient_candidates
+from mappings.hl7v2.senders import SenderConfig, SenderDirectory
+from mappings.hl7v2.tokenizer import parse
+from rems_core.identity import Candidate, resolved
 from rems_core.model import Identifier
 from rems_core.rulepack import OutOfScope
+from rems_core.store.review_repo import ReviewFilter
 
 SOURCE = Source("scenario", "scenario-runner")
+ADT_STRUCTURE = {
+    "A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A28": "ADT_A05", "A31": "ADT_A05",
+    "A40": "ADT_A39", "A34": "ADT_A30", "A47": "ADT_A30",
+}  # fmt: skip
+VISIT_EVENTS = {"A01", "A04", "A08"}  # with a PV1 of the visit
+
+
+def hl7_ts(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
+
+
+def pid_candidates(text: str, sender: SenderConfig) -> list[Candidate]:
+    """The candidates the gateway reads from a PID-3 written as ``text`` (rules (a)–(d))."""
+    msh = f"MSH|^~\\&|{sender.application}|{sender.facility}|REMS|REMS|||ORU^R01|1|P|2.5.1"
+    pid = parse(f"{msh}\rPID|1||{text}\r").first("PID")
+    return patient_candidates(pid, sender) if pid is not None else []
+
+
+def adt_message(adt: AdtStep, sender: SenderConfig, control_id: str, at: datetime) -> str:
+    """An ADT message in the style of fixtures/hl7/adt-*.hl7: MSH, EVN, PID (PV1, MRG)."""
+    ts = hl7_ts(at)
+    structure = ADT_STRUCTURE.get(adt.event, "ADT_A01")
+    segments = [
+        f"MSH|^~\\&|{escape(sender.application)}|{escape(sender.facility)}|REMS|REMS|{ts}||"
+        f"ADT^{adt.event}^{structure}|{control_id}|P|2.5.1|||AL|NE",
+        f"EVN|{adt.event}|{ts}",
+        f"PID|1||{adt.pid}||Scenario^Patient",
+    ]
+    if adt.event in VISIT_EVENTS:
+        segments.append("PV1|1|I")
+    if adt.mrg is not None:
+        segments.append(f"MRG|{adt.mrg}")
+    return "\r".join(segments) + "\r"
+
+
+def err_warnings(ack: str) -> list[dict[str, str]]:
+    return [
+        {"code": err.split("|")[5].split("^")[0], "text": ""}
+        for err in ack.split("\r")
+        if err.startswith("ERR|") and len(err.split("|")) > 5 and err.split("|")[5]
+    ]
 
 
 class NotSupportedYet(RuntimeError):
@@ -34,6 +82,43 @@ class InProcessChannel:
         self.patient_ids: dict[str, str] = {}
         self.fhir_app: InProcessFhir | None = None  # made by the first fhir step
         self.skipped_raw: Step | None = None  # an hl7 or fhir step this channel does not carry
+        self.control_prefix = "SCN"
+        self.control_ids = count(1)
+
+    @property
+    def sender(self) -> SenderConfig:
+        """The sender the file's HL7 steps are read with (its `sender`, else the runner's)."""
+        return self.scenario.sender
+
+    def senders(self) -> SenderDirectory:
+        return SenderDirectory(accept_unknown=True, senders=[self.sender])
+
+    def control_id(self) -> str:
+        return f"{self.control_prefix}{next(self.control_ids):04d}"
+
+    def pid_text(self, text: str) -> str:
+        """A `pid`/`mrg` text as it is sent (live runs tag its values)."""
+        return text
+
+    def candidates(self, step: Step) -> list[Candidate]:
+        """A `pid` lab step's candidates, read with the file's sender."""
+        return pid_candidates(self.pid_text(step.pid or ""), self.sender)
+
+    def pid_identifiers(self, step: Step) -> list[Identifier]:
+        """The identifiers a lab step's patient is found by: its handle's, or its `pid`'s."""
+        if step.pid is None:
+            return self.identifiers(step.patient)
+        return resolved(self.candidates(step))
+
+    def held_values(self) -> set[str] | None:
+        """Whose open review items `held` counts: None, every one (the file's own database)."""
+        return None
+
+    def review_values(self, target: str) -> set[str]:
+        """The identifier values a review step's `link`/`discard` names."""
+        if target in self.scenario.handles:
+            return {i.value for i in self.scenario.handles[target]}
+        return set(pid_values(self.pid_text(target)))
 
     @property
     def service(self) -> RemsService:
@@ -71,7 +156,10 @@ class InProcessChannel:
             skipped = self.skipped_raw
             raise NotSupportedYet(f"follows the skipped {skipped.kind} step {skipped.index}")
         try:
-            return await getattr(self, f"_{step.kind}")(step)
+            answer = await getattr(self, f"_{step.kind}")(step)
+            if "held" in step.expect and "held" not in answer:
+                answer["held"] = await self.held(self.held_values())
+            return answer
         except NotSupportedYet:
             if step.kind in ("hl7", "fhir"):
                 self.skipped_raw = step
@@ -89,9 +177,8 @@ class InProcessChannel:
         return await self._labs(step)
 
     async def _labs(self, step: Step) -> dict[str, Any]:
-        outcome = await self.service.ingest_labs(
-            self.identifiers(step.patient), step.request, SOURCE, step.at
-        )
+        patient = self.identifiers(step.patient) if step.pid is None else self.candidates(step)
+        outcome = await self.service.ingest_labs(patient, step.request, SOURCE, step.at)
         warnings = [w.as_dict() for w in outcome.warnings]
         warnings += [w.as_dict() for r in outcome.results for w in r.warnings]
         first = outcome.results[0] if outcome.results else None
@@ -134,14 +221,10 @@ class InProcessChannel:
         """A raw message through the same HL7 mapping as the MLLP listener, without a socket."""
         if not isinstance(step.body, str):
             raise ScenarioError(f"{step.label}: an hl7 step is the message text")
-        intake = Hl7Intake(self.service, SenderDirectory(accept_unknown=True))
+        intake = Hl7Intake(self.service, self.senders())
         received = await intake.receive(step.body.encode("utf-8"), now=step.at)
         ack = received.ack or ""
-        warnings = [
-            {"code": err.split("|")[5].split("^")[0], "text": ""}
-            for err in ack.split("\r")
-            if err.startswith("ERR|") and len(err.split("|")) > 5 and err.split("|")[5]
-        ]
+        warnings = err_warnings(ack)
         results = received.outcome.results if received.outcome else ()
         first = results[0] if results else None
         return {
@@ -161,3 +244,66 @@ class InProcessChannel:
             self.fhir_app = InProcessFhir(self._application())
         patient = step.patient
         return await self.fhir_app.run(step, self.identifiers(patient) if patient else None)
+
+    async def _adt(self, step: Step) -> dict[str, Any]:
+        """An ADT message through the same intake as hl7 steps, without a socket."""
+        if self.application is None:
+            raise NotSupportedYet("an adt step goes through the HL7 intake on the database: --db")
+        adt: AdtStep = step.request
+        sent = AdtStep(adt.event, self.pid_text(adt.pid), adt.mrg and self.pid_text(adt.mrg))
+        message = adt_message(sent, self.sender, self.control_id(), step.at)
+        received = await Hl7Intake(self.service, self.senders()).receive(
+            message.encode("utf-8"), now=step.at
+        )
+        return {"ack": received.code, "warnings": err_warnings(received.ack or "")}
+
+    async def _review(self, step: Step) -> dict[str, Any]:
+        """Link or discard every open review item whose candidates carry the values the step
+        names, oldest first, through the service (an item filed by an earlier link is skipped)."""
+        if self.application is None:
+            raise NotSupportedYet("a review step goes through the service: needs --db")
+        act: ReviewStep = step.request
+        values = self.review_values(act.target)
+        filed: list[str] = []
+        for item in await self.open_items(values):
+            try:
+                if act.action == "discard":
+                    await self.service.discard_review(item["id"], act.reason, SOURCE, step.at)
+                    continue
+                linked = await self.service.link_review(
+                    item["id"], self._registry_id(step, act), self._identifier(act), SOURCE, step.at
+                )
+            except ReviewClosed:
+                continue  # filed with an earlier item's identifier
+            except (NotLinkable, UnknownReviewItem) as exc:
+                raise ScenarioError(f"{step.label}: review item {item['id']}: {exc}") from None
+            filed += [i for i in linked.attached.filed if i not in filed]
+        return {"filed": len(filed), "held": len(await self.open_items(values))}
+
+    def _registry_id(self, step: Step, act: ReviewStep) -> str:
+        if act.to not in self.patient_ids:
+            raise ScenarioError(f"{step.label}: `to: {act.to}` is not a patient of the registry")
+        return self.patient_ids[act.to]
+
+    def _identifier(self, act: ReviewStep) -> Identifier | None:
+        if act.identifier is None:
+            return None
+        (value,) = pid_values(self.pid_text(act.identifier.value)) or [act.identifier.value]
+        return Identifier(act.identifier.system, value)
+
+    async def open_items(self, values: set[str] | None) -> list[dict[str, Any]]:
+        """Open review items, oldest first; with ``values``, those whose candidates carry one."""
+        items: list[dict[str, Any]] = []
+        while True:
+            page, total = await self.reads.review_items(ReviewFilter(count=100, offset=len(items)))
+            items += page
+            if not page or len(items) >= total:
+                break
+        if values is None:
+            return items
+        return [i for i in items if values & {c.get("value") for c in i["candidates"] or ()}]
+
+    async def held(self, values: set[str] | None) -> int:
+        if self.application is None:
+            raise NotSupportedYet("`held` is read from the review queue: needs --db")
+        return len(await self.open_items(values))

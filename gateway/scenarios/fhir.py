@@ -58,6 +58,7 @@ from gateway.scenarios.fhir_resources import (
 )
 from gateway.scenarios.file import Scenario, Step
 from gateway.scenarios.smart import RunnerClient, RunnerClients, TokenSource
+from rems_core.identity import resolved
 from rems_core.model import Identifier, LabResult, PatientStatusForm, PsfStatus, SubmitterRole
 
 PENDING = PsfStatus.PENDING_PRESCRIBER_SIGNATURE.value
@@ -135,22 +136,38 @@ class FhirChannel(InProcessChannel):
         return await post(self.http, path, content, headers)
 
     def _subject(self, step: Step) -> Identifier:
-        return self.identifiers(step.patient)[0]
+        """The handle's first identifier; for a `pid`, the first candidate that resolves (one of
+        the file's registry patients' first), else its first value with no system (the gateway
+        holds it: PATIENT_NOT_MATCHED)."""
+        if step.pid is None:
+            return self.identifiers(step.patient)[0]
+        candidates = self.candidates(step)
+        found = resolved(candidates)
+        known = {i: h for h, ids in self.scenario.handles.items() for i in ids}
+        if len({known[i] for i in found if i in known}) > 1:
+            raise NotSupportedYet(
+                "an Observation's subject is one identifier: candidates of two patients "
+                "(PATIENT_AMBIGUOUS) are HL7's"
+            )
+        found.sort(key=lambda i: i not in known)  # the file's patient first, as matching would
+        return found[0] if found else Identifier("", candidates[0].value)
 
     async def _labs(self, step: Step) -> dict[str, Any]:
         numbers = Decimals()
         results: list[LabResult] = step.request
         if step.kind == "lab":
             body = observation(results[0], self._subject(step), numbers)
+            drop_empty_system(body)
             status, answer, _ = await self._post("/fhir/Observation", numbers.dumps(body), step)
         else:
             bundle = report_bundle(results, self._subject(step), numbers)
+            drop_empty_system(bundle)
             status, answer, _ = await self._post("/fhir", numbers.dumps(bundle), step)
         return lab_fields(status, answer) | await self._stored(step)
 
     async def _stored(self, step: Step) -> dict[str, Any]:
         """`derived` and `usable` of the step's ANC, from the database the gateway stored it in."""
-        return await stored_anc(self.reads, self.identifiers(step.patient), step)
+        return await stored_anc(self.reads, self.pid_identifiers(step), step)
 
     async def _dispense(self, step: Step) -> dict[str, Any]:
         numbers = Decimals()
@@ -216,6 +233,18 @@ class FhirChannel(InProcessChannel):
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
         raise NotSupportedYet("an hl7 step: --via fhir skips it (docs/contracts.md §2)")
+
+
+def drop_empty_system(body: Any) -> None:
+    """An identifier with no system is written without one (`"system": ""` is not FHIR)."""
+    if isinstance(body, list):
+        for item in body:
+            drop_empty_system(item)
+    elif isinstance(body, dict):
+        if body.get("system") == "" and "value" in body:
+            del body["system"]
+        for item in body.values():
+            drop_empty_system(item)
 
 
 def signs_own_form(form: PatientStatusForm) -> bool:

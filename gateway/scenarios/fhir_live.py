@@ -30,7 +30,14 @@ from gateway.app.bootstrap import Gateway
 from gateway.scenarios.channel import NotSupportedYet
 from gateway.scenarios.fhir import FhirChannel, FhirEndpoint, signer_npis
 from gateway.scenarios.file import Scenario, Step
-from gateway.scenarios.live import LiveRunError, Tagging, run_tag, shared_disagreements, tagged
+from gateway.scenarios.live import (
+    LiveRunError,
+    Tagging,
+    retag_cx_text,
+    run_tag,
+    shared_disagreements,
+    tagged,
+)
 from gateway.scenarios.smart import RunnerClients, prescriber_client_id, read_key_folder
 
 NOT_READ = "not read: give --db, the gateway's database"
@@ -90,6 +97,12 @@ class LiveFhirChannel(FhirChannel):
         super().__init__(application, live, None)  # application None: no --db
         self.tagging: Tagging = tagging
         self.gateway = gateway
+
+    def pid_text(self, text: str) -> str:
+        return retag_cx_text(text, self.tagging.values)
+
+    def held_values(self) -> set[str] | None:
+        return set(self.tagging.values.values())
 
     async def open(self) -> None:
         clients = read_key_folder(self.gateway.keys)

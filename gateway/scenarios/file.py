@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from pydantic import ValidationError
 
+from mappings.hl7v2.senders import SenderConfig
 from rems_core.model import (
     Designation,
     DispenseRequest,
@@ -39,9 +41,15 @@ from rems_core.rulepack import DEFAULT_PACK
 E = TypeVar("E", bound=StrEnum)
 
 DEFAULT_DRUG = "197536"  # clozapine 100 MG Oral Tablet (an SCD of ingredient 2626)
-TOP_LEVEL = {"name", "rules", "timezone", "registry", "steps", "description"}
+TOP_LEVEL = {"name", "rules", "timezone", "registry", "steps", "description", "sender"}
+SENDER_KEYS = {
+    "application", "facility", "assigning_authorities", "default_authority",
+    "namespace_as_system", "local_codes",
+}  # fmt: skip
+DEFAULT_SENDER = ("SCENARIO", "RUNNER")  # MSH-3, MSH-4 of the runner's messages
 STEP_COMMON = {"at", "expect", "patient", "note", "description"}
-LAB_KEYS = {"patient", "code", "value", "unit", "drawn", "status", "specimen"}
+LAB_KEYS = {"patient", "pid", "code", "value", "unit", "drawn", "status", "specimen"}
+ADT_EVENT = re.compile(r"^A\d\d$")
 STEP_KEYS: dict[str, set[str]] = {
     "lab": LAB_KEYS,
     "labs": LAB_KEYS,
@@ -56,20 +64,24 @@ STEP_KEYS: dict[str, set[str]] = {
     },
     "sign": {"patient", "by", "psf"},
     "advance_to": {"to", "until", "patient"},
+    "adt": {"event", "pid", "mrg"},
+    "review": {"link", "to", "identifier", "discard", "reason"},
     "hl7": set(),
     "fhir": set(),
 }  # fmt: skip
 COMMON_EXPECT = {"warnings", "ack", "http_status"}
 EXPECT_KEYS: dict[str, set[str]] = {
-    "lab": COMMON_EXPECT | {"anc", "category", "derived", "usable"},
+    "lab": COMMON_EXPECT | {"anc", "category", "derived", "usable", "held"},
     "dispense": COMMON_EXPECT
     | {"outcome", "reasons", "max_days_supply", "override_possible", "rule_pack", "rda"},
     "psf": COMMON_EXPECT | {"accepted", "status", "reasons", "rule_pack"},
-    "advance_to": {"warnings"},
+    "advance_to": {"warnings", "held"},
+    "adt": {"ack", "warnings", "held"},
+    "review": {"filed", "held"},
 }
 EXPECT_KEYS["labs"] = EXPECT_KEYS["lab"]
 EXPECT_KEYS["sign"] = EXPECT_KEYS["psf"]
-EXPECT_KEYS["hl7"] = EXPECT_KEYS["fhir"] = set().union(*EXPECT_KEYS.values())
+EXPECT_KEYS["hl7"] = EXPECT_KEYS["fhir"] = set().union(*EXPECT_KEYS.values()) - {"filed"}
 
 RESULT_STATUS = {
     "final": ResultStatus.FINAL,
@@ -218,6 +230,31 @@ class Step:
         handle = body.get("patient", self.raw.get("patient"))
         return None if handle is None else str(handle)
 
+    @property
+    def pid(self) -> str | None:
+        """PID-3 as the sender writes it (a lab step's `pid`), instead of a patient handle."""
+        body = self.body if isinstance(self.body, dict) else {}
+        if self.kind == "labs" and isinstance(self.body, list) and self.body:
+            body = self.body[0]
+        value = body.get("pid") if self.kind in ("lab", "labs") else None
+        return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class AdtStep:
+    event: str  # A01, A40, …
+    pid: str  # PID-3 as a sender writes it
+    mrg: str | None = None  # MRG-1 (merges)
+
+
+@dataclass(frozen=True)
+class ReviewStep:
+    action: str  # link | discard
+    target: str  # a patient handle or PID-3 text: the items whose candidates carry its values
+    to: str | None = None  # link: the registry patient's handle
+    identifier: Identifier | None = None  # link: the one identifier to attach
+    reason: str = ""  # discard
+
 
 @dataclass
 class Scenario:
@@ -228,6 +265,12 @@ class Scenario:
     registry: RegistryDocument
     steps: list[Step] = field(default_factory=list)
     handles: dict[str, list[Identifier]] = field(default_factory=dict)
+    sender: SenderConfig = field(
+        default_factory=lambda: SenderConfig(
+            application=DEFAULT_SENDER[0], facility=DEFAULT_SENDER[1]
+        )
+    )
+    has_sender: bool = False  # the file names its `sender`
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -260,6 +303,9 @@ def load(path: Path) -> Scenario:
         tz=tz,
         registry=registry,
     )
+    if data.get("sender") is not None:
+        scenario.sender = sender_config(data["sender"])
+        scenario.has_sender = True
     for patient in registry.patients:
         handle = patient.id or patient.identifiers[0].value
         scenario.handles[handle] = [Identifier(i.system, i.value) for i in patient.identifiers]
@@ -272,6 +318,22 @@ def load(path: Path) -> Scenario:
             )
         scenario.steps.append(step)
     return scenario
+
+
+def sender_config(data: Any) -> SenderConfig:
+    Fields(data, "sender", SENDER_KEYS, UTC)
+    values = {"application": DEFAULT_SENDER[0], "facility": DEFAULT_SENDER[1], **data}
+    try:
+        return SenderConfig.model_validate(_stringify(values))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ScenarioError(f"sender: {problems}") from None
+
+
+def pid_values(text: str) -> list[str]:
+    """CX-1 of each repetition of a PID-3 (or MRG-1) text, as written."""
+    values = [rep.split("^")[0].strip() for rep in text.split("~")]
+    return [v for v in values if v]
 
 
 def _stringify(value: Any) -> Any:
@@ -312,6 +374,13 @@ def lab_results(items: Any, where: str, at: datetime, tz: tzinfo) -> list[LabRes
     results = []
     for n, item in enumerate(items, start=1):
         fields = Fields(item, f"{where}[{n}]" if len(items) > 1 else where, LAB_KEYS, tz)
+        if item.get("pid") is not None and (n > 1 or item.get("patient") is not None):
+            raise ScenarioError(
+                f"{fields.where}.pid: `pid` names the patient instead of `patient`, once, in "
+                "the first result"
+            )
+        if item.get("pid") is not None and not pid_values(str(item["pid"])):
+            raise ScenarioError(f"{fields.where}.pid: {item['pid']!r} has no CX-1 value")
         status = (fields.text("status") or "final").lower()
         if status not in RESULT_STATUS:
             known = ", ".join(RESULT_STATUS)
@@ -420,6 +489,43 @@ def advance_until(body: Any, where: str, at: datetime, tz: tzinfo) -> datetime:
     return at
 
 
+def adt_message(body: Any, where: str, at: datetime, tz: tzinfo) -> AdtStep:
+    fields = Fields(body, where, STEP_KEYS["adt"], tz)
+    event = (fields.text("event", required=True) or "").upper()
+    if not ADT_EVENT.match(event):
+        raise ScenarioError(f"{where}.event: {body['event']!r} is not an ADT event (A01, A40, …)")
+    pid = fields.text("pid", required=True) or ""
+    if not pid_values(pid):
+        raise ScenarioError(f"{where}.pid: {pid!r} has no CX-1 value")
+    mrg = fields.text("mrg")
+    if mrg is not None and not pid_values(mrg):
+        raise ScenarioError(f"{where}.mrg: {mrg!r} has no CX-1 value")
+    return AdtStep(event, pid, mrg)
+
+
+def review_act(body: Any, where: str, at: datetime, tz: tzinfo) -> ReviewStep:
+    fields = Fields(body, where, STEP_KEYS["review"], tz)
+    acts = [k for k in ("link", "discard") if body.get(k) is not None]
+    if len(acts) != 1:
+        raise ScenarioError(f"{where}: needs exactly one of `link` and `discard` (has {acts})")
+    target = fields.text(acts[0]) or ""
+    if acts[0] == "discard":
+        unused = sorted({"to", "identifier"} & set(body))
+        if unused:
+            raise ScenarioError(f"{where}: {unused} belong to a link, not a discard")
+        reason = fields.text("reason", required=True) or ""
+        return ReviewStep("discard", target, reason=reason)
+    if "reason" in body:
+        raise ScenarioError(f"{where}.reason: a link has no reason (a discard does)")
+    identifier = None
+    if body.get("identifier") is not None:
+        i = Fields(body["identifier"], f"{where}.identifier", {"system", "value"}, tz)
+        identifier = Identifier(
+            i.text("system", required=True) or "", i.text("value", required=True) or ""
+        )
+    return ReviewStep("link", target, to=fields.text("to", required=True), identifier=identifier)
+
+
 def raw_message(body: Any, where: str, at: datetime, tz: tzinfo) -> Any:
     return body
 
@@ -431,6 +537,8 @@ PARSERS = {
     "psf": psf_form,
     "sign": sign_request,
     "advance_to": advance_until,
+    "adt": adt_message,
+    "review": review_act,
     "hl7": raw_message,
     "fhir": raw_message,
 }

@@ -31,7 +31,7 @@ from sqlalchemy import inspect, make_url
 
 from gateway.app.bootstrap import Gateway
 from gateway.mllp.client import send
-from gateway.scenarios.file import Scenario, ScenarioError, Step
+from gateway.scenarios.file import AdtStep, ReviewStep, Scenario, ScenarioError, Step, pid_values
 from gateway.scenarios.mllp import SENDER, Hl7Channel
 from mappings.hl7v2.senders import SenderConfig
 from mappings.hl7v2.tokenizer import HL7ParseError, escape, parse, unescape
@@ -41,6 +41,7 @@ from rems_core.store.db import make_engine
 from rems_core.store.repo import Store
 
 OID_PREFIX = "urn:oid:"
+CX_FIELDS = {"PID": (2, 3, 4), "MRG": (1, 4)}  # the identifier fields a sender writes
 
 
 class LiveRunError(ScenarioError):
@@ -122,6 +123,8 @@ def tagged(scenario: Scenario, tag: str) -> tuple[Scenario, Tagging]:
         if entry.id is not None:
             data["id"] = tagging.suffix(entry.id)
         patients.append(data)
+    for value in step_values(scenario):  # identifiers as senders write them, known or not
+        tagging.values.setdefault(value, tagging.suffix(value))
     registry = RegistryDocument.model_validate(
         {**scenario.registry.model_dump(), "patients": patients}
     )
@@ -130,6 +133,33 @@ def tagged(scenario: Scenario, tag: str) -> tuple[Scenario, Tagging]:
         for handle, identifiers in scenario.handles.items()
     }
     return replace(scenario, registry=registry, handles=handles), tagging
+
+
+def step_values(scenario: Scenario) -> list[str]:
+    """CX-1 values the steps write themselves: `pid` of lab steps, `pid`/`mrg` of adt steps,
+    a review step's PID-3 text (not a handle) and `identifier`."""
+    values: list[str] = []
+    for step in scenario.steps:
+        texts: list[str | None] = [step.pid]
+        if isinstance(step.request, AdtStep):
+            texts += [step.request.pid, step.request.mrg]
+        elif isinstance(step.request, ReviewStep):
+            act = step.request
+            if act.target not in scenario.handles:
+                texts.append(act.target)
+            if act.identifier is not None:
+                texts.append(act.identifier.value)
+        values += [v for text in texts if text for v in pid_values(text)]
+    return list(dict.fromkeys(values))
+
+
+def retag_cx_text(text: str, values: dict[str, str]) -> str:
+    """A PID-3 (or MRG-1) text of a step with its CX-1 values tagged (default delimiters)."""
+    repetitions = []
+    for cx in text.split("~"):
+        value, sep, rest = cx.partition("^")
+        repetitions.append(values.get(value.strip(), value) + sep + rest)
+    return "~".join(repetitions)
 
 
 def retag_pid3(message: str, values: dict[str, str]) -> str:
@@ -141,13 +171,16 @@ def retag_pid3(message: str, values: dict[str, str]) -> str:
         return message  # sent as it is: the gateway answers it
     segments = message.split("\r")
     for n, segment in enumerate(segments):
-        if not segment.startswith("PID" + encoding.field):
+        name = segment[:3]
+        if name not in CX_FIELDS or not segment.startswith(name + encoding.field):
             continue
         fields = segment.split(encoding.field)
-        if len(fields) > 3:
-            fields[3] = encoding.repetition.join(
-                _retag_cx(cx, values, encoding) for cx in fields[3].split(encoding.repetition)
-            )
+        for index in CX_FIELDS[name]:
+            if len(fields) > index:
+                fields[index] = encoding.repetition.join(
+                    _retag_cx(cx, values, encoding)
+                    for cx in fields[index].split(encoding.repetition)
+                )
         segments[n] = encoding.field.join(fields)
     return "\r".join(segments)
 
@@ -253,6 +286,12 @@ class LiveMllpChannel(Hl7Channel):
     @property
     def tag(self) -> str:
         return self.tagging.tag
+
+    def pid_text(self, text: str) -> str:
+        return retag_cx_text(text, self.tagging.values)
+
+    def held_values(self) -> set[str] | None:
+        return set(self.tagging.values.values())
 
     async def open(self) -> None:
         await self._reach_mllp()

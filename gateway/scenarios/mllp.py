@@ -11,23 +11,26 @@ the same database, as docs/contracts.md §2 says.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from itertools import count
 from typing import Any
 
 from gateway.app.bootstrap import Gateway
 from gateway.mllp.client import send
 from gateway.mllp.listener import Hl7Listener
 from gateway.mllp.server import MllpSettings
-from gateway.scenarios.channel import InProcessChannel, NotSupportedYet
-from gateway.scenarios.file import Scenario, Step
+from gateway.scenarios.channel import (
+    InProcessChannel,
+    NotSupportedYet,
+    adt_message,
+    hl7_ts,
+)
+from gateway.scenarios.file import DEFAULT_SENDER, AdtStep, Scenario, Step
 from mappings.hl7v2.ack import escape
 from mappings.hl7v2.oru import patient_identifiers
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, parse
 from rems_core.model import Identifier, LabResult, ResultStatus
 
-SENDER = ("SCENARIO", "RUNNER")
+SENDER = DEFAULT_SENDER
 UNKNOWN_SYSTEM = "urn:rems-gateway:scenario-unknown"
 STATUS = {
     ResultStatus.FINAL: "F",
@@ -37,19 +40,16 @@ STATUS = {
 }
 
 
-def hl7_ts(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
-
-
 class Hl7Channel(InProcessChannel):
     """Lab and hl7 steps as HL7 v2 messages over MLLP; how they travel is the subclass's."""
 
-    control_prefix = "SCN"
-
     def __init__(self, application: Gateway, scenario: Scenario, sender: SenderConfig) -> None:
         super().__init__(application, scenario)
-        self.sender = sender
-        self.control_ids = count(1)
+        self._sender = sender
+
+    @property
+    def sender(self) -> SenderConfig:
+        return self._sender
 
     async def _exchange(self, message: str) -> str:
         raise NotImplementedError
@@ -72,8 +72,11 @@ class Hl7Channel(InProcessChannel):
         return f"{value}^^^{escape(self._namespace(identifier.system))}"
 
     def oru(self, step: Step, results: list[LabResult]) -> str:
-        pid3 = "~".join(self._cx(i) for i in self.identifiers(step.patient))
-        control = f"{self.control_prefix}{next(self.control_ids):04d}"
+        if step.pid is not None:
+            pid3 = self.pid_text(step.pid)
+        else:
+            pid3 = "~".join(self._cx(i) for i in self.identifiers(step.patient))
+        control = self.control_id()
         application, facility = escape(self.sender.application), escape(self.sender.facility)
         segments = [
             f"MSH|^~\\&|{application}|{facility}|REMS|REMS|{hl7_ts(step.at)}||ORU^R01^ORU_R01|"
@@ -110,6 +113,13 @@ class Hl7Channel(InProcessChannel):
     async def _fhir(self, step: Step) -> dict[str, Any]:
         raise NotSupportedYet("a fhir step: --via mllp skips it (docs/contracts.md §2)")
 
+    async def _adt(self, step: Step) -> dict[str, Any]:
+        adt: AdtStep = step.request
+        sent = AdtStep(adt.event, self.pid_text(adt.pid), adt.mrg and self.pid_text(adt.mrg))
+        ack = await self._exchange(adt_message(sent, self.sender, self.control_id(), step.at))
+        fields = ack_fields(ack)
+        return {"ack": fields["ack"], "warnings": fields["warnings"]}
+
     def _patient_of(self, text: str) -> list[Identifier]:
         """The identifiers the gateway reads from the message's PID-3."""
         try:
@@ -119,7 +129,7 @@ class Hl7Channel(InProcessChannel):
         return patient_identifiers(pid, self.sender) if pid else []
 
     async def _stored(self, step: Step, identifiers: list[Identifier] | None = None) -> list[Any]:
-        identifiers = identifiers if identifiers is not None else self.identifiers(step.patient)
+        identifiers = identifiers if identifiers is not None else self.pid_identifiers(step)
         return await self.reads.ancs_received(identifiers, step.at)
 
 
@@ -131,10 +141,10 @@ class MllpChannel(Hl7Channel):
             {i.system for ids in scenario.handles.values() for i in ids} | {UNKNOWN_SYSTEM}
         )
         namespaces = {system: f"NS{n}" for n, system in enumerate(systems)}
-        sender = SenderConfig(
-            application=SENDER[0],
-            facility=SENDER[1],
-            assigning_authorities={ns: system for system, ns in namespaces.items()},
+        mapped = {ns: system for system, ns in namespaces.items()}
+        file_sender = scenario.sender  # the file's own map wins over the runner's NS<n>
+        sender = file_sender.model_copy(
+            update={"assigning_authorities": {**mapped, **file_sender.assigning_authorities}}
         )
         super().__init__(application, scenario, sender)
         directory = SenderDirectory(accept_unknown=True, senders=[sender])
