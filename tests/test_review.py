@@ -4,6 +4,7 @@ patient's FHIR record — through the real intake, service and store, on SQLite 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -300,11 +301,26 @@ def test_a_merge_of_two_registry_patients_is_held(service: RemsService) -> None:
 # --- one record across channels ------------------------------------------------------------
 
 
-def test_hl7_results_are_observations_of_the_patients_fhir_record(service: RemsService) -> None:
+@pytest.mark.parametrize("together", [False, True], ids=["one by one", "one batch"])
+def test_hl7_results_are_observations_of_the_patients_fhir_record(
+    service: RemsService, together: bool
+) -> None:
     ids = load(service, ("P1", [(OID, "MRN123")]))
-    receive(service, oru(f"MRN123^^^&{OID[8:]}&ISO", "F1", "0.8"))
+    first = oru(f"MRN123^^^&{OID[8:]}&ISO", "F1", "0.8")
     corrected = oru(f"MRN123^^^&{OID[8:]}&ISO", "F2", "1.8").replace(b"|ACC-F2|", b"|ACC-F1|")
-    receive(service, corrected.replace(b"||||F|||", b"||||C|||"))
+    corrected = corrected.replace(b"||||F|||", b"||||C|||")
+    if together:  # queued at once: the writer may commit both in one batch
+        intake = Hl7Intake(service, ANY_SENDER)
+
+        async def both() -> list[Received]:
+            return list(
+                await asyncio.gather(intake.receive(first, NOW), intake.receive(corrected, NOW))
+            )
+
+        run(both())
+    else:
+        receive(service, first)
+        receive(service, corrected)
     query = ResourceQuery("Observation", patient_ids=[ids["P1"]], codes=["751-8"])
     found, total = committed(service, lambda store: store.search_resources(query))
     assert total == 1

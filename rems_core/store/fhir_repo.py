@@ -93,6 +93,19 @@ def _stored(row: Any) -> StoredResource:
     )
 
 
+def _stored_values(values: dict[str, Any]) -> StoredResource:
+    return StoredResource(
+        values["resource_type"],
+        values["id"],
+        values["version_id"],
+        values["last_updated"],
+        values["content_hash"],
+        values["body"],
+        values["owner"],
+        values["patient_id"],
+    )
+
+
 def with_meta(body: dict[str, Any], resource_id: str, version: int, at: datetime) -> dict[str, Any]:
     meta = {**body.get("meta", {}), "versionId": str(version), "lastUpdated": at.isoformat()}
     return {"resourceType": body["resourceType"], "id": resource_id, "meta": meta} | {
@@ -102,8 +115,14 @@ def with_meta(body: dict[str, Any], resource_id: str, version: int, at: datetime
 
 class FhirRepo:
     conn: Connection
+    _deferred: dict[PreparedInsert, list[dict[str, Any]]]
+
+    def _write(self, statement: PreparedInsert, values: dict[str, Any]) -> None: ...
 
     def current_resource(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        pending = self._pending_resource(resource_type, resource_id)
+        if pending is not None:
+            return _stored_values(pending)
         row = self.conn.execute(_current, {"resource_type": resource_type, "id": resource_id})
         found = row.first()
         return _stored(found) if found is not None else None
@@ -132,36 +151,45 @@ class FhirRepo:
         at: datetime,
         current: StoredResource | None = None,
         owner: str | None = None,
+        defer: bool = False,
     ) -> StoredResource:
         """Store ``body`` as the next version of ``current`` (the resource's current version,
-        which the caller has read), or as a new resource of ``owner``."""
+        which the caller has read), or as a new resource of ``owner``. ``defer``: the row may go
+        with the batch's other deferred rows (nothing but ``current_resource`` reads it back)."""
         version = current.version_id + 1 if current is not None else 1
         if current is not None:
-            self.conn.execute(_supersede, {"of_type": resource_type, "of_id": resource_id})
+            pending = self._pending_resource(resource_type, resource_id)
+            if pending is not None:
+                pending["current"] = False
+            else:
+                self.conn.execute(_supersede, {"of_type": resource_type, "of_id": resource_id})
         stored = with_meta(body, resource_id, version, at)
-        owner = current.owner if current is not None else owner
-        _insert.run(
-            self.conn,
-            [
-                {
-                    "resource_type": resource_type,
-                    "id": resource_id,
-                    "version_id": version,
-                    "current": True,
-                    "last_updated": at,
-                    "identifier": index.identifier,
-                    "content_hash": content_hash,
-                    "patient_id": index.patient_id,
-                    "code": index.code,
-                    "effective": index.effective,
-                    "body": stored,
-                    "owner": owner,
-                }
-            ],
-        )
-        return StoredResource(
-            resource_type, resource_id, version, at, content_hash, stored, owner, index.patient_id
-        )
+        values = {
+            "resource_type": resource_type,
+            "id": resource_id,
+            "version_id": version,
+            "current": True,
+            "last_updated": at,
+            "identifier": index.identifier,
+            "content_hash": content_hash,
+            "patient_id": index.patient_id,
+            "code": index.code,
+            "effective": index.effective,
+            "body": stored,
+            "owner": current.owner if current is not None else owner,
+        }
+        if defer:
+            self._write(_insert, values)
+        else:
+            _insert.run(self.conn, [values])
+        return _stored_values(values)
+
+    def _pending_resource(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The current version of a resource written earlier in this batch, not sent yet."""
+        for values in reversed(self._deferred.get(_insert, ())):
+            if (values["resource_type"], values["id"]) == (resource_type, resource_id):
+                return values if values["current"] else None
+        return None
 
     def search_resources(self, query: ResourceQuery) -> tuple[list[StoredResource], int]:
         """The current resources that match, one page of them, and how many match in all."""

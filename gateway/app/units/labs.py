@@ -292,7 +292,7 @@ class FhirRecord:
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         index = ResourceIndex(patient_id=self.patient_id, code=result.code, effective=result.drawn)
         self.store.put_resource(
-            OBSERVATION, resource_id, body, digest, index, self.received, current
+            OBSERVATION, resource_id, body, digest, index, self.received, current, defer=True
         )
 
 
