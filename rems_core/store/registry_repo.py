@@ -258,17 +258,6 @@ class RegistryRepo:
             )
         )
 
-    def move_patient_identifier(self, identifier: Identifier, patient_id: str) -> None:
-        """A merge: the identifier is now the surviving patient's."""
-        self.forget_cached()
-        self.registry_changed = True
-        self.conn.execute(
-            update(identifier_t)
-            .where(identifier_t.c.system == identifier.system)
-            .where(identifier_t.c.value == identifier.value)
-            .values(patient_id=patient_id)
-        )
-
     def patient(self, patient_id: str) -> Patient | None:
         return _patient(self.conn.execute(_patient_by_id, {"patient_id": patient_id}).all())
 

@@ -13,7 +13,7 @@ from gateway.app import audit_records
 from gateway.app.context import UnitContext
 from gateway.app.values import REVIEW_KINDS, Source
 from rems_core.identity import Candidate, Rule, resolved
-from rems_core.model import Finding, Identifier, LabResult, Patient, ResultStatus
+from rems_core.model import Finding, LabResult, Patient, ResultStatus
 from rems_core.store.repo import Store
 
 UNMATCHED, AMBIGUOUS, CONFLICT, MERGE = REVIEW_KINDS
@@ -77,7 +77,7 @@ def hold(ctx: UnitContext, store: Store, held: Held) -> str:
     """The item's id. Results of no patient wait for their identifiers (and references); they
     and ambiguous ones are purged after the retention."""
     item_id = ctx.ids.new_id("rev")
-    keys = _keys(held.candidates) if held.kind == UNMATCHED else []
+    keys = resolved(list(held.candidates)) if held.kind == UNMATCHED else []
     store.add_review_item(
         {
             "id": item_id,
@@ -102,10 +102,6 @@ def hold(ctx: UnitContext, store: Store, held: Held) -> str:
         audit_records.review(ctx.now(), held.source, held.received, [item_id], "held", None, codes)
     )
     return item_id
-
-
-def _keys(candidates: Sequence[Candidate]) -> list[Identifier]:
-    return resolved(list(candidates))
 
 
 def result_dict(result: LabResult) -> dict[str, Any]:
