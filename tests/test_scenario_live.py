@@ -32,6 +32,8 @@ FILES = [
     SCENARIOS / "anc-boundaries-general.yaml",
     SCENARIOS / "advance-to-labs-missed.yaml",
     SCENARIOS / "lab-patient-not-matched.yaml",
+    SCENARIOS / "identity-late-link.yaml",  # pid, review, held: tagged values, any order
+    SCENARIOS / "adt-merge.yaml",
 ]
 
 

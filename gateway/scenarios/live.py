@@ -10,8 +10,11 @@ the admin operations. Per run of a file:
   (checked before anything is loaded), then loading them again changes nothing;
 - lab steps go as ORU^R01 from the runner's sender identity, with CX-4 ``&<oid>&ISO`` for
   ``urn:oid:`` systems (other systems: CX-4.1 is the system text, which the gateway's senders
-  file must map); raw hl7 steps go as written, with the file's identifier values in PID-3 and
-  MSH-10 tagged;
+  file must map); raw hl7 steps go as written, with the file's identifier values in PID-2/3/4,
+  MRG-1 and MSH-10 tagged; `pid`/`mrg` texts of lab and adt steps get every CX-1 value tagged
+  (known to the registry or not), and `held` counts only this run's tagged values. The
+  gateway's own senders file applies, not the file's `sender`;
+- adt steps go as ADT messages over MLLP; review steps through the service on the database;
 - dispense, psf and sign steps go through the application service on the database;
   ``advance_to`` runs scheduled work for this file's patients only.
 """
