@@ -15,6 +15,7 @@ from gateway.app.context import UnitContext
 from gateway.app.units import dispense as dispense_unit
 from gateway.app.units import (
     fhir_dispense,
+    fhir_patients,
     fhir_psf,
     fhir_records,
     labs,
@@ -30,6 +31,9 @@ from gateway.app.values import (
     LabOutcome,
     LabsRecorded,
     LabSubmission,
+    PatientRecorded,
+    PatientSubmission,
+    PatientTransaction,
     PsfRecorded,
     PsfSubmission,
     ReceivedMessage,
@@ -125,6 +129,33 @@ class RemsService:
         return await self.writer.run(
             lambda store: fhir_records.record_transaction(
                 self.ctx, store, submissions, dependents, source, received
+            )
+        )
+
+    async def record_patient(
+        self, submission: PatientSubmission, source: Source, received: datetime
+    ) -> PatientRecorded:
+        """A client's FHIR Patient: stored with its id, linked by its identifiers to a registry
+        patient, and the results held for it filed (raises ClientIdTaken)."""
+        return await self.writer.run(
+            lambda store: fhir_patients.record_patient(
+                self.ctx, store, submission, source, received
+            )
+        )
+
+    async def record_patient_transaction(
+        self,
+        patients: list[PatientSubmission],
+        submissions: Callable[[list[Recorded]], list[LabSubmission]],
+        dependents: Callable[[list[Recorded]], list[LabSubmission]],
+        source: Source,
+        received: datetime,
+    ) -> PatientTransaction:
+        """A transaction Bundle with Patient entries, in one unit of work: the Patients, then
+        the Observations (built once the Patients' ids are known) and what refers to them."""
+        return await self.writer.run(
+            lambda store: fhir_patients.record_transaction(
+                self.ctx, store, patients, submissions, dependents, source, received
             )
         )
 

@@ -150,6 +150,7 @@ class PatientSubmission:
 
     draft: ResourceDraft
     identifiers: tuple[Identifier, ...]
+    if_none_exist: Identifier | None = None  # a conditional create: the Patient carrying it
 
 
 @dataclass(frozen=True)

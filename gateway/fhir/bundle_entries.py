@@ -14,7 +14,14 @@ from mappings.fhir.references import token
 
 OBSERVATION = "Observation"
 REPORT = "DiagnosticReport"
-SUPPORTED = {("POST", OBSERVATION), ("PUT", OBSERVATION), ("POST", REPORT)}
+PATIENT = "Patient"
+SUPPORTED = {
+    ("POST", OBSERVATION),
+    ("PUT", OBSERVATION),
+    ("POST", REPORT),
+    ("POST", PATIENT),
+    ("PUT", PATIENT),
+}
 
 
 @dataclass
@@ -83,7 +90,8 @@ def _entry(index: int, item: Any) -> Entry | FhirError:
             400,
             "not-supported",
             f"entry {index}: {method} {resource_type or request['url']} is not supported in a "
-            "Bundle (POST Observation, PUT Observation/[id], POST DiagnosticReport)",
+            "Bundle (POST Observation, PUT Observation/[id], POST DiagnosticReport, "
+            "POST Patient, PUT Patient/[id])",
             (f"{where}.request",),
         )
     if resource.get("resourceType") != resource_type:

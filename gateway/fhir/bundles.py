@@ -1,16 +1,16 @@
 """Bundles: `POST /fhir` (FHIR's transaction/batch endpoint) and `POST /fhir/Bundle`
 (docs/contracts.md §5), e.g. a DiagnosticReport with its Observations.
 
-A transaction is all or nothing: every entry is read and checked first, then its Observations
-and the DiagnosticReports that refer to them are stored in one unit of work, with references to
-entries' `fullUrl`s (`urn:uuid:…`) rewritten to the stored ids. A batch runs each entry on its
-own. Each entry's answer carries its status, Location, ETag and an OperationOutcome of its REMS
-effect.
+A transaction is all or nothing: every entry is read and checked first, then its Patients, its
+Observations and the DiagnosticReports that refer to them are stored in one unit of work, with
+references to entries' `fullUrl`s (`urn:uuid:…`) rewritten to the stored ids. A batch runs
+each entry on its own (Patients first). Each entry's answer carries its status, Location, ETag
+and an OperationOutcome of its REMS effect.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any
@@ -18,12 +18,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.app.errors import IdentifierTaken, UnknownResource, VersionConflict
-from gateway.app.values import LabSubmission, Recorded, ResourceDraft, Source
+from gateway.app.errors import ClientIdTaken, IdentifierTaken, UnknownResource, VersionConflict
+from gateway.app.values import (
+    LabSubmission,
+    PatientRecorded,
+    PatientSubmission,
+    Recorded,
+    ResourceDraft,
+    Source,
+)
 from gateway.fhir.auth import INTERACTION_LETTERS, Principal
 from gateway.fhir.bundle_effects import effects
 from gateway.fhir.bundle_entries import (
     OBSERVATION,
+    PATIENT,
     REPORT,
     Entry,
     bundle_entries,
@@ -43,6 +51,7 @@ from gateway.fhir.http import (
     version_of,
 )
 from gateway.fhir.observations import conditional_identifier, reading, record, submission
+from gateway.fhir.patients import id_taken, patient_issues, patient_submission
 from gateway.fhir.resources import (
     clinical_now,
     content_hash,
@@ -133,25 +142,40 @@ def allowed(principal: Principal, entry: Entry) -> FhirError | None:
 async def transaction(
     request: Request, principal: Principal, items: list[Entry | FhirError], now: datetime
 ) -> list[Answer]:
-    """Everything checked first; then one unit of work stores all of it, or nothing."""
+    """Everything checked first; then one unit of work stores all of it, or nothing: the
+    Patients, then the Observations (their subjects rewritten to the Patients' stored ids), then
+    the DiagnosticReports that refer to them."""
     entries = _checked(principal, items)
+    patients = [e for e in entries if e.resource_type == PATIENT]
+    patient_made = _all_or_error(patients, patient_entry)
+    named = {k: f"{PATIENT}/{e.resource_id or 'new'}" for e in patients for k in e.keys}
     observations = [e for e in entries if e.resource_type == OBSERVATION]
     fallbacks = specimen_fallbacks(entries)
-    submissions = _all_or_error(
-        observations, lambda e: observation_submission(request, e, fallbacks)
-    )
+
+    def observation_of(ids: dict[str, str]) -> Any:
+        return lambda e: observation_submission(request, with_ids(e, ids), fallbacks)
+
+    submissions = _all_or_error(observations, observation_of(named))
     reports = [e for e in entries if e.resource_type == REPORT]
-    drafts = _all_or_error(reports, lambda e: report_draft(request, e))
-    known = {key for e in observations for key in e.keys}
+    _all_or_error(reports, lambda e: report_draft(request, with_ids(e, named)))
+    known = {key for e in observations + patients for key in e.keys}
     _raise_all([u for e in reports if (u := unresolved(e, known))])
+    stored_patients: dict[str, str] = {}
+
+    def labs(recorded: list[Recorded]) -> list[LabSubmission]:
+        stored_patients.update(stored_ids(patients, recorded))
+        return [observation_of(stored_patients)(e) for e in observations]
 
     def dependents(recorded: list[Recorded]) -> list[LabSubmission]:
-        ids = stored_ids(observations, recorded)
+        ids = stored_patients | stored_ids(observations, recorded)
+        drafts = [report_draft(request, with_ids(e, stored_patients)) for e in reports]
         return [d.submission(ids) for d in drafts]
 
     source = Source("fhir", principal.client_id)
     try:
-        done = await service_of(request).record_transaction(submissions, dependents, source, now)
+        both = await service_of(request).record_patient_transaction(
+            patient_made, labs, dependents, source, now
+        )
     except VersionConflict:
         raise FhirError(412, "conflict", "an entry's ifMatch names another version") from None
     except UnknownResource:
@@ -162,14 +186,37 @@ async def transaction(
         raise FhirError(
             409, "duplicate", "an entry gives an Observation another one's identifier"
         ) from None
+    except ClientIdTaken:
+        raise FhirError(
+            409, "conflict", "a Patient entry's id is another client's or a registry patient's"
+        ) from None
+    done = both.labs
     ordered = observations + reports
     found = effects(ordered, submissions, done)
-    by_index = {
-        e.index: (d, found.get(e.index, [])) for e, d in zip(ordered, done.recorded, strict=True)
+    answers = {
+        e.index: Answer(201 if d.created else 200, d, found.get(e.index, []))
+        for e, d in zip(ordered, done.recorded, strict=True)
     }
-    return [
-        Answer(201 if by_index[e.index][0].created else 200, *by_index[e.index]) for e in entries
-    ]
+    for entry, patient in zip(patients, both.patients, strict=True):
+        answers[entry.index] = patient_answer(patient)
+    return [answers[e.index] for e in entries]
+
+
+def patient_entry(entry: Entry) -> PatientSubmission:
+    try:
+        return patient_submission(entry.resource, entry.resource_id, entry.if_none_exist)
+    except FhirError as error:
+        raise in_entry(entry, error) from None
+
+
+def patient_answer(done: PatientRecorded) -> Answer:
+    stored = done.recorded
+    return Answer(201 if stored.created else 200, stored, patient_issues(done))
+
+
+def with_ids(entry: Entry, ids: dict[str, str]) -> Entry:
+    """The entry with its references to other entries (`urn:uuid:…`) rewritten to stored ids."""
+    return replace(entry, resource=resolved(entry.resource, ids)) if ids else entry
 
 
 def _checked(principal: Principal, items: list[Entry | FhirError]) -> list[Entry]:
@@ -200,23 +247,26 @@ def _raise_all(errors: list[FhirError]) -> None:
 async def batch(
     request: Request, principal: Principal, items: list[Entry | FhirError], now: datetime
 ) -> list[Answer]:
-    """Each entry on its own, in order; an entry may refer to one stored before it."""
+    """Each entry on its own, Patients first, then the rest in order; an entry may refer to one
+    stored before it."""
     entries = [i for i in items if isinstance(i, Entry)]
     fallbacks = specimen_fallbacks(entries)
     ids: dict[str, str] = {}
-    answers = []
-    for item in items:
+    answers: dict[int, Answer] = {}
+    first = [n for n, i in enumerate(items) if isinstance(i, Entry) and i.resource_type == PATIENT]
+    for number in first + [n for n in range(len(items)) if n not in first]:
+        item = items[number]
         try:
             if isinstance(item, FhirError):
                 raise item
-            answer = await _one(request, principal, item, fallbacks, ids, now)
+            answer = await _one(request, principal, with_ids(item, ids), fallbacks, ids, now)
             done = answer.recorded
             assert done is not None
             ids |= {k: f"{done.resource.resource_type}/{done.resource.id}" for k in item.keys}
         except FhirError as error:
             answer = Answer(error.status, None, error.issues)
-        answers.append(answer)
-    return answers
+        answers[number] = answer
+    return [answers[n] for n in range(len(items))]
 
 
 async def _one(
@@ -229,6 +279,8 @@ async def _one(
 ) -> Answer:
     if (refused := allowed(principal, entry)) is not None:
         raise refused
+    if entry.resource_type == PATIENT:
+        return await _one_patient(request, principal, entry, now)
     if entry.resource_type == REPORT:
         draft = report_draft(request, entry)
         if (missing := unresolved(entry, set(ids))) is not None:
@@ -242,6 +294,18 @@ async def _one(
         raise in_entry(entry, error) from None
     stored = done.recorded[0]
     return Answer(201 if stored.created else 200, stored, issues)
+
+
+async def _one_patient(
+    request: Request, principal: Principal, entry: Entry, now: datetime
+) -> Answer:
+    made = patient_entry(entry)
+    source = Source("fhir", principal.client_id)
+    try:
+        done = await service_of(request).record_patient(made, source, now)
+    except ClientIdTaken:
+        raise in_entry(entry, id_taken(entry.resource_id)) from None
+    return patient_answer(done)
 
 
 # --- the answer -------------------------------------------------------------------------------

@@ -30,12 +30,23 @@ def declare(
     search: tuple[str, ...] = (),
     operations: tuple[tuple[str, str], ...] = (),
     conditional_create: bool = False,
+    update_create: bool = False,
 ) -> None:
+    """A type's interactions; declared again (a route module and the router each say what they
+    add), the declarations are joined."""
+    before = RESOURCES.get(resource_type)
+    if before is not None:
+        interactions = list(dict.fromkeys([*before["interactions"], *interactions]))
+        search = tuple(dict.fromkeys([*before["search"], *search]))
+        operations = tuple(dict.fromkeys([*before["operations"], *operations]))
+        conditional_create = conditional_create or before["conditional_create"]
+        update_create = update_create or before["update_create"]
     RESOURCES[resource_type] = {
         "interactions": interactions,
         "search": list(search),
         "operations": list(operations),
         "conditional_create": conditional_create,
+        "update_create": update_create,
     }
 
 
@@ -47,7 +58,7 @@ def capability_statement(base_url: str, smart: bool) -> dict[str, Any]:
             "interaction": [{"code": code} for code in entry["interactions"]],
             "versioning": "versioned",
             "readHistory": "vread" in entry["interactions"],
-            "updateCreate": False,
+            "updateCreate": entry["update_create"],
             "conditionalCreate": entry["conditional_create"],
         }
         if entry["search"]:

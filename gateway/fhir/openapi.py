@@ -29,7 +29,7 @@ ERRORS = {
     403: "The token does not grant this interaction",
     404: "Not found",
     406: "Only JSON is offered",
-    409: "Conflict (e.g. a request id reused with another body)",
+    409: "Conflict (a request id reused with another body; an id another client created)",
     412: "If-Match names another version",
     413: "The body is larger than the limit (http_max_body_bytes)",
     415: "Send application/fhir+json",

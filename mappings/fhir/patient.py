@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mappings.fhir.outcome import UCUM
+from rems_core.model import Identifier
 from rems_core.status import PatientRecord, RemsStatus
 
 GENDER = {"f": "female", "female": "female", "m": "male", "male": "male", "o": "other"}
@@ -96,3 +97,15 @@ def _anc(status: RemsStatus) -> dict[str, Any]:
     if anc.category is not None:
         parts.append(_part("category", "Code", anc.category.value))
     return {"name": "anc", "part": parts}
+
+
+def client_patient_identifiers(patient: Any) -> list[Identifier]:
+    """A client Patient's identifiers (a validated R4B Patient), each once: those it can be
+    linked to a registry patient by, with a system and a value."""
+    found: list[Identifier] = []
+    for identifier in getattr(patient, "identifier", None) or []:
+        if identifier.system and identifier.value:
+            held = Identifier(str(identifier.system), str(identifier.value))
+            if held not in found:
+                found.append(held)
+    return found

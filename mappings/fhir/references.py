@@ -30,8 +30,9 @@ def subject_ref(reference: Any) -> SubjectRef | None:
             return SubjectRef(patient_id=rest)
         return None
     identifier = getattr(reference, "identifier", None)
-    if identifier is not None and identifier.system and identifier.value:
-        return SubjectRef(identifiers=(Identifier(identifier.system, identifier.value),))
+    if identifier is not None and identifier.value:
+        # without a system it matches nobody (a result is held for review, not refused)
+        return SubjectRef(identifiers=(Identifier(identifier.system or "", identifier.value),))
     return None
 
 
