@@ -185,6 +185,7 @@ LAB_CATEGORY = {
     ]
 }
 MAX_SHOWN = Decimal(10**12)  # no count is larger: such a value is shown as the text it was
+MIN_SHOWN = Decimal("1e-12")  # nor this small (as a float it would read 0)
 RESULT_STATUS_CODE = {
     ResultStatus.FINAL: "final",
     ResultStatus.CORRECTED: "corrected",
@@ -219,7 +220,9 @@ def _value_element(value: str, unit: str) -> dict[str, Any]:
         number = Decimal(value.strip())
     except ArithmeticError:
         return {"valueString": value} if value else {}
-    if not number.is_finite() or abs(number) > MAX_SHOWN:
+    if not number.is_finite() or not (
+        number.is_zero() or MIN_SHOWN < number.copy_abs() < MAX_SHOWN
+    ):
         return {"valueString": value}
     whole = number == number.to_integral()
     quantity: dict[str, Any] = {"value": int(number) if whole else float(number)}
