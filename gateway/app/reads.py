@@ -98,6 +98,16 @@ class RemsReads:
 
         return await self._read(received)
 
+    async def client_patients(self, identifier: Identifier) -> list[StoredResource]:
+        """The current Patients clients stored that carry ``identifier``."""
+
+        def carrying(store: Store) -> list[StoredResource]:
+            ids = store.client_patients_with([identifier])
+            found = (store.current_resource("Patient", i) for i in ids)
+            return [stored for stored in found if stored is not None]
+
+        return await self._read(carrying)
+
     async def review_items(self, wanted: ReviewFilter) -> tuple[list[dict[str, Any]], int]:
         """One page of the review queue, oldest first, and how many items match."""
         return await self._read(lambda store: store.review_items(wanted))

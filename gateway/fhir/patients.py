@@ -36,8 +36,7 @@ from mappings.fhir.patient import (
 )
 from rems_core.codes import Code
 from rems_core.model import Identifier
-from rems_core.store.fhir_repo import ResourceIndex, StoredResource
-from rems_core.store.repo import Store
+from rems_core.store.fhir_repo import ResourceIndex
 
 router = APIRouter(tags=["Patient"])
 TYPE = "Patient"
@@ -186,7 +185,7 @@ async def search_patients(
     wanted = Identifier(system, value)
     record = await reads_of(request).patient_by_identifier(wanted)
     found = [patient_resource(record)] if record is not None else []
-    clients = await reads_of(request)._read(lambda store: client_patients(store, wanted))
+    clients = await reads_of(request).client_patients(wanted)
     found += [c.body for c in clients]
     bundle = {
         "resourceType": "Bundle",
@@ -199,9 +198,3 @@ async def search_patients(
         ],
     }
     return FhirResponse(bundle, 200)
-
-
-def client_patients(store: Store, identifier: Identifier) -> list[StoredResource]:
-    """The current client Patients that carry ``identifier``."""
-    found = (store.current_resource(TYPE, i) for i in store.client_patients_with([identifier]))
-    return [stored for stored in found if stored is not None]
