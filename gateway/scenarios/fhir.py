@@ -12,8 +12,13 @@ fhir_answers.py):
 - `sign` → `POST /fhir/QuestionnaireResponse/{id}/$sign` with the signer's user token, on the
   response the step's `psf` names, else the patient's newest one still pending (else its newest);
   a patient with no response at all has nothing to `$sign`: the service answers that;
-- `fhir` steps are posted as written; `hl7` steps, and the steps after one, are skipped
-  (channel.py: InProcessChannel.run);
+- `fhir` steps are sent as written (a resource with an `id` is PUT to `/fhir/{type}/{id}`);
+  `hl7` steps, and the steps after one, are skipped (channel.py: InProcessChannel.run);
+- `adt` with an identifying event (A01, A04, A08, A28, A31) → `PUT /fhir/Patient/{id}`, a client
+  Patient (id `scn-<file stem>-<step index>`; a live run's tag instead of the stem) with the
+  identifiers its `pid` resolves to; its answer's issues are the `warnings` (PATIENT_AMBIGUOUS).
+  Unlike HL7, a Patient naming no registry patient is stored, unlinked. Merges and other events
+  go through the HL7 intake on the same database;
 - `advance_to` goes through the application service (FHIR has no operation for it).
 
 ``FhirChannel`` talks to a ``FhirEndpoint`` (base URL, token endpoint, the runner's SMART
@@ -26,13 +31,15 @@ message clock (fhir_app.py: ``LoopbackGateway``); a separately running gateway i
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from gateway.app.bootstrap import Gateway
-from gateway.scenarios.channel import InProcessChannel, NotSupportedYet
+from gateway.scenarios.channel import InProcessChannel, NotSupportedYet, pid_candidates
 from gateway.scenarios.fhir_answers import (
     answer_fields,
     decision_fields,
@@ -56,12 +63,13 @@ from gateway.scenarios.fhir_resources import (
     questionnaire_response,
     report_bundle,
 )
-from gateway.scenarios.file import Scenario, Step
+from gateway.scenarios.file import AdtStep, Scenario, Step
 from gateway.scenarios.smart import RunnerClient, RunnerClients, TokenSource
 from rems_core.identity import resolved
 from rems_core.model import Identifier, LabResult, PatientStatusForm, PsfStatus, SubmitterRole
 
 PENDING = PsfStatus.PENDING_PRESCRIBER_SIGNATURE.value
+IDENTIFYING_EVENTS = {"A01", "A04", "A08", "A28", "A31"}  # an adt step as a client Patient
 
 
 # --- over HTTP ----------------------------------------------------------------------------------
@@ -129,11 +137,16 @@ class FhirChannel(InProcessChannel):
         return self.clients.prescribers[npi]
 
     async def _post(
-        self, path: str, content: bytes, step: Step, client: RunnerClient | None = None
+        self,
+        path: str,
+        content: bytes,
+        step: Step,
+        client: RunnerClient | None = None,
+        method: str = "POST",
     ) -> Answer:
         assert self.http is not None and self.tokens is not None
         headers = step_headers(step) | await self.tokens.bearer(client or self._client())
-        return await post(self.http, path, content, headers)
+        return await post(self.http, path, content, headers, method)
 
     def _subject(self, step: Step) -> Identifier:
         """The handle's first identifier; for a `pid`, the first candidate that resolves (one of
@@ -221,8 +234,8 @@ class FhirChannel(InProcessChannel):
         return waiting[-1] if waiting else self.newest.get(handle)
 
     async def _fhir(self, step: Step) -> dict[str, Any]:
-        path, content = raw_step(step)
-        status, answer, headers = await self._post(path, content, step)
+        method, path, content = raw_step(step)
+        status, answer, headers = await self._post(path, content, step, method=method)
         fields = answer_fields(status, answer)
         if step.patient is None:
             return fields
@@ -231,8 +244,42 @@ class FhirChannel(InProcessChannel):
             self._remember(step.patient, found, fields)
         return fields | await self._stored(step)
 
+    def client_patient_id(self, step: Step) -> str:
+        """The id of the client Patient an `adt` step PUTs: stable for the file and step."""
+        return fhir_id(f"scn-{self.scenario.path.stem}-{step.index}")
+
+    async def _adt(self, step: Step) -> dict[str, Any]:
+        """An identifying event (A01, A04, A08, A28, A31) as `PUT /fhir/Patient/{id}` with the
+        identifiers its `pid` resolves to (read with the file's sender); merges and other events
+        through the HL7 intake on the database (InProcessChannel._adt)."""
+        adt: AdtStep = step.request
+        if adt.event not in IDENTIFYING_EVENTS:
+            return await super()._adt(step)
+        found = resolved(pid_candidates(self.pid_text(adt.pid), self.sender))
+        resource_id = self.client_patient_id(step)
+        body = client_patient(resource_id, found)
+        status, answer, _ = await self._post(
+            f"/fhir/Patient/{resource_id}", json.dumps(body).encode(), step, method="PUT"
+        )
+        fields = answer_fields(status, answer)
+        return {"ack": fields["ack"], "http_status": status, "warnings": fields["warnings"]}
+
     async def _hl7(self, step: Step) -> dict[str, Any]:
         raise NotSupportedYet("an hl7 step: --via fhir skips it (docs/contracts.md §2)")
+
+
+def fhir_id(text: str) -> str:
+    """``text`` as a FHIR id: letters, digits, `-` and `.`, at most 64 characters."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", text)[:64]
+
+
+def client_patient(resource_id: str, identifiers: list[Identifier]) -> dict[str, Any]:
+    """A client's Patient carrying ``identifiers`` (system and value)."""
+    return {
+        "resourceType": "Patient",
+        "id": resource_id,
+        "identifier": [{"system": i.system, "value": i.value} for i in identifiers],
+    }
 
 
 def drop_empty_system(body: Any) -> None:

@@ -40,23 +40,31 @@ def step_headers(step: Step) -> dict[str, str]:
 
 
 async def post(
-    http: httpx.AsyncClient, path: str, content: bytes, headers: dict[str, str]
+    http: httpx.AsyncClient,
+    path: str,
+    content: bytes,
+    headers: dict[str, str],
+    method: str = "POST",
 ) -> Answer:
-    response = await http.post(path, content=content, headers=headers)
+    response = await http.request(method, path, content=content, headers=headers)
     try:
         return response.status_code, response.json(), response.headers
     except ValueError:
         return response.status_code, None, response.headers
 
 
-def raw_step(step: Step) -> tuple[str, bytes]:
-    """A fhir step's resource as written: a Bundle to the base, a resource to its type."""
+def raw_step(step: Step) -> tuple[str, str, bytes]:
+    """A fhir step's resource as written, as (method, path, content): a Bundle is POSTed to the
+    base, a resource with an `id` is PUT to `/fhir/{type}/{id}` (FHIR's update: a client's
+    Patient keeps its id), any other resource is POSTed to its type."""
     if not isinstance(step.body, dict) or "resourceType" not in step.body:
         raise ScenarioError(f"{step.label}: a fhir step is a resource with its resourceType")
     kind = str(step.body["resourceType"])
-    path = "/fhir" if kind == "Bundle" else f"/fhir/{kind}"
+    method, path = "POST", "/fhir" if kind == "Bundle" else f"/fhir/{kind}"
+    if kind != "Bundle" and step.body.get("id") is not None:
+        method, path = "PUT", f"/fhir/{kind}/{step.body['id']}"
     numbers = Decimals()
-    return path, numbers.dumps(as_written(step.body, numbers))
+    return method, path, numbers.dumps(as_written(step.body, numbers))
 
 
 async def stored_anc(reads: RemsReads, identifiers: list[Identifier], step: Step) -> dict:
@@ -88,8 +96,8 @@ class InProcessFhir:
         self.http = httpx.AsyncClient(transport=transport, base_url="http://in-process")
 
     async def run(self, step: Step, identifiers: list[Identifier] | None) -> dict[str, Any]:
-        path, content = raw_step(step)
-        status, body, _ = await post(self.http, path, content, step_headers(step))
+        method, path, content = raw_step(step)
+        status, body, _ = await post(self.http, path, content, step_headers(step), method)
         fields = answer_fields(status, body)
         if identifiers:
             fields |= await stored_anc(self.reads, identifiers, step)

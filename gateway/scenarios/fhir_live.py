@@ -11,8 +11,10 @@ file, as over MLLP (live.py):
   assertions' `aud`); a prescriber of the file without a client in DIR fails the file first;
 - the registry goes through `POST /admin/registry` with the system client's `admin` token, after
   the shared prescribers and pharmacies are compared with `--db` (no `--db`: not compared);
-- lab, labs, dispense, psf, sign and fhir steps go over FHIR exactly as FhirChannel sends them;
-  `advance_to` through `POST /admin/scheduled-work` for this file's patients;
+- lab, labs, dispense, psf, sign, fhir and identifying adt steps go over FHIR exactly as
+  FhirChannel sends them (an adt step's Patient id has the run's tag); `advance_to` through
+  `POST /admin/scheduled-work` for this file's patients; other adt steps through the HL7 intake on
+  `--db`;
 - `derived` and `usable` of lab steps are read from `--db`; without it they are ``NOT_READ``,
   so an `expect` naming them fails saying why. A `sign` step with no QuestionnaireResponse of
   this run to `$sign` goes through the service on `--db`; without it the step is skipped.
@@ -28,7 +30,7 @@ import httpx
 
 from gateway.app.bootstrap import Gateway
 from gateway.scenarios.channel import NotSupportedYet
-from gateway.scenarios.fhir import FhirChannel, FhirEndpoint, signer_npis
+from gateway.scenarios.fhir import FhirChannel, FhirEndpoint, fhir_id, signer_npis
 from gateway.scenarios.file import Scenario, Step
 from gateway.scenarios.live import (
     LiveRunError,
@@ -172,6 +174,10 @@ class LiveFhirChannel(FhirChannel):
 
     async def _fhir(self, step: Step) -> dict[str, Any]:
         return await super()._fhir(replace(step, body=retag_resource(step.body, self.tagging)))
+
+    def client_patient_id(self, step: Step) -> str:
+        """The run's tag instead of the file's stem: a client Patient of this run's own."""
+        return fhir_id(f"scn-{self.tagging.tag}-{step.index}")
 
     async def _advance_to(self, step: Step) -> dict[str, Any]:
         handles = [step.patient] if step.patient else list(self.scenario.handles)

@@ -41,7 +41,8 @@ from gateway.scenarios.file import ScenarioError
 SYSTEM_CLIENT = "scenario-runner"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # What the runner writes: labs (Observation create and, in Bundles, update; DiagnosticReport),
-# dispenses, PSFs; a raw fhir step may also read (e.g. $rems-etasu, Patient).
+# dispenses, PSFs, client Patients (adt steps over FHIR); a raw fhir step may also read (e.g.
+# $rems-etasu, Patient).
 SYSTEM_SCOPES = [
     "system/Observation.cruds",
     "system/DiagnosticReport.cruds",
@@ -49,6 +50,7 @@ SYSTEM_SCOPES = [
     "system/QuestionnaireResponse.cruds",
     "system/Questionnaire.rs",
     "system/Patient.rs",
+    "system/Patient.cu",
     "system/GuidanceResponse.rs",
 ]
 USER_SCOPES = ["user/QuestionnaireResponse.cru", "user/Questionnaire.rs"]
