@@ -361,9 +361,18 @@ def _step(index: int, raw: Any, tz: tzinfo) -> Step:
     at = aware(raw["at"], tz, f"{where}.at")
     expect = raw.get("expect") or {}
     Fields(expect, f"{where} expect (of a {kind} step)", EXPECT_KEYS[kind], tz)
+    if kind in ("lab", "labs", "adt") and raw.get("patient") is not None and _has_pid(raw[kind]):
+        raise ScenarioError(
+            f"{where} {kind}.pid: `pid` names the patient instead of `patient`, not with it"
+        )
     step = Step(index, at, kind, raw[kind], expect, raw)
     step.request = PARSERS[kind](raw[kind], f"{where} {kind}", at, tz)
     return step
+
+
+def _has_pid(body: Any) -> bool:
+    first = body[0] if isinstance(body, list) and body else body
+    return isinstance(first, dict) and first.get("pid") is not None
 
 
 def lab_results(items: Any, where: str, at: datetime, tz: tzinfo) -> list[LabResult]:

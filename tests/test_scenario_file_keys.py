@@ -1,0 +1,130 @@
+"""Scenario files are read strictly (docs/contracts.md §2): the `sender`, `pid`, `adt` and
+`review` keys, each misuse an error naming the step (or `sender`) and the key — before anything
+runs, with no database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.scenarios.file import ScenarioError, load
+
+MRN = "urn:oid:2.16.840.1.113883.3.999.1"
+REGISTRY = {
+    "patients": [{"id": "P1", "identifiers": [{"system": MRN, "value": "MRN-KEYS-1"}]}],
+}
+AT = "2021-12-01T09:00:00Z"
+
+
+def scenario(tmp_path: Path, *steps: dict[str, Any], **top: Any) -> Path:
+    path = tmp_path / "keys.yaml"
+    data = {"name": "keys", "registry": REGISTRY, "steps": list(steps), **top}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def refused(path: Path) -> str:
+    with pytest.raises(ScenarioError) as raised:
+        load(path)
+    return str(raised.value)
+
+
+LAB = {"code": "751-8", "value": "2.1", "unit": "10*3/uL", "drawn": "2021-12-01T08:00:00Z"}
+
+
+def test_a_well_formed_file_with_the_new_keys_loads(tmp_path: Path) -> None:
+    loaded = load(
+        scenario(
+            tmp_path,
+            {"at": AT, "adt": {"event": "A08", "pid": "MRN-KEYS-1^^^GH^MR~E-1^^^GHENT^PI"}},
+            {"at": AT, "lab": {"pid": "E-1^^^GHENT^PI", **LAB}, "expect": {"held": 0}},
+            {"at": AT, "review": {"link": "E-1^^^GHENT^PI", "to": "P1"}, "expect": {"filed": 0}},
+            {"at": AT, "review": {"discard": "E-2", "reason": "test"}},
+            sender={"application": "LAB", "facility": "GH", "default_authority": "GH"},
+        )
+    )
+    assert [s.kind for s in loaded.steps] == ["adt", "lab", "review", "review"]
+    assert loaded.has_sender and loaded.sender.application == "LAB"
+
+
+def test_pid_with_patient_in_the_lab_is_an_error_naming_the_step(tmp_path: Path) -> None:
+    lab = {"patient": "P1", "pid": "MRN-KEYS-1^^^GH^MR", **LAB}
+    message = refused(scenario(tmp_path, {"at": AT, "lab": lab}))
+    assert "step 1" in message and "pid" in message
+
+
+def test_pid_with_the_steps_patient_is_an_error_naming_the_step(tmp_path: Path) -> None:
+    step = {"at": AT, "patient": "P1", "lab": {"pid": "MRN-KEYS-1^^^GH^MR", **LAB}}
+    message = refused(scenario(tmp_path, {"at": AT, "lab": LAB | {"patient": "P1"}}, step))
+    assert "step 2" in message and "pid" in message
+
+
+def test_pid_on_a_later_result_of_labs_is_an_error(tmp_path: Path) -> None:
+    labs = [LAB | {"patient": "P1"}, LAB | {"pid": "E-1", "code": "26464-8"}]
+    message = refused(scenario(tmp_path, {"at": AT, "labs": labs}))
+    assert "step 1" in message and "pid" in message
+
+
+@pytest.mark.parametrize(
+    "review",
+    [
+        {"link": "P1", "to": "P1", "discard": "P1", "reason": "both"},
+        {"to": "P1"},
+        {},
+    ],
+    ids=["link-and-discard", "neither-with-to", "neither"],
+)
+def test_a_review_is_exactly_one_of_link_and_discard(
+    tmp_path: Path, review: dict[str, Any]
+) -> None:
+    message = refused(scenario(tmp_path, {"at": AT, "review": review}))
+    assert "step 1" in message and "link" in message and "discard" in message
+
+
+def test_a_review_link_needs_to(tmp_path: Path) -> None:
+    message = refused(scenario(tmp_path, {"at": AT, "review": {"link": "E-1^^^GHENT^PI"}}))
+    assert "step 1" in message and "`to`" in message
+
+
+def test_a_review_discard_needs_a_reason_and_takes_no_to(tmp_path: Path) -> None:
+    assert "`reason`" in refused(scenario(tmp_path, {"at": AT, "review": {"discard": "E-1"}}))
+    discard = {"discard": "E-1", "reason": "x", "to": "P1"}
+    assert "to" in refused(scenario(tmp_path, {"at": AT, "review": discard}))
+
+
+def test_an_adt_needs_a_pid(tmp_path: Path) -> None:
+    message = refused(scenario(tmp_path, {"at": AT, "adt": {"event": "A01"}}))
+    assert "step 1" in message and "`pid`" in message
+
+
+def test_an_adt_pid_with_a_patient_is_an_error(tmp_path: Path) -> None:
+    step = {"at": AT, "patient": "P1", "adt": {"event": "A01", "pid": "MRN-KEYS-1"}}
+    message = refused(scenario(tmp_path, step))
+    assert "step 1" in message and "pid" in message
+
+
+def test_an_adt_event_is_ann(tmp_path: Path) -> None:
+    message = refused(scenario(tmp_path, {"at": AT, "adt": {"event": "ZZ1", "pid": "X"}}))
+    assert "step 1" in message and "event" in message
+
+
+def test_an_unknown_key_inside_sender_is_an_error(tmp_path: Path) -> None:
+    path = scenario(tmp_path, {"at": AT, "lab": LAB | {"patient": "P1"}}, sender={"facilty": "GH"})
+    message = refused(path)
+    assert message.startswith("sender") and "facilty" in message
+
+
+def test_filed_is_not_an_expect_key_of_a_lab_step(tmp_path: Path) -> None:
+    step = {"at": AT, "lab": LAB | {"patient": "P1"}, "expect": {"filed": 1}}
+    message = refused(scenario(tmp_path, step))
+    assert "step 1" in message and "filed" in message
+
+
+@pytest.mark.parametrize("kind", ["hl7", "fhir"])
+def test_filed_is_not_an_expect_key_of_raw_steps(tmp_path: Path, kind: str) -> None:
+    body: Any = "MSH|^~\\&|A|B" if kind == "hl7" else {"resourceType": "Observation"}
+    message = refused(scenario(tmp_path, {"at": AT, kind: body, "expect": {"filed": 0}}))
+    assert "step 1" in message and "filed" in message
