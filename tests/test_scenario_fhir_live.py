@@ -30,6 +30,7 @@ SIGNING_FILE = SCENARIOS / "psf-designee-signature.yaml"
 RAW_FILE = SCENARIOS / "fhir-raw-resources.yaml"  # expects derived and usable: read from --db
 FILES = [LAB_FILE, DISPENSE_FILE, SIGNING_FILE, RAW_FILE, SCENARIOS / "advance-to-labs-missed.yaml"]
 FILES += [SCENARIOS / "identity-late-link.yaml", SCENARIOS / "adt-identify.yaml"]
+FILES += [SCENARIOS / "fhir-client-patient.yaml"]  # client Patient ids tagged per run
 KNOWN_NPI = "1992837462"  # valid check digits; a client is made for it
 UNKNOWN_NPI = "1918273644"  # valid check digits; no client for it
 

@@ -6,7 +6,7 @@ The gateway runs `rems-gateway serve --clock message --smart-clients DIR/smart-c
 file, as over MLLP (live.py):
 
 - patients' identifier values and handles, dispense request ids and the file's identifier values
-  inside raw `fhir` steps get the run's tag;
+  inside raw `fhir` steps get the run's tag, and so do client Patient ids there (`Patient/{id}`);
 - tokens come from the token endpoint named by `URL/.well-known/smart-configuration` (also the
   assertions' `aud`); a prescriber of the file without a client in DIR fails the file first;
 - the registry goes through `POST /admin/registry` with the system client's `admin` token, after
@@ -22,6 +22,7 @@ file, as over MLLP (live.py):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ class LiveFhirGateway:
 def retag_resource(body: Any, tagging: Tagging) -> Any:
     """A raw resource for this run: any `{system, value}` naming a patient identifier value of
     the file gets the tagged value, and each resource's own `identifier` values (request ids,
-    accession numbers) get the tag, as dispense request ids do."""
+    accession numbers) get the tag, as dispense request ids do; so do a client Patient's `id`
+    and the `Patient/{id}` references and entry urls naming one (ids are one space per gateway:
+    each run's client Patients are its own)."""
     if isinstance(body, list):
         return [retag_resource(item, tagging) for item in body]
     if not isinstance(body, dict):
@@ -76,7 +79,25 @@ def retag_resource(body: Any, tagging: Tagging) -> Any:
         copy["value"] = tagging.values[str(copy["value"])]
     if "resourceType" in copy and "identifier" in copy:
         copy["identifier"] = _own_identifiers(copy["identifier"], tagging)
+    if copy.get("resourceType") == "Patient" and copy.get("id") is not None:
+        copy["id"] = fhir_id(tagging.suffix(str(copy["id"])))
+    for key in ("reference", "url"):
+        if isinstance(copy.get(key), str) and copy[key].startswith("Patient/"):
+            copy[key] = "Patient/" + fhir_id(tagging.suffix(copy[key].removeprefix("Patient/")))
     return copy
+
+
+def patient_references(body: Any) -> Iterator[str]:
+    """Every `{"reference": "Patient/…"}` inside a resource."""
+    if isinstance(body, list):
+        for item in body:
+            yield from patient_references(item)
+    elif isinstance(body, dict):
+        reference = body.get("reference")
+        if isinstance(reference, str) and reference.startswith("Patient/"):
+            yield reference
+        for item in body.values():
+            yield from patient_references(item)
 
 
 def _own_identifiers(identifiers: Any, tagging: Tagging) -> Any:
@@ -99,12 +120,15 @@ class LiveFhirChannel(FhirChannel):
         super().__init__(application, live, None)  # application None: no --db
         self.tagging: Tagging = tagging
         self.gateway = gateway
+        self.references: set[str] = set()  # `Patient/{id}` subjects of this run's raw steps
 
     def pid_text(self, text: str) -> str:
         return retag_cx_text(text, self.tagging.values)
 
     def held_values(self) -> set[str] | None:
-        return set(self.tagging.values.values())
+        """This run's tagged identifier values, and the `Patient/{id}` references of its raw
+        steps (a subject held by reference is a review item carrying the reference)."""
+        return set(self.tagging.values.values()) | self.references
 
     async def open(self) -> None:
         clients = read_key_folder(self.gateway.keys)
@@ -173,7 +197,9 @@ class LiveFhirChannel(FhirChannel):
         return await super()._sign(step)
 
     async def _fhir(self, step: Step) -> dict[str, Any]:
-        return await super()._fhir(replace(step, body=retag_resource(step.body, self.tagging)))
+        body = retag_resource(step.body, self.tagging)
+        self.references |= set(patient_references(body))
+        return await super()._fhir(replace(step, body=body))
 
     def client_patient_id(self, step: Step) -> str:
         """The run's tag instead of the file's stem: a client Patient of this run's own."""
