@@ -4,7 +4,6 @@ patient's FHIR record — through the real intake, service and store, on SQLite 
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,8 +11,9 @@ import pytest
 from sqlalchemy import Engine, select
 
 from gateway.app.errors import NotLinkable, ReviewClosed
+from gateway.app.reads import RemsReads
 from gateway.app.service import RemsService
-from gateway.app.values import Source
+from gateway.app.values import PatientNamed, Source
 from gateway.mllp.intake import Hl7Intake, Received
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from rems_core.model import Identifier
@@ -301,31 +301,32 @@ def test_a_merge_of_two_registry_patients_is_held(service: RemsService) -> None:
 # --- one record across channels ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("together", [False, True], ids=["one by one", "one batch"])
 def test_hl7_results_are_observations_of_the_patients_fhir_record(
-    service: RemsService, together: bool
+    service: RemsService, reads: RemsReads
 ) -> None:
     ids = load(service, ("P1", [(OID, "MRN123")]))
-    first = oru(f"MRN123^^^&{OID[8:]}&ISO", "F1", "0.8")
+    receive(service, oru(f"MRN123^^^&{OID[8:]}&ISO", "F1", "0.8"))
     corrected = oru(f"MRN123^^^&{OID[8:]}&ISO", "F2", "1.8").replace(b"|ACC-F2|", b"|ACC-F1|")
-    corrected = corrected.replace(b"||||F|||", b"||||C|||")
-    if together:  # queued at once: the writer may commit both in one batch
-        intake = Hl7Intake(service, ANY_SENDER)
-
-        async def both() -> list[Received]:
-            return list(
-                await asyncio.gather(intake.receive(first, NOW), intake.receive(corrected, NOW))
-            )
-
-        run(both())
-    else:
-        receive(service, first)
-        receive(service, corrected)
-    query = ResourceQuery("Observation", patient_ids=[ids["P1"]], codes=["751-8"])
-    found, total = committed(service, lambda store: store.search_resources(query))
-    assert total == 1
+    receive(service, corrected.replace(b"||||F|||", b"||||C|||"))
+    query = ResourceQuery("Observation", codes=["751-8"])
+    found, total = run(reads.search_resources(query, PatientNamed(ids["P1"])))
+    assert total == 1  # the current result; the one it corrected is no longer in the record
     (observation,) = found
-    assert observation.version_id == 2 and observation.body["status"] == "corrected"
-    assert observation.body["valueQuantity"]["value"] == 1.8
+    assert observation.id.startswith("lab-") and observation.body["status"] == "corrected"
+    assert observation.body["valueQuantity"] == {
+        "value": 1.8,
+        "unit": "10*3/uL",
+        "system": "http://unitsofmeasure.org",
+        "code": "10*3/uL",
+    }
     assert observation.body["meta"]["source"] == "urn:rems-gateway:mllp:LIS%7CGH#F2"
     assert observation.body["subject"] == {"reference": f"Patient/{ids['P1']}"}
+    assert observation.body["effectiveDateTime"] == "2021-12-02T08:00:00+00:00"
+    read = run(reads.resource("Observation", observation.id))
+    assert read is not None and read.body == observation.body
+    assert run(reads.resource("Observation", observation.id, 2)) is None
+    assert run(reads.resource("Observation", "lab-999999999999")) is None
+    assert run(reads.resource("Observation", "lab-" + "9" * 40)) is None
+    by_identifier = PatientNamed(identifier=Identifier(OID, "MRN123"))
+    _, again = run(reads.search_resources(query, by_identifier))
+    assert again == 1

@@ -16,10 +16,18 @@ from gateway.app.context import UnitContext
 from gateway.app.units import fhir_dispense, fhir_records
 from gateway.app.values import PatientNamed
 from mappings.fhir.etasu import EtasuCheck, EtasuQuery
+from mappings.fhir.observation import lab_observation
 from rems_core import status
-from rems_core.model import AncResult, Identifier, Patient
+from rems_core.model import AncResult, Identifier, LabResult, Patient, ResultStatus
 from rems_core.status import PatientRecord, RemsStatus
-from rems_core.store.fhir_repo import ResourceQuery, StoredResource
+from rems_core.store.fhir_repo import (
+    LAB_PREFIX,
+    OBSERVATION,
+    LabRow,
+    ResourceQuery,
+    StoredResource,
+    with_meta,
+)
 from rems_core.store.repo import Store
 from rems_core.store.review_repo import ReviewFilter
 
@@ -34,10 +42,18 @@ class RemsReads:
     async def resource(
         self, resource_type: str, resource_id: str, version: int | None = None
     ) -> StoredResource | None:
-        """A FHIR resource as stored: its current version, or the one asked for."""
-        if version is None:
-            return await self._read(lambda s: s.current_resource(resource_type, resource_id))
-        return await self._read(lambda s: s.resource_version(resource_type, resource_id, version))
+        """A FHIR resource as stored: its current version, or the one asked for (a lab result
+        shown as an Observation has one version)."""
+
+        def read(store: Store) -> StoredResource | None:
+            if resource_type == OBSERVATION and resource_id.startswith(LAB_PREFIX):
+                row = store.lab_row(resource_id)
+                return shown(row) if row is not None and version in (None, 1) else None
+            if version is None:
+                return store.current_resource(resource_type, resource_id)
+            return store.resource_version(resource_type, resource_id, version)
+
+        return await self._read(read)
 
     async def search_resources(
         self, query: ResourceQuery, patient: PatientNamed | None = None
@@ -46,10 +62,12 @@ class RemsReads:
         (an id and/or an identifier, ANDed) narrows the query to that patient."""
 
         def search(store: Store) -> tuple[list[StoredResource], int]:
-            if patient is None:
-                return store.search_resources(query)
-            ids = fhir_records.patient_ids(store, patient)
-            return store.search_resources(replace(query, patient_ids=ids))
+            if patient is not None:
+                ids = fhir_records.patient_ids(store, patient)
+                found, total = store.search_resources(replace(query, patient_ids=ids))
+            else:
+                found, total = store.search_resources(query)
+            return [shown(r) if isinstance(r, LabRow) else r for r in found], total
 
         return await self._read(search)
 
@@ -126,6 +144,21 @@ class RemsReads:
                 return work(Store(conn))
 
         return await asyncio.to_thread(on_read_connection)
+
+
+def shown(row: LabRow) -> StoredResource:
+    """A lab result that did not come as a FHIR Observation, as the Observation of the patient's
+    FHIR record it is (docs/contracts.md §5)."""
+    specimen = None if row.specimen_key.startswith("drawn:") else row.specimen_key
+    result = LabResult(row.code, row.value, row.unit, row.drawn, ResultStatus(row.status), specimen)
+    resource_id = f"{LAB_PREFIX}{row.row_id}"
+    body = with_meta(
+        lab_observation(result, row.patient_id, row.source, row.received),
+        resource_id,
+        1,
+        row.received,
+    )
+    return StoredResource(OBSERVATION, resource_id, 1, row.received, "", body, None, row.patient_id)
 
 
 def _patient_record(store: Store, patient_id: str) -> PatientRecord | None:

@@ -11,12 +11,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, literal, select, union_all, update
 
 from rems_core.store import tables as t
 from rems_core.store.prepared import PreparedInsert
 
 resource_t = t.FhirResourceRow.__table__
+observation_t = t.ObservationRow.__table__
+OBSERVATION = "Observation"
+MAX_ROW_ID = 2**31 - 1  # observation ids are 32-bit integers
+LAB_PREFIX = "lab-"  # an Observation id that names a stored lab result (LabRow), not a resource
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,23 @@ class StoredResource:
     body: dict[str, Any]  # with id and meta.versionId / meta.lastUpdated
     owner: str | None = None  # the client that created it; None: the gateway
     patient_id: str | None = None  # the registry patient it is of (indexed)
+
+
+@dataclass(frozen=True)
+class LabRow:
+    """A lab result that did not come as a FHIR Observation (HL7 v2, a scenario's lab step): in
+    the patient's FHIR record it is the Observation ``lab-<row id>``, rendered when read."""
+
+    row_id: int
+    patient_id: str
+    specimen_key: str
+    code: str
+    value: str
+    unit: str
+    status: str
+    drawn: datetime
+    received: datetime
+    source: str  # meta.source
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,21 @@ _supersede = (
 _insert = PreparedInsert(insert(resource_t))
 
 
+def _lab_row(row: Any) -> LabRow:
+    return LabRow(
+        row.id,
+        row.patient_id,
+        row.specimen_key,
+        row.code,
+        row.value,
+        row.unit,
+        row.status,
+        row.drawn,
+        row.received,
+        row.source,
+    )
+
+
 def _stored(row: Any) -> StoredResource:
     return StoredResource(
         row.resource_type,
@@ -93,19 +129,6 @@ def _stored(row: Any) -> StoredResource:
     )
 
 
-def _stored_values(values: dict[str, Any]) -> StoredResource:
-    return StoredResource(
-        values["resource_type"],
-        values["id"],
-        values["version_id"],
-        values["last_updated"],
-        values["content_hash"],
-        values["body"],
-        values["owner"],
-        values["patient_id"],
-    )
-
-
 def with_meta(body: dict[str, Any], resource_id: str, version: int, at: datetime) -> dict[str, Any]:
     meta = {**body.get("meta", {}), "versionId": str(version), "lastUpdated": at.isoformat()}
     return {"resourceType": body["resourceType"], "id": resource_id, "meta": meta} | {
@@ -115,14 +138,8 @@ def with_meta(body: dict[str, Any], resource_id: str, version: int, at: datetime
 
 class FhirRepo:
     conn: Connection
-    _deferred: dict[PreparedInsert, list[dict[str, Any]]]
-
-    def _write(self, statement: PreparedInsert, values: dict[str, Any]) -> None: ...
 
     def current_resource(self, resource_type: str, resource_id: str) -> StoredResource | None:
-        pending = self._pending_resource(resource_type, resource_id)
-        if pending is not None:
-            return _stored_values(pending)
         row = self.conn.execute(_current, {"resource_type": resource_type, "id": resource_id})
         found = row.first()
         return _stored(found) if found is not None else None
@@ -151,48 +168,40 @@ class FhirRepo:
         at: datetime,
         current: StoredResource | None = None,
         owner: str | None = None,
-        defer: bool = False,
     ) -> StoredResource:
         """Store ``body`` as the next version of ``current`` (the resource's current version,
-        which the caller has read), or as a new resource of ``owner``. ``defer``: the row may go
-        with the batch's other deferred rows (nothing but ``current_resource`` reads it back)."""
+        which the caller has read), or as a new resource of ``owner``."""
         version = current.version_id + 1 if current is not None else 1
         if current is not None:
-            pending = self._pending_resource(resource_type, resource_id)
-            if pending is not None:
-                pending["current"] = False
-            else:
-                self.conn.execute(_supersede, {"of_type": resource_type, "of_id": resource_id})
+            self.conn.execute(_supersede, {"of_type": resource_type, "of_id": resource_id})
         stored = with_meta(body, resource_id, version, at)
-        values = {
-            "resource_type": resource_type,
-            "id": resource_id,
-            "version_id": version,
-            "current": True,
-            "last_updated": at,
-            "identifier": index.identifier,
-            "content_hash": content_hash,
-            "patient_id": index.patient_id,
-            "code": index.code,
-            "effective": index.effective,
-            "body": stored,
-            "owner": current.owner if current is not None else owner,
-        }
-        if defer:
-            self._write(_insert, values)
-        else:
-            _insert.run(self.conn, [values])
-        return _stored_values(values)
+        owner = current.owner if current is not None else owner
+        _insert.run(
+            self.conn,
+            [
+                {
+                    "resource_type": resource_type,
+                    "id": resource_id,
+                    "version_id": version,
+                    "current": True,
+                    "last_updated": at,
+                    "identifier": index.identifier,
+                    "content_hash": content_hash,
+                    "patient_id": index.patient_id,
+                    "code": index.code,
+                    "effective": index.effective,
+                    "body": stored,
+                    "owner": owner,
+                }
+            ],
+        )
+        return StoredResource(
+            resource_type, resource_id, version, at, content_hash, stored, owner, index.patient_id
+        )
 
-    def _pending_resource(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
-        """The current version of a resource written earlier in this batch, not sent yet."""
-        for values in reversed(self._deferred.get(_insert, ())):
-            if (values["resource_type"], values["id"]) == (resource_type, resource_id):
-                return values if values["current"] else None
-        return None
-
-    def search_resources(self, query: ResourceQuery) -> tuple[list[StoredResource], int]:
-        """The current resources that match, one page of them, and how many match in all."""
+    def search_resources(self, query: ResourceQuery) -> tuple[list[StoredResource | LabRow], int]:
+        """The current resources that match, one page of them, and how many match in all. For
+        Observations, the lab results that did not come as FHIR Observations are among them."""
         where = [resource_t.c.resource_type == query.resource_type, resource_t.c.current.is_(True)]
         if query.patient_ids is not None:
             where.append(resource_t.c.patient_id.in_(list(query.patient_ids)))
@@ -202,16 +211,64 @@ class FhirRepo:
             where.append(resource_t.c.effective >= query.effective_from)
         if query.effective_before is not None:
             where.append(resource_t.c.effective < query.effective_before)
-        condition = and_(*where)
-        total = self.conn.execute(
-            select(func.count()).select_from(resource_t).where(condition)
-        ).scalar_one()
-        order = resource_t.c.effective.desc() if query.newest_first else resource_t.c.effective
-        rows = self.conn.execute(
-            select(resource_t)
-            .where(condition)
-            .order_by(order, resource_t.c.row_id)
+        keys = select(
+            literal(0).label("lab"), resource_t.c.row_id.label("key"), resource_t.c.effective
+        ).where(and_(*where))
+        if query.resource_type == OBSERVATION:
+            keys = union_all(keys, self._lab_keys(query))
+        found = keys.subquery()
+        total = self.conn.execute(select(func.count()).select_from(found)).scalar_one()
+        moment = found.c.effective.desc() if query.newest_first else found.c.effective
+        page = self.conn.execute(
+            select(found.c.lab, found.c.key)
+            .order_by(moment, found.c.lab, found.c.key)
             .limit(query.count)
             .offset(query.offset)
         ).all()
-        return [_stored(r) for r in rows], total
+        return self._page([(bool(r.lab), r.key) for r in page]), total
+
+    def _lab_keys(self, query: ResourceQuery) -> Any:
+        where = [
+            observation_t.c.source != "",
+            observation_t.c.current.is_(True),
+            observation_t.c.patient_id.is_not(None),
+        ]
+        if query.patient_ids is not None:
+            where.append(observation_t.c.patient_id.in_(list(query.patient_ids)))
+        if query.codes:
+            where.append(observation_t.c.code.in_(list(query.codes)))
+        if query.effective_from is not None:
+            where.append(observation_t.c.drawn >= query.effective_from)
+        if query.effective_before is not None:
+            where.append(observation_t.c.drawn < query.effective_before)
+        return select(literal(1), observation_t.c.id, observation_t.c.drawn).where(and_(*where))
+
+    def _page(self, keys: list[tuple[bool, int]]) -> list[StoredResource | LabRow]:
+        """The rows of one page, in its order."""
+        resource_keys = [key for lab, key in keys if not lab]
+        lab_keys = [key for lab, key in keys if lab]
+        found: dict[tuple[bool, int], StoredResource | LabRow] = {}
+        if resource_keys:
+            rows = self.conn.execute(
+                select(resource_t).where(resource_t.c.row_id.in_(resource_keys))
+            )
+            found |= {(False, r.row_id): _stored(r) for r in rows}
+        if lab_keys:
+            rows = self.conn.execute(select(observation_t).where(observation_t.c.id.in_(lab_keys)))
+            found |= {(True, r.id): _lab_row(r) for r in rows}
+        return [found[key] for key in keys]
+
+    def lab_row(self, resource_id: str) -> LabRow | None:
+        """The lab result an Observation id `lab-<row id>` names (superseded ones too: a
+        correction is a new Observation, the one it replaced stays readable)."""
+        number = resource_id.removeprefix(LAB_PREFIX)
+        if not resource_id.startswith(LAB_PREFIX) or not number.isdecimal() or len(number) > 10:
+            return None
+        if int(number) > MAX_ROW_ID:
+            return None
+        row = self.conn.execute(
+            select(observation_t).where(
+                observation_t.c.id == int(number), observation_t.c.source != ""
+            )
+        ).first()
+        return _lab_row(row) if row is not None else None

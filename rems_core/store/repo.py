@@ -164,6 +164,7 @@ def observation_row(
     received: datetime,
     channel: str,
     current: bool = True,
+    source: str = "",
 ) -> dict[str, Any]:
     """A reported observation as stored: the original value and unit, never rewritten. A
     cancelled result is kept for the record but is never current."""
@@ -178,6 +179,7 @@ def observation_row(
         "received": received,
         "current": current and result.status != ResultStatus.CANCELLED,
         "channel": channel,
+        "source": source,
     }
 
 

@@ -148,6 +148,9 @@ class ObservationRow(SQLModel, table=True):
     received: datetime = _utc(nullable=False)
     current: bool = True  # False once corrected, cancelled or replaced
     channel: str = ""
+    # meta.source of the Observation it is in the patient's FHIR record, for a result that did
+    # not come as a FHIR Observation ("" for one that did: that resource is the record)
+    source: str = ""
 
 
 class AncResultRow(SQLModel, table=True):

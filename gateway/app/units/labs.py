@@ -4,8 +4,6 @@ re-derived, re-sends recognised as the same result. Called inside the service's 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -15,7 +13,6 @@ from gateway.app import audit_records
 from gateway.app.context import UnitContext
 from gateway.app.units import identity
 from gateway.app.values import LabOutcome, Source
-from mappings.fhir.observation import lab_observation
 from rems_core.anc import (
     cancelled,
     is_anc_relevant,
@@ -34,10 +31,7 @@ from rems_core.model import (
     ResultStatus,
 )
 from rems_core.rulepack import RulePack
-from rems_core.store.fhir_repo import ResourceIndex
 from rems_core.store.repo import Store, observation_row, specimen_key
-
-OBSERVATION = "Observation"
 
 
 def ingest(
@@ -104,13 +98,13 @@ def store_results(
     received: datetime,
     as_resources: bool = False,
 ) -> list[AncResult]:
-    """``as_resources``: each new result is also an Observation of the patient's FHIR record (a
-    lab result that did not come as one)."""
+    """``as_resources``: the results are Observations of the patient's FHIR record (lab results
+    that did not come as FHIR Observations; rendered when read)."""
     pack = ctx.lab_pack()
     results = once_each(pack, results)
     file = PatientObservations.read(store, patient.rems_id, results)
-    resources = FhirRecord(store, patient.rems_id, source, received) if as_resources else None
-    rows = NewObservations(store, patient.rems_id, received, source.channel, resources)
+    origin = source_uri(source) if as_resources else ""
+    rows = NewObservations(store, patient.rems_id, received, source.channel, origin)
     touched: dict[str, list[LabResult]] = {}
     repeated: set[str] = set()
     late_preliminaries: list[AncResult] = []
@@ -119,14 +113,13 @@ def store_results(
         if known is not None:
             repeated.add(known)
         elif file.behind_a_final(result):
-            rows.add(result, current=False, replaced=False)
+            rows.add(result, current=False)
             late_preliminaries += specimen_ancs(pack, patient.designation, [result])
         else:
             key = specimen_key(result)
-            replaced = file.replace(key, result)
-            if replaced:
+            if file.replace(key, result):
                 rows.supersede(key, result.code)
-            rows.add(result, replaced=replaced)
+            rows.add(result)
             touched.setdefault(key, []).append(result)
     rows.write()
     reported = store.specimen_ancs(patient.rems_id, repeated - touched.keys())
@@ -240,29 +233,24 @@ class PatientObservations:
 
 class NewObservations:
     """A message's observations, stored in one round trip; one replaced within the message is
-    simply stored as not current."""
+    simply stored as not current. ``source``: their meta.source as Observations of the patient's
+    FHIR record ("" when they came as FHIR Observations)."""
 
     def __init__(
-        self,
-        store: Store,
-        patient_id: str,
-        received: datetime,
-        channel: str,
-        resources: FhirRecord | None = None,
+        self, store: Store, patient_id: str, received: datetime, channel: str, source: str = ""
     ) -> None:
         self.store, self.patient_id = store, patient_id
-        self.received, self.channel = received, channel
-        self.resources = resources
+        self.received, self.channel, self.source = received, channel, source
         self.rows: list[dict[str, Any]] = []
         self.pending: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def add(self, result: LabResult, current: bool = True, replaced: bool = False) -> None:
-        row = observation_row(self.patient_id, result, self.received, self.channel, current)
+    def add(self, result: LabResult, current: bool = True) -> None:
+        row = observation_row(
+            self.patient_id, result, self.received, self.channel, current, self.source
+        )
         self.rows.append(row)
         if row["current"]:
             self.pending[(row["specimen_key"], result.code)] = row
-        if self.resources is not None and (current or result.status == ResultStatus.CANCELLED):
-            self.resources.add(result, replaced)
 
     def supersede(self, key: str, code: str) -> None:
         row = self.pending.pop((key, code), None)
@@ -273,27 +261,6 @@ class NewObservations:
 
     def write(self) -> None:
         self.store.add_observations(self.rows)
-
-
-class FhirRecord:
-    """Results that did not come as FHIR Observations become Observations of the patient's FHIR
-    record (docs/contracts.md §5): one resource per specimen and code, a correction or a
-    cancellation its next version."""
-
-    def __init__(self, store: Store, patient_id: str, source: Source, received: datetime) -> None:
-        self.store, self.patient_id, self.received = store, patient_id, received
-        self.source = source_uri(source)
-
-    def add(self, result: LabResult, replaced: bool) -> None:
-        key = f"{self.patient_id}|{specimen_key(result)}|{result.code}"
-        resource_id = "lab-" + hashlib.sha256(key.encode()).hexdigest()[:20]
-        current = self.store.current_resource(OBSERVATION, resource_id) if replaced else None
-        body = lab_observation(result, self.patient_id, self.source, self.received)
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        index = ResourceIndex(patient_id=self.patient_id, code=result.code, effective=result.drawn)
-        self.store.put_resource(
-            OBSERVATION, resource_id, body, digest, index, self.received, current, defer=True
-        )
 
 
 def source_uri(source: Source) -> str:

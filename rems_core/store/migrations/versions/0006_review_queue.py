@@ -1,4 +1,5 @@
-"""The review queue, client Patients and who created a FHIR resource (issue 12).
+"""The review queue, client Patients, who created a FHIR resource, and where a lab result not
+sent as a FHIR Observation came from (issue 12).
 
 Results kept without a patient move from the observation table into review items, one per
 arrival (channel and time), so that a link or a discard sees them.
@@ -28,6 +29,9 @@ RETENTION_DAYS = 30  # the review_retention_days default
 def upgrade() -> None:
     utc = rems_core.store.tables.UtcDateTime
     op.add_column("fhir_resource", sa.Column("owner", sa.String(), nullable=True))
+    op.add_column(
+        "observation", sa.Column("source", sa.String(), nullable=False, server_default="")
+    )
     op.create_table(
         "fhir_patient_identifier",
         sa.Column("resource_id", sa.String(), nullable=False),
@@ -144,6 +148,7 @@ def _item(row: sa.Row) -> dict[str, object]:
 def downgrade() -> None:
     with op.batch_alter_table("observation") as batch:
         batch.add_column(sa.Column("unmatched_identifiers", sa.JSON(), nullable=True))
+        batch.drop_column("source")
     op.drop_table("review_key")
     op.drop_table("review_item")
     op.drop_table("fhir_patient_identifier")
