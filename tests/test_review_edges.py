@@ -122,7 +122,7 @@ def test_an_operator_lists_shows_links_and_discards_at_the_terminal(tmp_path: Pa
     assert listed.stdout.strip().endswith("2 items")
     first, second = re.findall(r"^(rev-[0-9a-f]+)", listed.stdout, re.M)
     shown = cli("review", "show", first, "--db", db, "--reveal")
-    assert shown.returncode == 0 and "Q-55501" in shown.stdout
+    assert shown.returncode == 0 and re.search(r"value: Q-5550[12]\b", shown.stdout)
     linked = cli("review", "link", first, "--patient", ids["P1"], "--db", db)
     assert linked.returncode == 0 and "1 item(s) filed" in linked.stdout, linked.stderr
     twice = cli("review", "link", first, "--patient", ids["P1"], "--db", db)
