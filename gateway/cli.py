@@ -478,6 +478,10 @@ def serve_command(
     clock: Annotated[
         str | None, typer.Option(help="system, or message: the clinical now from each event")
     ] = None,
+    processing_id: Annotated[
+        str | None,
+        typer.Option(help="HL7 MSH-11 applied: P (default), T training or D debug gateway"),
+    ] = None,
     production: Annotated[
         bool | None, typer.Option("--production/--no-production", help="Production deployment")
     ] = None,

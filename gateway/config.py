@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     site_rules: FilePath | None = None
     timezone: str = "UTC"
     clock: Literal["system", "message"] = "system"
+    # MSH-11 of the HL7 messages applied to patients' files (P; a training gateway T, a debug one
+    # D); any other is answered AR 202, with or without --production
+    processing_id: Literal["P", "T", "D"] = "P"
     production: bool = False
     admin_token: SecretStr | None = None
     tls_cert: FilePath | None = None

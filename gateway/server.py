@@ -150,6 +150,7 @@ def mllp_listener(gateway: Gateway, settings: Settings, metrics: GatewayMetrics)
         settings.clock,
         on_ack=metrics.count_ack,
         on_message=metrics.count_hl7_message,
+        processing_id=settings.processing_id,
     )
     metrics.watch_connections(lambda: listener.server.open_connections)
     return listener

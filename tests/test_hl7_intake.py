@@ -225,3 +225,50 @@ def test_a_strict_sender_gets_hl7apy_validation(intake: Hl7Intake) -> None:
     assert rejected.code == "AE" and errors(rejected.ack)[0][3] == "STRICT_VALIDATION"
     valid = fixture("oru-v251-loinc-anc.hl7").replace(b"|LAB|GENERAL HOSP|", b"|LAB|GH|")
     assert run(checked.receive(valid, NOW)).code == "AA"
+
+
+# --- processing id (MSH-11) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("processing_id", [b"T", b"D"])
+def test_training_and_debug_messages_never_reach_a_production_patients_file(
+    intake: Hl7Intake, engine: Engine, processing_id: bytes
+) -> None:
+    before = count(engine, tables.ObservationRow)
+    message = fixture("oru-v251-loinc-anc.hl7").replace(
+        b"|MSG0001|P|", b"|MSG0001|" + processing_id + b"|"
+    )
+    received = run(intake.receive(message, NOW))
+    assert received.code == "AR" and ("MSH^1^11", "202", "E", "") in errors(received.ack)
+    assert count(engine, tables.ObservationRow) == before
+    assert count(engine, tables.Hl7MessageRow) == 0
+
+
+def test_a_training_gateway_takes_training_messages_only(
+    service: RemsService, engine: Engine
+) -> None:
+    run(service.load_registry(registry(enrolled_on="2021-11-20"), Source("test")))
+    training = Hl7Intake(service, LOCAL, processing_id="T")
+    anc = fixture("oru-v251-loinc-anc.hl7")
+    refused = run(training.receive(anc, NOW))
+    assert refused.code == "AR" and ("MSH^1^11", "202", "E", "") in errors(refused.ack)
+    taken = run(training.receive(anc.replace(b"|MSG0001|P|", b"|MSG0001|T|"), NOW))
+    assert taken.code == "AA" and count(engine, tables.Hl7MessageRow) == 1
+
+
+def test_an_empty_processing_id_is_p_with_a_warning_unless_the_sender_must_send_one(
+    service: RemsService,
+) -> None:
+    run(service.load_registry(registry(enrolled_on="2021-11-20"), Source("test")))
+    empty = fixture("oru-v251-loinc-anc.hl7").replace(b"|MSG0001|P|", b"|MSG0001||")
+    lenient = run(Hl7Intake(service, LOCAL).receive(empty, NOW))
+    assert lenient.code == "AA"
+    assert ("MSH^1^11", "101", "W", "PROCESSING_ID_MISSING") in errors(lenient.ack)
+    strict = SenderDirectory(
+        senders=[
+            SenderConfig(application="LAB", facility="GENERAL HOSP", require_processing_id=True)
+        ]
+    )
+    again = empty.replace(b"|MSG0001|", b"|MSG0002|")
+    refused = run(Hl7Intake(service, strict).receive(again, NOW))
+    assert refused.code == "AE" and ("MSH^1^11", "101", "E", "") in errors(refused.ack)

@@ -390,3 +390,14 @@ def test_an_unknown_rule_pack_is_one_line_naming_the_known_ones(toml_config: Pat
     with pytest.raises(ConfigError, match="clozapine-label-2025") as caught:
         load_settings({"rules": "clozapine-2019"})
     assert "\n" not in str(caught.value)
+
+
+def test_the_processing_id_is_p_unless_the_gateway_is_a_training_or_debug_one(
+    toml_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings({}, toml_config).processing_id == "P"
+    monkeypatch.setenv("REMS_PROCESSING_ID", "T")
+    assert load_settings({}, toml_config).processing_id == "T"
+    assert load_settings({"processing_id": "D"}, toml_config).processing_id == "D"
+    with pytest.raises(ConfigError, match="processing_id"):
+        load_settings({"processing_id": "X"}, toml_config)

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast, get_args
 
@@ -33,7 +33,10 @@ log = logging.getLogger("rems_gateway.hl7")
 T = TypeVar("T")
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1")
-PROCESSING_IDS = ("P", "T", "D")
+#: MSH-11 (HL7 table 0103) is P, T or D; a gateway applies one of them (serve --processing-id).
+PROCESSING_ID_MISSING = Hl7Problem(
+    "MSH^1^11", "101", "W", "PROCESSING_ID_MISSING", "no processing id (MSH-11): taken as P"
+)
 #: Which HL7 table 0357 code an unusable-result warning carries in ERR-3.
 WARNING_0357 = {
     "ANC_VALUE_INVALID": "102",
@@ -130,11 +133,16 @@ def message_type(msh: Segment) -> str:
 
 class Hl7Intake:
     def __init__(
-        self, service: RemsService, senders: SenderDirectory, clock: str = "system"
+        self,
+        service: RemsService,
+        senders: SenderDirectory,
+        clock: str = "system",
+        processing_id: str = "P",
     ) -> None:
         self.service = service
         self.senders = senders
         self.clock = clock
+        self.processing_id = processing_id  # the MSH-11 it applies (serve --processing-id)
         self.relevant = relevant_codes(service.ctx.packs.get(DEFAULT_PACK))
 
     async def receive(
@@ -162,12 +170,13 @@ class Hl7Intake:
                 raise Rejected("AR", UNKNOWN_SENDER)
             _check_certificate(sender, client_certificate_sha256)
             _check(message)
+            warnings = _check_processing_id(message.msh, sender, self.processing_id)
             await _validate(sender, data, message)
         except Rejected as rejected:
             return self._answer(message, sender, rejected.code, [rejected.problem], received)
         if self.clock == "message" and now is None:
             received = hl7_time(message.msh.get(7, 1), self.service.ctx.tz) or received
-        return await self._store(message, sender, data, received)
+        return await self._store(message, sender, data, received, warnings)
 
     def _read(self, data: bytes) -> tuple[Message, Hl7Problem | None] | HL7ParseError:
         """Tokenized, and checked against the limits (docs/contracts.md §4)."""
@@ -178,7 +187,12 @@ class Hl7Intake:
         return message, message_problem(message, self.senders.limits)
 
     async def _store(
-        self, message: Message, sender: SenderConfig, data: bytes, received: datetime
+        self,
+        message: Message,
+        sender: SenderConfig,
+        data: bytes,
+        received: datetime,
+        warnings: list[Hl7Problem],
     ) -> Received:
         """The unit of work: stored with its ACK, or the stored ACK of a resend."""
         is_adt = message.msh.get(9, 1) == "ADT"
@@ -199,6 +213,7 @@ class Hl7Intake:
             report = await _mapped(
                 len(data), to_lab_report, message, sender, self.relevant, self.service.ctx.tz
             )
+        report = replace(report, problems=[*warnings, *report.problems])
 
         def answer(outcome: LabOutcome | None, disposition: str) -> str:
             code, problems = _disposition(report, outcome, disposition, sender)
@@ -304,7 +319,6 @@ def _check(message: Message) -> None:
     checks = [
         (kind in ("ORU", "ADT"), "MSH^1^9", "200", f"message type {kind!r} is not ORU or ADT"),
         (kind == "ADT" or event == "R01", "MSH^1^9", "201", f"event {event!r} is not R01"),
-        (msh.get(11, 1) in PROCESSING_IDS, "MSH^1^11", "202", "processing id not P, T or D"),
         (msh.get(12, 1) in SUPPORTED_VERSIONS, "MSH^1^12", "203", "version not 2.3–2.8"),
         (bool(msh.get(10, 1)), "MSH^1^10", "101", "no message control id"),
     ]
@@ -315,6 +329,19 @@ def _check(message: Message) -> None:
             )
     if message.first("PID") is None:
         raise Rejected("AE", Hl7Problem("PID", "100", "E", "", "no PID segment"))
+
+
+def _check_processing_id(msh: Segment, sender: SenderConfig, taken: str) -> list[Hl7Problem]:
+    """Only messages of this gateway's processing id reach patients' files: a production gateway
+    answers training and debugging messages AR 202 (docs/contracts.md §4). An empty MSH-11 is P,
+    with a warning, unless the sender must send one."""
+    given = msh.get(11, 1)
+    if not given and sender.require_processing_id:
+        raise Rejected("AE", Hl7Problem("MSH^1^11", "101", "E", "", "no processing id (MSH-11)"))
+    if (given or "P") != taken:
+        text = f"processing id {given or 'P'!r}: this gateway takes {taken} messages only"
+        raise Rejected("AR", Hl7Problem("MSH^1^11", "202", "E", "", text))
+    return [] if given else [PROCESSING_ID_MISSING]
 
 
 async def _validate(sender: SenderConfig, data: bytes, message: Message) -> None:

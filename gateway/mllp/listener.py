@@ -32,8 +32,9 @@ class Hl7Listener:
         clock: str = "system",
         on_ack: AckObserver | None = None,
         on_message: MessageObserver | None = None,
+        processing_id: str = "P",
     ) -> None:
-        self.intake = Hl7Intake(service, senders, clock)
+        self.intake = Hl7Intake(service, senders, clock, processing_id)
         self.max_frame_bytes = settings.max_frame_bytes
         self.on_ack = on_ack
         self.on_message = on_message

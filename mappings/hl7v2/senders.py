@@ -33,6 +33,7 @@ class SenderConfig(_Strict):
     timezone: str | None = None  # for times without an offset; default the gateway's
     charset_fallback: str | None = None  # e.g. cp1252, when bytes do not decode as MSH-18 says
     validation: Literal["tolerant", "strict"] = "tolerant"
+    require_processing_id: bool = False  # an empty MSH-11 is AE 101 (else taken as P, warned)
     # Pin the client certificate: SHA-256 over its DER, kept as 64 lower-case hex digits.
     tls_fingerprint_sha256: str | None = None
     # The store is unavailable: `ar` answers AR 207; `no_ack` sends nothing and closes the
