@@ -272,3 +272,17 @@ def test_an_empty_processing_id_is_p_with_a_warning_unless_the_sender_must_send_
     again = empty.replace(b"|MSG0001|", b"|MSG0002|")
     refused = run(Hl7Intake(service, strict).receive(again, NOW))
     assert refused.code == "AE" and ("MSH^1^11", "101", "E", "") in errors(refused.ack)
+
+
+@pytest.mark.parametrize("system", [b"LN", b"LOINC", b"2.16.840.1.113883.6.1", b"pCLOCD", b"L"])
+def test_loinc_is_read_under_every_name_senders_give_it(intake: Hl7Intake, system: bytes) -> None:
+    named = b"in Blood by Automated count^" + system + b"|"
+    message = fixture("oru-v251-loinc-anc.hl7").replace(b"in Blood by Automated count^LN|", named)
+    assert named in message
+    received = run(intake.receive(message, NOW))
+    if system == b"L":  # a local code: mapped per sender, flagged until it is
+        assert received.disposition == "no_results"
+        assert ("OBX^1^3", "103", "W", "UNMAPPED_CANDIDATE") in errors(received.ack)
+    else:
+        assert received.outcome is not None
+        assert [r.anc for r in received.outcome.results] == [800]

@@ -16,7 +16,9 @@ from mappings.hl7v2.tokenizer import FieldValues, Message, Segment
 from rems_core.identity import Candidate, Rule, resolved
 from rems_core.model import Identifier, LabResult, ResultStatus
 
-LOINC_SYSTEMS = {"LN", "LOINC", "http://loinc.org"}
+#: OBX-3.3 (or .6) naming LOINC: HL7 table 0396's LN, the spelled-out name, FHIR's URI, LOINC's
+#: OID, and pCLOCD (the pan-Canadian LOINC observation code database, LOINC codes in Canada).
+LOINC_SYSTEMS = {"LN", "LOINC", "http://loinc.org", "2.16.840.1.113883.6.1", "pCLOCD"}
 #: OBX-11 observation result status (HL7 table 0085) → how the rules treat it.
 RESULT_STATUS = {
     "F": ResultStatus.FINAL,
