@@ -11,6 +11,7 @@ from sqlalchemy import Engine, func, select
 from gateway.app.service import RemsService
 from gateway.app.values import Source
 from gateway.mllp.intake import Hl7Intake
+from mappings.hl7v2.ack import finding_codes
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from rems_core.store import tables
 from tests.conftest import run
@@ -286,3 +287,16 @@ def test_loinc_is_read_under_every_name_senders_give_it(intake: Hl7Intake, syste
     else:
         assert received.outcome is not None
         assert [r.anc for r in received.outcome.results] == [800]
+
+
+def test_our_codes_are_machine_readable_in_acks_before_v2_5(intake: Hl7Intake) -> None:
+    """v2.3: no ERR-5; our code is ERR-1's alternate identifier, and MSA-3 begins with it."""
+    received = run(
+        intake.receive(fixture("oru-v23-local-code.hl7").replace(b"MRN123", b"MRN404"), NOW)
+    )
+    assert received.ack is not None
+    segments = received.ack.split("\r")
+    assert segments[1].split("|")[3].startswith("PATIENT_NOT_MATCHED: ")
+    (err,) = [s for s in segments if s.startswith("ERR|")]
+    assert err.split("|")[1].endswith("^204&Unknown key identifier&HL70357&PATIENT_NOT_MATCHED&&L")
+    assert finding_codes(received.ack) == ["PATIENT_NOT_MATCHED"]

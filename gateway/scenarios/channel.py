@@ -16,7 +16,7 @@ from gateway.app.values import Source
 from gateway.mllp.intake import Hl7Intake
 from gateway.scenarios.fhir_app import InProcessFhir
 from gateway.scenarios.file import AdtStep, ReviewStep, Scenario, ScenarioError, Step, pid_values
-from mappings.hl7v2.ack import escape
+from mappings.hl7v2.ack import escape, finding_codes
 from mappings.hl7v2.oru import patient_candidates
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import parse
@@ -62,11 +62,7 @@ def adt_message(adt: AdtStep, sender: SenderConfig, control_id: str, at: datetim
 
 
 def err_warnings(ack: str) -> list[dict[str, str]]:
-    return [
-        {"code": err.split("|")[5].split("^")[0], "text": ""}
-        for err in ack.split("\r")
-        if err.startswith("ERR|") and len(err.split("|")) > 5 and err.split("|")[5]
-    ]
+    return [{"code": code, "text": ""} for code in finding_codes(ack)]
 
 
 class NotSupportedYet(RuntimeError):

@@ -24,7 +24,7 @@ from gateway.scenarios.channel import (
     hl7_ts,
 )
 from gateway.scenarios.file import DEFAULT_SENDER, AdtStep, Scenario, Step
-from mappings.hl7v2.ack import escape
+from mappings.hl7v2.ack import escape, finding_codes
 from mappings.hl7v2.oru import patient_identifiers
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, parse
@@ -173,9 +173,5 @@ def ack_fields(ack: str) -> dict[str, Any]:
     segments = [s.split("|") for s in ack.split("\r") if s]
     msa = next((s for s in segments if s[0] == "MSA"), ["MSA", ""])
     code = {"CA": "AA", "CE": "AE", "CR": "AR"}.get(msa[1], msa[1])
-    warnings = [
-        {"code": s[5].split("^")[0], "text": s[8] if len(s) > 8 else ""}
-        for s in segments
-        if s[0] == "ERR" and len(s) > 5 and s[5]
-    ]
+    warnings = [{"code": found, "text": ""} for found in finding_codes(ack)]
     return {"ack": code, "warnings": warnings, "http_status": None}

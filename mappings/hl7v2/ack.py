@@ -105,16 +105,39 @@ def build_ack(
     modern = _version_at_least_2_5(version)
     msa = ["MSA", msa_1, field(10)]
     if not modern and (text or problems):
-        msa.append(escape(text or problems[0].text))
+        msa.append(escape(text or _coded(problems[0])))
     segments = [header, "|".join(msa).rstrip("|")]
     segments += [_err(problem, modern) for problem in problems]
     return "\r".join(segments) + "\r"
 
 
+def _coded(problem: Hl7Problem) -> str:
+    """MSA-3 of an ACK before v2.5: the first finding, our code first."""
+    return f"{problem.code}: {problem.text}" if problem.code else problem.text
+
+
+def finding_codes(ack: str) -> list[str]:
+    """Our codes in an ACK this module built: ERR-5 from v2.5, ERR-1's alternate identifier
+    before (for tools that read ACKs, such as the scenario runner)."""
+    codes = []
+    for segment in ack.split("\r"):
+        fields = segment.split("|")
+        if fields[0] != "ERR":
+            continue
+        if len(fields) > 5 and fields[5]:
+            codes.append(fields[5].split("^")[0])
+        elif len(fields) > 1:
+            code = fields[1].split("^")[-1].split("&")
+            if len(code) > 5 and code[5] == "L" and code[3]:
+                codes.append(code[3])
+    return codes
+
+
 def _err(problem: Hl7Problem, modern: bool) -> str:
     description = TABLE_0357.get(problem.hl7_code, "")
-    if not modern:
-        return f"ERR|{problem.location}^{problem.hl7_code}&{escape(description)}"
+    if not modern:  # ERR-1 ELD-4 (CE): the 0357 code, with ours as its alternate identifier
+        ours = f"&{escape(problem.code)}&&L" if problem.code else ""
+        return f"ERR|{problem.location}^{problem.hl7_code}&{escape(description)}&HL70357{ours}"
     return "|".join(
         [
             "ERR",
