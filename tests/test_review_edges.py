@@ -4,8 +4,6 @@ an operator runs it (a real process on a real SQLite file), and the queue's metr
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +17,9 @@ from rems_core.store.db import upgrade
 from rems_core.store.review_repo import ReviewFilter
 from tests.conftest import run
 from tests.http_server import running_app
+from tests.test_cli import cli
 from tests.test_review import OID, load, oru, receive
 
-ROOT = Path(__file__).parent.parent
 TOKEN = "review-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -97,16 +95,6 @@ def test_the_queue_size_is_a_metric(
     metrics = client.get("/metrics").text
     assert 'rems_review_items{kind="unmatched",status="open"} 1.0' in metrics
     assert 'rems_review_items{kind="merge",status="open"} 0.0' in metrics
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
 
 
 def test_an_operator_lists_shows_links_and_discards_at_the_terminal(tmp_path: Path) -> None:

@@ -33,6 +33,11 @@ class Source:
     actor: str = ""
     message: str = ""  # the HL7 control id (MSH-10) it came in, if any
 
+    @property
+    def message_ref(self) -> str | None:
+        """ "MSH-3|MSH-4#MSH-10" of the HL7 message it came in (None: none)."""
+        return f"{self.actor}#{self.message}" if self.message else None
+
 
 @dataclass(frozen=True)
 class ReceivedMessage:

@@ -116,6 +116,20 @@ def _lab_row(row: Any) -> LabRow:
     )
 
 
+def _narrowed(query: ResourceQuery, patient: Any, code: Any, moment: Any) -> list[Any]:
+    """The query's patient, code and time conditions, on these columns."""
+    where = []
+    if query.patient_ids is not None:
+        where.append(patient.in_(list(query.patient_ids)))
+    if query.codes:
+        where.append(code.in_(list(query.codes)))
+    if query.effective_from is not None:
+        where.append(moment >= query.effective_from)
+    if query.effective_before is not None:
+        where.append(moment < query.effective_before)
+    return where
+
+
 def _stored(row: Any) -> StoredResource:
     return StoredResource(
         row.resource_type,
@@ -203,14 +217,9 @@ class FhirRepo:
         """The current resources that match, one page of them, and how many match in all. For
         Observations, the lab results that did not come as FHIR Observations are among them."""
         where = [resource_t.c.resource_type == query.resource_type, resource_t.c.current.is_(True)]
-        if query.patient_ids is not None:
-            where.append(resource_t.c.patient_id.in_(list(query.patient_ids)))
-        if query.codes:
-            where.append(resource_t.c.code.in_(list(query.codes)))
-        if query.effective_from is not None:
-            where.append(resource_t.c.effective >= query.effective_from)
-        if query.effective_before is not None:
-            where.append(resource_t.c.effective < query.effective_before)
+        where += _narrowed(
+            query, resource_t.c.patient_id, resource_t.c.code, resource_t.c.effective
+        )
         keys = select(
             literal(0).label("lab"), resource_t.c.row_id.label("key"), resource_t.c.effective
         ).where(and_(*where))
@@ -233,14 +242,9 @@ class FhirRepo:
             observation_t.c.current.is_(True),
             observation_t.c.patient_id.is_not(None),
         ]
-        if query.patient_ids is not None:
-            where.append(observation_t.c.patient_id.in_(list(query.patient_ids)))
-        if query.codes:
-            where.append(observation_t.c.code.in_(list(query.codes)))
-        if query.effective_from is not None:
-            where.append(observation_t.c.drawn >= query.effective_from)
-        if query.effective_before is not None:
-            where.append(observation_t.c.drawn < query.effective_before)
+        where += _narrowed(
+            query, observation_t.c.patient_id, observation_t.c.code, observation_t.c.drawn
+        )
         return select(literal(1), observation_t.c.id, observation_t.c.drawn).where(and_(*where))
 
     def _page(self, keys: list[tuple[bool, int]]) -> list[StoredResource | LabRow]:

@@ -31,7 +31,7 @@ class ReviewFilter:
     offset: int = 0
 
 
-def review_item(row: Any) -> dict[str, Any]:
+def _item(row: Any) -> dict[str, Any]:
     return dict(row._mapping)
 
 
@@ -65,11 +65,11 @@ class ReviewRepo:
             .limit(wanted.count)
             .offset(wanted.offset)
         ).all()
-        return [review_item(r) for r in rows], total
+        return [_item(r) for r in rows], total
 
     def review_item(self, item_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(select(review_t).where(review_t.c.id == item_id)).first()
-        return review_item(row) if row is not None else None
+        return _item(row) if row is not None else None
 
     def held_for(self, keys: Iterable[Identifier]) -> list[dict[str, Any]]:
         """Open items whose results wait for one of these identifiers, oldest arrival first."""
@@ -92,7 +92,7 @@ class ReviewRepo:
             .where(review_t.c.id.in_(sorted(ids)), review_t.c.status == OPEN)
             .order_by(review_t.c.received, review_t.c.id)
         ).all()
-        return [review_item(r) for r in rows]
+        return [_item(r) for r in rows]
 
     def resolve_review_item(self, item_id: str, values: dict[str, Any]) -> None:
         """The item is no longer open (linked, discarded, purged): it waits for nothing."""
@@ -110,7 +110,7 @@ class ReviewRepo:
             )
             .order_by(review_t.c.purge_after, review_t.c.id)
         ).all()
-        return [review_item(r) for r in rows]
+        return [_item(r) for r in rows]
 
     def review_counts(self) -> dict[tuple[str, str], int]:
         """Items by kind and status."""

@@ -78,8 +78,13 @@ def _hold(
 ) -> LabOutcome:
     code = Code.PATIENT_MERGE_REVIEW if kind == identity.MERGE else Code.PATIENT_AMBIGUOUS
     warning: Finding = finding(code)
-    message = f"{source.actor}#{source.message}" if source.message else None
     held = identity.Held(
-        kind, candidates, source, received, (warning,), patients=patients, message=message
+        kind,
+        candidates,
+        source,
+        received,
+        (warning,),
+        patients=patients,
+        message=source.message_ref,
     )
     return LabOutcome(None, (), (warning,), identity.hold(ctx, store, held))

@@ -83,7 +83,7 @@ def _held(
             results=results,
             patients=[p.rems_id for p in found.patients],
             resources=resources,
-            message=f"{source.actor}#{source.message}" if source.message else None,
+            message=source.message_ref,
         ),
     )
     return LabOutcome(None, (), (warning,), review_id)
