@@ -29,12 +29,20 @@ def _shape(path: str) -> str:
 
 
 def _routes(document: dict[str, Any]) -> set[tuple[str, str]]:
-    return {
+    """The FHIR routes; one whose type is a path parameter (resources stored as received) is
+    a route of each type it takes."""
+    from gateway.fhir.resource_types import STORED_AS_RECEIVED
+
+    routes = {
         (method, _shape(path))
         for path, operations in document["paths"].items()
         if path == "/fhir" or path.startswith("/fhir/")
         for method in operations
     }
+    typed = {(m, p) for m, p in routes if p.startswith("/fhir/{}")}
+    for method, path in typed:
+        routes |= {(method, path.replace("{}", kind, 1)) for kind in STORED_AS_RECEIVED}
+    return routes - typed
 
 
 def _declared(statement: dict[str, Any]) -> set[tuple[str, str]]:
@@ -53,6 +61,8 @@ def _declared(statement: dict[str, Any]) -> set[tuple[str, str]]:
             )
             type_level = (("get", f"/fhir/{kind}/${name}"), ("post", f"/fhir/{kind}/${name}"))
             declared.update(instance + type_level)
+    for operation in statement["rest"][0].get("operation", []):
+        declared.add(("post", f"/fhir/${operation['name']}"))
     return declared
 
 

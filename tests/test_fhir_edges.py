@@ -43,12 +43,13 @@ def transaction(*entries: dict[str, Any]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
 
 
-def test_a_transaction_updating_an_unknown_observation_is_404(fhir: httpx.Client) -> None:
-    ghost = copy.deepcopy(ANC) | {"id": "ghost"}
-    entry = {"resource": ghost, "request": {"method": "PUT", "url": "Observation/ghost"}}
+def test_a_transaction_taking_an_id_of_the_gateways_own_is_409(fhir: httpx.Client) -> None:
+    ghost = copy.deepcopy(ANC) | {"id": "lab-1"}
+    entry = {"resource": ghost, "request": {"method": "PUT", "url": "Observation/lab-1"}}
     answer = send(fhir, "", transaction(entry))
-    assert answer.status_code == 404
-    assert outcome_code(answer) == "not-found"
+    assert answer.status_code == 409
+    assert outcome_code(answer) == "conflict"
+    assert answer.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.id"]
 
 
 def test_a_bundle_condition_that_is_not_text_is_400(fhir: httpx.Client) -> None:

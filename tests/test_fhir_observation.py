@@ -254,13 +254,25 @@ def test_parallel_conditional_creates_on_two_gateways_make_one_resource(
     assert rows == 1
 
 
-def test_an_update_of_an_unknown_observation_is_404(fhir: httpx.Client) -> None:
-    ghost = copy.deepcopy(ANC) | {"id": "no-such-observation"}
-    answer = fhir.put(
-        "/Observation/no-such-observation", json=ghost, headers={"Content-Type": FHIR, **AT}
-    )
-    assert answer.status_code == 404
-    assert answer.json()["issue"][0]["code"] == "not-found"
+def test_an_update_of_an_unknown_observation_creates_it_with_the_clients_id(
+    fhir: httpx.Client,
+) -> None:
+    ghost = copy.deepcopy(ANC) | {"id": "lis-obs-0001"}
+    headers = {"Content-Type": FHIR, **AT}
+    answer = fhir.put("/Observation/lis-obs-0001", json=ghost, headers=headers)
+    assert answer.status_code == 201
+    assert answer.headers["Location"] == "/fhir/Observation/lis-obs-0001/_history/1"
+    assert fhir.get("/Observation/lis-obs-0001").json()["id"] == "lis-obs-0001"
+    again = fhir.put("/Observation/lis-obs-0001", json=ghost, headers=headers)
+    assert (again.status_code, again.json()["meta"]["versionId"]) == (200, "1")
+
+
+def test_an_id_of_the_gateways_own_is_not_a_clients(fhir: httpx.Client) -> None:
+    """`lab-<n>` names a result that came over HL7 v2: no client may take it."""
+    ghost = copy.deepcopy(ANC) | {"id": "lab-7"}
+    answer = fhir.put("/Observation/lab-7", json=ghost, headers={"Content-Type": FHIR, **AT})
+    assert answer.status_code == 409
+    assert answer.json()["issue"][0]["code"] == "conflict"
 
 
 def test_an_update_cannot_take_another_observations_identifier(fhir: httpx.Client) -> None:

@@ -10,10 +10,6 @@ class VersionConflict(Exception):
     """If-Match named another version than the current one (412)."""
 
 
-class UnknownResource(Exception):
-    """An update of a resource that does not exist (404: the server does no update-as-create)."""
-
-
 class IdentifierTaken(Exception):
     """An update gives a resource the business identifier of another one (409)."""
 
@@ -61,3 +57,12 @@ class NotLinkable(ValueError):
 
 class ClientIdTaken(Exception):
     """A PUT to a resource id that another client (or the gateway) created (409)."""
+
+
+class BundleRefused(Exception):
+    """A transaction Bundle's entries that cannot be stored (entry number → the refusal:
+    VersionConflict, IdentifierTaken, ClientIdTaken): nothing of the Bundle is."""
+
+    def __init__(self, refused: dict[int, Exception]) -> None:
+        super().__init__(f"{len(refused)} entries refused")
+        self.refused = refused

@@ -14,6 +14,7 @@ from gateway.app import audit_records
 from gateway.app.context import UnitContext
 from gateway.app.units import dispense as dispense_unit
 from gateway.app.units import (
+    fhir_bundles,
     fhir_dispense,
     fhir_patients,
     fhir_psf,
@@ -26,6 +27,8 @@ from gateway.app.units import (
 )
 from gateway.app.units import psf as psf_unit
 from gateway.app.values import (
+    BundleItem,
+    BundleRecorded,
     DispenseRecorded,
     DispenseSubmission,
     LabOutcome,
@@ -33,11 +36,9 @@ from gateway.app.values import (
     LabSubmission,
     PatientRecorded,
     PatientSubmission,
-    PatientTransaction,
     PsfRecorded,
     PsfSubmission,
     ReceivedMessage,
-    Recorded,
     SignRequest,
     Source,
 )
@@ -118,20 +119,6 @@ class RemsService:
                 observe(done.decision)
         return done
 
-    async def record_transaction(
-        self,
-        submissions: list[LabSubmission],
-        dependents: Callable[[list[Recorded]], list[LabSubmission]],
-        source: Source,
-        received: datetime,
-    ) -> LabsRecorded:
-        """A FHIR transaction Bundle in one unit of work: all of it is stored, or nothing."""
-        return await self.writer.run(
-            lambda store: fhir_records.record_transaction(
-                self.ctx, store, submissions, dependents, source, received
-            )
-        )
-
     async def record_patient(
         self, submission: PatientSubmission, source: Source, received: datetime
     ) -> PatientRecorded:
@@ -143,19 +130,14 @@ class RemsService:
             )
         )
 
-    async def record_patient_transaction(
-        self,
-        patients: list[PatientSubmission],
-        submissions: Callable[[list[Recorded]], list[LabSubmission]],
-        dependents: Callable[[list[Recorded]], list[LabSubmission]],
-        source: Source,
-        received: datetime,
-    ) -> PatientTransaction:
-        """A transaction Bundle with Patient entries, in one unit of work: the Patients, then
-        the Observations (built once the Patients' ids are known) and what refers to them."""
+    async def record_bundle(
+        self, items: Sequence[BundleItem], source: Source, received: datetime, atomic: bool
+    ) -> BundleRecorded:
+        """A Bundle's entries in one unit of work: a transaction all or nothing (BundleRefused),
+        a batch or collection entry by entry."""
         return await self.writer.run(
-            lambda store: fhir_patients.record_transaction(
-                self.ctx, store, patients, submissions, dependents, source, received
+            lambda store: fhir_bundles.record_bundle(
+                self.ctx, store, items, source, received, atomic
             )
         )
 

@@ -166,9 +166,34 @@ class PatientRecorded:
     filed: tuple[str, ...] = ()  # review items filed to the patient by this link
 
 
-@dataclass(frozen=True)
-class PatientTransaction:
-    """A transaction Bundle with Patient entries: the Patients, then the lab entries."""
+#: What a Bundle entry becomes once the ids of the entries it refers to are known.
+EntrySubmission = PatientSubmission | LabSubmission | ResourceDraft
 
-    patients: list[PatientRecorded]
+
+@dataclass(frozen=True)
+class BundleItem:
+    """One entry of a Bundle, read and checked by the edge, to be stored in one unit of work
+    with the others. Its id is found (or made) first, then ``build`` makes its submission with
+    every reference to an entry rewritten to that entry's `Type/id`."""
+
+    number: int  # its place in the Bundle
+    resource_type: str
+    keys: frozenset[str]  # the references that name it: its fullUrl, `Type/id` of a PUT
+    resource_id: str | None  # a PUT's id (update-as-create keeps it)
+    identifier: str | None  # a create's business identifier, or its If-None-Exist one
+    content_hash: str  # of the entry as sent, with the content of the entries it refers to
+    build: Callable[[str, dict[str, str]], EntrySubmission]  # (its id, key → Type/id)
+
+
+@dataclass(frozen=True)
+class BundleRecorded:
+    """What became of each entry (by number): a Patient, a resource stored as received, or a
+    lab entry (Observation, DiagnosticReport: ``labs``, aligned with ``lab_numbers``); and, in a
+    batch, the entries refused (number → VersionConflict, IdentifierTaken, ClientIdTaken)."""
+
+    patients: dict[int, PatientRecorded]
+    resources: dict[int, Recorded]
+    lab_numbers: list[int]
+    lab_submissions: list[LabSubmission]
     labs: LabsRecorded
+    refused: dict[int, Exception]

@@ -20,7 +20,8 @@ from concurrent.futures import Future
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from rems_core.audit import ChainHead
 from rems_core.store.db import WalCheckpointer, has_wal
@@ -317,3 +318,14 @@ class CommitUncertain(Exception):
     ) -> None:
         super().__init__(str(cause))
         self.head, self.moved, self.outcomes, self.cause = head, moved, outcomes, cause
+
+
+RETRY_AFTER_SECONDS = 5  # a restart or failover of the database usually takes a few seconds
+
+
+def store_unavailable(exc: Exception) -> bool:
+    """A database error that says the store cannot be reached or used now, not that the
+    request's content is wrong."""
+    if isinstance(exc, (WriterStopped, PoolTimeout, OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated

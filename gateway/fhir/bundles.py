@@ -1,11 +1,14 @@
-"""Bundles: `POST /fhir` (FHIR's transaction/batch endpoint) and `POST /fhir/Bundle`
-(docs/contracts.md §5), e.g. a DiagnosticReport with its Observations.
+"""Bundles as senders make them (docs/contracts.md §5): `transaction` and `batch` to `POST /fhir`
+(FHIR's endpoint for them), any other Bundle to `POST /fhir/Bundle` (a `collection`: stored as a
+Bundle, its entries understood as a batch's), `message` to `POST /fhir/$process-message`
+(messaging.py).
 
-A transaction is all or nothing: every entry is read and checked first, then its Patients, its
-Observations and the DiagnosticReports that refer to them are stored in one unit of work, with
-references to entries' `fullUrl`s (`urn:uuid:…`) rewritten to the stored ids. A batch runs
-each entry on its own (Patients first). Each entry's answer carries its status, Location, ETag
-and an OperationOutcome of its REMS effect.
+Every entry is read and checked first (its type's write scope, its resource, the references to
+other entries); then all of them are stored in one unit of work, references between entries
+rewritten to their ids. A transaction is all or nothing; a batch or collection answers each
+entry on its own. An entry equal to what is stored is answered 200 from the store, so a Bundle
+sent again changes nothing. Each entry's answer carries its status, Location, ETag and an
+OperationOutcome of its REMS effect.
 """
 
 from __future__ import annotations
@@ -18,29 +21,33 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.app.errors import ClientIdTaken, IdentifierTaken, UnknownResource, VersionConflict
+from gateway.app.errors import BundleRefused, ClientIdTaken, IdentifierTaken, VersionConflict
 from gateway.app.values import (
-    LabSubmission,
+    BundleItem,
+    BundleRecorded,
+    EntrySubmission,
     PatientRecorded,
-    PatientSubmission,
     Recorded,
     ResourceDraft,
     Source,
 )
 from gateway.fhir.auth import INTERACTION_LETTERS, Principal
-from gateway.fhir.bundle_effects import effects
+from gateway.fhir.bundle_effects import ALREADY_STORED, effects
 from gateway.fhir.bundle_entries import (
     OBSERVATION,
-    PATIENT,
     REPORT,
+    WITH_REQUEST,
     Entry,
+    Fallback,
     bundle_entries,
+    bundle_kind,
+    content_hashes,
+    fallbacks,
     in_entry,
     resolved,
-    specimen_fallbacks,
-    stored_ids,
     unresolved,
 )
+from gateway.fhir.diagnostic_reports import report_submission
 from gateway.fhir.http import (
     FhirError,
     FhirResponse,
@@ -50,22 +57,23 @@ from gateway.fhir.http import (
     prefer_return,
     version_of,
 )
-from gateway.fhir.observations import conditional_identifier, reading, record, submission
-from gateway.fhir.patients import id_taken, patient_issues, patient_submission
+from gateway.fhir.observations import conditional_identifier, reading, submission
+from gateway.fhir.patients import patient_issues, patient_submission
+from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
     clinical_now,
     content_hash,
-    context_of,
+    id_taken,
     location,
     service_of,
     validated,
+    written,
 )
-from mappings.fhir.observation import draw_time, loinc_code
 from mappings.fhir.outcome import Issue, operation_outcome
-from mappings.fhir.references import identifier_key, subject_ref
 from rems_core.store.fhir_repo import ResourceIndex
 
 INTERACTION = {"POST": "create", "PUT": "update"}
+PLACEHOLDER = "to-be-assigned"
 
 
 @dataclass
@@ -77,58 +85,7 @@ class Answer:
     issues: list[Issue] = field(default_factory=list)
 
 
-def observation_submission(
-    request: Request, entry: Entry, fallbacks: dict[str, str]
-) -> LabSubmission:
-    specimen = next((fallbacks[k] for k in sorted(entry.keys) if k in fallbacks), None)
-    try:
-        found = reading(request, entry.resource, specimen)
-        expected = version_of(entry.if_match) if entry.if_match else None
-        return submission(entry.resource, found, entry.resource_id, entry.if_none_exist, expected)
-    except FhirError as error:
-        raise in_entry(entry, error) from None
-
-
-@dataclass(frozen=True)
-class ReportDraft:
-    """A DiagnosticReport read and checked, waiting for its results' stored ids."""
-
-    entry: Entry
-    index: ResourceIndex
-    subject: tuple[Any, ...]  # (identifiers, patient id)
-
-    def submission(self, ids: dict[str, str]) -> LabSubmission:
-        body = resolved(self.entry.resource, ids)
-        draft = ResourceDraft(
-            REPORT,
-            body,
-            content_hash(body),
-            self.index,
-            if_none_exist=self.entry.if_none_exist is not None,
-        )
-        identifiers, patient_id = self.subject
-        return LabSubmission(draft, identifiers, patient_id, None)
-
-
-def report_draft(request: Request, entry: Entry) -> ReportDraft:
-    try:
-        report = validated(entry.resource, REPORT)
-        identifier = identifier_key(report.identifier)
-        if entry.if_none_exist is not None:
-            identifier = conditional_identifier(entry.if_none_exist)
-    except FhirError as error:
-        raise in_entry(entry, error) from None
-    subject = subject_ref(report.subject)
-    index = ResourceIndex(
-        identifier=identifier,
-        code=loinc_code(report.code),
-        effective=draw_time(report, context_of(request).tz),
-    )
-    who = (subject.identifiers, subject.patient_id) if subject else ((), None)
-    return ReportDraft(entry, index, who)
-
-
-# --- transaction and batch ------------------------------------------------------------------
+# --- each entry read and checked --------------------------------------------------------------
 
 
 def allowed(principal: Principal, entry: Entry) -> FhirError | None:
@@ -139,74 +96,194 @@ def allowed(principal: Principal, entry: Entry) -> FhirError | None:
     return FhirError(403, "forbidden", f"entry {entry.index}: this token does not grant {scope}")
 
 
-async def transaction(
-    request: Request, principal: Principal, items: list[Entry | FhirError], now: datetime
-) -> list[Answer]:
-    """Everything checked first; then one unit of work stores all of it, or nothing: the
-    Patients, then the Observations (their subjects rewritten to the Patients' stored ids), then
-    the DiagnosticReports that refer to them."""
-    entries = _checked(principal, items)
-    patients = [e for e in entries if e.resource_type == PATIENT]
-    patient_made = _all_or_error(patients, patient_entry)
-    named = {k: f"{PATIENT}/{e.resource_id or 'new'}" for e in patients for k in e.keys}
-    observations = [e for e in entries if e.resource_type == OBSERVATION]
-    fallbacks = specimen_fallbacks(entries)
+def entry_submission(
+    request: Request, entry: Entry, body: dict[str, Any], own_id: str, fallback: Fallback
+) -> EntrySubmission:
+    """What the entry is, its references rewritten (``body``) and its id known."""
+    expected = version_of(entry.if_match) if entry.if_match else None
+    match entry.resource_type:
+        case "Patient":
+            return patient_submission(body, own_id, entry.if_none_exist)
+        case "Observation":
+            found = reading(request, _dated(body, fallback), fallback.specimen)
+            return submission(body, found, own_id, entry.if_none_exist, expected)
+        case "DiagnosticReport":
+            return report_submission(request, body, own_id, entry.if_none_exist, expected)
+    validated(body, entry.resource_type)
+    return ResourceDraft(
+        entry.resource_type, body, "", ResourceIndex(), resource_id=own_id, if_match=expected
+    )
 
-    def observation_of(ids: dict[str, str]) -> Any:
-        return lambda e: observation_submission(request, with_ids(e, ids), fallbacks)
 
-    submissions = _all_or_error(observations, observation_of(named))
-    reports = [e for e in entries if e.resource_type == REPORT]
-    _all_or_error(reports, lambda e: report_draft(request, with_ids(e, named)))
-    known = {key for e in observations + patients for key in e.keys}
-    _raise_all([u for e in reports if (u := unresolved(e, known))])
-    stored_patients: dict[str, str] = {}
+def _dated(body: dict[str, Any], fallback: Fallback) -> dict[str, Any]:
+    """The Observation as its result is read: without `effective[x]` of its own, its report's
+    or specimen's (the stored resource stays as sent)."""
+    moment = fallback.effective
+    if moment is None or "effectiveDateTime" in body or "effectivePeriod" in body:
+        return body
+    element = "effectivePeriod" if isinstance(moment, dict) else "effectiveDateTime"
+    return body | {element: moment}
 
-    def labs(recorded: list[Recorded]) -> list[LabSubmission]:
-        stored_patients.update(stored_ids(patients, recorded))
-        return [observation_of(stored_patients)(e) for e in observations]
 
-    def dependents(recorded: list[Recorded]) -> list[LabSubmission]:
-        ids = stored_patients | stored_ids(observations, recorded)
-        drafts = [report_draft(request, with_ids(e, stored_patients)) for e in reports]
-        return [d.submission(ids) for d in drafts]
+def _hashed(made: EntrySubmission, digest: str) -> EntrySubmission:
+    if isinstance(made, ResourceDraft):
+        return replace(made, content_hash=digest)
+    return replace(made, draft=replace(made.draft, content_hash=digest))
 
+
+def _lookup_identifier(entry: Entry) -> str | None:
+    """What a create is found by when it is sent again: its If-None-Exist identifier, or (for
+    Observations and DiagnosticReports) its business identifier."""
+    if entry.method != "POST":
+        return None
+    if entry.if_none_exist is not None:
+        return conditional_identifier(entry.if_none_exist)
+    if entry.resource_type not in (OBSERVATION, REPORT):
+        return None
+    for identifier in entry.resource.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("value"):
+            return f"{identifier.get('system') or ''}|{identifier['value']}"
+    return None
+
+
+@dataclass
+class Plan:
+    """The entries that will be stored, and the ones refused before (number → its error)."""
+
+    items: list[BundleItem]
+    errors: dict[int, FhirError]
+
+
+def plan(request: Request, principal: Principal, read: list[Entry | FhirError], kind: str) -> Plan:
+    """Every entry checked with placeholder ids (so that nothing fails once the unit of work
+    runs); an entry referring to a refused one is refused too."""
+    errors: dict[int, FhirError] = {}
+    entries: list[Entry] = []
+    for number, item in enumerate(read):
+        refused = item if isinstance(item, FhirError) else allowed(principal, item)
+        if refused is not None:
+            errors[number] = refused
+        else:
+            entries.append(item)
+    if kind == "transaction" and errors:
+        return Plan([], errors)
+    backs, hashes = fallbacks(entries), content_hashes(entries)
+    while True:
+        taken = [e for e in entries if e.index not in errors]
+        known = {key for e in taken for key in e.keys}
+        ids = {
+            key: f"{e.resource_type}/{e.resource_id or PLACEHOLDER}"
+            for e in taken
+            for key in e.keys
+        }
+        found = {
+            e.index: error for e in taken if (error := _refusal(request, e, known, ids, backs))
+        }
+        if not found:
+            break
+        errors |= found
+    items = [bundle_item(request, entry, backs, hashes[entry.index]) for entry in taken]
+    return Plan(items, errors)
+
+
+def _refusal(
+    request: Request,
+    entry: Entry,
+    known: set[str],
+    ids: dict[str, str],
+    backs: dict[int, Fallback],
+) -> FhirError | None:
+    try:
+        if (missing := unresolved(entry, known)) is not None:
+            raise missing
+        body = resolved(entry.resource, ids)
+        fallback = backs.get(entry.index, Fallback())
+        entry_submission(request, entry, body, entry.resource_id or PLACEHOLDER, fallback)
+        _lookup_identifier(entry)
+    except FhirError as error:
+        return in_entry(entry, error)
+    return None
+
+
+def bundle_item(
+    request: Request, entry: Entry, backs: dict[int, Fallback], digest: str
+) -> BundleItem:
+    fallback = backs.get(entry.index, Fallback())
+
+    def build(own_id: str, ids: dict[str, str]) -> EntrySubmission:
+        body = resolved(entry.resource, ids)
+        return _hashed(entry_submission(request, entry, body, own_id, fallback), digest)
+
+    return BundleItem(
+        entry.index,
+        entry.resource_type,
+        entry.keys,
+        entry.resource_id,
+        _lookup_identifier(entry),
+        digest,
+        build,
+    )
+
+
+# --- stored, and answered -----------------------------------------------------------------------
+
+
+async def store_entries(
+    request: Request,
+    principal: Principal,
+    read: list[Entry | FhirError],
+    kind: str,
+    now: datetime,
+    extra: tuple[BundleItem, ...] = (),
+) -> tuple[list[Answer], BundleRecorded]:
+    """Each entry's answer, in the Bundle's order (a refused transaction raises FhirError)."""
+    planned = plan(request, principal, read, kind)
+    atomic = kind == "transaction"
+    if atomic and planned.errors:
+        raise _all(list(planned.errors.values()))
     source = Source("fhir", principal.client_id)
     try:
-        both = await service_of(request).record_patient_transaction(
-            patient_made, labs, dependents, source, now
+        done = await service_of(request).record_bundle(
+            [*planned.items, *extra], source, now, atomic
         )
-    except VersionConflict:
-        raise FhirError(412, "conflict", "an entry's ifMatch names another version") from None
-    except UnknownResource:
-        raise FhirError(
-            404, "not-found", "an entry updates an Observation that does not exist"
-        ) from None
-    except IdentifierTaken:
-        raise FhirError(
-            409, "duplicate", "an entry gives an Observation another one's identifier"
-        ) from None
-    except ClientIdTaken:
-        raise FhirError(
-            409, "conflict", "a Patient entry's id is another client's or a registry patient's"
-        ) from None
-    done = both.labs
-    ordered = observations + reports
-    found = effects(ordered, submissions, done)
-    answers = {
-        e.index: Answer(201 if d.created else 200, d, found.get(e.index, []))
-        for e, d in zip(ordered, done.recorded, strict=True)
-    }
-    for entry, patient in zip(patients, both.patients, strict=True):
-        answers[entry.index] = patient_answer(patient)
-    return [answers[e.index] for e in entries]
+    except BundleRefused as refused:
+        raise _all([refusal_error(read[n], e) for n, e in refused.refused.items()]) from None
+    answers = {n: Answer(e.status, None, e.issues) for n, e in planned.errors.items()}
+    answers |= {n: _refused_answer(read[n], e) for n, e in done.refused.items()}
+    answers |= {n: patient_answer(p) for n, p in done.patients.items()}
+    answers |= {n: stored_answer(r) for n, r in done.resources.items()}
+    lab_entries = [_entry(read[n]) for n in done.lab_numbers]
+    found = effects(lab_entries, done.lab_submissions, done.labs)
+    for entry, stored in zip(lab_entries, done.labs.recorded, strict=True):
+        status = 201 if stored.created else 200
+        answers[entry.index] = Answer(status, stored, found.get(entry.index, []))
+    return [answers[n] for n in range(len(read))], done
 
 
-def patient_entry(entry: Entry) -> PatientSubmission:
-    try:
-        return patient_submission(entry.resource, entry.resource_id, entry.if_none_exist)
-    except FhirError as error:
-        raise in_entry(entry, error) from None
+def _entry(item: Entry | FhirError) -> Entry:
+    assert isinstance(item, Entry)
+    return item
+
+
+def refusal(resource_type: str, resource_id: str | None, refused: Exception) -> FhirError:
+    """What the service refused (before storing anything), as the FHIR error it is."""
+    if isinstance(refused, VersionConflict):
+        return FhirError(412, "conflict", "If-Match names another version than the current one")
+    if isinstance(refused, IdentifierTaken):
+        text = f"another {resource_type} has this identifier"
+        return FhirError(409, "duplicate", text, (f"{resource_type}.identifier",))
+    assert isinstance(refused, ClientIdTaken)
+    return id_taken(resource_type, resource_id)
+
+
+def refusal_error(item: Entry | FhirError, refused: Exception) -> FhirError:
+    entry = _entry(item)
+    return in_entry(entry, refusal(entry.resource_type, entry.resource_id, refused))
+
+
+def _refused_answer(item: Entry | FhirError, refusal: Exception) -> Answer:
+    error = refusal_error(item, refusal)
+    return Answer(error.status, None, error.issues)
 
 
 def patient_answer(done: PatientRecorded) -> Answer:
@@ -214,101 +291,15 @@ def patient_answer(done: PatientRecorded) -> Answer:
     return Answer(201 if stored.created else 200, stored, patient_issues(done))
 
 
-def with_ids(entry: Entry, ids: dict[str, str]) -> Entry:
-    """The entry with its references to other entries (`urn:uuid:…`) rewritten to stored ids."""
-    return replace(entry, resource=resolved(entry.resource, ids)) if ids else entry
+def stored_answer(done: Recorded) -> Answer:
+    """A resource stored as received: no REMS effect to report."""
+    return Answer(201 if done.created else 200, done, [ALREADY_STORED] if done.unchanged else [])
 
 
-def _checked(principal: Principal, items: list[Entry | FhirError]) -> list[Entry]:
-    errors = [i for i in items if isinstance(i, FhirError)]
-    errors += [d for i in items if isinstance(i, Entry) and (d := allowed(principal, i))]
-    _raise_all(errors)
-    return [i for i in items if isinstance(i, Entry)]
-
-
-def _all_or_error(entries: list[Entry], read: Any) -> list[Any]:
-    done, errors = [], []
-    for entry in entries:
-        try:
-            done.append(read(entry))
-        except FhirError as error:
-            errors.append(error)
-    _raise_all(errors)
-    return done
-
-
-def _raise_all(errors: list[FhirError]) -> None:
+def _all(errors: list[FhirError]) -> FhirError:
     """A refused transaction answers every problem, with the first one's status."""
-    if errors:
-        issues = [issue for error in errors for issue in error.issues]
-        raise FhirError(errors[0].status, "", "", issues=issues)
-
-
-async def batch(
-    request: Request, principal: Principal, items: list[Entry | FhirError], now: datetime
-) -> list[Answer]:
-    """Each entry on its own, Patients first, then the rest in order; an entry may refer to one
-    stored before it."""
-    entries = [i for i in items if isinstance(i, Entry)]
-    fallbacks = specimen_fallbacks(entries)
-    ids: dict[str, str] = {}
-    answers: dict[int, Answer] = {}
-    first = [n for n, i in enumerate(items) if isinstance(i, Entry) and i.resource_type == PATIENT]
-    for number in first + [n for n in range(len(items)) if n not in first]:
-        item = items[number]
-        try:
-            if isinstance(item, FhirError):
-                raise item
-            answer = await _one(request, principal, with_ids(item, ids), fallbacks, ids, now)
-            done = answer.recorded
-            assert done is not None
-            ids |= {k: f"{done.resource.resource_type}/{done.resource.id}" for k in item.keys}
-        except FhirError as error:
-            answer = Answer(error.status, None, error.issues)
-        answers[number] = answer
-    return [answers[n] for n in range(len(items))]
-
-
-async def _one(
-    request: Request,
-    principal: Principal,
-    entry: Entry,
-    fallbacks: dict[str, str],
-    ids: dict[str, str],
-    now: datetime,
-) -> Answer:
-    if (refused := allowed(principal, entry)) is not None:
-        raise refused
-    if entry.resource_type == PATIENT:
-        return await _one_patient(request, principal, entry, now)
-    if entry.resource_type == REPORT:
-        draft = report_draft(request, entry)
-        if (missing := unresolved(entry, set(ids))) is not None:
-            raise missing
-        submissions = [draft.submission(ids)]
-    else:
-        submissions = [observation_submission(request, entry, fallbacks)]
-    try:
-        done, issues = await record(request, principal, submissions, now)
-    except FhirError as error:
-        raise in_entry(entry, error) from None
-    stored = done.recorded[0]
-    return Answer(201 if stored.created else 200, stored, issues)
-
-
-async def _one_patient(
-    request: Request, principal: Principal, entry: Entry, now: datetime
-) -> Answer:
-    made = patient_entry(entry)
-    source = Source("fhir", principal.client_id)
-    try:
-        done = await service_of(request).record_patient(made, source, now)
-    except ClientIdTaken:
-        raise in_entry(entry, id_taken(entry.resource_id)) from None
-    return patient_answer(done)
-
-
-# --- the answer -------------------------------------------------------------------------------
+    issues = [issue for error in errors for issue in error.issues]
+    return FhirError(errors[0].status, "", "", issues=issues)
 
 
 def response_entry(request: Request, answer: Answer, prefer: str) -> dict[str, Any]:
@@ -333,15 +324,37 @@ def response_entry(request: Request, answer: Answer, prefer: str) -> dict[str, A
     return entry
 
 
-async def post_bundle(request: Request) -> Response:
-    """A transaction or batch Bundle; answered with a transaction-response or batch-response."""
+def entry_issues(answers: list[Answer]) -> list[Issue]:
+    """Every entry's issues in one list, each saying which entry it is about."""
+    issues = []
+    for number, answer in enumerate(answers):
+        for issue in answer.issues:
+            text = issue.diagnostics
+            if not text.startswith(f"entry {number}"):
+                text = f"entry {number}: {text}".rstrip(": ")
+            issues.append(replace(issue, diagnostics=text))
+    return issues
+
+
+# --- the routes ---------------------------------------------------------------------------------
+
+
+async def post_base(request: Request) -> Response:
+    """`POST /fhir`: a transaction or batch, answered with a transaction-response or
+    batch-response."""
     check_format(request)
     principal: Principal = await request.app.state.fhir_auth.principal(request)
     data = await json_body(request)
-    kind, items = bundle_entries(data)
-    now = clinical_now(request, data)
-    run = transaction if kind == "transaction" else batch
-    answers = await run(request, principal, items, now)
+    return await _transaction_or_batch(request, principal, data)
+
+
+async def _transaction_or_batch(
+    request: Request, principal: Principal, data: dict[str, Any]
+) -> Response:
+    kind = bundle_kind(data, WITH_REQUEST)
+    answers, _ = await store_entries(
+        request, principal, bundle_entries(data, kind), kind, clinical_now(request, data)
+    )
     prefer = prefer_return(request)
     bundle = {
         "resourceType": "Bundle",
@@ -351,14 +364,52 @@ async def post_bundle(request: Request) -> Response:
     return FhirResponse(bundle, 200)
 
 
+async def post_bundle(request: Request) -> Response:
+    """`POST /fhir/Bundle`: a transaction or batch is processed as at `POST /fhir`; any other
+    Bundle (a collection, a document, a message) is stored as a Bundle and its entries are
+    understood as a batch's. Answered as a create: 201 (200 for the same Bundle again)."""
+    check_format(request)
+    principal: Principal = await request.app.state.fhir_auth.principal(request)
+    data = await json_body(request)
+    if data.get("type") in WITH_REQUEST:
+        return await _transaction_or_batch(request, principal, data)
+    kind = str(bundle_kind(data, KINDS_STORED))
+    if not principal.allows("Bundle", "create"):
+        raise FhirError(403, "forbidden", "this token does not grant system/Bundle.c")
+    shell = _bundle_item(data)
+    answers, done = await store_entries(
+        request, principal, bundle_entries(data, kind), kind, clinical_now(request, data), (shell,)
+    )
+    stored = done.resources[shell.number]
+    return written(request, stored.resource, stored.created, entry_issues(answers))
+
+
+KINDS_STORED = ("collection", "document", "message", "history", "searchset")
+
+
+def _bundle_item(data: dict[str, Any]) -> BundleItem:
+    """The Bundle itself, stored as received (its id is the gateway's)."""
+    validated({k: v for k, v in data.items() if k != "entry"}, "Bundle")
+    digest = content_hash(data)
+
+    def build(own_id: str, _: dict[str, str]) -> EntrySubmission:
+        return ResourceDraft("Bundle", data, digest, ResourceIndex(), resource_id=own_id)
+
+    return BundleItem(-1, "Bundle", frozenset(), None, None, digest, build)
+
+
 def include(router: APIRouter) -> None:
     """`POST [base]` and `POST [base]/Bundle` on the FHIR router."""
-    for path in ("", "/", "/Bundle"):
+    for path in ("", "/"):
         router.add_api_route(
             path,
-            post_bundle,
+            post_base,
             methods=["POST"],
             tags=["Bundle"],
             name=f"bundle{path.replace('/', '_')}",
             include_in_schema=path != "/",
         )
+    add_reads(router, "Bundle")  # a stored collection
+    router.add_api_route(
+        "/Bundle", post_bundle, methods=["POST"], tags=["Bundle"], name="bundle_store"
+    )

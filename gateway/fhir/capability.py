@@ -14,6 +14,10 @@ router = APIRouter(tags=["metadata"])
 # entry here when it registers its routes (see gateway/fhir/router.py).
 RESOURCES: dict[str, dict[str, Any]] = {}
 
+#: Whole-system interactions and operations (rest.interaction, rest.operation).
+SYSTEM_INTERACTIONS: list[str] = []
+SYSTEM_OPERATIONS: list[tuple[str, str]] = []
+
 SEARCH_TYPES = {
     "patient": "reference",
     "subject": "reference",
@@ -50,6 +54,14 @@ def declare(
     }
 
 
+def declare_system(
+    interactions: tuple[str, ...] = (), operations: tuple[tuple[str, str], ...] = ()
+) -> None:
+    """Interactions and operations on the whole system (`POST [base]`, `[base]/$op`)."""
+    SYSTEM_INTERACTIONS.extend(i for i in interactions if i not in SYSTEM_INTERACTIONS)
+    SYSTEM_OPERATIONS.extend(o for o in operations if o not in SYSTEM_OPERATIONS)
+
+
 def capability_statement(base_url: str, smart: bool) -> dict[str, Any]:
     resources = []
     for resource_type, entry in sorted(RESOURCES.items()):
@@ -71,6 +83,10 @@ def capability_statement(base_url: str, smart: bool) -> dict[str, Any]:
             ]
         resources.append(resource)
     rest: dict[str, Any] = {"mode": "server", "resource": resources}
+    if SYSTEM_INTERACTIONS:
+        rest["interaction"] = [{"code": code} for code in SYSTEM_INTERACTIONS]
+    if SYSTEM_OPERATIONS:
+        rest["operation"] = [{"name": n, "definition": d} for n, d in SYSTEM_OPERATIONS]
     if smart:
         rest["security"] = {
             "service": [

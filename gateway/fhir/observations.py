@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
-from gateway.app.errors import IdentifierTaken, UnknownResource, VersionConflict
+from gateway.app.errors import ClientIdTaken, IdentifierTaken, VersionConflict
 from gateway.app.values import LabSubmission, PatientNamed, ResourceDraft, Source
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body, version_of
@@ -17,6 +18,7 @@ from gateway.fhir.resources import (
     clinical_now,
     content_hash,
     context_of,
+    id_taken,
     reads_of,
     searchset,
     service_of,
@@ -95,10 +97,8 @@ async def record(
         raise FhirError(
             412, "conflict", "If-Match names another version than the current one"
         ) from None
-    except UnknownResource:
-        raise FhirError(
-            404, "not-found", "no such Observation to update (no update-as-create)"
-        ) from None
+    except ClientIdTaken:
+        raise id_taken(TYPE, submissions[0].draft.resource_id) from None
     except IdentifierTaken:
         raise FhirError(
             409, "duplicate", "another Observation has this identifier", ("Observation.identifier",)
@@ -139,7 +139,8 @@ async def update_observation(
     principal: Annotated[Principal, requires(TYPE, "update")],
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """A new version of an Observation: a correction (`corrected`/`amended`) or a cancellation."""
+    """A new version of an Observation: a correction (`corrected`/`amended`) or a cancellation;
+    or, for an id no one has used, the Observation with the client's id (update-as-create)."""
     check_format(request)
     data = await json_body(request)
     if data.get("id") != resource_id:
@@ -152,32 +153,54 @@ async def update_observation(
     return await store_one(request, principal, data, made)
 
 
-@router.get("/Observation")
-async def search_observations(
-    request: Request,
-    _: Annotated[Principal, requires(TYPE, "search")],
+@dataclass(frozen=True)
+class LabSearch:
+    """The search parameters Observations and DiagnosticReports share."""
+
+    patient: str | None
+    code: str | None
+    date: list[str] | None
+    sort: str | None
+    count: int | None
+    offset: int | None
+
+
+def lab_search(
     patient: str | None = None,
     code: str | None = None,
     date: Annotated[list[str] | None, Query()] = None,
     sort: Annotated[str | None, Query(alias="_sort")] = None,
     count: Annotated[int | None, Query(alias="_count")] = None,
     offset: Annotated[int | None, Query(alias="_offset")] = None,
+) -> LabSearch:
+    return LabSearch(patient, code, date, sort, count, offset)
+
+
+@router.get("/Observation")
+async def search_observations(
+    request: Request,
+    _: Annotated[Principal, requires(TYPE, "search")],
+    search: Annotated[LabSearch, Depends(lab_search)],
 ) -> FhirResponse:
     """Search by `patient` (an id, `Patient/{id}`), `patient:identifier` / `subject:identifier`
     (system|value), `code` (LOINC, comma-separated, optional `http://loinc.org|`), `date`
     (eq/ge/gt/le/lt), `_sort` (date or -date), `_count`."""
+    return await search_labs(request, TYPE, search)
+
+
+async def search_labs(request: Request, resource_type: str, search: LabSearch) -> FhirResponse:
     check_format(request)
     by_identifier = request.query_params.get("patient:identifier") or request.query_params.get(
         "subject:identifier"
     )
-    start, before = date_range(date or [])
-    newest_first = _sort_order(sort)
-    limit, skip = page(count, offset)
+    start, before = date_range(search.date or [])
+    newest_first = _sort_order(search.sort)
+    limit, skip = page(search.count, search.offset)
+    code = search.code
     codes = [c.removeprefix("http://loinc.org|") for c in code.split(",")] if code else []
-
-    query = ResourceQuery(TYPE, None, codes, start, before, newest_first, limit, skip)
+    query = ResourceQuery(resource_type, None, codes, start, before, newest_first, limit, skip)
     found, total = await reads_of(request).search_resources(
-        query, _patient_named(patient, by_identifier)
+        query, _patient_named(search.patient, by_identifier)
     )
     return searchset(request, found, total, skip, limit)
 

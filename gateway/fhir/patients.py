@@ -21,6 +21,7 @@ from gateway.fhir.resources import (
     BASE,
     clinical_now,
     content_hash,
+    id_taken,
     read_response,
     reads_of,
     service_of,
@@ -90,17 +91,6 @@ def patient_issues(done: PatientRecorded) -> list[Issue]:
     return issues
 
 
-def id_taken(resource_id: str | None) -> FhirError:
-    where = f"Patient/{resource_id}" if resource_id else "this Patient"
-    return FhirError(
-        409,
-        "conflict",
-        f"{where}: the id is another client's or a registry patient's (ids are one space "
-        "per gateway)",
-        ("Patient.id",),
-    )
-
-
 async def store_patient(
     request: Request, principal: Principal, data: dict[str, Any], made: PatientSubmission
 ) -> Response:
@@ -108,7 +98,7 @@ async def store_patient(
     try:
         done = await service_of(request).record_patient(made, source, clinical_now(request, data))
     except ClientIdTaken:
-        raise id_taken(made.draft.resource_id) from None
+        raise id_taken(TYPE, made.draft.resource_id) from None
     stored = done.recorded
     return written(request, stored.resource, stored.created, patient_issues(done))
 

@@ -89,6 +89,18 @@ def clinical_now(request: Request, data: dict[str, Any] | None = None) -> dateti
     return moment.astimezone(UTC)
 
 
+def id_taken(resource_type: str, resource_id: str | None) -> FhirError:
+    """409: an update to an id that another client (or the gateway) created."""
+    whose = "a registry patient's" if resource_type == "Patient" else "the gateway's"
+    where = f"{resource_type}/{resource_id}" if resource_id else f"this {resource_type}"
+    return FhirError(
+        409,
+        "conflict",
+        f"{where}: the id is another client's or {whose} (ids are one space per gateway)",
+        (f"{resource_type}.id",),
+    )
+
+
 def location(stored: StoredResource) -> str:
     return f"{BASE}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
 

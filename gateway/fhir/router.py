@@ -7,11 +7,14 @@ from fastapi import APIRouter
 from gateway.fhir import (
     bundles,
     capability,
+    diagnostic_reports,
     etasu,
     medication_requests,
+    messaging,
     observations,
     patients,
     questionnaires,
+    stored,
     validate,
 )
 
@@ -22,7 +25,9 @@ capability.declare(
     conditional_create=True,
 )
 
-capability.declare("Bundle", ["create"])  # transaction and batch (docs/contracts.md §5)
+# Bundles as senders make them (docs/contracts.md §5): gateway/fhir/{bundles,messaging}.py
+capability.declare("Bundle", ["create", "read", "vread"])
+capability.declare_system(interactions=("transaction", "batch"))
 
 
 # Dispense decisions (docs/rules.md §6): gateway/fhir/{medication_requests,etasu,patients}.py
@@ -55,9 +60,12 @@ capability.declare(
 def fhir_router() -> APIRouter:
     router = APIRouter(prefix="/fhir")
     router.include_router(capability.router)
-    for resource_routes in (observations, medication_requests, etasu, patients, questionnaires):
+    typed = (observations, diagnostic_reports, medication_requests, etasu, patients, questionnaires)
+    for resource_routes in typed:
         router.include_router(resource_routes.router)
-    bundles.include(router)  # POST /fhir and /fhir/Bundle: transaction and batch
+    bundles.include(router)  # POST /fhir and /fhir/Bundle
+    router.include_router(messaging.router)
     router.include_router(validate.router)
+    router.include_router(stored.router)  # /{type}: after every type's own routes
     validate.declare_operations()  # after every type is declared
     return router

@@ -17,12 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine
-from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.app.bootstrap import Gateway
-from gateway.app.writer import WriterStopped
+from gateway.app.writer import RETRY_AFTER_SECONDS, WriterStopped, store_unavailable
 from gateway.config import Settings
 from gateway.fhir.auth import Authenticator, DevelopmentAuth
 from gateway.fhir.http import FhirError
@@ -41,7 +41,6 @@ from mappings.fhir.outcome import Issue
 from rems_core.rulepack import OutOfScope
 
 log = logging.getLogger("rems_gateway.http")
-RETRY_AFTER_SECONDS = 5  # a restart or failover of the database usually takes a few seconds
 READY_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
 HTTP_ERROR_CODES = {
     400: "bad_request",
@@ -209,14 +208,6 @@ def _unavailable(fhir: bool, exc: Exception) -> Response:
         return fhir_error_response(FhirError(503, "transient", text, headers=headers))
     code = "shutting_down" if isinstance(exc, WriterStopped) else "store_unavailable"
     return error_response(503, code, text, headers)
-
-
-def store_unavailable(exc: Exception) -> bool:
-    """A database error that says the store cannot be reached or used now, not that the
-    request's content is wrong."""
-    if isinstance(exc, (WriterStopped, PoolTimeout, OperationalError, InterfaceError)):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _add_error_handlers(app: FastAPI) -> None:

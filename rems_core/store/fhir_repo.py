@@ -89,6 +89,12 @@ _by_identifier = select(resource_t).where(
     resource_t.c.identifier == bindparam("identifier"),
     resource_t.c.current.is_(True),
 )
+_by_content = select(resource_t).where(
+    resource_t.c.resource_type == bindparam("resource_type"),
+    resource_t.c.content_hash == bindparam("content_hash"),
+    resource_t.c.owner == bindparam("owner"),
+    resource_t.c.current.is_(True),
+)
 _supersede = (
     update(resource_t)
     .where(
@@ -169,6 +175,16 @@ class FhirRepo:
     def resource_by_identifier(self, resource_type: str, identifier: str) -> StoredResource | None:
         found = self.conn.execute(
             _by_identifier, {"resource_type": resource_type, "identifier": identifier}
+        ).first()
+        return _stored(found) if found is not None else None
+
+    def resource_by_content(
+        self, resource_type: str, content_hash: str, owner: str
+    ) -> StoredResource | None:
+        """A current resource of ``owner``'s with this content: a create sent again."""
+        found = self.conn.execute(
+            _by_content,
+            {"resource_type": resource_type, "content_hash": content_hash, "owner": owner},
         ).first()
         return _stored(found) if found is not None else None
 

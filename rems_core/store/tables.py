@@ -340,6 +340,7 @@ class FhirResourceRow(SQLModel, table=True):
         Index("ix_fhir_resource_identifier", "resource_type", "identifier"),  # for reads
         Index("ix_fhir_resource_current", "resource_type", "id", "current"),
         Index("ix_fhir_resource_patient", "resource_type", "patient_id", "effective"),
+        Index("ix_fhir_resource_content", "resource_type", "content_hash"),  # re-sent creates
     )
     row_id: int | None = Field(default=None, primary_key=True)
     resource_type: str

@@ -4,19 +4,16 @@ with the client's id, linked by their identifiers to a registry patient, so that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from gateway.app.context import UnitContext
 from gateway.app.errors import ClientIdTaken
-from gateway.app.units import fhir_records, identity, review
+from gateway.app.units import identity, review
 from gateway.app.units.identity import PATIENT
 from gateway.app.values import (
-    LabSubmission,
     PatientRecorded,
     PatientSubmission,
-    PatientTransaction,
     Recorded,
     Source,
 )
@@ -26,8 +23,9 @@ from rems_core.store.fhir_repo import StoredResource
 from rems_core.store.repo import Store
 
 
-def _current(store: Store, submission: PatientSubmission, client: str) -> StoredResource | None:
-    """The Patient a submission replaces (a PUT), or the match of a conditional create."""
+def check(store: Store, submission: PatientSubmission, client: str) -> StoredResource | None:
+    """The Patient a submission replaces (a PUT), or the match of a conditional create; a PUT
+    to a registry patient's id, or to another client's Patient, is refused (ClientIdTaken)."""
     draft = submission.draft
     if draft.resource_id is None:
         carrying = store.client_patients_with(
@@ -54,7 +52,7 @@ def record_patient(
     attached to that patient (as an ADT A08 adds them) and every result held for them, or for
     `Patient/{id}`, is filed."""
     draft = submission.draft
-    current = _current(store, submission, source.actor)
+    current = check(store, submission, source.actor)
     if current is not None and draft.if_none_exist:
         return PatientRecorded(Recorded(current, False, True), current.patient_id)
     found = identity.match(store, of_identifiers(list(submission.identifiers)))
@@ -79,20 +77,3 @@ def record_patient(
     own = Identifier(REFERENCE_SYSTEM, f"{PATIENT}/{resource_id}")
     filed = attached.filed + review.file_held(ctx, store, patient, [own], source, received)
     return PatientRecorded(done, patient.rems_id, filed=tuple(filed))
-
-
-def record_transaction(
-    ctx: UnitContext,
-    store: Store,
-    patients: Sequence[PatientSubmission],
-    submissions: Callable[[list[Recorded]], list[LabSubmission]],
-    dependents: Callable[[list[Recorded]], list[LabSubmission]],
-    source: Source,
-    received: datetime,
-) -> PatientTransaction:
-    """A transaction Bundle, all or nothing: its Patients first, then its Observations (which
-    ``submissions`` builds once the Patients' ids are known) and what refers to them."""
-    stored = [record_patient(ctx, store, p, source, received) for p in patients]
-    labs = submissions([p.recorded for p in stored])
-    done = fhir_records.record_transaction(ctx, store, labs, dependents, source, received)
-    return PatientTransaction(stored, done)

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.app.context import UnitContext
-from gateway.app.errors import IdentifierTaken, UnknownResource, VersionConflict
+from gateway.app.errors import ClientIdTaken, IdentifierTaken, VersionConflict
 from gateway.app.units import identity, labs
 from gateway.app.values import (
     LabsRecorded,
@@ -22,26 +22,50 @@ from gateway.app.values import (
 )
 from rems_core.identity import Candidate, of_identifiers, reference
 from rems_core.model import LabResult
-from rems_core.store.fhir_repo import StoredResource
+from rems_core.store.fhir_repo import LAB_PREFIX, StoredResource
 from rems_core.store.repo import Store
 
+#: Ids the gateway gives resources of its own: no client may create one (an HL7 result shown as
+#: an Observation is `lab-<row id>`).
+RESERVED_ID_PREFIX = {"Observation": LAB_PREFIX}
 
-def existing(store: Store, draft: ResourceDraft) -> StoredResource | None:
+
+def existing(store: Store, draft: ResourceDraft, owner: str | None = None) -> StoredResource | None:
+    """The resource a draft names: by id (an update), else by business identifier, else (for a
+    client's create) one of the client's with the same content: a create sent again."""
     if draft.resource_id is not None:
         return store.current_resource(draft.resource_type, draft.resource_id)
     if draft.index.identifier is not None:
         return store.resource_by_identifier(draft.resource_type, draft.index.identifier)
+    if owner is not None:
+        return store.resource_by_content(draft.resource_type, draft.content_hash, owner)
     return None
 
 
-def _check_update(store: Store, draft: ResourceDraft, current: StoredResource | None) -> None:
-    """An update names a resource that exists (no update-as-create), and keeps its identifier
-    its own."""
-    if current is None:
-        raise UnknownResource(draft.resource_type)
+def check(store: Store, draft: ResourceDraft, owner: str | None = None) -> StoredResource | None:
+    """The current version ``draft`` replaces (None: it is a new resource), once it may: an
+    update names an id of its client's or a new one (update-as-create), keeps its identifier
+    its own, and replaces the version If-Match names."""
+    current = existing(store, draft, owner)
+    if draft.resource_id is not None:
+        _check_update(store, draft, current, owner)
+    if draft.if_match is not None and (current is None or current.version_id != draft.if_match):
+        raise VersionConflict(draft.resource_type)
+    return current
+
+
+def _check_update(
+    store: Store, draft: ResourceDraft, current: StoredResource | None, owner: str | None
+) -> None:
+    named = f"{draft.resource_type}/{draft.resource_id}"
+    reserved = RESERVED_ID_PREFIX.get(draft.resource_type)
+    if current is None and reserved and str(draft.resource_id).startswith(reserved):
+        raise ClientIdTaken(named)
+    if current is not None and current.owner not in (None, owner):
+        raise ClientIdTaken(named)
     if draft.index.identifier is not None:
         holder = store.resource_by_identifier(draft.resource_type, draft.index.identifier)
-        if holder is not None and holder.id != current.id:
+        if holder is not None and (current is None or holder.id != current.id):
             raise IdentifierTaken(draft.resource_type)
 
 
@@ -51,20 +75,25 @@ def put(
     draft: ResourceDraft,
     received: datetime,
     shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    owner: str | None = None,
 ) -> Recorded:
-    """Store ``draft`` as a new resource or the next version of the one it names."""
-    current = existing(store, draft)
-    if draft.resource_id is not None:
-        _check_update(store, draft, current)
-    if draft.if_match is not None and (current is None or current.version_id != draft.if_match):
-        raise VersionConflict(draft.resource_type)
+    """Store ``draft`` as a new resource (of ``owner``, the client) or the next version of the
+    one it names; the same content again is answered from the store."""
+    current = check(store, draft, owner)
     if current is not None and (draft.if_none_exist or current.content_hash == draft.content_hash):
         return Recorded(current, created=False, unchanged=True)
     resource_id = current.id if current is not None else draft.resource_id
     resource_id = resource_id or ctx.ids.new_id(draft.resource_type.lower())
     body = shape(draft.body) if shape else draft.body
     stored = store.put_resource(
-        draft.resource_type, resource_id, body, draft.content_hash, draft.index, received, current
+        draft.resource_type,
+        resource_id,
+        body,
+        draft.content_hash,
+        draft.index,
+        received,
+        current,
+        owner=owner,
     )
     return Recorded(stored, created=current is None)
 
@@ -85,7 +114,7 @@ def record_labs(
         found = identity.match(store, candidates)
         patient = found.patient
         index = replace(submission.draft.index, patient_id=patient.rems_id if patient else None)
-        done = put(ctx, store, replace(submission.draft, index=index), received)
+        done = put(ctx, store, replace(submission.draft, index=index), received, owner=source.actor)
         recorded.append(done)
         if submission.result is not None and not done.unchanged:
             key = patient.rems_id if patient else tuple(candidates)
@@ -118,24 +147,6 @@ def subject_candidates(submission: LabSubmission) -> list[Candidate]:
     if submission.patient_id is not None:
         candidates.append(reference(submission.patient_id))
     return candidates
-
-
-def record_transaction(
-    ctx: UnitContext,
-    store: Store,
-    submissions: list[LabSubmission],
-    dependents: Callable[[list[Recorded]], list[LabSubmission]],
-    source: Source,
-    received: datetime,
-) -> LabsRecorded:
-    """A transaction Bundle, all or nothing: its Observations, then the resources that refer to
-    them (a DiagnosticReport), which ``dependents`` builds once the Observations' ids are known."""
-    first = record_labs(ctx, store, submissions, source, received)
-    then = record_labs(ctx, store, dependents(first.recorded), source, received)
-    later = [[len(submissions) + number for number in taken] for taken in then.sources]
-    return LabsRecorded(
-        first.recorded + then.recorded, first.outcomes + then.outcomes, first.sources + later
-    )
 
 
 def patient_ids(store: Store, named: PatientNamed) -> list[str]:
