@@ -23,7 +23,7 @@ ENDPOINTS = {
         "/fhir/QuestionnaireResponse",
         "/fhir/QuestionnaireResponse/$validate",
     ],
-    "Bundle": ["/fhir", "/fhir/Bundle/$validate"],
+    "Bundle": ["/fhir", "/fhir/Bundle", "/fhir/$process-message", "/fhir/Bundle/$validate"],
     "Parameters": ["/fhir/GuidanceResponse/$rems-etasu"],
 }
 
@@ -74,9 +74,15 @@ ODD_VALUES = st.one_of(
 CONTAINED = {"resourceType": "NoSuchType", "id": "x"}
 
 
+MAX_PATH = 40  # deeper elements (a nesting put there by an earlier mutation) are not listed
+
+
 def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every element's path (keys and list indexes), the root excluded."""
+    """Every element's path (keys and list indexes), the root excluded, to MAX_PATH deep: the
+    walk must not depend on how much stack is left (hypothesis replays at other depths)."""
     found: list[tuple[Any, ...]] = []
+    if len(prefix) >= MAX_PATH:
+        return found
     if isinstance(value, dict):
         children: Any = value.items()
     elif isinstance(value, list):
@@ -96,17 +102,20 @@ def _parent(body: Any, path: tuple[Any, ...]) -> Any:
 
 
 def mutate(body: dict[str, Any], path: tuple[Any, ...], how: str, value: Any) -> None:
+    value = copy.copy(
+        value
+    )  # a sampled value is shared (and flat): later mutations must not change it
     parent, key = _parent(body, path), path[-1]
     if how == "drop":
         del parent[key]
-    elif how == "duplicate" and isinstance(parent, list):
-        parent.insert(key, copy.deepcopy(parent[key]))
+    elif how == "duplicate" and isinstance(parent, list):  # the same object twice: a deep copy
+        parent.insert(key, parent[key])  # of a nesting would hit the recursion limit
     elif how == "duplicate":
-        parent[key] = [parent[key], copy.deepcopy(parent[key])]
+        parent[key] = [parent[key], parent[key]]
     elif how == "wrap":
         parent[key] = [parent[key]]
     elif how == "contain":  # a contained resource: of an odd type, or an odd value
-        body["contained"] = [value if isinstance(value, dict) and value else CONTAINED]
+        body["contained"] = [value if isinstance(value, dict) and value else dict(CONTAINED)]
     else:
         parent[key] = value
 

@@ -181,7 +181,8 @@ class BundleItem:
     keys: frozenset[str]  # the references that name it: its fullUrl, `Type/id` of a PUT
     resource_id: str | None  # a PUT's id (update-as-create keeps it)
     identifier: str | None  # a create's business identifier, or its If-None-Exist one
-    content_hash: str  # of the entry as sent, with the content of the entries it refers to
+    references: frozenset[str]  # the keys of the other entries it refers to
+    content_hash: Callable[[dict[str, str]], str]  # of its resource, references rewritten
     build: Callable[[str, dict[str, str]], EntrySubmission]  # (its id, key → Type/id)
 
 

@@ -6,7 +6,6 @@ lies."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -14,7 +13,6 @@ from urllib.parse import urlsplit
 
 from gateway.fhir.http import FhirError
 from gateway.fhir.resource_types import ON_THEIR_OWN, TAKEN_IN_BUNDLES
-from gateway.fhir.resources import content_hash
 from mappings.fhir.references import token
 
 OBSERVATION = "Observation"
@@ -215,36 +213,6 @@ def references(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for v in value:
             yield from references(v)
-
-
-def content_hashes(entries: list[Entry]) -> dict[int, str]:
-    """Entry index → the hash of its content as sent together with the content of the entries
-    it refers to: two sends of one Bundle hash alike, while the same Observation text about two
-    patients' Patient entries (`urn:uuid:1` in both Bundles) does not."""
-    by_key = {key: entry for entry in entries for key in entry.keys}
-    hashes: dict[int, str] = {}
-
-    def of(entry: Entry, path: frozenset[int]) -> str:
-        if entry.index in hashes:
-            return hashes[entry.index]
-        named = sorted({r for r in references(entry.resource) if r in by_key})
-        parts = [content_hash(entry.resource)]
-        for reference in named:
-            target = by_key[reference]
-            parts.append(reference)
-            if target.index not in path:
-                parts.append(of(target, path | {entry.index}))
-        digest = parts[0] if len(parts) == 1 else _sha256("\n".join(parts))
-        hashes[entry.index] = digest
-        return digest
-
-    for entry in entries:
-        of(entry, frozenset())
-    return hashes
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # --- what an Observation falls back on ------------------------------------------------------

@@ -41,9 +41,9 @@ from gateway.fhir.bundle_entries import (
     Fallback,
     bundle_entries,
     bundle_kind,
-    content_hashes,
     fallbacks,
     in_entry,
+    references,
     resolved,
     unresolved,
 )
@@ -110,8 +110,9 @@ def entry_submission(
         case "DiagnosticReport":
             return report_submission(request, body, own_id, entry.if_none_exist, expected)
     validated(body, entry.resource_type)
+    digest = content_hash(body)
     return ResourceDraft(
-        entry.resource_type, body, "", ResourceIndex(), resource_id=own_id, if_match=expected
+        entry.resource_type, body, digest, ResourceIndex(), resource_id=own_id, if_match=expected
     )
 
 
@@ -123,12 +124,6 @@ def _dated(body: dict[str, Any], fallback: Fallback) -> dict[str, Any]:
         return body
     element = "effectivePeriod" if isinstance(moment, dict) else "effectiveDateTime"
     return body | {element: moment}
-
-
-def _hashed(made: EntrySubmission, digest: str) -> EntrySubmission:
-    if isinstance(made, ResourceDraft):
-        return replace(made, content_hash=digest)
-    return replace(made, draft=replace(made.draft, content_hash=digest))
 
 
 def _lookup_identifier(entry: Entry) -> str | None:
@@ -167,7 +162,7 @@ def plan(request: Request, principal: Principal, read: list[Entry | FhirError], 
             entries.append(item)
     if kind == "transaction" and errors:
         return Plan([], errors)
-    backs, hashes = fallbacks(entries), content_hashes(entries)
+    backs = fallbacks(entries)
     while True:
         taken = [e for e in entries if e.index not in errors]
         known = {key for e in taken for key in e.keys}
@@ -182,7 +177,7 @@ def plan(request: Request, principal: Principal, read: list[Entry | FhirError], 
         if not found:
             break
         errors |= found
-    items = [bundle_item(request, entry, backs, hashes[entry.index]) for entry in taken]
+    items = [bundle_item(request, entry, backs, known) for entry in taken]
     return Plan(items, errors)
 
 
@@ -206,13 +201,14 @@ def _refusal(
 
 
 def bundle_item(
-    request: Request, entry: Entry, backs: dict[int, Fallback], digest: str
+    request: Request, entry: Entry, backs: dict[int, Fallback], known: set[str]
 ) -> BundleItem:
+    """The entry as the unit of work takes it (``known``: the keys of the Bundle's entries)."""
     fallback = backs.get(entry.index, Fallback())
 
     def build(own_id: str, ids: dict[str, str]) -> EntrySubmission:
         body = resolved(entry.resource, ids)
-        return _hashed(entry_submission(request, entry, body, own_id, fallback), digest)
+        return entry_submission(request, entry, body, own_id, fallback)
 
     return BundleItem(
         entry.index,
@@ -220,7 +216,8 @@ def bundle_item(
         entry.keys,
         entry.resource_id,
         _lookup_identifier(entry),
-        digest,
+        frozenset(r for r in references(entry.resource) if r in known) - entry.keys,
+        lambda ids: content_hash(resolved(entry.resource, ids)),
         build,
     )
 
@@ -395,7 +392,7 @@ def _bundle_item(data: dict[str, Any]) -> BundleItem:
     def build(own_id: str, _: dict[str, str]) -> EntrySubmission:
         return ResourceDraft("Bundle", data, digest, ResourceIndex(), resource_id=own_id)
 
-    return BundleItem(-1, "Bundle", frozenset(), None, None, digest, build)
+    return BundleItem(-1, "Bundle", frozenset(), None, None, frozenset(), lambda _: digest, build)
 
 
 def include(router: APIRouter) -> None:

@@ -14,7 +14,7 @@ from gateway.app.errors import BundleRefused
 from gateway.app.values import Source
 from gateway.fhir import capability
 from gateway.fhir.auth import INTERACTION_LETTERS, Principal
-from gateway.fhir.bundle_entries import Entry, Fallback, content_hashes
+from gateway.fhir.bundle_entries import Entry, Fallback
 from gateway.fhir.bundles import bundle_item, entry_submission, refusal
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
 from gateway.fhir.resource_types import STORED_AS_RECEIVED
@@ -39,7 +39,7 @@ async def _caller(request: Request, resource_type: str, interaction: str) -> Pri
 
 async def _store(request: Request, principal: Principal, entry: Entry) -> Response:
     entry_submission(request, entry, entry.resource, entry.resource_id or "new", Fallback())
-    item = bundle_item(request, entry, {}, content_hashes([entry])[0])
+    item = bundle_item(request, entry, {}, set())
     source = Source("fhir", principal.client_id)
     now = clinical_now(request, entry.resource)
     try:

@@ -43,8 +43,7 @@ def record_bundle(
     """``atomic``: a transaction (an entry refused refuses all: BundleRefused); else a batch
     or a collection, whose refused entries are reported and the others stored."""
     actor = source.actor
-    own = _entry_ids(ctx, store, items, actor)
-    ids = {key: f"{item.resource_type}/{own[item.number]}" for item in items for key in item.keys}
+    own, ids = _entry_ids(ctx, store, items, actor)
     made = {item.number: item.build(own[item.number], ids) for item in items}
     refused = {n: e for n, s in made.items() if (e := _refusal(store, s, actor)) is not None}
     if atomic and refused:
@@ -68,35 +67,45 @@ def record_bundle(
 
 def _entry_ids(
     ctx: UnitContext, store: Store, items: Sequence[BundleItem], actor: str
-) -> dict[int, str]:
-    """Each entry's id; creates of the same thing twice in one Bundle get one."""
-    ids: dict[int, str] = {}
+) -> tuple[dict[int, str], dict[str, str]]:
+    """Each entry's id (number → id) and what the references to entries become (key →
+    Type/id). A create is found again by its content with its references rewritten, so the
+    entries it refers to are given theirs first; in a cycle of creates, one gets a new id."""
+    own = {item.number: item.resource_id for item in items if item.resource_id is not None}
+    ids = {
+        key: f"{item.resource_type}/{own[item.number]}"
+        for item in items
+        if item.number in own
+        for key in item.keys
+    }
     seen: dict[tuple[str, str], str] = {}
-    for item in items:
-        same = (item.resource_type, item.identifier or item.content_hash)
-        if item.resource_id is None and same in seen:
-            ids[item.number] = seen[same]
-            continue
-        ids[item.number] = _entry_id(ctx, store, item, actor)
-        seen.setdefault(same, ids[item.number])
-    return ids
+    pending = [item for item in items if item.number not in own]
+    while pending:
+        ready = [item for item in pending if item.references <= ids.keys()] or pending[:1]
+        for item in ready:
+            digest = item.content_hash(ids)
+            same = (item.resource_type, item.identifier or digest)
+            found = seen.get(same) or _stored_id(store, item, digest, actor)
+            own[item.number] = found or ctx.ids.new_id(item.resource_type.lower())
+            seen.setdefault(same, own[item.number])
+            ids |= {key: f"{item.resource_type}/{own[item.number]}" for key in item.keys}
+        pending = [item for item in pending if item.number not in own]
+    return own, ids
 
 
-def _entry_id(ctx: UnitContext, store: Store, item: BundleItem, actor: str) -> str:
-    """A PUT's id; else the stored resource the create is again (by identifier, else by
-    content), else a new id."""
-    if item.resource_id is not None:
-        return item.resource_id
+def _stored_id(store: Store, item: BundleItem, digest: str, actor: str) -> str | None:
+    """The stored resource a create is again: by If-None-Exist or business identifier, else by
+    its content (the client's own)."""
     if item.resource_type == PATIENT and item.identifier is not None:
         # If-None-Exist: the Patient carrying that identifier (Patients are not indexed by one)
         carrying = store.client_patients_with([Identifier(*item.identifier.split("|", 1))])
-        return carrying[0] if carrying else ctx.ids.new_id(PATIENT.lower())
+        return carrying[0] if carrying else None
     found = None
     if item.identifier is not None:
         found = store.resource_by_identifier(item.resource_type, item.identifier)
     if found is None:
-        found = store.resource_by_content(item.resource_type, item.content_hash, actor)
-    return found.id if found else ctx.ids.new_id(item.resource_type.lower())
+        found = store.resource_by_content(item.resource_type, digest, actor)
+    return found.id if found else None
 
 
 def _refusal(store: Store, submission: EntrySubmission, actor: str) -> Exception | None:
