@@ -63,7 +63,7 @@ ODD_VALUES = st.one_of(
             [None],
             {"resourceType": "NoSuchType"},
         ]
-    ),
+    ).map(copy.deepcopy),  # a fresh [] or {} each time: a later mutation may change it in place
     st.sampled_from([70, 1_000, 1_200]).map(nested),
     st.text(max_size=30),
     st.integers(),
@@ -99,10 +99,10 @@ def mutate(body: dict[str, Any], path: tuple[Any, ...], how: str, value: Any) ->
     parent, key = _parent(body, path), path[-1]
     if how == "drop":
         del parent[key]
-    elif how == "duplicate" and isinstance(parent, list):
-        parent.insert(key, copy.deepcopy(parent[key]))
+    elif how == "duplicate" and isinstance(parent, list):  # the same value twice: a deeply
+        parent.insert(key, parent[key])  # nested one is too deep to copy
     elif how == "duplicate":
-        parent[key] = [parent[key], copy.deepcopy(parent[key])]
+        parent[key] = [parent[key], parent[key]]
     elif how == "wrap":
         parent[key] = [parent[key]]
     elif how == "contain":  # a contained resource: of an odd type, or an odd value
