@@ -5,6 +5,7 @@ Values are read as decimals from their text, converted and derived exactly, then
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
@@ -26,6 +27,8 @@ HUNDRED = Decimal(100)
 #: value is out of range before any arithmetic (which could overflow) and is never kept as a count.
 LARGEST_EXPONENT = 12
 LARGEST_ANC = Decimal(10**9)
+_WORD = re.compile(r"[^\W_]+")  # letters and digits: "LYM#" is the word LYM
+LABEL_SHOWN = 80  # characters of a result's text quoted in a finding
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,60 @@ class Reading:
 
 
 def _unit_key(unit: str) -> str:
-    return unit.replace("µ", "u").replace("μ", "u").replace(" ", "").casefold()
+    """µ (U+00B5) and μ (U+03BC) read as u, spaces removed."""
+    return "".join(unit.replace("µ", "u").replace("μ", "u").split())
 
 
 def count_factor(pack: RulePack, unit: str) -> Decimal | None:
+    """The factor to per µL of a count unit; None for a unit that is no count unit. A spelling
+    matches in any case unless the pack says its case matters (G/L is giga, g/L grams)."""
     units = pack.count_units.value
     if unit in units:
         return units[unit]
     wanted = _unit_key(unit)
-    return next((f for name, f in units.items() if _unit_key(name) == wanted), None)
+    case_matters = pack.unit_case_matters.value
+    for name, factor in units.items():
+        key = _unit_key(name)
+        if key == wanted or (name not in case_matters and key.casefold() == wanted.casefold()):
+            return factor
+    return None
+
+
+def is_known_unit(pack: RulePack, unit: str) -> bool:
+    """A count unit or a percentage unit of the pack."""
+    return count_factor(pack, unit) is not None or unit.strip() in pack.percent_units.value
+
+
+def other_analyte(pack: RulePack, code: str, texts: Iterable[str]) -> str | None:
+    """§1: the analyte a result's texts plainly name when it is not the one its code names, by
+    whole words in any case; None when they name none, or name the code's own analyte too (a
+    LOINC long name of a neutrophil % names leukocytes as well)."""
+    own = _analyte_of(pack, code)
+    if own is None:
+        return None
+    words = {word.casefold() for text in texts for word in _WORD.findall(text)}
+    named = [
+        analyte
+        for analyte, names in pack.analyte_words.value.items()
+        if words & {name.casefold() for name in names}
+    ]
+    return None if own in named or not named else named[0]
+
+
+def code_text_mismatch(pack: RulePack, code: str, texts: Iterable[str]) -> Finding | None:
+    """CODE_TEXT_MISMATCH for an ANC-relevant code whose text names another analyte."""
+    labels = [text.strip() for text in texts if text.strip()]
+    analyte = other_analyte(pack, code, labels)
+    if analyte is None:
+        return None
+    label = " / ".join(labels)[:LABEL_SHOWN]
+    return finding(Code.CODE_TEXT_MISMATCH, code=code, label=label, analyte=analyte)
+
+
+def _analyte_of(pack: RulePack, code: str) -> str | None:
+    roles = pack.loinc.value.model_dump()
+    role = next((role for role, codes in roles.items() if code in codes), None)
+    return getattr(pack.analyte_of_code.value, role) if role else None
 
 
 def read_count(pack: RulePack, result: LabResult) -> Reading:

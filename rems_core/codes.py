@@ -33,6 +33,7 @@ class Code(StrEnum):
     ANC_UNIT_UNKNOWN = "ANC_UNIT_UNKNOWN"
     ANC_VALUE_INVALID = "ANC_VALUE_INVALID"
     ANC_OUT_OF_RANGE = "ANC_OUT_OF_RANGE"
+    CODE_TEXT_MISMATCH = "CODE_TEXT_MISMATCH"
     RESULT_PRELIMINARY = "RESULT_PRELIMINARY"
     RESULT_CANCELLED = "RESULT_CANCELLED"
     PATIENT_NOT_MATCHED = "PATIENT_NOT_MATCHED"
@@ -100,6 +101,9 @@ TEXT: dict[Code, str] = {
     Code.ANC_UNIT_UNKNOWN: "Unit {unit!r} is not a known unit for {code}; the result is not used.",
     Code.ANC_VALUE_INVALID: "Value {value!r} for {code} is not a number; the result is not used.",
     Code.ANC_OUT_OF_RANGE: "ANC {anc}/µL is outside {low:,}–{high:,}/µL; the result is rejected.",
+    Code.CODE_TEXT_MISMATCH: (
+        "Code {code} is labelled {label!r}, which names {analyte}: the result is not used."
+    ),
     Code.RESULT_PRELIMINARY: "Preliminary result: stored, not used for decisions until final.",
     Code.RESULT_CANCELLED: "Cancelled result: the earlier value of this specimen is withdrawn.",
     Code.PATIENT_NOT_MATCHED: "No registry patient matches the identifiers; kept for review.",

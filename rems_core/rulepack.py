@@ -66,6 +66,14 @@ class LoincRoles(_Strict):
     bands_pct: list[str]
 
 
+class AnalyteOfCode(_Strict):
+    anc: str
+    wbc: str
+    neutrophils_pct: str
+    segmented_pct: str
+    bands_pct: str
+
+
 class PhaseStep(_Strict):
     before_month: int | None
     frequency: MonitoringFrequency
@@ -109,8 +117,11 @@ class RulePack(_Strict):
     anc_range: Param[AncRange]
     suspect_magnitude: Param[list[SuspectBound]]
     count_units: Param[dict[str, Decimal]]
+    unit_case_matters: Param[list[str]]
     percent_units: Param[list[str]]
     loinc: Param[LoincRoles]
+    analyte_words: Param[dict[str, list[str]]]
+    analyte_of_code: Param[AnalyteOfCode]
     clozapine_rxnorm: Param[list[str]]
     monitoring_interval: Param[dict[MonitoringFrequency, int]]
     phase_schedule: Param[list[PhaseStep]]

@@ -63,7 +63,7 @@ ODD_VALUES = st.one_of(
             [None],
             {"resourceType": "NoSuchType"},
         ]
-    ),
+    ).map(copy.deepcopy),  # a fresh [] or {} each time: a later mutation may change it in place
     st.sampled_from([70, 1_000, 1_200]).map(nested),
     st.text(max_size=30),
     st.integers(),
@@ -102,9 +102,6 @@ def _parent(body: Any, path: tuple[Any, ...]) -> Any:
 
 
 def mutate(body: dict[str, Any], path: tuple[Any, ...], how: str, value: Any) -> None:
-    value = copy.copy(
-        value
-    )  # a sampled value is shared (and flat): later mutations must not change it
     parent, key = _parent(body, path), path[-1]
     if how == "drop":
         del parent[key]

@@ -225,3 +225,21 @@ def _mrn() -> list[Any]:
     from rems_core.model import Identifier
 
     return [Identifier("urn:oid:2.16.840.1.113883.3.999.1", "MRN123")]
+
+
+def rems_codes(outcome: dict[str, Any]) -> list[str]:
+    return [c["code"] for i in outcome["issue"] for c in i.get("details", {}).get("coding", [])]
+
+
+def test_an_anc_code_labelled_with_another_analyte_is_stored_and_not_used(gw: Gateway) -> None:
+    body = json.loads((FIXTURES / "fhir" / "observation-code-text-mismatch.json").read_text())
+    alone = gw.client.post("/Observation", json=body, headers=HEADERS)
+    assert alone.status_code == 201 and rems_codes(alone.json()) == ["CODE_TEXT_MISMATCH"]
+    with pytest.raises(AssertionError, match="no ANC issue"):
+        anc_issue(alone.json())
+    relabelled = copy.deepcopy(body) | {"identifier": [{"system": "urn:x", "value": "other"}]}
+    entry = {"resource": relabelled, "request": {"method": "POST", "url": "Observation"}}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+    answer = gw.client.post("", json=bundle, headers=HEADERS).json()
+    assert rems_codes(answer["entry"][0]["response"]["outcome"]) == ["CODE_TEXT_MISMATCH"]
+    assert gw.client.get("/Observation", params={"code": "751-8"}).json()["total"] == 2

@@ -12,11 +12,14 @@ from mappings.hl7v2.senders import SenderConfig
 from mappings.hl7v2.tokenizer import Segment, parse
 from rems_core.identity import Candidate, Rule
 from rems_core.model import Identifier
+from rems_core.rulepack import DEFAULT_PACK
+from tests.conftest import PACKS
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "hl7"
 OID = "2.16.840.1.113883.3.999.1"
 REGISTRY_SYSTEM = f"urn:oid:{OID}"
 LAB = SenderConfig(application="LAB", facility="GH")
+PACK = PACKS.get(DEFAULT_PACK)
 MSH = "MSH|^~\\&|LAB|GH|REMS|REMS|20211201120000||ORU^R01^ORU_R01|ID-0001|P|2.5.1"
 
 
@@ -173,7 +176,7 @@ def test_patient_identifiers_are_the_resolved_candidates_each_once() -> None:
 
 def test_the_lab_report_carries_candidates_and_their_resolved_identifiers() -> None:
     message = parse(read("oru-v24-pid2-pid4.hl7"))
-    report = to_lab_report(message, LAB, {"751-8"}, ZoneInfo("UTC"))
+    report = to_lab_report(message, LAB, PACK, ZoneInfo("UTC"))
     assert [(c.field, c.rule, c.system) for c in report.candidates] == [
         ("PID-2", Rule.OID, REGISTRY_SYSTEM),
         ("PID-4[1]", Rule.NAMESPACE, "GHOLD"),
@@ -187,18 +190,15 @@ def test_the_lab_report_carries_candidates_and_their_resolved_identifiers() -> N
 
 def test_the_namespace_fixture_matches_the_registry_once_mapped() -> None:
     sender = SenderConfig(application="CLARIS LIS", assigning_authorities={"GH": REGISTRY_SYSTEM})
-    report = to_lab_report(
-        parse(read("oru-v251-namespace-mrn.hl7")), sender, {"751-8"}, ZoneInfo("UTC")
-    )
+    report = to_lab_report(parse(read("oru-v251-namespace-mrn.hl7")), sender, PACK, ZoneInfo("UTC"))
     assert report.identifiers == [Identifier(REGISTRY_SYSTEM, "MRN123")]
     assert report.candidates[0].rule is Rule.MAPPED
 
 
 def test_the_bare_fixture_needs_a_default_authority() -> None:
-    relevant = {"6690-2", "770-8"}
-    bare = to_lab_report(parse(read("oru-v23-bare-mrn.hl7")), LAB, relevant, ZoneInfo("UTC"))
+    bare = to_lab_report(parse(read("oru-v23-bare-mrn.hl7")), LAB, PACK, ZoneInfo("UTC"))
     sender = SenderConfig(application="HEMALINK", default_authority=REGISTRY_SYSTEM)
-    resolved = to_lab_report(parse(read("oru-v23-bare-mrn.hl7")), sender, relevant, ZoneInfo("UTC"))
+    resolved = to_lab_report(parse(read("oru-v23-bare-mrn.hl7")), sender, PACK, ZoneInfo("UTC"))
     assert (bare.identifiers, bare.candidates[0].rule) == ([], Rule.UNRESOLVED)
     assert resolved.identifiers == [Identifier(REGISTRY_SYSTEM, "MRN123")]
     assert [r.code for r in resolved.results] == ["6690-2", "770-8"]

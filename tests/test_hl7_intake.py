@@ -300,3 +300,37 @@ def test_our_codes_are_machine_readable_in_acks_before_v2_5(intake: Hl7Intake) -
     (err,) = [s for s in segments if s.startswith("ERR|")]
     assert err.split("|")[1].endswith("^204&Unknown key identifier&HL70357&PATIENT_NOT_MATCHED&&L")
     assert finding_codes(received.ack) == ["PATIENT_NOT_MATCHED"]
+
+
+def test_units_and_codes_as_labs_write_them_are_answered_with_their_warnings(
+    service: RemsService,
+) -> None:
+    """fixtures/hl7/README.md, "Units and codes as labs write them"."""
+    run(service.load_registry(registry(enrolled_on="2021-11-20"), Source("test")))
+    mapped = SenderDirectory(
+        accept_unknown=True,
+        senders=[SenderConfig(application="CLINILAB", local_codes={"NEUTABS": "751-8"})],
+    )
+    intake = Hl7Intake(service, mapped)
+
+    def answer(name: str) -> tuple[list[int | None], list[tuple[str, str, str, str]]]:
+        received = run(intake.receive(fixture(name), NOW))
+        assert received.code == "AA" and received.outcome is not None
+        return [r.anc for r in received.outcome.results], errors(received.ack)
+
+    assert answer("oru-v23-reflab-escaped-unit.hl7") == ([1900], [])
+    assert answer("oru-v25-analyser-unescaped-caret.hl7") == (
+        [2400],
+        [
+            ("OBX^1^6", "102", "W", "UNIT_UNESCAPED_CARET"),
+            ("OBX^2^6", "102", "W", "UNIT_UNESCAPED_CARET"),
+        ],
+    )
+    assert answer("oru-v251-lis-code-text-mismatch.hl7") == (
+        [2100],
+        [
+            ("OBX^1^3", "103", "W", "CODE_TEXT_MISMATCH"),
+            ("OBX^2^3", "103", "W", "CODE_TEXT_MISMATCH"),
+        ],
+    )
+    assert sorted(answer("oru-v24-micro-sign-units.hl7")[0]) == [2573, 2650]

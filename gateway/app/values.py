@@ -89,6 +89,7 @@ class LabSubmission:
     patient_identifiers: tuple[Identifier, ...]  # the subject's, when it is an identifier
     patient_id: str | None  # the subject, when it is the gateway's Patient/{id}
     result: LabResult | None  # None: stored, but nothing the REMS reads
+    warnings: tuple[Finding, ...] = ()  # why a resource the REMS would read was not (§1)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ def effects(
     """Entry index → its issues. ``entries`` are the Observations (aligned with
     ``submissions``) followed by the DiagnosticReports, aligned with ``done.recorded``."""
     found: dict[int, list[Issue]] = {}
+    for entry, made in zip(entries, submissions, strict=False):
+        if made.warnings:
+            found.setdefault(entry.index, []).extend(lab_issues((), made.warnings))
     for entry, recorded in zip(entries, done.recorded, strict=False):
         if recorded.unchanged:
             found.setdefault(entry.index, []).append(ALREADY_STORED)

@@ -28,7 +28,6 @@ from gateway.fhir.resources import (
 from gateway.fhir.search import date_range, identifier_param, page
 from mappings.fhir.observation import ObservationReading, read_observation
 from mappings.fhir.outcome import Issue, lab_issues
-from rems_core.anc import relevant_codes
 from rems_core.model import Identifier
 from rems_core.store.fhir_repo import ResourceIndex, ResourceQuery
 
@@ -40,10 +39,8 @@ def reading(
     request: Request, data: dict[str, Any], specimen: str | None = None
 ) -> ObservationReading:
     ctx = context_of(request)
-    pack = ctx.lab_pack()
-    relevant = relevant_codes(pack)
     observation = validated(data, TYPE)
-    found = read_observation(observation, relevant, ctx.tz, specimen)
+    found = read_observation(observation, ctx.lab_pack(), ctx.tz, specimen)
     errors = [p for p in found.problems if p.severity == "error"]
     if errors:
         raise FhirError(422, "invalid", "", issues=errors)
@@ -71,7 +68,9 @@ def submission(
         if_none_exist=if_none_exist is not None,
         if_match=if_match,
     )
-    return LabSubmission(draft, subject.identifiers, subject.patient_id, found.result)
+    return LabSubmission(
+        draft, subject.identifiers, subject.patient_id, found.result, tuple(found.warnings)
+    )
 
 
 def conditional_identifier(if_none_exist: str) -> str:
@@ -103,7 +102,9 @@ async def record(
         raise FhirError(
             409, "duplicate", "another Observation has this identifier", ("Observation.identifier",)
         ) from None
-    issues = [i for outcome in done.outcomes for i in lab_issues(outcome.results, outcome.warnings)]
+    issues = lab_issues((), [w for made in submissions for w in made.warnings])
+    for outcome in done.outcomes:
+        issues += lab_issues(outcome.results, outcome.warnings)
     if any(r.unchanged for r in done.recorded):
         issues.append(Issue("information", "informational", "already stored: not processed again"))
     return done, issues

@@ -24,7 +24,6 @@ from mappings.hl7v2.limits import message_problem
 from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, to_lab_report
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, Message, Segment, parse
-from rems_core.anc import relevant_codes
 from rems_core.identity import Candidate
 from rems_core.model import AncResult
 from rems_core.rulepack import DEFAULT_PACK
@@ -143,7 +142,7 @@ class Hl7Intake:
         self.senders = senders
         self.clock = clock
         self.processing_id = processing_id  # the MSH-11 it applies (serve --processing-id)
-        self.relevant = relevant_codes(service.ctx.packs.get(DEFAULT_PACK))
+        self.pack = service.ctx.packs.get(DEFAULT_PACK)  # the codes and units ORUs are read with
 
     async def receive(
         self,
@@ -211,7 +210,7 @@ class Hl7Intake:
             report = LabReport([], [], [], candidates=_adt_candidates(event))
         else:
             report = await _mapped(
-                len(data), to_lab_report, message, sender, self.relevant, self.service.ctx.tz
+                len(data), to_lab_report, message, sender, self.pack, self.service.ctx.tz
             )
         report = replace(report, problems=[*warnings, *report.problems])
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from mappings.fhir.outcome import Issue
 from mappings.fhir.references import SubjectRef, identifier_key, subject_ref, token
-from rems_core.model import LabResult, ResultStatus
+from rems_core.anc import code_text_mismatch, relevant_codes
+from rems_core.model import Finding, LabResult, ResultStatus
+from rems_core.rulepack import RulePack
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -35,6 +37,7 @@ class ObservationReading:
     identifier: str | None  # business identifier "system|value"
     effective: datetime | None
     problems: list[Issue] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)  # the rules' findings on it, if unread
 
 
 OBSERVATION_STATUS = {
@@ -90,6 +93,12 @@ def loinc_code(concept: Any) -> str | None:
     return None
 
 
+def code_texts(concept: Any) -> list[str]:
+    """`code.text` and each coding's `display`: what a sender says the code is."""
+    displays = [c.display for c in getattr(concept, "coding", None) or [] if c.display]
+    return [str(t) for t in (getattr(concept, "text", None), *displays) if t]
+
+
 def draw_time(observation: Any, tz: tzinfo) -> datetime | None:
     """effectiveDateTime, else effectivePeriod.start; a bare date is midnight in the site's zone."""
     moment = observation.effectiveDateTime
@@ -105,23 +114,24 @@ def draw_time(observation: Any, tz: tzinfo) -> datetime | None:
 
 
 def quantity_text(quantity: Any) -> tuple[str, str]:
-    """(value, unit): UCUM code as the unit (the `unit` text is display only); a comparator is
-    kept in the value, so the rules flag it instead of using it."""
+    """(value, unit): the UCUM code as the unit, else the `unit` text (read against the same unit
+    table); a comparator is kept in the value, so the rules flag it instead of using it."""
     value = quantity.value
     text = format(value, "f") if isinstance(value, Decimal) else str(value)
     if quantity.comparator:
         text = f"{quantity.comparator}{text}"
     unit = quantity.code if quantity.code and quantity.system in (UCUM, None) else ""
-    return text, unit or ""
+    return text, unit or quantity.unit or ""
 
 
 def read_observation(
     observation: Any,
-    relevant: set[str],
+    pack: RulePack,
     tz: tzinfo,
     specimen_fallback: str | None = None,
 ) -> ObservationReading:
-    """``observation`` is a validated R4B Observation model."""
+    """``observation`` is a validated R4B Observation model; ``pack`` the codes, units and
+    analyte words it is read with."""
     code = loinc_code(observation.code)
     subject = subject_ref(observation.subject)
     effective = draw_time(observation, tz)
@@ -138,8 +148,12 @@ def read_observation(
                 ("Observation.subject",),
             )
         )
-    if code is None or code not in relevant:
+    if code is None or code not in relevant_codes(pack):
         return reading  # stored, but not a result the REMS reads
+    mismatch = code_text_mismatch(pack, code, code_texts(observation.code))
+    if mismatch is not None:  # stored, reported, not used
+        reading.warnings.append(mismatch)
+        return reading
     status = STATUS.get(observation.status)
     if status is None:
         return reading  # registered: no result yet

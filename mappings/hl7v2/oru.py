@@ -13,8 +13,10 @@ from zoneinfo import ZoneInfo
 
 from mappings.hl7v2.senders import SenderConfig
 from mappings.hl7v2.tokenizer import FieldValues, Message, Segment
+from rems_core.anc import code_text_mismatch, is_known_unit, relevant_codes
 from rems_core.identity import Candidate, Rule, resolved
 from rems_core.model import Identifier, LabResult, ResultStatus
+from rems_core.rulepack import RulePack
 
 #: OBX-3.3 (or .6) naming LOINC: HL7 table 0396's LN, the spelled-out name, FHIR's URI, LOINC's
 #: OID, and pCLOCD (the pan-Canadian LOINC observation code database, LOINC codes in Canada).
@@ -179,8 +181,9 @@ class _Context:
 
 
 def to_lab_report(
-    message: Message, sender: SenderConfig, relevant: set[str], default_tz: tzinfo
+    message: Message, sender: SenderConfig, pack: RulePack, default_tz: tzinfo
 ) -> LabReport:
+    """``pack``: the codes, units and analyte words results are read with."""
     tz = ZoneInfo(sender.timezone) if sender.timezone else default_tz
     pid = message.first("PID")
     candidates = patient_candidates(pid, sender) if pid else []
@@ -199,10 +202,9 @@ def to_lab_report(
             context.collected = context.collected or segment.get(17, 1)
         elif segment.name == "OBX":
             obx_count += 1
-            read = _read_obx(segment, obx_count, sender, relevant, context, tz)
-            if isinstance(read, Hl7Problem):
-                problems.append(read)
-            elif read is not None:
+            read, found = _read_obx(segment, obx_count, sender, pack, context, tz)
+            problems += found
+            if read is not None:
                 results.append(read)
                 locations.append(f"OBX^{obx_count}")
     return LabReport(resolved(candidates), results, locations, problems, candidates)
@@ -212,25 +214,46 @@ def _read_obx(
     obx: Segment,
     sequence: int,
     sender: SenderConfig,
-    relevant: set[str],
+    pack: RulePack,
     context: _Context,
     tz: tzinfo,
-) -> LabResult | Hl7Problem | None:
+) -> tuple[LabResult | None, list[Hl7Problem]]:
+    """The result of one OBX, if it is one the REMS reads, and what was wrong with it."""
     code = observation_code(obx, sender)
     if code is None and _looks_like_neutrophils(obx):
         text = f"OBX-3 {obx.get(3, 1)!r} looks like a neutrophil count but is not mapped"
-        return Hl7Problem(f"OBX^{sequence}^3", "103", "W", "UNMAPPED_CANDIDATE", text)
-    if code is None or code not in relevant:
-        return None  # not an ANC or a derivation input: ignored silently
+        return None, [Hl7Problem(f"OBX^{sequence}^3", "103", "W", "UNMAPPED_CANDIDATE", text)]
+    if code is None or code not in relevant_codes(pack):
+        return None, []  # not an ANC or a derivation input: ignored silently
+    mismatch = code_text_mismatch(pack, code, (obx.get(3, 2), obx.get(3, 5)))
+    if mismatch is not None:
+        where = f"OBX^{sequence}^3"
+        return None, [Hl7Problem(where, "103", "W", mismatch.code, mismatch.text)]
     status = RESULT_STATUS.get(obx.get(11, 1).upper() or "F")
     if status is None:
-        return None  # e.g. N (not asked), O (order detail): no result
+        return None, []  # e.g. N (not asked), O (order detail): no result
     drawn_text = obx.get(14, 1) or context.collected
     drawn = hl7_time(drawn_text, tz)
     if drawn is None:
-        return _draw_time_problem(f"OBX^{sequence}^14", code, drawn_text)
-    unit = obx.get(6, 1) or obx.get(6, 2)
-    return LabResult(code, observation_value(obx), unit, drawn, status, context.specimen)
+        return None, [_draw_time_problem(f"OBX^{sequence}^14", code, drawn_text)]
+    unit, problems = observation_unit(obx, sequence, pack)
+    result = LabResult(code, observation_value(obx), unit, drawn, status, context.specimen)
+    return result, problems
+
+
+def observation_unit(obx: Segment, sequence: int, pack: RulePack) -> tuple[str, list[Hl7Problem]]:
+    """OBX-6.1, else OBX-6.2; a unit a sender split with an unescaped caret (``x10^9/L`` read as
+    ``x10`` and ``9/L``) is joined again when the pieces form a known unit, with a warning."""
+    components = obx.components(6)
+    first = components[0] if components else ""
+    if not is_known_unit(pack, first):
+        for end in range(2, len(components) + 1):
+            joined = "^".join(components[:end])
+            if is_known_unit(pack, joined):
+                text = f"OBX-6 {joined!r} has an unescaped ^ (write \\S\\): read as one unit"
+                problem = Hl7Problem(f"OBX^{sequence}^6", "102", "W", "UNIT_UNESCAPED_CARET", text)
+                return joined, [problem]
+    return first or obx.get(6, 2), []
 
 
 def _draw_time_problem(where: str, code: str, drawn_text: str) -> Hl7Problem:
