@@ -19,9 +19,15 @@ from mappings.fhir.psf_outcome import PSF_OUTCOME
 
 
 def outcome_issues(body: Any) -> list[dict[str, Any]]:
-    """The issues of an OperationOutcome, or of every entry's outcome of a Bundle answer."""
+    """The issues of an OperationOutcome, of every entry's outcome of a Bundle answer, or of
+    the OperationOutcome of a response message ($process-message)."""
     if not isinstance(body, dict):
         return []
+    if body.get("resourceType") == "Bundle" and body.get("type") == "message":
+        outcomes = [e.get("resource") or {} for e in body.get("entry") or []]
+        return [
+            i for o in outcomes if o.get("resourceType") == "OperationOutcome" for i in o["issue"]
+        ]
     if body.get("resourceType") == "Bundle":
         return [
             issue
@@ -61,6 +67,10 @@ def lab_fields(status: int, body: Any) -> dict[str, Any]:
 
 
 def _entry_failed(body: Any) -> bool:
+    """An entry of a Bundle answer that failed, or a response message that is not `ok`."""
+    if isinstance(body, dict) and body.get("type") == "message":
+        header = ((body.get("entry") or [{}])[0].get("resource") or {}).get("response") or {}
+        return header.get("code") != "ok"
     entries = body.get("entry") or [] if isinstance(body, dict) else []
     return any(not str(e.get("response", {}).get("status", "2")).startswith("2") for e in entries)
 

@@ -53,14 +53,20 @@ async def post(
         return response.status_code, None, response.headers
 
 
+BUNDLE_PATHS = {"transaction": "/fhir", "batch": "/fhir", "message": "/fhir/$process-message"}
+
+
 def raw_step(step: Step) -> tuple[str, str, bytes]:
-    """A fhir step's resource as written, as (method, path, content): a Bundle is POSTed to the
-    base, a resource with an `id` is PUT to `/fhir/{type}/{id}` (FHIR's update: a client's
-    Patient keeps its id), any other resource is POSTed to its type."""
+    """A fhir step's resource as written, as (method, path, content): a transaction or batch is
+    POSTed to the base, a message to `$process-message`, another Bundle (a collection) to
+    `/fhir/Bundle`; a resource with an `id` is PUT to `/fhir/{type}/{id}` (FHIR's update: a
+    client's Patient keeps its id), any other resource is POSTed to its type."""
     if not isinstance(step.body, dict) or "resourceType" not in step.body:
         raise ScenarioError(f"{step.label}: a fhir step is a resource with its resourceType")
     kind = str(step.body["resourceType"])
-    method, path = "POST", "/fhir" if kind == "Bundle" else f"/fhir/{kind}"
+    method, path = "POST", f"/fhir/{kind}"
+    if kind == "Bundle":
+        path = BUNDLE_PATHS.get(str(step.body.get("type")), "/fhir/Bundle")
     if kind != "Bundle" and step.body.get("id") is not None:
         method, path = "PUT", f"/fhir/{kind}/{step.body['id']}"
     numbers = Decimals()

@@ -41,9 +41,10 @@ from gateway.scenarios.file import ScenarioError
 SYSTEM_CLIENT = "scenario-runner"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # What the runner writes: labs (Observation create and, in Bundles, update; DiagnosticReport),
-# dispenses, PSFs, client Patients (adt steps over FHIR); a raw fhir step may also read (e.g.
-# $rems-etasu, Patient).
+# dispenses, PSFs, client Patients (adt steps over FHIR), any resource a raw fhir step's Bundle
+# carries; a raw fhir step may also read (e.g. $rems-etasu, Patient).
 SYSTEM_SCOPES = [
+    "system/*.cu",
     "system/Observation.cruds",
     "system/DiagnosticReport.cruds",
     "system/MedicationRequest.cruds",
