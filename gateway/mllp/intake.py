@@ -344,8 +344,20 @@ def _check_processing_id(msh: Segment, sender: SenderConfig, taken: str) -> list
     return [] if given else [PROCESSING_ID_MISSING]
 
 
+#: MSH-2 without an escape character is taken from tolerant senders only (docs/contracts.md §4).
+NO_ESCAPE_CHARACTER = Hl7Problem(
+    "MSH^1^2",
+    "102",
+    "E",
+    "STRICT_VALIDATION",
+    "MSH-2 has 3 encoding characters (no escape character), not 4 (or 5 from v2.7)",
+)
+
+
 async def _validate(sender: SenderConfig, data: bytes, message: Message) -> None:
     if sender.validation == "strict":
+        if message.encoding.escape is None:
+            raise Rejected("AE", NO_ESCAPE_CHARACTER)
         problem = await asyncio.to_thread(strict_problem, data, message.charset)
         if problem is not None:
             raise Rejected("AE", problem)

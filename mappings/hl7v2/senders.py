@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 AckCode = Literal["AA", "AE", "AR", "CA", "CE", "CR"]
 #: Our application acknowledgments (original mode): accept, error, reject.
 OurAckCode = Literal["AA", "AE", "AR"]
+#: The fields a draw time is read from (docs/contracts.md §4); a sender may name one of them.
+DrawTimeField = Literal["SPM-17", "OBR-7", "OBR-14", "OBX-14"]
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -31,6 +33,8 @@ class SenderConfig(_Strict):
     default_authority: str | None = None  # identifier system of a CX without CX-4: rule (d)
     namespace_as_system: bool = True  # rule (c): an unmapped CX-4.1 text is itself the system
     timezone: str | None = None  # for times without an offset; default the gateway's
+    # The one field that holds this sender's collection time (default: the earliest present).
+    draw_time_field: DrawTimeField | None = None
     charset_fallback: str | None = None  # e.g. cp1252, when bytes do not decode as MSH-18 says
     validation: Literal["tolerant", "strict"] = "tolerant"
     require_processing_id: bool = False  # an empty MSH-11 is AE 101 (else taken as P, warned)
