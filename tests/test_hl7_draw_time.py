@@ -7,13 +7,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from gateway.app.service import RemsService
 from gateway.app.values import Source
 from gateway.mllp.intake import Hl7Intake
 from mappings.hl7v2.oru import LabReport, to_lab_report
-from mappings.hl7v2.senders import SenderConfig, SenderDirectory
+from mappings.hl7v2.senders import SenderConfig, SenderDirectory, SendersFileError
 from mappings.hl7v2.tokenizer import parse
 from tests.conftest import run
 from tests.test_hl7_intake import NOW, errors, fixture, intake
@@ -172,9 +171,10 @@ def test_a_senders_file_naming_another_draw_time_field_is_refused(
 ) -> None:
     path = tmp_path / "senders.yaml"
     path.write_text(f"senders:\n  - application: LAB\n    draw_time_field: {value!r}\n")
-    with pytest.raises(ValidationError) as refused:
+    with pytest.raises(SendersFileError) as refused:
         SenderDirectory.load(path)
-    assert "draw_time_field" in str(refused.value) and "OBX-14" in str(refused.value)
+    assert "senders.0.draw_time_field: Input should be 'SPM-17', 'OBR-7'" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 def test_the_ack_carries_draw_time_inconsistent_and_the_anc_is_filed(intake: Hl7Intake) -> None:
@@ -195,3 +195,18 @@ def test_a_sender_s_draw_time_field_reaches_the_intake(service: RemsService) -> 
     assert received.code == "AA" and "DRAW_TIME_INCONSISTENT" not in (received.ack or "")
     assert received.outcome is not None
     assert [r.drawn for r in received.outcome.results] == [datetime(2021, 11, 30, 13, tzinfo=UTC)]
+
+
+def test_serve_with_another_draw_time_field_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    from tests.test_serve import clean_environment, rems_gateway
+
+    senders = tmp_path / "senders.yaml"
+    senders.write_text("senders:\n  - application: LAB\n    draw_time_field: OBR-8\n")
+    started = rems_gateway(
+        "serve", "--senders", str(senders), cwd=tmp_path, env=clean_environment()
+    )
+    assert started.returncode == 2
+    assert started.stderr.strip().endswith(
+        "senders.0.draw_time_field: Input should be 'SPM-17', 'OBR-7', 'OBR-14' or 'OBX-14'"
+    )
+    assert "Traceback" not in started.stderr

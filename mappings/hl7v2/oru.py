@@ -274,7 +274,7 @@ def _read_obx(
     if status is None:
         return None, None  # e.g. N (not asked), O (order detail): no result
     stamps = {**context.stamps, "OBX-14": _Stamp(f"OBX^{sequence}^14", obx.get(14, 1))}
-    drawn = draw_time(stamps, sender.draw_time_field, tz, code)
+    drawn = _draw_time(stamps, sender.draw_time_field, tz, code)
     if isinstance(drawn, Hl7Problem):
         return None, drawn
     unit = obx.get(6, 1) or obx.get(6, 2)
@@ -292,7 +292,7 @@ class _Drawn:
 DRAW_TIME_SPREAD = timedelta(hours=24)
 
 
-def draw_time(
+def _draw_time(
     stamps: dict[DrawTimeField, _Stamp], named: DrawTimeField | None, tz: tzinfo, code: str
 ) -> _Drawn | Hl7Problem:
     """The earliest present draw-time field (senders put received, analysis or result times in
@@ -322,9 +322,8 @@ def draw_time(
         return _Drawn(moments[used], None)
     hours = spread.total_seconds() / 3600
     text = f"{code}: draw-time fields {hours:g} h apart; the earliest, {used}, is used"
-    return _Drawn(
-        moments[used], Hl7Problem(present[used].location, "0", "W", "DRAW_TIME_INCONSISTENT", text)
-    )
+    warning = Hl7Problem(present[used].location, "0", "W", "DRAW_TIME_INCONSISTENT", text)
+    return _Drawn(moments[used], warning)
 
 
 def _named_location(stamps: dict[DrawTimeField, _Stamp], named: DrawTimeField) -> str:

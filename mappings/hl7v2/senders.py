@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 #: HL7 table 0008 (acknowledgment code): what MSA-1 may carry.
 AckCode = Literal["AA", "AE", "AR", "CA", "CE", "CR"]
@@ -105,6 +105,24 @@ class SenderDirectory(_Strict):
 
     @classmethod
     def load(cls, path: Path | None) -> SenderDirectory:
+        """The senders file; SendersFileError names what cannot be used in it."""
         if path is None:
             return cls(accept_unknown=True)  # no senders file: every sender, with defaults
-        return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        try:
+            return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        except ValidationError as exc:
+            raise SendersFileError(f"{path}: {_problems(exc)}") from None
+        except yaml.YAMLError as exc:
+            raise SendersFileError(f"{path}: not YAML ({type(exc).__name__})") from None
+
+
+class SendersFileError(ValueError):
+    """A senders file that cannot be used, in one line: the file, each key and its problem."""
+
+
+def _problems(error: ValidationError) -> str:
+    """e.g. `senders.0.draw_time_field: Input should be 'SPM-17', …` (values left out)."""
+    return "; ".join(
+        f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
+        for item in error.errors(include_input=False)
+    )
