@@ -273,7 +273,8 @@ def _read_obx(
     status = RESULT_STATUS.get(obx.get(11, 1).upper() or "F")
     if status is None:
         return None, None  # e.g. N (not asked), O (order detail): no result
-    stamps = {**context.stamps, "OBX-14": _Stamp(f"OBX^{sequence}^14", obx.get(14, 1))}
+    obx_14 = _Stamp(f"OBX^{sequence}^14", obx.get(14, 1))
+    stamps: dict[DrawTimeField, _Stamp] = {**context.stamps, "OBX-14": obx_14}
     drawn = _draw_time(stamps, sender.draw_time_field, tz, code)
     if isinstance(drawn, Hl7Problem):
         return None, drawn
