@@ -115,14 +115,14 @@ def send_command(
         answers = asyncio.run(send_all(host or "127.0.0.1", int(port), outgoing, tls, timeout))
     except NoAck as exc:
         for answer in exc.answers:
-            typer.echo(answer.text(timeout))
+            typer.echo(answer.text())
         typer.echo(f"send failed: {exc}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
         typer.echo(f"send failed: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(1) from None
     for answer in answers:
-        typer.echo(answer.text(timeout))
+        typer.echo(answer.text())
     if not all(answer.accepted for answer in answers):
         raise typer.Exit(1)
 

@@ -146,11 +146,50 @@ def test_msh_15_er_silence_is_acceptance_and_an_error_is_answered(
 ) -> None:
     quiet = send(gateway[1], with_header(tmp_path, "er.hl7", "SEND-ER-1", "ER|NE"), timeout=1)
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
-    assert "SEND-ER-1: no ACK within 1 s (MSH-15 ER: accepted)" in quiet.stdout
+    assert "SEND-ER-1: no ACK (MSH-15 ER: accepted)" in quiet.stdout
     training = with_header(tmp_path, "er-t.hl7", "SEND-ER-2", "ER|NE", msh_11="T")
     refused = send(gateway[1], training, timeout=30)
     assert refused.returncode == 1
     assert "MSA|CR|SEND-ER-2" in refused.stdout  # AR 202: the production gateway takes P only
+
+
+def test_er_and_su_messages_are_settled_by_the_next_ack_in_order_without_waiting(
+    gateway: tuple[Gateway, int], tmp_path: Path
+) -> None:
+    """The listener answers in order: an ACK that must come settles the ER/SU messages before it
+    (each ACK goes to the message its MSA-2 names), so nothing waits for the timeout."""
+    messages = [
+        with_header(tmp_path, "1.hl7", "SEND-PIPE-1", "ER|NE"),  # accepted: no ACK
+        with_header(tmp_path, "2.hl7", "SEND-PIPE-2", "ER|NE", msh_11="T"),  # refused: CR
+        with_header(tmp_path, "3.hl7", "SEND-PIPE-3", "SU|NE", msh_11="D"),  # refused: no ACK
+        with_header(tmp_path, "4.hl7", "SEND-PIPE-4", "SU|NE"),  # accepted: CA
+        with_header(tmp_path, "5.hl7", "SEND-PIPE-5", "AL|NE"),  # CA
+    ]
+    started = time.monotonic()
+    sent = send(gateway[1], *messages, timeout=30)
+    assert time.monotonic() - started < 15  # no 30 s wait for any of them
+    assert sent.returncode == 1  # messages 2 and 3 were refused
+    answers = [line for line in sent.stdout.splitlines() if line.startswith(("MSA", "SEND-"))]
+    assert answers == [
+        "SEND-PIPE-1: no ACK (MSH-15 ER: accepted)",
+        "MSA|CR|SEND-PIPE-2",
+        "SEND-PIPE-3: no ACK (MSH-15 SU: not accepted)",
+        "MSA|CA|SEND-PIPE-4",
+        "MSA|CA|SEND-PIPE-5",
+    ]
+
+
+def test_er_messages_at_the_end_are_waited_for_once(
+    gateway: tuple[Gateway, int], tmp_path: Path
+) -> None:
+    messages = [with_header(tmp_path, f"{n}.hl7", f"SEND-TAIL-{n}", "ER|NE") for n in (1, 2, 3)]
+    started = time.monotonic()
+    sent = send(gateway[1], *messages, timeout=2)
+    assert time.monotonic() - started < 5.5  # one wait of 2 s, not three
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert sent.stdout.splitlines() == [
+        f"SEND-TAIL-{n}: no ACK (MSH-15 ER: accepted)" for n in (1, 2, 3)
+    ]
 
 
 @pytest.fixture
@@ -179,7 +218,7 @@ def test_send_gives_up_after_timeout_with_a_clear_error(silent_listener: int) ->
     sent = send(silent_listener, FIXTURES / "oru-v251-loinc-anc.hl7", timeout=1)
     assert time.monotonic() - started < 15
     assert sent.returncode == 1
-    assert "send failed: no ACK to MSG0001: no reply to message 1 of 1 within 1 s" in sent.stderr
+    assert "send failed: no ACK to MSG0001 (message 1 of 1) within 1 s" in sent.stderr
     assert "Traceback" not in sent.stderr
 
 

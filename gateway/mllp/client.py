@@ -1,4 +1,5 @@
-"""MLLP client: send messages on one connection and collect each reply, in order.
+"""MLLP client: messages out on one connection, replies in, in order (`send` waits for a reply
+to each; `connect` leaves to the caller which replies to wait for).
 
 Used by `rems-gateway send` and the scenario runner. Like the server it knows nothing about HL7:
 messages go out as given (without framing), replies come back without framing.
@@ -9,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Sequence
-from enum import Enum
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from gateway.mllp.framing import END_BLOCK, START_BLOCK, Frame, MllpDecoder, Oversize
@@ -24,9 +24,9 @@ class MllpClientError(ConnectionError):
     """The exchange failed at the MLLP level (the connection closed before a reply, or a reply
     too large). `replies` holds the replies received before the failure, in order."""
 
-    def __init__(self, message: str, replies: list[bytes | None]) -> None:
+    def __init__(self, message: str, replies: Sequence[bytes | None]) -> None:
         super().__init__(message)
-        self.replies = replies
+        self.replies = list(replies)
 
 
 def client_tls(
@@ -44,22 +44,6 @@ def client_tls(
     return context
 
 
-class Reply(Enum):
-    """Whether a message gets a reply; the caller knows (this module knows nothing of HL7)."""
-
-    ALWAYS = "always"  # wait for it: none within the timeout is a ReplyTimeout
-    NEVER = "never"  # the receiver sends none: do not wait
-    MAYBE = "maybe"  # one only for some answers: wait up to the timeout, silence is None
-
-
-class ReplyTimeout(TimeoutError):
-    """No reply came in time. `replies` holds those received before, in order."""
-
-    def __init__(self, message: str, replies: list[bytes | None]) -> None:
-        super().__init__(message)
-        self.replies = replies
-
-
 async def send(
     host: str,
     port: int,
@@ -67,26 +51,29 @@ async def send(
     tls: ssl.SSLContext | None = None,
     timeout_s: float = 30,
 ) -> list[bytes]:
-    """Send each message framed on one connection, waiting for its reply before the next one
-    (`exchange` with a reply expected to every message)."""
-    replies = await exchange(host, port, [(m, Reply.ALWAYS) for m in messages], tls, timeout_s)
-    return [reply for reply in replies if reply is not None]
-
-
-async def exchange(
-    host: str,
-    port: int,
-    outgoing: Sequence[tuple[bytes, Reply]],
-    tls: ssl.SSLContext | None = None,
-    timeout_s: float = 30,
-) -> list[bytes | None]:
-    """Send each message framed on one connection and wait for the reply it gets, if any,
-    before the next one; one entry per message (None: no reply).
+    """Send each message framed on one connection, waiting for its reply before the next one.
 
     `timeout_s` bounds the connection (with the TLS handshake) and, separately, each reply:
-    `ReplyTimeout` (a `TimeoutError`) when an expected reply does not come. A connection closed
-    before a reply raises `MllpClientError` (a `ConnectionError`); TLS failures raise
-    `ssl.SSLError`. All are `OSError`s."""
+    `TimeoutError` when exceeded. A connection closed before a reply raises `MllpClientError`
+    (a `ConnectionError`); TLS failures raise `ssl.SSLError`. Both are `OSError`s."""
+    replies: list[bytes] = []
+    async with connect(host, port, tls, timeout_s) as connection:
+        for index, message in enumerate(messages, start=1):
+            await connection.send(message)
+            where = f"message {index} of {len(messages)}"
+            reply = await connection.reply(timeout_s, where, replies)
+            if reply is None:
+                raise TimeoutError(f"no reply to {where} within {timeout_s:g} s")
+            replies.append(reply)
+    return replies
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    host: str, port: int, tls: ssl.SSLContext | None = None, timeout_s: float = 30
+) -> AsyncIterator[MllpConnection]:
+    """One connection (TLS when `tls` is given), closed on leaving; `timeout_s` bounds the
+    connection with its handshake."""
     async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection(
             host,
@@ -96,26 +83,8 @@ async def exchange(
             ssl_handshake_timeout=timeout_s if tls is not None else None,
             limit=_READ_CHUNK,
         )
-    replies: list[bytes | None] = []
-    incoming = _Incoming(reader, replies)
     try:
-        for index, (message, reply) in enumerate(outgoing, start=1):
-            writer.write(START_BLOCK + message + END_BLOCK)
-            async with asyncio.timeout(timeout_s):
-                await writer.drain()
-            if reply is Reply.NEVER:
-                replies.append(None)
-                continue
-            where = f"message {index} of {len(outgoing)}"
-            try:
-                async with asyncio.timeout(timeout_s):
-                    replies.append(await incoming.next(where))
-            except TimeoutError:
-                if reply is Reply.ALWAYS:
-                    text = f"no reply to {where} within {timeout_s:g} s"
-                    raise ReplyTimeout(text, replies) from None
-                replies.append(None)
-        return replies
+        yield MllpConnection(reader, writer, timeout_s)
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -123,27 +92,40 @@ async def exchange(
                 await writer.wait_closed()
 
 
-class _Incoming:
-    """The replies of one connection, deframed, one at a time."""
+class MllpConnection:
+    """Framed messages out, deframed replies in, one at a time."""
 
-    def __init__(self, reader: asyncio.StreamReader, replies: list[bytes | None]) -> None:
-        self.reader = reader
-        self.replies = replies  # received so far, for the errors
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
+    ) -> None:
+        self.reader, self.writer, self.timeout_s = reader, writer, timeout_s
         self.decoder = MllpDecoder(MAX_REPLY_BYTES)
         self.pending: list[bytes] = []
 
-    async def next(self, where: str) -> bytes:
-        while not self.pending:
-            data = await self.reader.read(_READ_CHUNK)
-            if not data:
-                raise MllpClientError(
-                    f"connection closed before the reply to {where}", self.replies
-                )
-            for event in self.decoder.feed(data):
-                if isinstance(event, Frame):
-                    self.pending.append(event.payload)
-                elif isinstance(event, Oversize):
-                    raise MllpClientError(
-                        f"reply larger than {MAX_REPLY_BYTES} bytes", self.replies
-                    )
+    async def send(self, message: bytes) -> None:
+        self.writer.write(START_BLOCK + message + END_BLOCK)
+        async with asyncio.timeout(self.timeout_s):
+            await self.writer.drain()
+
+    async def reply(
+        self, timeout_s: float, where: str = "", replies: Sequence[bytes | None] = ()
+    ) -> bytes | None:
+        """The next reply, or None when none comes within `timeout_s`. `where` and `replies`
+        (those received before) go into the MllpClientError of a closed connection."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self.pending:
+                    await self._read(where, replies)
+        except TimeoutError:
+            return None
         return self.pending.pop(0)
+
+    async def _read(self, where: str, replies: Sequence[bytes | None]) -> None:
+        data = await self.reader.read(_READ_CHUNK)
+        if not data:
+            raise MllpClientError(f"connection closed before the reply to {where}", replies)
+        for event in self.decoder.feed(data):
+            if isinstance(event, Frame):
+                self.pending.append(event.payload)
+            elif isinstance(event, Oversize):
+                raise MllpClientError(f"reply larger than {MAX_REPLY_BYTES} bytes", replies)
