@@ -40,6 +40,18 @@ def test_three_encoding_characters_are_ae_102_for_a_strict_sender(service: objec
     assert errors(received.ack) == [("MSH^1^2", "102", "E", "STRICT_VALIDATION")]
 
 
+def test_a_resend_with_a_byte_order_mark_and_a_new_msh_7_gets_the_stored_ack(
+    intake: Hl7Intake,
+) -> None:
+    message = fixture("oru-v251-utf8-bom.hl7")
+    first = run(intake.receive(message, NOW))
+    resent = message.replace(b"|20211201091500-0500|", b"|20211201101500-0500|")
+    assert resent != message
+    again = run(intake.receive(resent, NOW))
+    assert first.code == "AA", first.ack
+    assert (again.ack, again.disposition) == (first.ack, "duplicate")
+
+
 # --- rems-gateway send, against a real gateway -------------------------------------------------
 
 

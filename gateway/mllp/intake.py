@@ -8,6 +8,7 @@ message is in the database before its ACK leaves, and a resend gets the very sam
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import logging
 from collections.abc import Callable
@@ -114,8 +115,9 @@ class Rejected(Exception):
 
 
 def content_hash(data: bytes) -> str:
-    """The message without MSH-7 (a resend may carry a new send time), line endings aside."""
-    text = data.decode("latin-1")  # byte-preserving: only the structure matters here
+    """The message without MSH-7 (a resend may carry a new send time), line endings and a
+    leading byte order mark aside."""
+    text = data.removeprefix(codecs.BOM_UTF8).decode("latin-1")  # byte-preserving: structure only
     segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]
     if segments and segments[0].startswith("MSH") and len(segments[0]) > 3:
         fields = segments[0].split(segments[0][3])

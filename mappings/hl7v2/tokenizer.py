@@ -403,18 +403,18 @@ def _encoding_of(name: str, separator: str, characters: str) -> Encoding:
         reason = f"{name}-1 and {name}-2 may not use letters, digits or white space"
         raise HL7ParseError("102", reason, location)
     if len(characters) == 3:
-        return _without_escape(separator, characters, location)
+        return _without_escape(name, separator, characters)
     component, repetition, escape_char, subcomponent = characters[:4]
     truncation = characters[4] if len(characters) == 5 else None
     return Encoding(separator, component, repetition, escape_char, subcomponent, truncation)
 
 
-def _without_escape(separator: str, characters: str, location: str) -> Encoding:
+def _without_escape(name: str, separator: str, characters: str) -> Encoding:
     r"""``^~&``: component, repetition and subcomponent separators, no escape character. With a
     backslash among them it is the subcomponent separator that is missing (``^~\``): refused."""
     if "\\" in characters:
-        reason = "MSH-2 has 3 encoding characters and the subcomponent separator is missing"
-        raise HL7ParseError("102", reason, location)
+        reason = f"{name}-2 has 3 encoding characters and the subcomponent separator is missing"
+        raise HL7ParseError("102", reason, f"{name}^1^2")
     component, repetition, subcomponent = characters
     return Encoding(separator, component, repetition, None, subcomponent)
 
