@@ -94,25 +94,36 @@ def send_command(
     tls_ca: Annotated[Path | None, typer.Option(help="Trust this CA (PEM): use TLS")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Client certificate (mutual TLS)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Client key (mutual TLS)")] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each ACK")
+    ] = 30.0,
 ) -> None:
-    """Send HL7 v2 messages (one per file, or FHS/BHS batch files) over MLLP; print each ACK."""
-    from gateway.mllp.client import client_tls, send
-    from mappings.hl7v2.tokenizer import HL7ParseError, split_batch
+    """Send HL7 v2 messages (one per file, or FHS/BHS batch files) over MLLP; print each ACK.
+    A message whose MSH-15 asks for no ACK (NE) is not waited for."""
+    from gateway.mllp.client import client_tls
+    from gateway.mllp.sending import NoAck, read_files, send_all
+    from mappings.hl7v2.tokenizer import HL7ParseError
 
     host, _, port = to.rpartition(":")
-    messages = []
-    for file in files:
-        data = file.read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-        try:
-            messages += split_batch(data)
-        except HL7ParseError as exc:
-            typer.echo(f"{file}: {exc}", err=True)
-            raise typer.Exit(2) from None
+    try:
+        outgoing = read_files(files)
+    except HL7ParseError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     tls = client_tls(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert else None
-    acks = asyncio.run(send(host or "127.0.0.1", int(port), messages, tls))
-    for ack in acks:
-        typer.echo(ack.decode("utf-8", "replace").replace("\r", "\n"))
-    if any(b"MSA|AA" not in ack and b"MSA|CA" not in ack for ack in acks):
+    try:
+        answers = asyncio.run(send_all(host or "127.0.0.1", int(port), outgoing, tls, timeout))
+    except NoAck as exc:
+        for answer in exc.answers:
+            typer.echo(answer.text())
+        typer.echo(f"send failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"send failed: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for answer in answers:
+        typer.echo(answer.text())
+    if not all(answer.accepted for answer in answers):
         raise typer.Exit(1)
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.exc import ArgumentError
 
 from gateway.fhir.smart import SigningKey
 from gateway.fhir.smart_clients import load_clients
+from mappings.hl7v2.senders import SenderDirectory
 from rems_core.rulepack import DEFAULT_PACK, PackLibrary, RulePackError
 from rems_core.store.db import DEFAULT_URL
 
@@ -157,6 +158,13 @@ class Settings(BaseSettings):
     def _clients_file(cls, value: Path | None) -> Path | None:
         if value is not None:
             load_clients(value)  # a SmartClientsError (a ValueError) names the problem
+        return value
+
+    @field_validator("senders")
+    @classmethod
+    def _senders_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            SenderDirectory.load(value)  # a SendersFileError (a ValueError) names the key
         return value
 
     @field_validator("smart_signing_key")

@@ -4,6 +4,7 @@ hl7apy and python-hl7 read from the same ORU^R01 messages."""
 
 from __future__ import annotations
 
+import codecs
 import re
 from typing import Any
 
@@ -296,7 +297,8 @@ def test_a_required_field_missing_from_a_later_msh_of_a_batch_names_that_msh() -
 @pytest.mark.parametrize(
     "msh",
     [
-        "MSH|^~\\|",  # three encoding characters
+        "MSH|^~\\|",  # three encoding characters, the subcomponent separator missing
+        "MSH|^~|",  # two
         "MSH|^~\\&#$|",  # six
         "MSH|^^\\&|",  # not distinct
         "MSH|^~\\||",  # the field separator again
@@ -308,6 +310,42 @@ def test_a_required_field_missing_from_a_later_msh_of_a_batch_names_that_msh() -
 def test_bad_encoding_characters_are_a_data_type_error_at_msh_2(msh: str) -> None:
     error = error_of(msh + "LAB|HOSP|GW|REMS|20240312||ORU^R01|C1|P|2.5")
     assert (error.code, error.location) == ("102", "MSH^1^2")
+
+
+def test_three_encoding_characters_have_no_escape_character_and_a_backslash_is_text() -> None:
+    """``MSH|^~&|`` as some analysers send it: component, repetition, subcomponent."""
+    message = parse(
+        oru(
+            "PID|1||MRN1^^^GH&1.2.3&ISO~E-1",
+            "NTE|1|L|run 2\\H\\3 \\X41\\",
+            msh=MSH.replace("^~\\&", "^~&"),
+        )
+    )
+    assert message.encoding.escape is None
+    pid = only(message)
+    assert (pid.get(3, 4, 2), pid.get(3, repetition=1)) == ("1.2.3", "E-1")
+    assert only(message, "NTE").get(3) == "run 2\\H\\3 \\X41\\"  # no escape sequences
+    assert only(message, "NTE").components(3) == ["run 2\\H\\3 \\X41\\"]
+    assert only(message, "NTE").field(3) == [[["run 2\\H\\3 \\X41\\"]]]
+
+
+def test_a_value_with_a_delimiter_cannot_be_escaped_without_an_escape_character() -> None:
+    encoding = parse(oru(msh=MSH.replace("^~\\&", "^~&"))).encoding
+    assert escape("MRN-1", encoding) == "MRN-1"
+    with pytest.raises(ValueError, match="escape character"):
+        escape("A^B", encoding)
+
+
+def test_a_leading_byte_order_mark_is_dropped_from_bytes_and_from_text() -> None:
+    text = oru("PID|1||MRN1||Müller")
+    assert only(parse(codecs.BOM_UTF8 + text.encode())).get(5) == "Müller"
+    assert parse("\ufeff" + text).msh.get(10) == "MSG001"
+
+
+def test_split_batch_gives_a_file_s_byte_order_mark_to_each_message() -> None:
+    data = codecs.BOM_UTF8 + f"{oru()}{oru()}".encode()
+    messages = split_batch(data)
+    assert len(messages) == 2 and all(m.startswith(codecs.BOM_UTF8 + b"MSH|") for m in messages)
 
 
 def test_a_message_that_does_not_start_with_msh_is_a_segment_sequence_error() -> None:

@@ -226,3 +226,10 @@ def test_pid3_values_of_the_file_are_retagged_with_the_message_delimiters() -> N
     assert rewritten.split("\r")[1] == "PID#1##MRN!S!1-abc***GH@1.2.3@ISO$OTHER***X##Doe*Jane"
     assert rewritten.split("\r")[0].split("#")[9] == "C-1-abc"
     assert rewritten.split("\r")[2] == "OBX#1#NM#751-8**LN##0.8"
+
+
+def test_a_raw_step_with_a_byte_order_mark_or_three_encoding_characters_is_retagged() -> None:
+    message = "\ufeffMSH|^~&|A|B|R|R|20211201||ORU^R01|C-1|P|2.5.1\rPID|1||MRN-1^^^GH&1.2.3&ISO\r"
+    rewritten = retag_control_id(retag_pid3(message, {"MRN-1": "MRN-1-abc"}), "abc")
+    assert rewritten.startswith("\ufeffMSH|^~&|A|B|R|R|20211201||ORU^R01|C-1-abc|P|2.5.1\r")
+    assert rewritten.split("\r")[1] == "PID|1||MRN-1-abc^^^GH&1.2.3&ISO"

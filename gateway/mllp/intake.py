@@ -8,6 +8,7 @@ message is in the database before its ACK leaves, and a resend gets the very sam
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import logging
 from collections.abc import Callable
@@ -113,8 +114,9 @@ class Rejected(Exception):
 
 
 def content_hash(data: bytes) -> str:
-    """The message without MSH-7 (a resend may carry a new send time), line endings aside."""
-    text = data.decode("latin-1")  # byte-preserving: only the structure matters here
+    """The message without MSH-7 (a resend may carry a new send time), line endings and a
+    leading byte order mark aside."""
+    text = data.removeprefix(codecs.BOM_UTF8).decode("latin-1")  # byte-preserving: structure only
     segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]
     if segments and segments[0].startswith("MSH") and len(segments[0]) > 3:
         fields = segments[0].split(segments[0][3])
@@ -343,8 +345,20 @@ def _check_processing_id(msh: Segment, sender: SenderConfig, taken: str) -> list
     return [] if given else [PROCESSING_ID_MISSING]
 
 
+#: MSH-2 without an escape character is taken from tolerant senders only (docs/contracts.md §4).
+NO_ESCAPE_CHARACTER = Hl7Problem(
+    "MSH^1^2",
+    "102",
+    "E",
+    "STRICT_VALIDATION",
+    "MSH-2 has 3 encoding characters (no escape character), not 4 (or 5 from v2.7)",
+)
+
+
 async def _validate(sender: SenderConfig, data: bytes, message: Message) -> None:
     if sender.validation == "strict":
+        if message.encoding.escape is None:
+            raise Rejected("AE", NO_ESCAPE_CHARACTER)
         problem = await asyncio.to_thread(strict_problem, data, message.charset)
         if problem is not None:
             raise Rejected("AE", problem)

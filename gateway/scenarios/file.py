@@ -44,7 +44,7 @@ DEFAULT_DRUG = "197536"  # clozapine 100 MG Oral Tablet (an SCD of ingredient 26
 TOP_LEVEL = {"name", "rules", "timezone", "registry", "steps", "description", "sender"}
 SENDER_KEYS = {
     "application", "facility", "assigning_authorities", "default_authority",
-    "namespace_as_system", "local_codes",
+    "namespace_as_system", "local_codes", "draw_time_field",
 }  # fmt: skip
 DEFAULT_SENDER = ("SCENARIO", "RUNNER")  # MSH-3, MSH-4 of the runner's messages
 STEP_COMMON = {"at", "expect", "patient", "note", "description"}

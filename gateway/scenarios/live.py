@@ -197,15 +197,17 @@ def _retag_cx(cx: str, values: dict[str, str], encoding: Any) -> str:
 
 
 def retag_control_id(message: str, tag: str) -> str:
-    """MSH-10 with the run's tag: a control id of a file is new in every run."""
-    lines = message.split("\r")
+    """MSH-10 with the run's tag: a control id of a file is new in every run (a leading byte
+    order mark stays where it is)."""
+    bom = "\ufeff" if message.startswith("\ufeff") else ""
+    lines = message.removeprefix(bom).split("\r")
     if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 4:
         return message
     fields = lines[0].split(lines[0][3])  # fields[n - 1] is MSH-n
     if len(fields) > 9 and fields[9]:
         fields[9] = f"{fields[9]}-{tag}"
     lines[0] = lines[0][3].join(fields)
-    return "\r".join(lines)
+    return bom + "\r".join(lines)
 
 
 # --- shared prescribers and pharmacies ----------------------------------------------------------

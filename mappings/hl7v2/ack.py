@@ -60,11 +60,16 @@ def enhanced_mode(msh: Segment) -> bool:
     return bool(msh.get(15, 1) or msh.get(16, 1))
 
 
+def accept_ack_type(msh: Segment) -> str:
+    """MSH-15 (HL7 table 0155: AL, NE, ER, SU) of a message in enhanced mode; empty is AL."""
+    return (msh.get(15, 1) or "AL").upper()
+
+
 def wanted(msh: Segment, code: str) -> bool:
     """Whether the sender asked for this acknowledgment (MSH-15 accept ack type, table 0155)."""
     if not enhanced_mode(msh):
         return True
-    policy = (msh.get(15, 1) or "AL").upper()
+    policy = accept_ack_type(msh)
     return {"AL": True, "NE": False, "ER": code != "AA", "SU": code == "AA"}.get(policy, True)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
-from mappings.hl7v2.senders import SenderConfig
+from mappings.hl7v2.senders import DrawTimeField, SenderConfig
 from mappings.hl7v2.tokenizer import FieldValues, Message, Segment
 from rems_core.anc import code_text_mismatch, is_known_unit, relevant_codes
 from rems_core.identity import Candidate, Rule, resolved
@@ -172,12 +172,21 @@ def observation_value(obx: Segment) -> str:
     return obx.get(5, 1)
 
 
+@dataclass(frozen=True)
+class _Stamp:
+    """One draw-time field as written: where it is (ERR-2) and its text."""
+
+    location: str  # e.g. "OBR^1^7"
+    text: str
+
+
 @dataclass
 class _Context:
-    """The OBR/SPM an OBX belongs to: the specimen and its collection time."""
+    """The OBR group an OBX belongs to: its specimen, and the draw-time fields of its OBR and
+    SPM ("SPM-17", "OBR-7", "OBR-14")."""
 
     specimen: str | None = None
-    collected: str = ""
+    stamps: dict[DrawTimeField, _Stamp] = field(default_factory=dict)
 
 
 def to_lab_report(
@@ -190,24 +199,62 @@ def to_lab_report(
     results: list[LabResult] = []
     locations: list[str] = []
     problems: list[Hl7Problem] = []
+    group_spm = _first_spm_of_each_group(message)
     context = _Context()
-    obx_count = 0
+    counts = {"OBR": 0, "SPM": 0, "OBX": 0}
+    for segment in message.segments:
+        if segment.name not in counts:
+            continue
+        counts[segment.name] += 1
+        sequence = counts[segment.name]
+        if segment.name == "OBR":
+            context = _obr_context(segment, sequence, sender, group_spm.get(sequence))
+        elif segment.name == "SPM":
+            _read_spm(segment, sequence, sender, context)
+        else:
+            result, found = _read_obx(segment, sequence, sender, pack, context, tz)
+            problems += found
+            if result is not None:
+                results.append(result)
+                locations.append(f"OBX^{sequence}")
+    return LabReport(resolved(candidates), results, locations, problems, candidates)
+
+
+def _first_spm_of_each_group(message: Message) -> dict[int, _Stamp]:
+    """SPM-17.1 of the first SPM with one in each OBR group, by the OBR's sequence: in ORU^R01
+    the SPECIMEN group follows the OBX of its order, so it is read before them."""
+    stamps: dict[int, _Stamp] = {}
+    obr = spm = 0
     for segment in message.segments:
         if segment.name == "OBR":
-            filler = segment.get(3, 1) or segment.get(2, 1)
-            context = _Context(f"{sender.key}|{filler}" if filler else None, segment.get(7, 1))
-        elif segment.name == "SPM" and context.specimen is None:
-            accession = segment.get(2, 1) or segment.get(2, 2)
-            context.specimen = f"{sender.key}|{accession}" if accession else None
-            context.collected = context.collected or segment.get(17, 1)
-        elif segment.name == "OBX":
-            obx_count += 1
-            read, found = _read_obx(segment, obx_count, sender, pack, context, tz)
-            problems += found
-            if read is not None:
-                results.append(read)
-                locations.append(f"OBX^{obx_count}")
-    return LabReport(resolved(candidates), results, locations, problems, candidates)
+            obr += 1
+        elif segment.name == "SPM":
+            spm += 1
+            collected = segment.get(17, 1)
+            if collected.strip() and obr not in stamps:
+                stamps[obr] = _Stamp(f"SPM^{spm}^17", collected)
+    return stamps
+
+
+def _obr_context(obr: Segment, sequence: int, sender: SenderConfig, spm: _Stamp | None) -> _Context:
+    filler = obr.get(3, 1) or obr.get(2, 1)
+    stamps: dict[DrawTimeField, _Stamp] = {
+        "OBR-7": _Stamp(f"OBR^{sequence}^7", obr.get(7, 1)),
+        "OBR-14": _Stamp(f"OBR^{sequence}^14", obr.get(14, 1)),
+    }
+    if spm is not None:
+        stamps["SPM-17"] = spm
+    return _Context(f"{sender.key}|{filler}" if filler else None, stamps)
+
+
+def _read_spm(spm: Segment, sequence: int, sender: SenderConfig, context: _Context) -> None:
+    """The specimen of an OBR without filler or placer number; the collection time of the OBX
+    that follow (the SPM an OBX follows outranks the first of the group)."""
+    if context.specimen is None:
+        accession = spm.get(2, 1) or spm.get(2, 2)
+        context.specimen = f"{sender.key}|{accession}" if accession else None
+    if spm.get(17, 1).strip():
+        context.stamps["SPM-17"] = _Stamp(f"SPM^{sequence}^17", spm.get(17, 1))
 
 
 def _read_obx(
@@ -218,7 +265,7 @@ def _read_obx(
     context: _Context,
     tz: tzinfo,
 ) -> tuple[LabResult | None, list[Hl7Problem]]:
-    """The result of one OBX, if it is one the REMS reads, and what was wrong with it."""
+    """The result of an ANC-relevant OBX (None: ignored, or unusable) and its warnings."""
     code = observation_code(obx, sender)
     if code is None and _looks_like_neutrophils(obx):
         text = f"OBX-3 {obx.get(3, 1)!r} looks like a neutrophil count but is not mapped"
@@ -232,13 +279,14 @@ def _read_obx(
     status = RESULT_STATUS.get(obx.get(11, 1).upper() or "F")
     if status is None:
         return None, []  # e.g. N (not asked), O (order detail): no result
-    drawn_text = obx.get(14, 1) or context.collected
-    drawn = hl7_time(drawn_text, tz)
-    if drawn is None:
-        return None, [_draw_time_problem(f"OBX^{sequence}^14", code, drawn_text)]
+    obx_14 = _Stamp(f"OBX^{sequence}^14", obx.get(14, 1))
+    stamps: dict[DrawTimeField, _Stamp] = {**context.stamps, "OBX-14": obx_14}
+    drawn = _draw_time(stamps, sender.draw_time_field, tz, code)
+    if isinstance(drawn, Hl7Problem):
+        return None, [drawn]
     unit, problems = observation_unit(obx, sequence, pack)
-    result = LabResult(code, observation_value(obx), unit, drawn, status, context.specimen)
-    return result, problems
+    result = LabResult(code, observation_value(obx), unit, drawn.moment, status, context.specimen)
+    return result, problems + ([drawn.warning] if drawn.warning else [])
 
 
 def observation_unit(obx: Segment, sequence: int, pack: RulePack) -> tuple[str, list[Hl7Problem]]:
@@ -256,9 +304,49 @@ def observation_unit(obx: Segment, sequence: int, pack: RulePack) -> tuple[str, 
     return first or obx.get(6, 2), []
 
 
-def _draw_time_problem(where: str, code: str, drawn_text: str) -> Hl7Problem:
-    """No draw time (101), or one that is no time (102): the result is not used either way."""
-    if drawn_text.strip():
-        text = f"{code}: the draw time is not a readable HL7 time"
-        return Hl7Problem(where, "102", "W", "DRAW_TIME_INVALID", text)
-    return Hl7Problem(where, "101", "W", "DRAW_TIME_MISSING", f"{code}: no usable draw time")
+@dataclass(frozen=True)
+class _Drawn:
+    moment: datetime
+    warning: Hl7Problem | None  # DRAW_TIME_INCONSISTENT
+
+
+#: Present draw-time fields further apart than this are reported (DRAW_TIME_INCONSISTENT).
+DRAW_TIME_SPREAD = timedelta(hours=24)
+
+
+def _draw_time(
+    stamps: dict[DrawTimeField, _Stamp], named: DrawTimeField | None, tz: tzinfo, code: str
+) -> _Drawn | Hl7Problem:
+    """The earliest present draw-time field (senders put received, analysis or result times in
+    some of them, none earlier than the collection), or the one the sender names.
+
+    A present field that is no time makes the result unusable (DRAW_TIME_INVALID) even when
+    others can be read: it may be the collection time, and the others would make the ANC look
+    fresher than it is."""
+    present = {
+        name: stamp
+        for name, stamp in stamps.items()
+        if stamp.text.strip() and named in (None, name)
+    }
+    if not present:
+        where = stamps["OBX-14"].location if named is None else _named_location(stamps, named)
+        return Hl7Problem(where, "101", "W", "DRAW_TIME_MISSING", f"{code}: no usable draw time")
+    moments: dict[DrawTimeField, datetime] = {}
+    for name, stamp in present.items():
+        moment = hl7_time(stamp.text, tz)
+        if moment is None:
+            text = f"{code}: the draw time ({name}) is not a readable HL7 time"
+            return Hl7Problem(stamp.location, "102", "W", "DRAW_TIME_INVALID", text)
+        moments[name] = moment
+    used = min(moments, key=lambda name: moments[name])
+    spread = max(moments.values()) - moments[used]
+    if spread <= DRAW_TIME_SPREAD:
+        return _Drawn(moments[used], None)
+    hours = spread.total_seconds() / 3600
+    text = f"{code}: draw-time fields {hours:g} h apart; the earliest, {used}, is used"
+    warning = Hl7Problem(present[used].location, "0", "W", "DRAW_TIME_INCONSISTENT", text)
+    return _Drawn(moments[used], warning)
+
+
+def _named_location(stamps: dict[DrawTimeField, _Stamp], named: DrawTimeField) -> str:
+    return stamps[named].location if named in stamps else stamps["OBX-14"].location

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 #: HL7 table 0008 (acknowledgment code): what MSA-1 may carry.
 AckCode = Literal["AA", "AE", "AR", "CA", "CE", "CR"]
 #: Our application acknowledgments (original mode): accept, error, reject.
 OurAckCode = Literal["AA", "AE", "AR"]
+#: The fields a draw time is read from (docs/contracts.md §4); a sender may name one of them.
+DrawTimeField = Literal["SPM-17", "OBR-7", "OBR-14", "OBX-14"]
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -31,6 +33,8 @@ class SenderConfig(_Strict):
     default_authority: str | None = None  # identifier system of a CX without CX-4: rule (d)
     namespace_as_system: bool = True  # rule (c): an unmapped CX-4.1 text is itself the system
     timezone: str | None = None  # for times without an offset; default the gateway's
+    # The one field that holds this sender's collection time (default: the earliest present).
+    draw_time_field: DrawTimeField | None = None
     charset_fallback: str | None = None  # e.g. cp1252, when bytes do not decode as MSH-18 says
     validation: Literal["tolerant", "strict"] = "tolerant"
     require_processing_id: bool = False  # an empty MSH-11 is AE 101 (else taken as P, warned)
@@ -101,6 +105,24 @@ class SenderDirectory(_Strict):
 
     @classmethod
     def load(cls, path: Path | None) -> SenderDirectory:
+        """The senders file; SendersFileError names what cannot be used in it."""
         if path is None:
             return cls(accept_unknown=True)  # no senders file: every sender, with defaults
-        return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        try:
+            return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        except ValidationError as exc:
+            raise SendersFileError(f"{path}: {_problems(exc)}") from None
+        except yaml.YAMLError as exc:
+            raise SendersFileError(f"{path}: not YAML ({type(exc).__name__})") from None
+
+
+class SendersFileError(ValueError):
+    """A senders file that cannot be used, in one line: the file, each key and its problem."""
+
+
+def _problems(error: ValidationError) -> str:
+    """e.g. `senders.0.draw_time_field: Input should be 'SPM-17', …` (values left out)."""
+    return "; ".join(
+        f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
+        for item in error.errors(include_input=False)
+    )

@@ -60,12 +60,14 @@ class HL7ParseError(ValueError):
 
 @dataclass(frozen=True)
 class Encoding:
-    """The delimiters of MSH-1 and MSH-2 (the truncation character exists from v2.7)."""
+    """The delimiters of MSH-1 and MSH-2 (the truncation character exists from v2.7). ``escape``
+    is None for an MSH-2 of three characters (``^~&``, as some analysers send): nothing is an
+    escape sequence then."""
 
     field: str = "|"
     component: str = "^"
     repetition: str = "~"
-    escape: str = "\\"
+    escape: str | None = "\\"
     subcomponent: str = "&"
     truncation: str | None = None
 
@@ -124,7 +126,9 @@ class Segment:
         value = _nth(raw, encoding.repetition, repetition)
         value = _nth(value, encoding.component, component - 1)
         value = _nth(value, encoding.subcomponent, subcomponent - 1)
-        return unescape(value, encoding, self._charset) if encoding.escape in value else value
+        if encoding.escape is None or encoding.escape not in value:
+            return value
+        return unescape(value, encoding, self._charset)
 
     def components(self, n: int, repetition: int = 0) -> list[str]:
         """The components of one repetition of field n (each its first subcomponent), unescaped;
@@ -147,7 +151,7 @@ class Segment:
         parts = text.split(encoding.component)
         if encoding.subcomponent in text:
             parts = [part.split(encoding.subcomponent, 1)[0] for part in parts]
-        if encoding.escape in text:
+        if encoding.escape is not None and encoding.escape in text:
             parts = [unescape(part, encoding, self._charset) for part in parts]
         return parts
 
@@ -175,7 +179,7 @@ class Segment:
                 [[part] for part in repetition.split(component_separator)]
                 for repetition in raw.split(encoding.repetition)
             ]
-        if encoding.escape not in raw:
+        if encoding.escape is None or encoding.escape not in raw:
             return split
         charset = self._charset
         return [
@@ -223,10 +227,11 @@ def parse(data: bytes | str, fallback_charset: str | None = None) -> Message:
     r"""Tokenize one message (or an FHS/BHS batch, envelope segments included).
 
     Bytes are decoded as MSH-18 says, else with `fallback_charset`; text is taken as decoded
-    already, MSH-18 then only decides how `\Xhh\` escapes decode.
+    already, MSH-18 then only decides how `\Xhh\` escapes decode. A leading byte order mark is
+    dropped either way.
     """
     if isinstance(data, str):
-        text, charset = data, None
+        text, charset = data.removeprefix("\ufeff"), None
     else:
         text, charset = _decode(bytes(data), fallback_charset)
     lines = _segment_lines(text)
@@ -243,7 +248,7 @@ def parse(data: bytes | str, fallback_charset: str | None = None) -> Message:
 def unescape(text: str, encoding: Encoding = DEFAULT_ENCODING, charset: str = "ascii") -> str:
     """Resolve the escape sequences of one value (HL7 v2 chapter 2, escape sequences)."""
     escape_char = encoding.escape
-    if escape_char not in text:
+    if escape_char is None or escape_char not in text:
         return text
     parts = text.split(escape_char)
     unescaped = [parts[0]]
@@ -259,7 +264,12 @@ def unescape(text: str, encoding: Encoding = DEFAULT_ENCODING, charset: str = "a
 
 
 def escape(text: str, encoding: Encoding = DEFAULT_ENCODING) -> str:
-    r"""Escape one value for ER7: the delimiters as \F\ \S\ \T\ \R\ \E\ \P\, LF as \.br\."""
+    r"""Escape one value for ER7: the delimiters as \F\ \S\ \T\ \R\ \E\ \P\, LF as \.br\.
+    Without an escape character (MSH-2 of three) a value holding a delimiter cannot be written."""
+    if encoding.escape is None:
+        if any(delimiter in text for delimiter in _delimiters_by_code(encoding).values()):
+            raise ValueError("a delimiter cannot be escaped without an escape character")
+        return text
     return text.translate(_escape_table(encoding))
 
 
@@ -267,8 +277,12 @@ def split_batch(data: bytes) -> list[bytes]:
     """Split a batch file (FHS/BHS … BTS/FTS, or plain concatenated messages) into messages.
 
     Envelope segments are dropped; each message ends in CR. A BTS-1 count that disagrees with
-    the messages of its batch raises HL7ParseError 100 (the file is truncated or damaged).
+    the messages of its batch raises HL7ParseError 100 (the file is truncated or damaged). A file
+    that starts with a UTF-8 byte order mark gives it to each of its messages, so that each is
+    read as UTF-8 (a BOM outranks MSH-18).
     """
+    bom = codecs.BOM_UTF8 if data.startswith(codecs.BOM_UTF8) else b""
+    data = data[len(bom) :]
     messages: list[list[bytes]] = []
     batch_start = 0
     batches = 0
@@ -288,7 +302,7 @@ def split_batch(data: bytes) -> list[bytes]:
             messages[-1].append(line)
         else:
             raise HL7ParseError("100", "a segment precedes the first MSH of the batch")
-    return [b"\r".join(segments) + b"\r" for segments in messages]
+    return [bom + b"\r".join(segments) + b"\r" for segments in messages]
 
 
 def _decode(data: bytes, fallback_charset: str | None) -> tuple[str, str]:
@@ -379,7 +393,7 @@ def _encoding_of(name: str, separator: str, characters: str) -> Encoding:
     location = f"{name}^1^2"
     if not characters:
         raise HL7ParseError("101", f"{name}-2 (encoding characters) is missing", location)
-    if len(characters) not in (4, 5):
+    if len(characters) not in (3, 4, 5):
         reason = f"{name}-2 has {len(characters)} encoding characters, not 4 (or 5 from v2.7)"
         raise HL7ParseError("102", reason, location)
     delimiters = separator + characters
@@ -388,9 +402,21 @@ def _encoding_of(name: str, separator: str, characters: str) -> Encoding:
     if any(char.isalnum() or char.isspace() for char in delimiters):
         reason = f"{name}-1 and {name}-2 may not use letters, digits or white space"
         raise HL7ParseError("102", reason, location)
+    if len(characters) == 3:
+        return _without_escape(name, separator, characters)
     component, repetition, escape_char, subcomponent = characters[:4]
     truncation = characters[4] if len(characters) == 5 else None
     return Encoding(separator, component, repetition, escape_char, subcomponent, truncation)
+
+
+def _without_escape(name: str, separator: str, characters: str) -> Encoding:
+    r"""``^~&``: component, repetition and subcomponent separators, no escape character. With a
+    backslash among them it is the subcomponent separator that is missing (``^~\``): refused."""
+    if "\\" in characters:
+        reason = f"{name}-2 has 3 encoding characters and the subcomponent separator is missing"
+        raise HL7ParseError("102", reason, f"{name}^1^2")
+    component, repetition, subcomponent = characters
+    return Encoding(separator, component, repetition, None, subcomponent)
 
 
 def _split_segments(lines: list[str], separator: str) -> list[list[str]]:
@@ -460,8 +486,9 @@ def _delimiters_by_code(encoding: Encoding) -> dict[str, str]:
         "S": encoding.component,
         "T": encoding.subcomponent,
         "R": encoding.repetition,
-        "E": encoding.escape,
     }
+    if encoding.escape is not None:
+        delimiters["E"] = encoding.escape
     if encoding.truncation is not None:
         delimiters["P"] = encoding.truncation
     return delimiters
