@@ -14,21 +14,22 @@ from gateway.mllp.intake import Hl7Intake
 from mappings.hl7v2.oru import LabReport, to_lab_report
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory, SendersFileError
 from mappings.hl7v2.tokenizer import parse
-from tests.conftest import run
+from rems_core.rulepack import DEFAULT_PACK
+from tests.conftest import PACKS, run
 from tests.test_hl7_intake import NOW, errors, fixture, intake
 from tests.test_service import registry
 
 __all__ = ["intake"]  # the fixture, shared with tests/test_hl7_intake.py
 
 EST = timezone(timedelta(hours=-5))
-RELEVANT = {"751-8", "770-8", "6690-2"}
+PACK = PACKS.get(DEFAULT_PACK)
 ANY_SENDER = SenderConfig(application="LAB")
 MSH = "MSH|^~\\&|LAB|GH|REMS|REMS|20211203120000+0000||ORU^R01^ORU_R01|DT1|P|2.5.1"
 PID = "PID|1||MRN123^^^GH&2.16.840.1.113883.3.999.1&ISO^MR"
 
 
 def report(message: bytes | str, sender: SenderConfig = ANY_SENDER) -> LabReport:
-    return to_lab_report(parse(message), sender, RELEVANT, UTC)
+    return to_lab_report(parse(message), sender, PACK, UTC)
 
 
 def oru(obr_7: str = "", obr_14: str = "", obx_14: str = "", spm_17: str | None = None) -> str:
