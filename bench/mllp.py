@@ -41,12 +41,14 @@ from sqlalchemy import Engine, func, select
 
 from gateway.app.bootstrap import assemble
 from gateway.app.context import UnitContext
+from gateway.app.service import RemsService
 from gateway.app.values import Source
 from gateway.metrics import GatewayMetrics
 from gateway.mllp.listener import Hl7Listener
 from gateway.mllp.server import END_BLOCK, START_BLOCK, MllpServer, MllpSettings, PeerInfo
 from gateway.scenarios.runner import DatabaseFactory
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
+from rems_core.model import Identifier, LabResult, ResultStatus
 from rems_core.registry import RegistryDocument
 from rems_core.rulepack import PackLibrary
 from rems_core.store import tables
@@ -66,9 +68,11 @@ SENDERS = SenderDirectory(
     senders=[
         SenderConfig(application="LAB", facility="GENERAL HOSP"),
         SenderConfig(application="LABSYS", facility="COUNTY", local_codes={"ANC": "751-8"}),
+        SenderConfig(application="PHARMSYS", facility="GENERAL HOSP"),
     ],
 )
 TARGET_8_RATE, TARGET_8_P99_MS, TARGET_1_RATE = 2000.0, 25.0, 600.0
+ORDER_TARGET_8_RATE, ORDER_TARGET_8_P99_MS = 800.0, 25.0  # issue 14: decisions durably stored
 
 FAMILY = ["Doe", "Nguyen", "Garcia", "Smith", "Okafor", "Kowalski", "Haddad", "Tanaka", "Silva"]
 GIVEN = ["Jane", "John", "Maria", "Wei", "Amara", "Piotr", "Layla", "Kenji", "Ana", "Sam"]
@@ -294,6 +298,54 @@ KINDS: list[tuple[str, Callable[[str, int, int, datetime, random.Random], str], 
 ]
 
 
+def _order(cid: str, n: int, patient: int, now: datetime, rng: random.Random) -> str:
+    """RDE^O11 v2.5.1 as an outpatient pharmacy system sends a clozapine refill: the
+    prescriber in ORC-12, RxNorm in RXE-2, days supply in TQ1-6, the pharmacy in RXE-40."""
+    mrn = f"MRN{patient:06d}"
+    sent = hl7_ts(now)
+    days = rng.choice([7, 7, 7, 14, 28])
+    tablets = days * rng.choice([1, 2, 3])
+    return (
+        "\r".join(
+            [
+                f"MSH|^~\\&|PHARMSYS|GENERAL HOSP|REMS|REMS|{sent}||RDE^O11^RDE_O11|{cid}|P|2.5.1",
+                f"PID|1||{mrn}^^^GH&{MRN_SYSTEM}&ISO^MR||{FAMILY[patient % len(FAMILY)]}"
+                f"^{GIVEN[patient % len(GIVEN)]}",
+                "PV1|1|O|CLOZ^^^GH",
+                f"ORC|NW|RX{n:08d}|||||||{sent}|||{PRESCRIBER}^Lee^Ann^^^^MD^^NPI" + "|" * 17 + "O",
+                f"RXE||197536^clozapine 100 MG Oral Tablet^RXNORM|100||mg^milligram^UCUM"
+                f"|TAB^tablet^HL70292||||{tablets}|TAB^tablet^HL70292"
+                + "|" * 29
+                + f"{PHARMACY}^General Hospital Pharmacy^NPI",
+                f"TQ1|1||QD^daily^HL70335|||{days}^d",
+            ]
+        )
+        + "\r"
+    )
+
+
+def order_workload(count: int, now: datetime, seed: int = 2) -> Workload:
+    """``count`` RDE^O11 dispense checks for the enrolled patients, about 0.5 % resends."""
+    rng = random.Random(seed)
+    work = Workload([], [])
+    resend_at = set(rng.sample(range(count // 10 or 1, count), max(1, count // 200)))
+    for i in range(count):
+        if i in resend_at:
+            original = rng.randrange(0, i)
+            while original in work.duplicates:
+                original = rng.randrange(0, i)
+            work.duplicates[i] = original
+            work.messages.append(work.messages[original])
+            work.control_ids.append(work.control_ids[original])
+            work.kinds["resend (same control id and bytes)"] += 1
+            continue
+        cid = f"RX{seed:02d}{i:07d}"
+        work.messages.append(_order(cid, i, rng.randrange(PATIENTS), now, rng).encode("ascii"))
+        work.control_ids.append(cid)
+        work.kinds["RDE^O11 clozapine refill (v2.5.1)"] += 1
+    return work
+
+
 def workload(count: int, now: datetime, seed: int = 1) -> Workload:
     """``count`` ORU^R01 messages in sending order, about 0.5 % of them resends of an earlier
     message (same control id, same bytes); draw times spread from enrollment to now."""
@@ -400,6 +452,17 @@ async def drive(port: int, work: Workload, connections: int) -> Run:
     )
 
 
+def order_outcomes(run: Run) -> Counter[str]:
+    """The decisions the RRE^O12 answers carry (ORC-16.1), one per order."""
+    found: Counter[str] = Counter()
+    for reply in run.replies.values():
+        for segment in reply.split(b"\r"):
+            fields = segment.split(b"|")
+            if fields[0] == b"ORC" and len(fields) > 16:
+                found[fields[16].split(b"^")[0].decode()] += 1
+    return found
+
+
 def check_acks(work: Workload, run: Run) -> Counter[str]:
     """ACK codes by MSA-1; every MSA-2 must be the message's control id."""
     codes: Counter[str] = Counter()
@@ -473,9 +536,12 @@ class Gateway(Target):
     migrated database holding the registry; every message with its results and its ACK is
     committed before the ACK leaves."""
 
-    def __init__(self, factory: DatabaseFactory, packs: PackLibrary, label: str) -> None:
+    def __init__(
+        self, factory: DatabaseFactory, packs: PackLibrary, label: str, orders: bool = False
+    ) -> None:
         self.factory, self.packs, self.label = factory, packs, label
         self.today = datetime.now(UTC).date()
+        self.orders = orders  # dispense checks: every patient gets a recent ANC first
 
     async def start(self) -> int:
         self.url = self.factory.fresh_url()
@@ -483,6 +549,8 @@ class Gateway(Target):
         application = assemble(self.engine, UnitContext(self.packs))
         self.writer, self.service = application.writer, application.service
         await self.service.load_registry(registry(self.today), Source("bench"))
+        if self.orders:
+            await recent_ancs(self.service)
         metrics = GatewayMetrics(self.writer)  # as `serve` does: ACK codes and latency
         self.listener = Hl7Listener(
             self.service, SENDERS, MllpSettings(host=HOST, port=0), on_ack=metrics.count_ack
@@ -498,6 +566,15 @@ class Gateway(Target):
         self.writer.stop()
         self.engine.dispose()
         self.factory.drop(self.url)
+
+
+async def recent_ancs(service: RemsService) -> None:
+    """A normal ANC drawn yesterday for every patient, so that refills can be authorized."""
+    drawn = datetime.now(UTC) - timedelta(days=1)
+    for i in range(PATIENTS):
+        mrn = [Identifier(f"urn:oid:{MRN_SYSTEM}", f"MRN{i:06d}")]
+        result = LabResult("751-8", "2400", "/uL", drawn, ResultStatus.FINAL, f"bench|ANC{i}")
+        await service.ingest_labs(mrn, [result], Source("bench"), drawn + timedelta(hours=2))
 
 
 def stored_messages(engine: Engine) -> Counter[str]:
@@ -597,11 +674,26 @@ def print_targets(results: dict[int, list[Row]], gateway: int) -> None:
         )
 
 
+def print_order_targets(results: dict[int, list[Row]], gateway: int) -> None:
+    print("\ntargets (issue 14, RDE^O11 -> RRE^O12, SQLite synchronous=FULL):")
+    if 8 in results:
+        row = results[8][gateway]
+        rate, p99 = row.rate, row.median(lambda r: r.p99_ms)
+        wanted, limit = ORDER_TARGET_8_RATE, ORDER_TARGET_8_P99_MS
+        print(f"  8 connections >= {wanted:.0f} decisions/s: {rate:.0f}  {verdict(rate >= wanted)}")
+        print(f"  8 connections p99 <= {limit:.0f} ms: {p99:.1f}  {verdict(p99 <= limit)}")
+
+
 async def profile_gateway(
-    factory: DatabaseFactory, packs: PackLibrary, work: Workload, connections: int, top: int
+    factory: DatabaseFactory,
+    packs: PackLibrary,
+    work: Workload,
+    connections: int,
+    top: int,
+    orders: bool,
 ) -> None:
     """cProfile of the event-loop thread and of the writer thread over one gateway run."""
-    target = Gateway(factory, packs, "(c) gateway")
+    target = Gateway(factory, packs, "(c) gateway", orders)
     port = await target.start()
     loop_profile, writer_profile = cProfile.Profile(), cProfile.Profile()
     target.writer.call(lambda _store: writer_profile.enable())  # profiles the writer's thread
@@ -628,12 +720,14 @@ async def profile_gateway(
 
 async def bench(args: argparse.Namespace) -> None:
     packs = PackLibrary()
-    work = workload(args.messages, datetime.now(UTC))
+    now = datetime.now(UTC)
+    work = order_workload(args.messages, now) if args.orders else workload(args.messages, now)
     sqlite = DatabaseFactory()
     postgres = DatabaseFactory(args.postgres_url) if args.postgres_url else None
     try:
         if args.profile:
-            await profile_gateway(sqlite, packs, work, args.connections[-1], args.profile)
+            connections = args.connections[-1]
+            await profile_gateway(sqlite, packs, work, connections, args.profile, args.orders)
             return
         gateways: list[tuple[str, DatabaseFactory]] = [("(c) gateway, SQLite durable", sqlite)]
         if postgres is not None:
@@ -643,19 +737,22 @@ async def bench(args: argparse.Namespace) -> None:
             for n in args.connections
         }
         codes: dict[str, Counter[str]] = {}
+        decided: dict[str, Counter[str]] = {}
         stored: dict[str, Counter[str]] = {}
         writer_batches: dict[tuple[str, int], list[float]] = {}
         started = time.perf_counter()
         for run in range(args.runs):
             for n in args.connections:
                 targets: list[Target] = [TransportOnly(), PythonHl7()]
-                targets += [Gateway(f, packs, label) for label, f in gateways]
+                targets += [Gateway(f, packs, label, args.orders) for label, f in gateways]
                 for row, target in zip(results[n], targets, strict=True):
                     measured = await measure(target, work, n, args.gc_freeze)
                     if not isinstance(target, TransportOnly):
                         codes[row.label] = check_acks(work, measured)
                     if isinstance(target, Gateway):
                         check_resends(work, measured)
+                        if args.orders:
+                            decided[row.label] = order_outcomes(measured)
                         stored[row.label] = target.stored
                         units, commits = target.batches
                         writer_batches.setdefault((row.label, n), []).append(units / commits)
@@ -669,13 +766,18 @@ async def bench(args: argparse.Namespace) -> None:
         print("\nACK codes and what the gateway stored (last run):")
         for label, counted in codes.items():
             print(f"  {label}: ACKs {dict(counted)}")
+        for label, counted in decided.items():
+            print(f"  {label}: decisions (ORC-16) {dict(counted)}")
         for label, counted in stored.items():
             print(f"  {label}: stored {sum(counted.values())} messages {dict(counted)}")
         for (label, n), sizes in writer_batches.items():
             print(
                 f"  {label}, {n} connection(s): {statistics.median(sizes):.2f} messages per commit"
             )
-        print_targets(results, gateway=2)
+        if args.orders:
+            print_order_targets(results, gateway=2)
+        else:
+            print_targets(results, gateway=2)
         print(f"\ntotal {time.perf_counter() - started:.0f}s")
     finally:
         sqlite.close()
@@ -699,7 +801,8 @@ def print_summary(
     size = sum(len(m) for m in work.messages) / len(work.messages)
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(
-        f"\n{len(work.messages)} ORU^R01 messages ({work.unique} unique control ids,"
+        f"\n{len(work.messages)} {'RDE^O11' if args.orders else 'ORU^R01'} messages"
+        f" ({work.unique} unique control ids,"
         f" {size:.0f} bytes on average), {PATIENTS} enrolled patients; medians of {args.runs}"
         f" runs; Python {sys.version.split()[0]}, {loop} event loop, {os.cpu_count()} cores"
     )
@@ -749,6 +852,11 @@ def main() -> None:
         " (the gateway does not do this by itself)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--orders",
+        action="store_true",
+        help="RDE^O11 dispense checks answered RRE^O12 instead of ORU^R01 lab results",
+    )
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("REMS_BENCH_POSTGRES_URL")
