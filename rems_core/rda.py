@@ -96,7 +96,7 @@ _STATE_REFUSALS = {
 
 
 def dispense_refusals(issued: IssuedRda, record: DispenseRecord) -> tuple[Finding, ...]:
-    """docs/rules.md §6.5: an RDA is dispensed at most once, within its validity and its days
+    """docs/rules.md §6.4: an RDA is dispensed at most once, within its validity and its days
     supply; every reason it refuses this dispense (none: it may be recorded)."""
     number = issued.rda.number
     state = issued.state_at(record.dispensed_at)

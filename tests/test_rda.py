@@ -1,4 +1,4 @@
-"""The RDA's life (docs/rules.md §6.5) through the application service, on SQLite and
+"""The RDA's life (docs/rules.md §6.4) through the application service, on SQLite and
 PostgreSQL: an order's end voids it, it is dispensed at most once, within its validity and its
 days supply, it expires, and every change of state is an audit record."""
 

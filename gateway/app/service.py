@@ -230,7 +230,7 @@ class RemsService:
             observe(decision)
         return decision
 
-    # --- the RDA's life (docs/rules.md §6.5) ------------------------------------------------
+    # --- the RDA's life (docs/rules.md §6.4) ------------------------------------------------
 
     async def end_order(self, end: OrderEnd, source: Source) -> OrderEnded:
         """An order cancelled or discontinued (HL7 ORC-1 `CA`/`DC`): the RDA of the decision

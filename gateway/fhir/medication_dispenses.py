@@ -38,7 +38,7 @@ TYPE = "MedicationDispense"
 async def create_medication_dispense(
     request: Request, principal: Annotated[Principal, requires(TYPE, "create")]
 ) -> Response:
-    """Record a dispense against the RDA its authorizingPrescription names (docs/rules.md §6.5)."""
+    """Record a dispense against the RDA its authorizingPrescription names (docs/rules.md §6.4)."""
     check_format(request)
     data = await json_body(request)
     now = clinical_now(request, data)

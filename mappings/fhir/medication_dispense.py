@@ -1,5 +1,5 @@
 """MedicationDispense ⇄ a dispense record and what became of it (docs/contracts.md §5, docs/rules.md
-§6.5); a MedicationRequest's end (`cancelled`/`stopped`).
+§6.4); a MedicationRequest's end (`cancelled`/`stopped`).
 
 In: `authorizingPrescription` — a literal reference to the gateway's MedicationRequest (its RDA,
 else its request id), or a logical one by identifier: system `urn:rems-gateway:rda` names the

@@ -228,7 +228,7 @@ class DecisionRow(SQLModel, table=True):
 
 
 class RdaRow(SQLModel, table=True):
-    """An RDA and its life (docs/rules.md §6.5): issued → dispensed | voided | expired."""
+    """An RDA and its life (docs/rules.md §6.4): issued → dispensed | voided | expired."""
 
     __tablename__ = "rda"
     __table_args__ = (

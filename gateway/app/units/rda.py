@@ -1,4 +1,4 @@
-"""The RDA's life inside the service's units of work (docs/rules.md §6.5): an order's end voids
+"""The RDA's life inside the service's units of work (docs/rules.md §6.4): an order's end voids
 its RDA, a dispense is recorded against it (or refused), and the scheduler expires it. Every
 change of state is an audit record; a resend is answered from the store."""
 
