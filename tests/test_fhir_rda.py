@@ -202,3 +202,23 @@ def test_etasu_reports_a_dispensed_rda_and_an_expired_one(fhir: httpx.Client) ->
     assert etasu_state(fhir, number, "2022-03-10T10:00:00Z") == "expired"  # before any job
     send(fhir, dispense(number))
     assert etasu_state(fhir, number, "2022-03-10T10:00:00Z") == "dispensed"
+
+
+def test_a_medication_request_sent_again_cancelled_ends_the_order_its_identifier_names(
+    fhir: httpx.Client,
+) -> None:
+    resource_id, number = ordered(fhir)
+    body = fixture("medicationrequest-outpatient.json") | {"status": "cancelled"}
+    ended = post(fhir, body, at="2022-03-02T12:00:00Z")
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["id"] == resource_id and ended.headers["etag"] == 'W/"2"'
+    assert decision_parts(ended.json()["extension"])["rda"]["value"] == number
+    assert etasu_state(fhir, number, "2022-03-02T13:00:00Z") == "voided"
+
+
+def test_cancelling_an_order_never_decided_is_order_not_found(fhir: httpx.Client) -> None:
+    body = fixture("medicationrequest-outpatient.json") | {"status": "stopped"}
+    response = post(fhir, body, at="2022-03-02T12:00:00Z")
+    assert response.status_code == 422
+    (issue,) = response.json()["issue"]
+    assert issue["details"]["coding"][0]["code"] == "ORDER_NOT_FOUND"

@@ -229,10 +229,10 @@ class MedicationDispenseRecorded:
 
 @dataclass(frozen=True)
 class MedicationRequestEnd:
-    """A MedicationRequest updated to `cancelled`/`stopped`: its next version (the decision of
-    the original kept) and the order's end."""
+    """A MedicationRequest updated to `cancelled`/`stopped` (a PUT to its id, or a create with
+    its identifier): its next version (the decision of the original kept) and the order's end."""
 
-    resource_id: str
+    resource_id: str | None  # None: the MedicationRequest the draft's identifier names
     draft: ResourceDraft  # the next version as sent (its decision extension is not taken)
     at: datetime
     action: OrderAction
@@ -240,5 +240,5 @@ class MedicationRequestEnd:
 
 @dataclass(frozen=True)
 class MedicationRequestEnded:
-    recorded: Recorded
+    recorded: Recorded | None  # None: no MedicationRequest has its identifier (ORDER_NOT_FOUND)
     ended: OrderEnded

@@ -9,7 +9,7 @@ RDA, and the new version keeps the original's decision (an update is no new disp
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
@@ -74,7 +74,12 @@ async def create_medication_request(
     check_format(request)
     data = await json_body(request)
     now = clinical_now(request, data)
-    found = read_medication_request(validated(data, TYPE), now)
+    model = validated(data, TYPE)
+    action = ENDS.get(str(model.status))
+    if action is not None:  # the end of the order its identifier names, never a new check
+        end = MedicationRequestEnd(None, _draft(data, model), now, action)
+        return await _end(request, end, principal)
+    found = read_medication_request(model, now)
     if found.request is None or found.subject is None:
         raise FhirError(422, "invalid", "", issues=found.problems)
     draft = ResourceDraft(
@@ -116,19 +121,23 @@ async def end_medication_request(
             "a new order is a new MedicationRequest",
             (f"{TYPE}.status",),
         )
+    draft = replace(_draft(data, model), resource_id=resource_id)
+    draft = replace(draft, if_match=version_of(if_match) if if_match else None)
+    return await _end(request, MedicationRequestEnd(resource_id, draft, now, action), principal)
+
+
+def _draft(data: dict[str, Any], model: Any) -> ResourceDraft:
     identifier = request_id(model.identifier)[1]
-    expected = version_of(if_match) if if_match else None
-    draft = ResourceDraft(
-        TYPE, data, content_hash(data), ResourceIndex(identifier=identifier), resource_id
-    )
-    draft = replace(draft, if_match=expected)
-    end = MedicationRequestEnd(resource_id, draft, now, action)
+    return ResourceDraft(TYPE, data, content_hash(data), ResourceIndex(identifier=identifier))
+
+
+async def _end(request: Request, end: MedicationRequestEnd, principal: Principal) -> Response:
     try:
         done = await service_of(request).end_medication_request(
             end, Source("fhir", principal.client_id)
         )
     except UnknownResource:
-        raise FhirError(404, "not-found", f"{TYPE}/{resource_id} is not known") from None
+        raise FhirError(404, "not-found", f"{TYPE}/{end.resource_id} is not known") from None
     except RequestConflict:
         raise FhirError(
             409, "conflict", "an update may not change the request id (identifier)"
@@ -137,6 +146,10 @@ async def end_medication_request(
         raise FhirError(
             412, "conflict", "If-Match names another version than the current one"
         ) from None
+    if done.recorded is None:
+        (missing,) = done.ended.findings
+        issue = Issue("error", "not-found", missing.text, (f"{TYPE}.identifier",), missing.code)
+        raise FhirError(422, "not-found", "", issues=[issue])
     return written(request, done.recorded.resource, False, _end_issues(done.ended))
 
 

@@ -44,6 +44,7 @@ from rems_core.model import (
 )
 from rems_core.rda import OrderEnd
 from rems_core.rulepack import RulePack
+from rems_core.store.fhir_repo import StoredResource
 from rems_core.store.repo import Store
 
 
@@ -165,7 +166,14 @@ def record_medication_dispense(
         draft = replace(
             draft, index=replace(draft.index, patient_id=_rda_patient(store, filed.rda))
         )
-    recorded = put(ctx, store, draft, record.dispensed_at, lambda body: with_outcome(body, filed))
+    recorded = put(
+        ctx,
+        store,
+        draft,
+        record.dispensed_at,
+        lambda body: with_outcome(body, filed),
+        owner=source.actor,  # a resend without an identifier is found by its content
+    )
     return MedicationDispenseRecorded(recorded, filed)
 
 
@@ -179,9 +187,10 @@ def end_medication_request(
 ) -> MedicationRequestEnded:
     """The MedicationRequest's next version keeps the original's decision; the RDA of that
     decision is voided. The same update again changes nothing and answers the same."""
-    current = store.current_resource("MedicationRequest", end.resource_id)
+    current = _ended_request(store, end)
     if current is None:
-        raise UnknownResource(f"MedicationRequest/{end.resource_id}")
+        order = prescription_of(end.draft.body)[1] or "none named"
+        return MedicationRequestEnded(None, rda_unit.order_not_found(order))
     request_id = prescription_of(current.body)[1]
     if prescription_of(end.draft.body)[1] != request_id:
         raise RequestConflict("an update may not change the request id (identifier)")
@@ -189,8 +198,20 @@ def end_medication_request(
     issued = store.rda_of_decision(decision_id) if decision_id else None
     order = OrderEnd(request_id or f"MedicationRequest/{current.id}", end.action, end.at)
     ended = rda_unit.void(ctx, store, issued, order, source)
-    draft = replace(end.draft, index=replace(end.draft.index, patient_id=current.patient_id))
+    index = replace(end.draft.index, patient_id=current.patient_id)
+    draft = replace(end.draft, index=index, resource_id=current.id)
     recorded = put(
         ctx, store, draft, end.at, lambda body: with_original_decision(body, current.body)
     )
     return MedicationRequestEnded(recorded, ended)
+
+
+def _ended_request(store: Store, end: MedicationRequestEnd) -> StoredResource | None:
+    """The MedicationRequest an end names: by id (raises UnknownResource), else by identifier."""
+    if end.resource_id is not None:
+        current = store.current_resource("MedicationRequest", end.resource_id)
+        if current is None:
+            raise UnknownResource(f"MedicationRequest/{end.resource_id}")
+        return current
+    identifier = end.draft.index.identifier
+    return store.resource_by_identifier("MedicationRequest", identifier) if identifier else None

@@ -45,10 +45,12 @@ def _change(
 def end_order(ctx: UnitContext, store: Store, end: OrderEnd, source: Source) -> OrderEnded:
     """The order whose request id ``end`` names: its RDA voided, if it is still issued."""
     if store.decision_for_request(end.request_id) is None:
-        return OrderEnded(
-            False, False, findings=(finding(Code.ORDER_NOT_FOUND, order=end.request_id),)
-        )
+        return order_not_found(end.request_id)
     return void(ctx, store, store.rda_for_request(end.request_id), end, source)
+
+
+def order_not_found(order: str) -> OrderEnded:
+    return OrderEnded(False, False, findings=(finding(Code.ORDER_NOT_FOUND, order=order),))
 
 
 def void(
