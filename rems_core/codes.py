@@ -48,6 +48,13 @@ class Code(StrEnum):
     NO_PENDING_PSF = "NO_PENDING_PSF"
     MONITORING_LESS_FREQUENT_THAN_RECOMMENDED = "MONITORING_LESS_FREQUENT_THAN_RECOMMENDED"
     ANC_BELOW_INITIATION_THRESHOLD = "ANC_BELOW_INITIATION_THRESHOLD"
+    # §6.4 the RDA's life: dispense records and an order's end
+    RDA_ALREADY_DISPENSED = "RDA_ALREADY_DISPENSED"
+    RDA_EXPIRED = "RDA_EXPIRED"
+    RDA_VOIDED = "RDA_VOIDED"
+    RDA_SUPPLY_EXCEEDED = "RDA_SUPPLY_EXCEEDED"
+    DISPENSE_WITHOUT_RDA = "DISPENSE_WITHOUT_RDA"
+    ORDER_NOT_FOUND = "ORDER_NOT_FOUND"
 
 
 TEXT: dict[Code, str] = {
@@ -127,6 +134,18 @@ TEXT: dict[Code, str] = {
     Code.ANC_BELOW_INITIATION_THRESHOLD: (
         "Enrollment ANC {anc}/µL is below the label's initiation threshold of {threshold}/µL."
     ),
+    Code.RDA_ALREADY_DISPENSED: (
+        "RDA {rda} was dispensed already ({since}); a refill needs a new dispense check."
+    ),
+    Code.RDA_EXPIRED: "RDA {rda} expired at {since}; a new dispense check is needed.",
+    Code.RDA_VOIDED: "RDA {rda} was voided ({since}): its order was cancelled or discontinued.",
+    Code.RDA_SUPPLY_EXCEEDED: (
+        "RDA {rda} authorizes at most {authorized} days supply ({days} days dispensed)."
+    ),
+    Code.DISPENSE_WITHOUT_RDA: (
+        "Clozapine dispensed without a known RDA ({named}): recorded for a pharmacist to review."
+    ),
+    Code.ORDER_NOT_FOUND: "No dispense decision is known for order {order}: nothing was voided.",
 }
 
 

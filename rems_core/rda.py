@@ -10,6 +10,9 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from rems_core.codes import Code, finding
+from rems_core.model import Finding, Rda
+
 
 class RdaState(StrEnum):
     ISSUED = "issued"
@@ -46,3 +49,69 @@ class DispenseRecord:
     days_supply: int | None
     dispensed_at: datetime
     pharmacy_npi: str | None = None
+
+
+class DispenseOutcome(StrEnum):
+    RECORDED = "recorded"  # against its RDA, or (clozapine, no RDA known) with a warning
+    REFUSED = "refused"  # the RDA does not allow it: stored with the refusals
+    IGNORED = "ignored"  # not clozapine: nothing of the REMS applies
+
+
+@dataclass(frozen=True)
+class DispenseFiled:
+    """What became of a dispense record: recorded (perhaps with DISPENSE_WITHOUT_RDA), refused
+    with the RDA_* reasons, or ignored (not clozapine); the RDA it names and its state now."""
+
+    outcome: DispenseOutcome
+    reasons: tuple[Finding, ...] = ()
+    warnings: tuple[Finding, ...] = ()
+    rda: str | None = None
+    rda_state: RdaState | None = None
+    record_id: str | None = None  # the stored dispense record (None: ignored)
+    again: bool = False  # the same record sent before: the stored answer
+
+
+@dataclass(frozen=True)
+class IssuedRda:
+    """An RDA as stored: what it authorizes, its state, and when and why that state began."""
+
+    rda: Rda
+    decision_id: str
+    state: RdaState = RdaState.ISSUED
+    changed_at: datetime | None = None  # None: issued and never changed
+    why: str = ""
+
+    def state_at(self, at: datetime) -> RdaState:
+        """An issued RDA past its validity is expired, whether or not the scheduler said so."""
+        if self.state == RdaState.ISSUED and at > self.rda.valid_until:
+            return RdaState.EXPIRED
+        return self.state
+
+
+_STATE_REFUSALS = {
+    RdaState.DISPENSED: Code.RDA_ALREADY_DISPENSED,
+    RdaState.VOIDED: Code.RDA_VOIDED,
+    RdaState.EXPIRED: Code.RDA_EXPIRED,
+}
+
+
+def dispense_refusals(issued: IssuedRda, record: DispenseRecord) -> tuple[Finding, ...]:
+    """docs/rules.md §6.4: an RDA is dispensed at most once, within its validity and its days
+    supply; every reason it refuses this dispense (none: it may be recorded)."""
+    number = issued.rda.number
+    state = issued.state_at(record.dispensed_at)
+    refusals: list[Finding] = []
+    if state in _STATE_REFUSALS:
+        expired = state == RdaState.EXPIRED or issued.changed_at is None
+        since = issued.rda.valid_until if expired else issued.changed_at
+        assert since is not None
+        text = since.isoformat(timespec="minutes")
+        refusals.append(finding(_STATE_REFUSALS[state], rda=number, since=text))
+    supply = issued.rda.max_days_supply
+    if record.days_supply is not None and record.days_supply > supply:
+        refusals.append(
+            finding(
+                Code.RDA_SUPPLY_EXCEEDED, rda=number, authorized=supply, days=record.days_supply
+            )
+        )
+    return tuple(refusals)

@@ -96,7 +96,13 @@ def post(
 
 def decision_parts(extensions: list[dict[str, Any]]) -> dict[str, Any]:
     """Our decision extension as {url: value} (reasons and warnings as lists of codes)."""
-    found = next(e for e in extensions if e["url"] == DECISION)
+    return extension_parts(extensions, DECISION)
+
+
+def extension_parts(extensions: list[dict[str, Any]], url: str) -> dict[str, Any]:
+    """One of our extensions with sub-extensions as {url: value} (reasons and warnings as lists
+    of codes)."""
+    found = next(e for e in extensions if e["url"] == url)
     parts: dict[str, Any] = {"reason": [], "warning": []}
     for part in found["extension"]:
         value = next(v for k, v in part.items() if k.startswith("value"))

@@ -21,6 +21,7 @@ from rems_core.model import (
     PsfOutcome,
     to_plain,
 )
+from rems_core.rda import DispenseFiled, IssuedRda, RdaState
 from rems_core.rulepack import RulePack
 
 
@@ -180,4 +181,50 @@ def review(
         input_ref=",".join(f"review/{i}" for i in item_ids),
         outcome=outcome,
         warnings=findings,
+    )
+
+
+def rda_change(
+    recorded: datetime,
+    source: Source,
+    issued: IssuedRda,
+    state: RdaState,
+    at: datetime,
+    why: str,
+) -> AuditEntry:
+    """An RDA left `issued`: dispensed, voided or expired (its number, never the patient's)."""
+    change = {"rda": issued.rda.number, "from": issued.state.value, "to": state.value, "why": why}
+    return _entry(
+        recorded,
+        source,
+        at,
+        kind="rda",
+        subject=issued.rda.patient or None,
+        input_hash=digest(change),
+        input_ref=f"rda/{issued.rda.number}",
+        outcome=state.value,
+    )
+
+
+def dispense_record(
+    recorded: datetime,
+    source: Source,
+    record_id: str,
+    patient: str | None,
+    content_hash: str,
+    at: datetime,
+    filed: DispenseFiled,
+) -> AuditEntry:
+    """A dispense a pharmacy reported: recorded or refused, with its findings' codes."""
+    return _entry(
+        recorded,
+        source,
+        at,
+        kind="dispense_record",
+        subject=patient,
+        input_hash=content_hash,
+        input_ref=f"dispense_record/{record_id}",
+        outcome=filed.outcome.value,
+        reasons=_codes(filed.reasons),
+        warnings=_codes(filed.warnings),
     )

@@ -66,3 +66,8 @@ class BundleRefused(Exception):
     def __init__(self, refused: dict[int, Exception]) -> None:
         super().__init__(f"{len(refused)} entries refused")
         self.refused = refused
+
+
+class UnknownResource(LookupError):
+    """An update names a resource the gateway does not have, of a type that is never created by
+    an update (404)."""

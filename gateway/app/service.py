@@ -26,6 +26,7 @@ from gateway.app.units import (
     scheduled,
 )
 from gateway.app.units import psf as psf_unit
+from gateway.app.units import rda as rda_unit
 from gateway.app.values import (
     BundleItem,
     BundleRecorded,
@@ -34,6 +35,11 @@ from gateway.app.values import (
     LabOutcome,
     LabsRecorded,
     LabSubmission,
+    MedicationDispenseRecorded,
+    MedicationDispenseSubmission,
+    MedicationRequestEnd,
+    MedicationRequestEnded,
+    OrderEnded,
     PatientRecorded,
     PatientSubmission,
     PsfRecorded,
@@ -54,6 +60,7 @@ from rems_core.model import (
     PatientStatusForm,
     PsfOutcome,
 )
+from rems_core.rda import DispenseFiled, DispenseRecord, OrderEnd
 from rems_core.registry import RegistryConflict, RegistryDocument
 from rems_core.store.repo import Store
 
@@ -222,6 +229,44 @@ class RemsService:
         for observe in self.decision_observers:
             observe(decision)
         return decision
+
+    # --- the RDA's life (docs/rules.md §6.4) ------------------------------------------------
+
+    async def end_order(self, end: OrderEnd, source: Source) -> OrderEnded:
+        """An order cancelled or discontinued (HL7 ORC-1 `CA`/`DC`): the RDA of the decision
+        whose request id is ``end.request_id`` is voided; an order never decided is answered
+        with ORDER_NOT_FOUND. The same end again answers the same."""
+        return await self.writer.run(lambda store: rda_unit.end_order(self.ctx, store, end, source))
+
+    async def record_dispense(self, record: DispenseRecord, source: Source) -> DispenseFiled:
+        """A dispense (HL7 RDS^O13) against the RDA it names (by number, else by its order's
+        request id): recorded, refused with the RDA_* reasons, recorded with
+        DISPENSE_WITHOUT_RDA when no RDA is known, or ignored when it is not clozapine. The
+        same record again is answered from the store."""
+        return await self.writer.run(
+            lambda store: rda_unit.record_dispense(self.ctx, store, record, source)
+        )
+
+    async def record_medication_dispense(
+        self, submission: MedicationDispenseSubmission, source: Source
+    ) -> MedicationDispenseRecorded:
+        """A FHIR MedicationDispense: filed as ``record_dispense`` files it, and stored with
+        what became of it, in one unit of work."""
+        return await self.writer.run(
+            lambda store: fhir_dispense.record_medication_dispense(
+                self.ctx, store, submission, source
+            )
+        )
+
+    async def end_medication_request(
+        self, end: MedicationRequestEnd, source: Source
+    ) -> MedicationRequestEnded:
+        """A MedicationRequest updated to `cancelled`/`stopped`: its next version (keeping the
+        original's decision) and its RDA voided, in one unit of work (raises UnknownResource,
+        RequestConflict)."""
+        return await self.writer.run(
+            lambda store: fhir_dispense.end_medication_request(self.ctx, store, end, source)
+        )
 
     # --- HL7 v2 messages ------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from rems_core.model import (
     PatientStatusForm,
     PsfOutcome,
 )
+from rems_core.rda import DispenseFiled, DispenseRecord, OrderAction, RdaState
 from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 
 #: What the review queue holds: results of no registry patient, or of two; a message whose
@@ -199,3 +200,45 @@ class BundleRecorded:
     lab_submissions: list[LabSubmission]
     labs: LabsRecorded
     refused: dict[int, Exception]
+
+
+@dataclass(frozen=True)
+class OrderEnded:
+    """What an order's end did: whether the gateway decided that order (else ORDER_NOT_FOUND in
+    ``findings``), and its RDA (if one was issued) with the state it is in now."""
+
+    known: bool
+    voided: bool  # its RDA is voided (by this end, or by the same end sent before)
+    rda: str | None = None
+    rda_state: RdaState | None = None
+    findings: tuple[Finding, ...] = ()
+
+
+@dataclass(frozen=True)
+class MedicationDispenseSubmission:
+    draft: ResourceDraft  # the MedicationDispense as received
+    record: DispenseRecord
+    prescription: str | None  # the id of the gateway's MedicationRequest it names, if any
+
+
+@dataclass(frozen=True)
+class MedicationDispenseRecorded:
+    recorded: Recorded
+    filed: DispenseFiled
+
+
+@dataclass(frozen=True)
+class MedicationRequestEnd:
+    """A MedicationRequest updated to `cancelled`/`stopped` (a PUT to its id, or a create with
+    its identifier): its next version (the decision of the original kept) and the order's end."""
+
+    resource_id: str | None  # None: the MedicationRequest the draft's identifier names
+    draft: ResourceDraft  # the next version as sent (its decision extension is not taken)
+    at: datetime
+    action: OrderAction
+
+
+@dataclass(frozen=True)
+class MedicationRequestEnded:
+    recorded: Recorded | None  # None: no MedicationRequest has its identifier (ORDER_NOT_FOUND)
+    ended: OrderEnded

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from gateway.app.values import LabSubmission, ResourceDraft
 from gateway.fhir import capability
 from gateway.fhir.auth import Principal, requires
-from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body, version_of
+from gateway.fhir.http import FhirResponse, check_format, json_body, version_of
 from gateway.fhir.observations import (
     LabSearch,
     conditional_identifier,
@@ -22,7 +22,7 @@ from gateway.fhir.observations import (
     store_one,
 )
 from gateway.fhir.reads import add_reads
-from gateway.fhir.resources import content_hash, context_of, validated
+from gateway.fhir.resources import check_url_id, content_hash, context_of, validated
 from mappings.fhir.observation import draw_time, loinc_code
 from mappings.fhir.references import identifier_key, subject_ref
 from rems_core.store.fhir_repo import ResourceIndex
@@ -92,10 +92,7 @@ async def update_report(
 ) -> Response:
     check_format(request)
     data = await json_body(request)
-    if data.get("id") != resource_id:
-        raise FhirError(
-            400, "invalid", "the resource's id must be the id in the URL", (f"{TYPE}.id",)
-        )
+    check_url_id(data, TYPE, resource_id)
     expected = version_of(if_match) if if_match else None
     made = report_submission(request, data, resource_id, None, expected)
     return await store_one(request, principal, data, made)

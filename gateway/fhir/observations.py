@@ -15,6 +15,7 @@ from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body, version_of
 from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
+    check_url_id,
     clinical_now,
     content_hash,
     context_of,
@@ -144,10 +145,7 @@ async def update_observation(
     or, for an id no one has used, the Observation with the client's id (update-as-create)."""
     check_format(request)
     data = await json_body(request)
-    if data.get("id") != resource_id:
-        raise FhirError(
-            400, "invalid", "the resource's id must be the id in the URL", ("Observation.id",)
-        )
+    check_url_id(data, "Observation", resource_id)
     found = reading(request, data)
     expected = version_of(if_match) if if_match else None
     made = submission(data, found, resource_id, None, expected)

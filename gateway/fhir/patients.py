@@ -19,6 +19,7 @@ from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
 from gateway.fhir.observations import conditional_identifier
 from gateway.fhir.resources import (
     BASE,
+    check_url_id,
     clinical_now,
     content_hash,
     id_taken,
@@ -125,10 +126,7 @@ async def update_patient(
     again, unchanged); 409 for an id another client created or a registry patient's id."""
     check_format(request)
     data = await json_body(request)
-    if data.get("id") != patient_id:
-        raise FhirError(
-            400, "invalid", "the resource's id must be the id in the URL", ("Patient.id",)
-        )
+    check_url_id(data, "Patient", patient_id)
     return await store_patient(request, principal, data, patient_submission(data, patient_id))
 
 

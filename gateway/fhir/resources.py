@@ -89,6 +89,14 @@ def clinical_now(request: Request, data: dict[str, Any] | None = None) -> dateti
     return moment.astimezone(UTC)
 
 
+def check_url_id(data: dict[str, Any], resource_type: str, resource_id: str) -> None:
+    """An update's body names the resource of its URL (400 otherwise)."""
+    if data.get("id") != resource_id:
+        raise FhirError(
+            400, "invalid", "the resource's id must be the id in the URL", (f"{resource_type}.id",)
+        )
+
+
 def id_taken(resource_type: str, resource_id: str | None) -> FhirError:
     """409: an update to an id that another client (or the gateway) created."""
     whose = "a registry patient's" if resource_type == "Patient" else "the gateway's"

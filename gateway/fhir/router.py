@@ -9,6 +9,7 @@ from gateway.fhir import (
     capability,
     diagnostic_reports,
     etasu,
+    medication_dispenses,
     medication_requests,
     messaging,
     observations,
@@ -30,8 +31,10 @@ capability.declare("Bundle", ["create", "read", "vread"])
 capability.declare_system(interactions=("transaction", "batch"))
 
 
-# Dispense decisions (docs/rules.md §6): gateway/fhir/{medication_requests,etasu,patients}.py
-capability.declare("MedicationRequest", ["create", "read", "vread"])
+# Dispense decisions and the RDA's life (docs/rules.md §6):
+# gateway/fhir/{medication_requests,medication_dispenses,etasu,patients}.py
+capability.declare("MedicationRequest", ["create", "update", "read", "vread"])
+capability.declare("MedicationDispense", ["create", "read", "vread"])
 capability.declare(
     "GuidanceResponse",
     [],
@@ -60,7 +63,15 @@ capability.declare(
 def fhir_router() -> APIRouter:
     router = APIRouter(prefix="/fhir")
     router.include_router(capability.router)
-    typed = (observations, diagnostic_reports, medication_requests, etasu, patients, questionnaires)
+    typed = (
+        observations,
+        diagnostic_reports,
+        medication_requests,
+        medication_dispenses,
+        etasu,
+        patients,
+        questionnaires,
+    )
     for resource_routes in typed:
         router.include_router(resource_routes.router)
     bundles.include(router)  # POST /fhir and /fhir/Bundle

@@ -18,7 +18,14 @@ from gateway.fhir.bundle_entries import Entry, Fallback
 from gateway.fhir.bundles import bundle_item, entry_submission, refusal
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
 from gateway.fhir.resource_types import STORED_AS_RECEIVED
-from gateway.fhir.resources import clinical_now, read_response, reads_of, service_of, written
+from gateway.fhir.resources import (
+    check_url_id,
+    clinical_now,
+    read_response,
+    reads_of,
+    service_of,
+    written,
+)
 from gateway.fhir.search import MAX_INT
 
 router = APIRouter(tags=["stored as received"])
@@ -68,10 +75,7 @@ async def update_resource(
     principal = await _caller(request, resource_type, "update")
     check_format(request)
     data = await json_body(request)
-    if data.get("id") != resource_id:
-        raise FhirError(
-            400, "invalid", "the resource's id must be the id in the URL", (f"{resource_type}.id",)
-        )
+    check_url_id(data, resource_type, resource_id)
     entry = Entry(0, "PUT", resource_type, resource_id, None, data, None, if_match)
     return await _store(request, principal, entry)
 

@@ -5,7 +5,9 @@ Every answer is read from an OperationOutcome (`Prefer: return=OperationOutcome`
 response: an ANC and its category from issue extensions (mappings/fhir/outcome.py), a dispense
 decision from the `urn:rems-gateway:fhir:rems-decision` extension of the first issue
 (mappings/fhir/medication_request.py), a PSF outcome from `urn:rems-gateway:fhir:psf-outcome`
-(mappings/fhir/psf_outcome.py), and our codes from `details.coding`. An error answer (4xx) has
+(mappings/fhir/psf_outcome.py), a dispense record's outcome from
+`urn:rems-gateway:fhir:dispense-outcome` (mappings/fhir/medication_dispense.py), and our codes
+from `details.coding`. An error answer (4xx) has
 only the issues: its codes are the `reasons` of a dispense or PSF step.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mappings.fhir.medication_dispense import OUTCOME_EXTENSION
 from mappings.fhir.medication_request import DECISION_EXTENSION
 from mappings.fhir.outcome import ANC_EXTENSION, CATEGORY_EXTENSION, REMS_CODES
 from mappings.fhir.psf_outcome import PSF_OUTCOME
@@ -145,6 +148,18 @@ def psf_fields(status: int, body: Any) -> dict[str, Any]:
     }
 
 
+def dispense_record_fields(parts: dict[str, list[Any]]) -> dict[str, Any]:
+    """What became of a MedicationDispense: `outcome` (recorded, refused, ignored), `reasons`
+    (the RDA_* refusals), `warnings`, `rda`."""
+    rda = parts.get("rda", [None])[0]
+    return {
+        "outcome": parts.get("outcome", [None])[0],
+        "reasons": _findings(parts.get("reason", [])),
+        "warnings": _findings(parts.get("warning", [])),
+        "rda": rda.get("value") if isinstance(rda, dict) else None,
+    }
+
+
 def answer_fields(status: int, body: Any) -> dict[str, Any]:
     """A raw fhir step's answer: whatever it carries — ANCs, a decision, a PSF outcome."""
     fields = lab_fields(status, body)
@@ -153,6 +168,8 @@ def answer_fields(status: int, body: Any) -> dict[str, Any]:
         fields |= decision_fields(status, body)
     elif _extension_parts(issues, PSF_OUTCOME) is not None:
         fields |= psf_fields(status, body)
+    elif (dispensed := _extension_parts(issues, OUTCOME_EXTENSION)) is not None:
+        fields |= dispense_record_fields(dispensed)
     elif status >= 400:
         fields["reasons"] = coded_findings(issues)
     return fields

@@ -48,6 +48,7 @@ SYSTEM_SCOPES = [
     "system/Observation.cruds",
     "system/DiagnosticReport.cruds",
     "system/MedicationRequest.cruds",
+    "system/MedicationDispense.cruds",
     "system/QuestionnaireResponse.cruds",
     "system/Questionnaire.rs",
     "system/Patient.rs",

@@ -5,7 +5,9 @@ In: `patient` (a Patient resource with identifiers, a reference or an identifier
 `medicationRequest` (resource) or `medication` (resource), optional `pharmacy` (Organization or
 HealthcareService with an NPI, or an NPI identifier), and a case number as `case_number`,
 `caseNumber` or `authNumber` (the IG's sources disagree; all three are accepted): an RDA number
-or a decision id, whose decision is reported.
+or a decision id, whose decision is reported, with its RDA's state now (issued, dispensed,
+voided or expired) as the extension `urn:rems-gateway:fhir:rda-state` and the output parameter
+`rda_state`.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from mappings.fhir.outcome import Issue
 from mappings.fhir.references import NPI_SYSTEM, SubjectRef, npi_of, subject_ref
 from rems_core.codes import Code
 from rems_core.model import Decision, DispenseRequest, Finding, Identifier, Outcome, Setting
+from rems_core.rda import RdaState
 
 CASE_NUMBER_NAMES = ("case_number", "caseNumber", "authNumber")
+RDA_STATE_EXTENSION = "urn:rems-gateway:fhir:rda-state"
 MODULE = "urn:rems-gateway:fhir:rems-etasu:clozapine"
 STATUS = {
     Outcome.AUTHORIZED: "success",
@@ -80,6 +84,7 @@ class EtasuQuery:
     request: DispenseRequest | None = None  # None: only a case number was given
     missing: tuple[str, ...] = ()  # participants not given: "prescriber", "pharmacy"
     problems: list[Issue] = field(default_factory=list)
+    at: datetime | None = None  # the clinical now (a case number's RDA is reported as of it)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class EtasuCheck:
     stored: bool
     denials: tuple[Finding, ...] = ()
     rationale: tuple[Finding, ...] = ()
+    rda_state: RdaState | None = None  # a stored decision's RDA, as of the query's time
 
 
 def _named(parameters: Any, name: str) -> Any:
@@ -147,7 +153,7 @@ def _medication_code(resource: Any) -> str | None:
 
 def read_etasu_parameters(parameters: Any, now: datetime) -> EtasuQuery:
     """``parameters`` is a validated R4B Parameters; ``now`` the clinical now."""
-    query = EtasuQuery(case_number=_case_number(parameters), subject=_subject(parameters))
+    query = EtasuQuery(case_number=_case_number(parameters), subject=_subject(parameters), at=now)
     if query.case_number is not None:
         return query
     ordered = _named(parameters, "medicationRequest")
@@ -259,21 +265,30 @@ def etasu_parameters(
         case_number = decision.decision_id or None
     if case_number:
         output.append({"name": "case_number", "valueString": case_number})
+    if check.rda_state is not None:
+        output.append({"name": "rda_state", "valueCode": check.rda_state.value})
+    extensions = [decision_extension(decision)]
+    if check.rda_state is not None:
+        extensions.append({"url": RDA_STATE_EXTENSION, "valueCode": check.rda_state.value})
     response |= {
         "status": overall_status(statuses, check, missing),
-        "extension": [decision_extension(decision)],
+        "extension": extensions,
         "contained": [{"resourceType": "Parameters", "id": "etasu", "parameter": output}],
         "outputParameters": {"reference": "#etasu"},
-        "note": [{"text": _summary(decision, check.stored)}, *_warnings(decision.warnings)],
+        "note": [
+            {"text": _summary(decision, check)},
+            *_warnings(decision.warnings),
+        ],
     }
     if patient_id:
         response["subject"] = {"reference": f"Patient/{patient_id}"}
     return _wrapped(response)
 
 
-def _summary(decision: Any, stored: bool) -> str:
-    kind = "Recorded decision" if stored else "Check (nothing recorded, no RDA issued)"
-    return f"{kind}: {decision.outcome.value}."
+def _summary(decision: Any, check: EtasuCheck) -> str:
+    kind = "Recorded decision" if check.stored else "Check (nothing recorded, no RDA issued)"
+    state = f" RDA {decision.rda.number} is {check.rda_state.value}." if check.rda_state else ""
+    return f"{kind}: {decision.outcome.value}.{state}"
 
 
 def _warnings(warnings: tuple[Finding, ...]) -> list[dict[str, str]]:

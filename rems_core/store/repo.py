@@ -29,6 +29,7 @@ from rems_core.store import tables as t
 from rems_core.store.fhir_repo import FhirRepo
 from rems_core.store.message_repo import MessageRepo
 from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
+from rems_core.store.rda_repo import RdaRepo
 from rems_core.store.registry_repo import RegistryRepo
 from rems_core.store.review_repo import ReviewRepo
 
@@ -143,7 +144,6 @@ _supersede_ancs = PreparedQuery(
 )
 _insert_anc = PreparedInsert(insert(anc_t))
 _insert_decision = insert(decision_t)
-_insert_rda = PreparedInsert(insert(rda_t))
 _insert_override = insert(override_t)
 
 
@@ -248,7 +248,7 @@ def _judgement(
     }
 
 
-class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo):
+class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo, RdaRepo):
     """One unit of work's reads and writes."""
 
     def __init__(self, conn: Connection, defer: bool = False) -> None:
@@ -406,11 +406,8 @@ class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo):
     def add_decision(self, values: dict[str, Any]) -> None:
         self.conn.execute(_insert_decision, values)
 
-    def add_rda(self, values: dict[str, Any]) -> None:
-        self._write(_insert_rda, values)
-
     def _write(self, statement: PreparedInsert, values: dict[str, Any]) -> None:
-        """Rows nothing reads again within the batch (RDAs, audit records, HL7 messages) are
+        """Rows rarely read again within the batch (RDAs, audit records, HL7 messages) are
         sent together at its end, one round trip per table; outside a batch, at once."""
         if self.head is None or not self.defer:
             statement.run(self.conn, [values])

@@ -228,7 +228,13 @@ class DecisionRow(SQLModel, table=True):
 
 
 class RdaRow(SQLModel, table=True):
+    """An RDA and its life (docs/rules.md §6.4): issued → dispensed | voided | expired."""
+
     __tablename__ = "rda"
+    __table_args__ = (
+        Index("ix_rda_decision", "decision_id"),  # found by its order's request id
+        Index("ix_rda_state", "state", "valid_until"),  # the issued ones the scheduler expires
+    )
     number: str = Field(primary_key=True)
     decision_id: str = Field(foreign_key="decision.id")
     patient_id: str | None = Field(default=None, foreign_key="patient.id")
@@ -236,6 +242,34 @@ class RdaRow(SQLModel, table=True):
     prescriber_npi: str
     max_days_supply: int
     valid_until: datetime = _utc(nullable=False)
+    state: str = "issued"  # issued | dispensed | voided | expired
+    state_at: datetime | None = _utc(nullable=True)  # when it left `issued`
+    state_why: str = ""
+
+
+class DispenseRecordRow(SQLModel, table=True):
+    """A dispense a pharmacy system reported, with what the gateway made of it."""
+
+    __tablename__ = "dispense_record"
+    __table_args__ = (
+        Index("ix_dispense_record_rda", "rda_number"),
+        Index("ix_dispense_record_content", "content_hash"),  # a record sent again
+    )
+    id: str = Field(primary_key=True)
+    rda_number: str | None = Field(default=None, foreign_key="rda.number")
+    request_id: str | None = None
+    patient_id: str | None = Field(default=None, foreign_key="patient.id")
+    drug: str
+    quantity: str | None = None  # the decimal as sent
+    days_supply: int | None = None
+    dispensed_at: datetime = _utc(nullable=False)
+    recorded_at: datetime = _utc(nullable=False)
+    pharmacy_npi: str | None = None
+    channel: str
+    actor: str
+    outcome: str  # recorded | refused
+    findings: list[dict[str, str]] = Field(default_factory=list, sa_column=Column(JSON))
+    content_hash: str
 
 
 class OverrideRow(SQLModel, table=True):
@@ -277,7 +311,7 @@ class AuditRecord(SQLModel, table=True):
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     at: datetime = _utc(nullable=False)  # when it was recorded
     clinical_at: datetime = _utc(nullable=False)  # the event's clinical time
-    kind: str  # dispense | psf | psf_signature | lab | registry | scheduled
+    kind: str  # dispense | psf | psf_signature | lab | registry | scheduled | rda | …
     channel: str
     actor: str
     subject: str | None = None  # REMS patient id, NPI or designee id

@@ -23,6 +23,7 @@ from rems_core.model import (
     decision_from_dict,
     to_plain,
 )
+from rems_core.rda import RdaState
 from rems_core.rulepack import RulePack
 from rems_core.store.repo import Store
 
@@ -116,6 +117,8 @@ def _record_decision(
                 "prescriber_npi": rda.prescriber_npi,
                 "max_days_supply": rda.max_days_supply,
                 "valid_until": rda.valid_until,
+                "state": RdaState.ISSUED.value,
+                "state_why": "",
             }
         )
     if decision.override_used and decision.patient and request.override:

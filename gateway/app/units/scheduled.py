@@ -1,4 +1,5 @@
-"""§8 scheduled work up to a time: overdue labs, labs missed, the end of legacy enrollment.
+"""§8 scheduled work up to a time: overdue labs, labs missed, the end of legacy enrollment, RDAs
+past their validity.
 
 Runs as one unit of work; re-running it for the same time finds nothing new (restart-safe).
 """
@@ -9,7 +10,7 @@ from datetime import datetime
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
-from gateway.app.units import review
+from gateway.app.units import rda, review
 from gateway.app.values import Source
 from rems_core import monitoring
 from rems_core.codes import Code, finding
@@ -26,6 +27,7 @@ def monitoring_alerts(
     source: Source,
 ) -> dict[str, tuple[Finding, ...]]:
     """What each patient's file shows at ``until``; new alerts are stored and audited."""
+    rda.expire(ctx, store, until, source)
     try:
         pack = ctx.pack_for(until)
     except OutOfScope:
