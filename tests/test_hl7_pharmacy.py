@@ -4,6 +4,7 @@ contract lists, answered RRE/ORP after the decision is stored, over a real MLLP 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ from gateway.mllp.client import connect, send
 from gateway.mllp.listener import Hl7Listener
 from gateway.mllp.server import MllpSettings
 from mappings.hl7v2.oru import Hl7Problem
-from mappings.hl7v2.pharmacy import OrderRejected, to_pharmacy_message
-from mappings.hl7v2.pharmacy_ack import OrderAnswer, build_order_answer
+from mappings.hl7v2.pharmacy import OrderRejected, to_dispense_record, to_pharmacy_message
+from mappings.hl7v2.pharmacy_ack import OrderAnswer, build_order_answer, dispensed, ended
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import parse
 from rems_core.model import Decision, Finding, Outcome, Rda, Setting
@@ -42,7 +43,8 @@ RXSYS = SenderConfig(
     assigning_authorities={"GH": MRN_SYSTEM},
 )
 CPOE = SenderConfig(application="CPOE", facility="NORTHGEN", pharmacy_npi=OUTPATIENT_PHARMACY)
-SENDERS = SenderDirectory(senders=[WARDRX, RXSYS, CPOE])
+RETAILRX = SenderConfig(application="RETAILRX", pharmacy_npi=OUTPATIENT_PHARMACY)
+SENDERS = SenderDirectory(senders=[WARDRX, RXSYS, CPOE, RETAILRX])
 PLAIN = MllpSettings(port=0, idle_timeout_s=5.0)
 
 
@@ -420,8 +422,62 @@ def test_an_omp_gets_an_orp_with_one_orc_per_order(loaded: RemsService) -> None:
     assert other[1] == "OK" and other[16].startswith("not_applicable^")
 
 
-def test_a_cancel_is_not_taken_yet(loaded: RemsService) -> None:
+def test_a_cancel_and_a_dispense_record_are_not_taken_yet(loaded: RemsService) -> None:
     cancel = orc().replace("ORC|NW", "ORC|CA", 1)
-    (text,) = exchange(loaded, rde(cancel, rxe(), tq1()))
-    assert of(text, "MSA")[0][1] == "AR"
-    assert of(text, "ERR")[0][3].startswith("200^")
+    rds = fixture("rds-v251-retail-dispense.hl7")
+    for text in exchange(loaded, rde(cancel, rxe(), tq1()), rds):
+        assert of(text, "MSA")[0][1] == "AR"
+        assert of(text, "ERR")[0][3].startswith("200^")
+
+
+# --- an order's end and a dispense record (read and answered; not taken by the intake yet) -------
+
+
+def test_an_rds_names_its_rda_drug_amount_and_days_supply() -> None:
+    message = parse(fixture("rds-v251-retail-dispense.hl7"))
+    record = to_dispense_record(message, RETAILRX, NOW, UTC, {"197536"})
+    assert (record.rda, record.request_id) == ("RDA-0001", "WRX-ORD-5501")
+    assert record.clozapine and record.drug == "197536"  # the RxNorm triplet beside the NDC
+    assert (record.quantity, record.days_supply) == (Decimal(14), 7)
+    assert record.dispensed_at == datetime(2022, 3, 11, 19, 20, tzinfo=UTC)
+    assert record.pharmacy_npi == OUTPATIENT_PHARMACY
+    other = to_dispense_record(message, RETAILRX, NOW, UTC, {"2626"})
+    assert not other.clozapine
+
+
+def test_an_rds_without_rxd_is_refused() -> None:
+    text = fixture("rds-v251-retail-dispense.hl7").decode().split("\rRXD")[0] + "\r"
+    with pytest.raises(OrderRejected):
+        to_dispense_record(parse(text), WARDRX, NOW, UTC, {"197536"})
+
+
+def test_an_order_s_end_is_answered_cr_dr_or_uc_ud_with_order_not_found() -> None:
+    text = answer(
+        rde(orc(), rxe(), tq1()),
+        ended(1, "ORD-1", OrderAction.CANCEL, known=True),
+        ended(2, "ORD-2", OrderAction.DISCONTINUE, known=True),
+        ended(3, "ORD-3", OrderAction.CANCEL, known=False),
+        ended(4, "ORD-4", OrderAction.DISCONTINUE, known=False),
+    )
+    assert [o[1:3] for o in of(text, "ORC")] == [
+        ["CR", "ORD-1"], ["DR", "ORD-2"], ["UC", "ORD-3"], ["UD", "ORD-4"]
+    ]  # fmt: skip
+    assert [(e[2], e[3][:3], e[5]) for e in of(text, "ERR")] == [
+        ("ORC^3^2", "204", "ORDER_NOT_FOUND^^L"),
+        ("ORC^4^2", "204", "ORDER_NOT_FOUND^^L"),
+    ]
+    parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()
+
+
+def test_an_rds_is_answered_rrd_o14_ok_when_recorded_and_ua_when_refused() -> None:
+    rds = fixture("rds-v251-retail-dispense.hl7").decode()
+    without = Hl7Problem("ORC^1^3", "0", "W", "DISPENSE_WITHOUT_RDA", "no RDA named")
+    refused = Hl7Problem("ORC^1^3", "0", "E", "RDA_ALREADY_DISPENSED", "dispensed before")
+    recorded = answer(rds, dispensed("WRX-ORD-5501", None, True, [without]))
+    again = answer(rds, dispensed("WRX-ORD-5501", "RDA-0001", False, [refused]))
+    assert of(recorded, "MSH")[0][8] == "RRD^O14^RRD_O14"
+    assert of(recorded, "ORC")[0][1:4] == ["OK", "WRX-ORD-5501"]
+    assert of(again, "ORC")[0][1:4] == ["UA", "WRX-ORD-5501", "RDA-0001^REMS"]
+    assert [(e[4], e[5]) for e in of(again, "ERR")] == [("E", "RDA_ALREADY_DISPENSED^^L")]
+    for text in (recorded, again):
+        parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()

@@ -1,5 +1,5 @@
 """Pharmacy orders (docs/contracts.md §4 "Pharmacy orders"): RDE^O11 (RDE^O01 in v2.3/2.3.1) and
-OMP^O09 → one dispense check per ORC; ORC-1 CA/DC → an order's end.
+OMP^O09 → one dispense check per ORC; ORC-1 CA/DC → an order's end; RDS^O13 → a dispense record.
 
 Pure: the message and the sender's settings in, domain values out. The pharmacist override
 (docs/rules.md §6.2) travels in the order's group: an OBX coded ``REMS-OVERRIDE^…^99REMS`` whose
@@ -9,6 +9,7 @@ the pharmacist holds (OBX-3 an ANC code, OBX-5/6 value and unit, OBX-14 its draw
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
@@ -17,7 +18,7 @@ from mappings.hl7v2.senders import SenderConfig
 from mappings.hl7v2.tokenizer import Message, Segment
 from rems_core.identity import Candidate
 from rems_core.model import DispenseRequest, Override, ReportedAnc, Setting, decimal_or_none
-from rems_core.rda import OrderAction, OrderEnd
+from rems_core.rda import DispenseRecord, OrderAction, OrderEnd
 
 #: CE-3/CE-6 naming RxNorm: HL7 table 0396's RXNORM, FHIR's URI, RxNorm's OID.
 RXNORM_SYSTEMS = {"RXNORM", "http://www.nlm.nih.gov/research/umls/rxnorm", "2.16.840.1.113883.6.88"}
@@ -182,6 +183,14 @@ def _drug(group: list[Segment], sender: SenderConfig) -> str | None:
     return None
 
 
+def _group_days(group: list[Segment], name: str, number: int) -> list[int]:
+    return [
+        days
+        for s in group
+        if s.name == name and (days := _days(s.get(number, 1), s.get(number, 2)))
+    ]
+
+
 def _days(text: str, unit: str) -> int | None:
     value = decimal_or_none(text)
     factor = DURATION_DAYS.get(unit.upper() or "D")
@@ -197,11 +206,7 @@ def _days_supply(
     longer, with a warning (the shorter would check less than may be dispensed)."""
     name, _, number = (sender.days_supply_field or "TQ1-6").partition("-")
     where = f"{name}^1^{number}"
-    found = [
-        days
-        for s in group
-        if s.name == name and (days := _days(s.get(int(number), 1), s.get(int(number), 2)))
-    ]
+    found = _group_days(group, name, int(number))
     if not found:
         text = f"no days supply ({name}-{number})"
         raise OrderRejected(Hl7Problem(where, "101", "E", "DAYS_SUPPLY_MISSING", text))
@@ -272,3 +277,34 @@ def _reported(obx: Segment, code: str, tz: tzinfo) -> ReportedAnc | None:
         return None
     unit = obx.get(6, 1) or obx.get(6, 2)
     return ReportedAnc(value=obx.get(5, 1), unit=unit, drawn=drawn, code=code)
+
+
+def to_dispense_record(
+    message: Message,
+    sender: SenderConfig,
+    received: datetime,
+    tz: tzinfo,
+    clozapine: Collection[str],
+) -> DispenseRecord:
+    """RDS^O13: ORC-3.1 the RDA it names, ORC-2.1 the order, RXD-2 the drug (read as an order's;
+    ``clozapine`` the RxNorm codes of clozapine), RXD-4 the amount, RXD-3 when, the days supply
+    (TQ1-6 or the sender's field), the pharmacy as for an order."""
+    groups = order_groups(message)
+    group = groups[0] if groups else []
+    rxd = next((s for s in group if s.name == "RXD"), None)
+    if rxd is None:
+        raise OrderRejected(Hl7Problem("RXD", "100", "E", "", "an RDS^O13 needs ORC and RXD"))
+    orc = group[0]
+    drug = coded_drug(rxd, 2, sender)
+    name, _, number = (sender.days_supply_field or "TQ1-6").partition("-")
+    days = _group_days(group, name, int(number))
+    return DispenseRecord(
+        rda=orc.get(3, 1) or None,
+        request_id=orc.get(2, 1) or None,
+        clozapine=drug in clozapine,
+        drug=drug or rxd.get(2, 1),
+        quantity=decimal_or_none(rxd.get(4, 1)),
+        days_supply=max(days) if days else None,
+        dispensed_at=hl7_time(rxd.get(3, 1), tz) or received,
+        pharmacy_npi=sender.pharmacy_npi,
+    )

@@ -1,5 +1,5 @@
 """Answers to pharmacy orders (docs/contracts.md §4 "Pharmacy orders"): RRE^O12 (RRE^O02 in
-v2.3/2.3.1) to an RDE, ORP^O10 to an OMP.
+v2.3/2.3.1) to an RDE, ORP^O10 to an OMP, RRD^O14 to an RDS^O13.
 
 MSA, then every reason an ERR of severity E and every warning one of severity W, the same texts as
 message-level NTE, then one ORC per order: ORC-1 OK/UA, ORC-2 the placer number, ORC-3 the RDA,
@@ -16,12 +16,14 @@ from mappings.hl7v2.ack import answer_header, coded_text, err_segment, escape, v
 from mappings.hl7v2.oru import Hl7Problem
 from mappings.hl7v2.tokenizer import Segment
 from rems_core.model import Decision, Outcome
+from rems_core.rda import OrderAction
 
 #: The answer's MSH-9 for each order event.
 ANSWER_TYPE = {
     ("RDE", "O11"): ("RRE", "O12"),
     ("RDE", "O01"): ("RRE", "O02"),
     ("OMP", "O09"): ("ORP", "O10"),
+    ("RDS", "O13"): ("RRD", "O14"),
 }
 OUTCOME_SYSTEM = "urn:rems-gateway:outcome"
 OUTCOME_TEXT = {
@@ -32,6 +34,9 @@ OUTCOME_TEXT = {
 }
 #: ORC-1 (HL7 table 0119): OK order accepted, UA unable to accept.
 ACCEPTED = {Outcome.AUTHORIZED, Outcome.NOT_APPLICABLE}
+#: An order's end, answered: done as asked (CR/DR), or unable to (UC/UD) for an unknown order.
+ENDED = {OrderAction.CANCEL: ("CR", "UC"), OrderAction.DISCONTINUE: ("DR", "UD")}
+ORDER_NOT_FOUND = "ORDER_NOT_FOUND"
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,27 @@ class OrderAnswer:
     placer: str
     decision: Decision | None
     problems: Sequence[Hl7Problem] = ()
+    control: str = ""  # ORC-1 when no decision says it: an order's end, a dispense record
+    rda: str | None = None  # ORC-3 when no decision names it (an RDS names its RDA)
+
+
+def ended(sequence: int, placer: str, action: OrderAction, known: bool) -> OrderAnswer:
+    """ORC-1 CA/DC answered: CR/DR for an order the gateway decided (its RDA, if any, voided),
+    UC/UD with ORDER_NOT_FOUND for one it never decided."""
+    done, unable = ENDED[action]
+    if known:
+        return OrderAnswer(sequence, placer, None, control=done)
+    text = "the gateway decided no order with this placer number"
+    problem = Hl7Problem(f"ORC^{sequence}^2", "204", "E", ORDER_NOT_FOUND, text)
+    return OrderAnswer(sequence, placer, None, (problem,), control=unable)
+
+
+def dispensed(
+    placer: str, rda: str | None, recorded: bool, findings: Sequence[Hl7Problem]
+) -> OrderAnswer:
+    """An RDS^O13 answered: ORC-1 OK when the dispense was recorded (or ignored: not clozapine),
+    UA when it was refused (RDA_ALREADY_DISPENSED, RDA_EXPIRED, RDA_VOIDED, …)."""
+    return OrderAnswer(1, placer, None, findings, control="OK" if recorded else "UA", rda=rda)
 
 
 def answer_type(msh: Segment) -> str:
@@ -89,7 +115,9 @@ def build_order_answer(
 
 def _orc(answer: OrderAnswer) -> str:
     decision = answer.decision
-    fields = ["ORC", "UA", escape(answer.placer)] + [""] * 14
+    fields = ["ORC", answer.control or "UA", escape(answer.placer)] + [""] * 14
+    if answer.rda:
+        fields[3] = f"{escape(answer.rda)}^REMS"
     if decision is not None:
         fields[1] = "OK" if decision.outcome in ACCEPTED else "UA"
         if decision.rda is not None:
