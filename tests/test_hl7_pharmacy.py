@@ -17,6 +17,7 @@ from gateway.app.service import RemsService
 from gateway.app.values import Source
 from gateway.mllp.client import connect, send
 from gateway.mllp.listener import Hl7Listener
+from gateway.mllp.sending import outgoing_message, send_all
 from gateway.mllp.server import MllpSettings
 from mappings.hl7v2.oru import Hl7Problem
 from mappings.hl7v2.pharmacy import OrderRejected, to_dispense_record, to_pharmacy_message
@@ -481,3 +482,30 @@ def test_an_rds_is_answered_rrd_o14_ok_when_recorded_and_ua_when_refused() -> No
     assert [(e[4], e[5]) for e in of(again, "ERR")] == [("E", "RDA_ALREADY_DISPENSED^^L")]
     for text in (recorded, again):
         parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()
+
+
+def test_send_takes_the_rre_after_the_accept_ack_as_an_order_s_answer(
+    loaded: RemsService,
+) -> None:
+    order = rde(orc("ORD-S1", order_type="I"), rxe(pharmacy=INPATIENT_PHARMACY), tq1())
+    always = order.replace("2.5.1", "2.5.1|||AL|AL")
+    never = (
+        order.replace("|C1|", "|C2|").replace("ORD-S1", "ORD-S2").replace("2.5.1", "2.5.1|||NE|NE")
+    )
+    lab = fixture("oru-v251-enhanced-no-ack.hl7")  # NE: nothing comes back, nothing waited for
+
+    async def body() -> list:
+        listener = Hl7Listener(loaded, SenderDirectory(accept_unknown=True), PLAIN, "message")
+        await listener.start()
+        try:
+            outgoing = [outgoing_message(m.encode()) for m in (always, never)]
+            outgoing.append(outgoing_message(lab.replace(b"\n", b"\r")))
+            return await send_all("127.0.0.1", listener.server.port, outgoing, None, 5)
+        finally:
+            await listener.stop()
+
+    first, second, third = run(body())
+    for answered in (first, second):
+        assert answered.ack is not None and answered.accepted
+        assert of(answered.ack.decode(), "MSH")[0][8] == "RRE^O12^RRE_O12"
+    assert third.ack is None
