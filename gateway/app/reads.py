@@ -104,6 +104,15 @@ class RemsReads:
         pack = self.ctx.pack_for(moment) if moment is not None else None
         return await self._read(lambda store: fhir_dispense.etasu(self.ctx, store, query, pack))
 
+    async def decision_for_request(self, request_id: str) -> dict[str, Any] | None:
+        """The stored answer to a request id (the scenario runner's view of an RDE it sent)."""
+
+        def read(store: Store) -> dict[str, Any] | None:
+            found = store.decision_for_request(request_id)
+            return found[1] if found else None
+
+        return await self._read(read)
+
     async def ancs_received(self, identifiers: list[Identifier], at: datetime) -> list[AncResult]:
         """The patient's current ANCs stored from what arrived at ``at`` (the scenario runner's
         view of one step)."""

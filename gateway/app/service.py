@@ -8,10 +8,12 @@ themselves (``units/``) get the service's ``UnitContext``, never the service.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
+from gateway.app.errors import RequestConflict
 from gateway.app.units import dispense as dispense_unit
 from gateway.app.units import (
     fhir_bundles,
@@ -50,7 +52,7 @@ from gateway.app.values import (
 )
 from gateway.app.writer import Writer
 from mappings.hl7v2.adt import AdtEvent
-from rems_core.identity import Candidate, Rule
+from rems_core.identity import Candidate, Rule, resolved
 from rems_core.model import (
     Decision,
     DispenseRequest,
@@ -59,12 +61,15 @@ from rems_core.model import (
     LabResult,
     PatientStatusForm,
     PsfOutcome,
+    PsfType,
 )
 from rems_core.rda import DispenseFiled, DispenseRecord, OrderEnd
 from rems_core.registry import RegistryConflict, RegistryDocument
+from rems_core.rulepack import OutOfScope
 from rems_core.store.repo import Store
 
 SCHEDULER = Source("scheduler", "scheduler")
+REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
 
 
 class RemsService:
@@ -268,7 +273,62 @@ class RemsService:
             lambda store: fhir_dispense.end_medication_request(self.ctx, store, end, source)
         )
 
+    def _decide_order(
+        self, store: Store, identifiers: list[Identifier], request: DispenseRequest, source: Source
+    ) -> Decision | Finding:
+        """One order's decision, or why none was made: its request id was used for another
+        request (REQUEST_ID_CONFLICT), or no rule pack covers its date."""
+        if not request.prescriber_npi:
+            request = replace(request, prescriber_npi=_enrolling_prescriber(store, identifiers))
+        try:
+            pack = self.ctx.pack_for(request.dispense_date)
+            return dispense_unit.decide_dispense(
+                self.ctx, store, identifiers, request, source, pack
+            )
+        except RequestConflict as exc:
+            return Finding(REQUEST_ID_CONFLICT, str(exc))
+        except OutOfScope as exc:
+            return Finding(OutOfScope.code, str(exc))
+
     # --- HL7 v2 messages ------------------------------------------------------------------
+
+    async def receive_orders(
+        self,
+        message: ReceivedMessage,
+        candidates: list[Candidate],
+        requests: list[DispenseRequest],
+        answer: Callable[[list[Decision | Finding], str], str],
+        source: Source,
+    ) -> str:
+        """A pharmacy order message (RDE, OMP): each order decided as ``decide_dispense`` does
+        (an order naming no prescriber: the patient's enrolling prescriber), and the message
+        stored with its answer (built by ``answer`` from the decisions and the disposition) in
+        one unit of work; a resend gets the stored answer, as ``receive_message``'s does."""
+        identifiers = resolved(candidates)
+        decided: list[Decision | Finding] = []
+
+        def unit(store: Store) -> str:
+            decided.clear()  # the writer may run a unit again
+
+            def process() -> tuple[LabOutcome | None, str]:
+                decided.extend(self._decide_order(store, identifiers, r, source) for r in requests)
+                return None, "accepted"
+
+            return messages._receive(
+                self.ctx,
+                store,
+                message,
+                candidates,
+                lambda _outcome, disposition: answer(list(decided), disposition),
+                source,
+                process,
+            )
+
+        stored = await self.writer.run(unit)
+        for decision in decided:
+            for observe in self.decision_observers if isinstance(decision, Decision) else ():
+                observe(decision)
+        return stored
 
     async def receive_message(
         self,
@@ -330,3 +390,13 @@ class RemsService:
         return await self.writer.run(
             lambda store: scheduled.monitoring_alerts(self.ctx, store, until, patient_ids, source)
         )
+
+
+def _enrolling_prescriber(store: Store, identifiers: list[Identifier]) -> str:
+    """The prescriber of the patient's accepted enrollment PSF ("" when there is none)."""
+    patient = store.find_patient(identifiers)
+    if patient is None:
+        return ""
+    accepted = store.snapshot(patient, [], []).accepted_psfs
+    enrollments = [p for p in accepted if p.form.type == PsfType.ENROLLMENT]
+    return enrollments[0].form.prescriber_npi if enrollments else ""

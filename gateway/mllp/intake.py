@@ -16,17 +16,24 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast, get_args
 
-from gateway.app.service import RemsService
+from gateway.app.service import REQUEST_ID_CONFLICT, RemsService
 from gateway.app.values import LabOutcome, ReceivedMessage, Source
 from mappings.hl7v2.ack import build_ack, enhanced_mode, wanted
 from mappings.hl7v2.adt import AdtEvent, to_adt_event
 from mappings.hl7v2.identity_text import ambiguous_text, unmatched_text
 from mappings.hl7v2.limits import message_problem
 from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, to_lab_report
+from mappings.hl7v2.pharmacy import (
+    PRESCRIBER_FROM_REGISTRY,
+    OrderRejected,
+    PharmacyOrder,
+    to_pharmacy_message,
+)
+from mappings.hl7v2.pharmacy_ack import OrderAnswer, build_order_answer
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, Message, Segment, parse
 from rems_core.identity import Candidate
-from rems_core.model import AncResult
+from rems_core.model import AncResult, Decision, Finding
 from rems_core.rulepack import DEFAULT_PACK
 
 log = logging.getLogger("rems_gateway.hl7")
@@ -60,7 +67,7 @@ WARNING_FIELD = {
 #: ORU^R01 is what we take; the rest are what a lab or pharmacy route may send us by mistake.
 KNOWN_MESSAGE_TYPES = frozenset(
     {
-        "ORU^R01", "ORU^R30", "OUL^R22", "OML^O21", "RDE^O11",
+        "ORU^R01", "ORU^R30", "OUL^R22", "OML^O21", "RDE^O11", "RDE^O01", "OMP^O09", "RDS^O13",
         "ADT^A01", "ADT^A04", "ADT^A08", "ADT^A28", "ADT^A31", "ADT^A34", "ADT^A40", "ADT^A47",
     }
 )  # fmt: skip
@@ -81,6 +88,9 @@ Disposition = Literal[
 ]
 DISPOSITIONS: tuple[Disposition, ...] = get_args(Disposition)
 _ACCEPT_CODE = {"CA": "AA", "CE": "AE", "CR": "AR"}
+#: The events taken per message type (an ADT of any event is taken).
+EVENTS = {"ORU": {"R01"}, "RDE": {"O11", "O01"}, "OMP": {"O09"}}
+ORDER_TYPES = {"RDE", "OMP"}
 #: A message larger than this is tokenized, checked and mapped on a worker thread.
 OFF_LOOP_BYTES = 65_536
 
@@ -93,6 +103,8 @@ class Received:
     message_type: str = UNREADABLE  # MSH-9 as "ORU^R01", "other" or "unreadable"
     disposition: Disposition = "rejected"
     close_connection: bool = False  # send nothing and close: the sender's engine resends
+    # Enhanced mode: the application's answer (RRE, ORP), sent after the accept ACK (``ack``).
+    application_ack: str | None = None
 
 
 @dataclass
@@ -196,15 +208,11 @@ class Hl7Intake:
         warnings: list[Hl7Problem],
     ) -> Received:
         """The unit of work: stored with its ACK, or the stored ACK of a resend."""
+        if message.msh.get(9, 1) in ORDER_TYPES:
+            return await self._orders(message, sender, data, received, warnings)
         is_adt = message.msh.get(9, 1) == "ADT"
-        envelope = ReceivedMessage(
-            sender=sender.key,
-            control_id=message.msh.get(10, 1),
-            content_hash=content_hash(data),
-            message_type=f"ADT^{message.msh.get(9, 2)}" if is_adt else "ORU^R01",
-            raw=data,
-            received=received,
-        )
+        kind = f"ADT^{message.msh.get(9, 2)}" if is_adt else "ORU^R01"
+        envelope = _envelope(message, sender, data, received, kind)
         source = Source("mllp", sender.key, envelope.control_id)
         answered = _Answered()
         if is_adt:
@@ -241,6 +249,68 @@ class Hl7Intake:
             code = _our_code(message.msh, sender, ack)
             return self._received(message, ack, code, None, "duplicate")
         return self._received(message, ack, answered.code, answered.outcome, answered.disposition)
+
+    async def _orders(
+        self,
+        message: Message,
+        sender: SenderConfig,
+        data: bytes,
+        received: datetime,
+        warnings: list[Hl7Problem],
+    ) -> Received:
+        """RDE/OMP: the dispense checks, stored with the RRE/ORP; a resend gets the stored one."""
+        msh = message.msh
+        try:
+            orders = to_pharmacy_message(message, sender, received, self.service.ctx.tz)
+        except OrderRejected as rejected:
+            return self._answer(message, sender, "AE", [rejected.problem], received)
+        if orders.ends:
+            return self._answer(message, sender, "AR", [ORDER_END_NOT_TAKEN], received)
+        kind = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
+        envelope = _envelope(message, sender, data, received, kind)
+        answered = _Answered()
+        msa_code = None if enhanced_mode(msh) else sender.msa_code
+
+        def answer(decisions: list[Decision | Finding], disposition: str) -> str:
+            answers = [_order_answer(o, d) for o, d in zip(orders.orders, decisions, strict=True)]
+            problems = list(warnings)
+            if disposition == "conflict":
+                answers, problems = [], [REUSED_CONTROL_ID]
+            refused = any(isinstance(d, Finding) for d in decisions)
+            code = "AE" if disposition == "conflict" or refused else "AA"
+            text = build_order_answer(
+                msh, code, answers, problems, _ack_id(envelope), received, msa_code
+            )
+            answered.ack, answered.code = text, code
+            answered.disposition = cast(Disposition, disposition)
+            return text
+
+        source = Source("mllp", sender.key, envelope.control_id)
+        requests = [order.request for order in orders.orders]
+        try:
+            stored = await self.service.receive_orders(
+                envelope, orders.candidates, requests, answer, source
+            )
+        except Exception as exc:  # the store is unavailable: nothing was half-written
+            return self._store_failed(message, sender, exc, received)
+        if stored is not answered.ack:
+            answered = _Answered(stored, _our_code(msh, sender, stored), None, "duplicate")
+        return self._order_received(message, answered, received)
+
+    def _order_received(
+        self, message: Message, answered: _Answered, received: datetime
+    ) -> Received:
+        """In enhanced mode the accept ACK (as MSH-15 asks) comes first, then the RRE/ORP, which
+        is sent whatever MSH-16 says: a dispense check nobody hears is of no use."""
+        msh, kind = message.msh, message_type(message.msh)
+        answer = answered.ack or ""
+        if not enhanced_mode(msh):
+            return Received(answer, answered.code, None, kind, answered.disposition)
+        accept = build_ack(msh, "AA", [], f"ACK-{msh.get(10, 1)}", received)
+        kept = accept if wanted(msh, "AA") else None
+        return Received(
+            kept, answered.code, None, kind, answered.disposition, application_ack=answer
+        )
 
     def _store_failed(
         self, message: Message, sender: SenderConfig, exc: Exception, received: datetime
@@ -314,12 +384,29 @@ def _check_certificate(sender: SenderConfig, fingerprint: str | None) -> None:
     raise Rejected("AR", CERTIFICATE_MISMATCH)
 
 
+ORDER_END_NOT_TAKEN = Hl7Problem(
+    "ORC^1^1",
+    "200",
+    "E",
+    "",
+    "an order's cancel or discontinue (ORC-1 CA/DC) is not taken yet",
+)
+REUSED_CONTROL_ID = Hl7Problem(
+    "MSH^1^10",
+    "205",
+    "E",
+    "DUPLICATE_CONTROL_ID",
+    "this control id was used for another message; held for review",
+)
+
+
 def _check(message: Message) -> None:
     msh = message.msh
     kind, event = msh.get(9, 1), msh.get(9, 2)
+    taken = "ORU, ADT, RDE or OMP"
     checks = [
-        (kind in ("ORU", "ADT"), "MSH^1^9", "200", f"message type {kind!r} is not ORU or ADT"),
-        (kind == "ADT" or event == "R01", "MSH^1^9", "201", f"event {event!r} is not R01"),
+        (kind == "ADT" or kind in EVENTS, "MSH^1^9", "200", f"type {kind!r} is not {taken}"),
+        (kind == "ADT" or event in EVENTS.get(kind, ()), "MSH^1^9", "201", f"event {event!r}"),
         (msh.get(12, 1) in SUPPORTED_VERSIONS, "MSH^1^12", "203", "version not 2.3–2.8"),
         (bool(msh.get(10, 1)), "MSH^1^10", "101", "no message control id"),
     ]
@@ -393,6 +480,19 @@ async def _mapped(size: int, work: Callable[..., T], *args: Any) -> T:
     return work(*args)
 
 
+def _envelope(
+    message: Message, sender: SenderConfig, data: bytes, received: datetime, kind: str
+) -> ReceivedMessage:
+    return ReceivedMessage(
+        sender=sender.key,
+        control_id=message.msh.get(10, 1),
+        content_hash=content_hash(data),
+        message_type=kind,
+        raw=data,
+        received=received,
+    )
+
+
 def _ack_id(envelope: ReceivedMessage) -> str:
     return f"ACK-{envelope.control_id}"
 
@@ -401,12 +501,26 @@ def _adt_candidates(event: AdtEvent) -> list[Candidate]:
     return [c for patient in event.patients for c in (*patient.candidates, *patient.prior)]
 
 
+def _order_answer(order: PharmacyOrder, decided: Decision | Finding) -> OrderAnswer:
+    problems = list(order.problems)
+    if order.prescriber_from_registry:
+        text = "no prescriber NPI in ORC-12, PV1-7 or PV1-8: the patient's enrolling prescriber"
+        where = f"ORC^{order.sequence}^12"
+        problems.append(Hl7Problem(where, "0", "W", PRESCRIBER_FROM_REGISTRY, text))
+    if isinstance(decided, Decision):
+        return OrderAnswer(order.sequence, order.placer, decided, problems)
+    # no decision: the placer number was used for another order (205), or no rule pack
+    conflict = decided.code == REQUEST_ID_CONFLICT
+    where = f"ORC^{order.sequence}^2" if conflict else f"ORC^{order.sequence}"
+    problems.append(Hl7Problem(where, "205" if conflict else "0", "E", decided.code, decided.text))
+    return OrderAnswer(order.sequence, order.placer, None, problems)
+
+
 def _disposition(
     report: LabReport, outcome: LabOutcome | None, disposition: str, sender: SenderConfig
 ) -> tuple[str, list[Hl7Problem]]:
     if disposition == "conflict":
-        text = "this control id was used for another message; held for review"
-        return "AE", [Hl7Problem("MSH^1^10", "205", "E", "DUPLICATE_CONTROL_ID", text)]
+        return "AE", [REUSED_CONTROL_ID]
     problems = list(report.problems)
     if outcome is not None:
         problems += [

@@ -40,7 +40,7 @@ class Hl7Listener:
         self.on_message = on_message
         self.server = MllpServer(settings, self.handle, oversize_reply=self.oversize)
 
-    async def handle(self, data: bytes, peer: PeerInfo) -> bytes | None:
+    async def handle(self, data: bytes, peer: PeerInfo) -> list[bytes] | None:
         started = time.perf_counter()
         received = await self.intake.receive(
             data, client_certificate_sha256=peer.tls_fingerprint_sha256
@@ -48,7 +48,8 @@ class Hl7Listener:
         self._observe(received, time.perf_counter() - started)
         if received.close_connection:
             raise CloseConnection("store unavailable; on_store_failure is no_ack")
-        return received.ack.encode("utf-8") if received.ack is not None else None
+        frames = [a.encode("utf-8") for a in (received.ack, received.application_ack) if a]
+        return frames or None
 
     def _observe(self, received: Received, seconds: float) -> None:
         if self.on_message is not None:

@@ -5,6 +5,11 @@ Our listener (docs/contracts.md §4) answers every message in original mode; in 
 always, `NE` never, `ER` only when not accepted, `SU` only when accepted — and never a separate
 application acknowledgment, whatever MSH-16 says. A message it cannot read is always answered.
 
+A pharmacy order (RDE, OMP) in enhanced mode is answered by its RRE/ORP whatever MSH-15/16 say,
+after an accept ACK `CA` when MSH-15 asks for one: its answer is the RRE/ORP, the `CA` before it
+is passed over (a refusal before the check, `CE`/`CR`, is its answer; with MSH-15 `NE` or `ER` a
+refusal sends nothing, and the wait for the RRE ends in NoAck).
+
 A message whose ACK may or may not come (`ER`, `SU`) is not waited for on its own: the listener
 answers strictly in order, so the ACK of a later message (matched by MSA-2) settles every earlier
 one still open; only those after the last ACK that must come are waited for, up to the timeout.
@@ -18,10 +23,11 @@ from enum import Enum
 from pathlib import Path
 
 from gateway.mllp.client import MllpConnection, connect
-from mappings.hl7v2.ack import accept_ack_type, wanted
+from mappings.hl7v2.ack import accept_ack_type, enhanced_mode, wanted
 from mappings.hl7v2.tokenizer import HL7ParseError, parse, split_batch
 
 _OUR_CODES = ("AA", "AE", "AR")
+_ORDERS = ("RDE", "OMP")  # answered by an RRE/ORP in enhanced mode too (docs/contracts.md §4)
 
 
 class Reply(Enum):
@@ -36,6 +42,7 @@ class Outgoing:
     control_id: str  # MSH-10 ("" when the message cannot be read)
     silent: frozenset[str]  # our codes (AA, AE, AR) the listener answers with no ACK at all
     accept_ack: str = ""  # MSH-15 as the listener reads it (enhanced mode), e.g. "NE"
+    after_accept: bool = False  # an order in enhanced mode: its RRE/ORP follows a CA
 
     @property
     def reply(self) -> Reply:
@@ -93,6 +100,8 @@ def outgoing_message(message: bytes) -> Outgoing:
         msh = parse(message).msh
     except HL7ParseError:  # the listener cannot read MSH-15 either: it answers AE or AR
         return Outgoing(message, "", frozenset())
+    if enhanced_mode(msh) and msh.get(9, 1) in _ORDERS:
+        return Outgoing(message, msh.get(10, 1), frozenset(), accept_ack_type(msh), True)
     silent = frozenset(code for code in _OUR_CODES if not wanted(msh, code))
     return Outgoing(message, msh.get(10, 1), silent, accept_ack_type(msh))
 
@@ -130,7 +139,7 @@ class _Exchange:
             self.open.append(index)
         elif reply is Reply.ALWAYS:
             ack = await self._next(index)
-            while self._settles_open(ack):
+            while self._settles_open(ack) or self._accept_before_answer(index, ack):
                 ack = await self._next(index)
             self.acks[index] = ack
             self.open.clear()  # answered in order: an earlier ACK not come yet never will
@@ -151,10 +160,15 @@ class _Exchange:
             raise NoAck(text, self.answers(index))
         return ack
 
+    def _accept_before_answer(self, index: int, ack: bytes) -> bool:
+        """Whether ``ack`` is the CA before an order's RRE/ORP."""
+        outgoing = self.outgoing[index]
+        return outgoing.after_accept and _msa(ack)[:2] == ["CA", outgoing.control_id]
+
     def _settles_open(self, ack: bytes) -> bool:
         """Whether ``ack`` answers an open ER/SU message (MSA-2 its control id); those open
         before it are silent."""
-        answered = _msa_2(ack)
+        answered = _msa(ack)[1]
         for position, index in enumerate(self.open):
             if answered and self.outgoing[index].control_id == answered:
                 self.acks[index] = ack
@@ -163,9 +177,10 @@ class _Exchange:
         return False
 
 
-def _msa_2(ack: bytes) -> str:
+def _msa(ack: bytes) -> list[str]:
+    """MSA-1 and MSA-2 of an ACK ("" when unreadable)."""
     try:
         msa = parse(ack).first("MSA")
     except HL7ParseError:
-        return ""
-    return msa.get(2, 1) if msa is not None else ""
+        return ["", ""]
+    return [msa.get(1, 1), msa.get(2, 1)] if msa is not None else ["", ""]

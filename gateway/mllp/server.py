@@ -90,8 +90,9 @@ class PeerInfo:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-Handler = Callable[[bytes, PeerInfo], Awaitable[bytes | None]]
-"""Message bytes (without framing) → reply bytes (without framing), or None to send nothing; raise
+Handler = Callable[[bytes, PeerInfo], Awaitable[bytes | list[bytes] | None]]
+"""Message bytes (without framing) → reply bytes (without framing), or several replies sent in
+order (an accept ACK, then the application's answer), or None to send nothing; raise
 `CloseConnection` to send nothing and close the connection."""
 
 
@@ -402,9 +403,7 @@ class MllpServer:
         """Run the handler on one message and write its reply; a reason string closes."""
         started = time.perf_counter()
         try:
-            reply = await self.handler(message, conn.peer)
-            if reply is not None and not isinstance(reply, bytes | bytearray | memoryview):
-                raise TypeError(f"MLLP handler returned {type(reply).__name__}, not bytes")
+            reply = _frames(await self.handler(message, conn.peer))
         except CloseConnection as close:
             log.warning(
                 "mllp handler asked to close the connection without a reply",
@@ -460,6 +459,7 @@ class MllpServer:
         return await self._reply(conn, reply)
 
     async def _reply(self, conn: _Connection, reply: bytes | None) -> str | None:
+        """Write one reply: one frame, or several framed back to back (see ``_frames``)."""
         if reply is None:
             return None
         idle = self.settings.idle_timeout_s
@@ -482,6 +482,16 @@ class MllpServer:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _frames(reply: object) -> bytes | None:
+    """A handler's reply as the bytes between the first start block and the last end block:
+    several replies are joined by an end and a start block, so each leaves as its own frame."""
+    if reply is None or isinstance(reply, bytes | bytearray | memoryview):
+        return None if reply is None else bytes(reply)
+    if isinstance(reply, list) and all(isinstance(r, bytes) for r in reply):
+        return (END_BLOCK + START_BLOCK).join(reply)
+    raise TypeError(f"MLLP handler returned {type(reply).__name__}, not bytes")
 
 
 def _peer_address(writer: asyncio.StreamWriter) -> tuple[str, int]:

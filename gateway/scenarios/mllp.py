@@ -1,9 +1,11 @@
 """Scenario steps as HL7 v2 over MLLP (docs/contracts.md §2, `--via mllp`).
 
-`lab` steps become ORU^R01 messages and `hl7` steps are sent as they are; the runner reads
-`warnings` from the ACK's ERR segments and `anc`/`category` from what the gateway stored. Steps
-that MLLP does not carry (dispense, psf, sign, advance_to) go through the application service on
-the same database, as docs/contracts.md §2 says.
+`lab` steps become ORU^R01 messages, `dispense` steps RDE^O11 and `hl7` steps are sent as they
+are; the runner reads `warnings` from the ACK's ERR segments and `anc`/`category` from what the
+gateway stored; of an RRE, `outcome`, `rda`, `reasons` and `warnings` (ORC-16, ORC-3, ERR E/W),
+and `max_days_supply`, `override_possible` and `rule_pack` from the decision stored for its
+placer number. Steps that MLLP does not carry (psf, sign, advance_to) go through the application
+service on the same database, as docs/contracts.md §2 says.
 
 ``MllpChannel`` runs its own listener on a loopback port, in this process;
 ``gateway.scenarios.live.LiveMllpChannel`` sends to a separately running gateway.
@@ -28,7 +30,7 @@ from mappings.hl7v2.ack import escape, finding_codes
 from mappings.hl7v2.oru import patient_identifiers
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, parse
-from rems_core.model import Identifier, LabResult, ResultStatus
+from rems_core.model import DispenseRequest, Identifier, LabResult, Override, ResultStatus, Setting
 
 SENDER = DEFAULT_SENDER
 UNKNOWN_SYSTEM = "urn:rems-gateway:scenario-unknown"
@@ -99,6 +101,38 @@ class Hl7Channel(InProcessChannel):
             "usable": first.usable if first else None,
         }
 
+    def rde(self, step: Step, request: DispenseRequest, placer: str) -> str:
+        """An RDE^O11 as an inpatient pharmacy system writes one: the setting in ORC-29, a
+        discharge as an inpatient visit discharged (PV1-45) on the order's day, the days supply in
+        TQ1-6, the pharmacy in RXE-40, an override as REMS-OVERRIDE and ANC OBX segments."""
+        ts = hl7_ts(step.at)
+        application, facility = escape(self.sender.application), escape(self.sender.facility)
+        pid3 = "~".join(self._cx(i) for i in self.identifiers(step.patient))
+        setting = "I" if request.setting == Setting.INPATIENT else "O"
+        orc = ["ORC", "NW", escape(placer), *[""] * 6, ts, "", ""]
+        orc += [f"{escape(request.prescriber_npi)}^^^^^^^^NPI", *[""] * 16, setting]
+        rxe = ["RXE", "", f"{escape(request.drug)}^^RXNORM", *[""] * 37]
+        rxe.append(f"{escape(request.pharmacy_npi)}^^NPI" if request.pharmacy_npi else "")
+        segments = [
+            f"MSH|^~\\&|{application}|{facility}|REMS|REMS|{ts}||RDE^O11^RDE_O11|"
+            f"{self.control_id()}|P|2.5.1||||||UNICODE UTF-8",
+            f"PID|1||{pid3}",
+        ]
+        if request.discharge:
+            segments.append("|".join(["PV1", "1", "I", *[""] * 42, ts]))
+        segments += ["|".join(orc), "|".join(rxe), f"TQ1|1|||||{request.days_supply}^d"]
+        if request.override is not None:
+            segments += override_obx(request.override)
+        return "\r".join(segments) + "\r"
+
+    async def _dispense(self, step: Step) -> dict[str, Any]:
+        request: DispenseRequest = step.request
+        placer = request.request_id or f"{self.control_prefix}-RX-{step.index}"
+        answer = order_fields(await self._exchange(self.rde(step, request, placer)))
+        stored = await self.reads.decision_for_request(placer) if answer["outcome"] else None
+        keys = ("max_days_supply", "override_possible", "rule_pack")
+        return answer | ({key: stored[key] for key in keys} if stored else {})
+
     async def _hl7(self, step: Step) -> dict[str, Any]:
         text = self.outgoing(str(step.body).replace("\r\n", "\r").replace("\n", "\r"))
         ack = await self._exchange(text)
@@ -167,6 +201,43 @@ def obx(n: int, result: LabResult) -> str:
     fields = ["OBX", str(n), "NM", f"{escape(result.code)}^^LN", "", escape(result.value)]
     fields += [escape(result.unit), "", "", "", "", STATUS[result.status], "", ""]
     return "|".join([*fields, hl7_ts(result.drawn)])
+
+
+def override_obx(override: Override) -> list[str]:
+    """The pharmacist override in the order's group (docs/contracts.md §4): rationale and the
+    agreeing prescriber on the REMS-OVERRIDE OBX, the ANC the pharmacist holds on its own."""
+    npi = f"{escape(override.prescriber_npi)}^^^^^^^^NPI" if override.prescriber_npi else ""
+    marker = ["OBX", "1", "TX", "REMS-OVERRIDE^Pharmacist override^99REMS", ""]
+    marker += [escape(override.rationale or ""), *[""] * 5, "F", *[""] * 4, npi]
+    segments = ["|".join(marker).rstrip("|")]
+    if override.anc is not None:
+        anc = override.anc
+        fields = ["OBX", "2", "NM", f"{escape(anc.code)}^^LN", "", escape(anc.value)]
+        fields += [escape(anc.unit), "", "", "", "", "F", "", "", hl7_ts(anc.drawn)]
+        segments.append("|".join(fields))
+    return segments
+
+
+def order_fields(answer: str) -> dict[str, Any]:
+    """`ack`, `outcome`, `rda`, `reasons` (ERR severity E) and `warnings` (W) of an RRE with one
+    order. Without an outcome no decision was made: the reasons are the refusal's (none for a
+    placer number used for another order, as the service's refusal has none)."""
+    segments = [s.split("|") for s in answer.split("\r") if s]
+    orc = next((s for s in segments if s[0] == "ORC"), [])
+    outcome = orc[16].split("^")[0] if len(orc) > 16 else None
+    rda = orc[3].split("^")[0] if len(orc) > 3 and orc[3] else None
+    errs = [s for s in segments if s[0] == "ERR" and len(s) > 5 and s[5]]
+    found = {
+        severity: [{"code": s[5].split("^")[0], "text": ""} for s in errs if s[4] == severity]
+        for severity in ("E", "W")
+    }
+    return {
+        **ack_fields(answer),
+        "outcome": outcome,
+        "rda": rda,
+        "reasons": [r for r in found["E"] if outcome or r["code"] != "REQUEST_ID_CONFLICT"],
+        "warnings": found["W"],
+    }
 
 
 def ack_fields(ack: str) -> dict[str, Any]:

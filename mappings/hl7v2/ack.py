@@ -48,7 +48,7 @@ def escape(text: str) -> str:
     return _CONTROL.sub("", text).replace("\r", " ").replace("\n", " ")
 
 
-def _version_at_least_2_5(version: str) -> bool:
+def version_at_least_2_5(version: str) -> bool:
     """Whether MSH-12 is 2.5 or later; a part of more than 4 digits is no version number."""
     parts = version.split(".")[:2]
     if any(len(p) > 4 for p in parts):
@@ -84,14 +84,27 @@ def build_ack(
 ) -> str:
     """The ACK text (segments separated by \\r). ``msh`` may be None for an unreadable message.
     ``msa_code`` turns our AA/AE/AR into the sender's MSA-1 (original mode only)."""
-    field = (lambda n, c=1: escape(msh.get(n, c))) if msh is not None else (lambda n, c=1: "")
     version = (msh.get(12, 1) if msh is not None else "") or "2.5.1"
-    event = field(9, 2)
+    event = escape(msh.get(9, 2)) if msh is not None else ""
     if msh is not None and enhanced_mode(msh):
         msa_1 = ACCEPT_CODE[code]  # enhanced mode is the standard's own: never remapped
     else:
         msa_1 = msa_code(code) if msa_code is not None else code
-    header = "|".join(
+    header = answer_header(msh, f"ACK^{event}^ACK" if event else "ACK", ack_control_id, now)
+    modern = version_at_least_2_5(version)
+    msa = ["MSA", msa_1, escape(msh.get(10, 1)) if msh is not None else ""]
+    if not modern and (text or problems):
+        msa.append(escape(text or coded_text(problems[0])))
+    segments = [header, "|".join(msa).rstrip("|")]
+    segments += [err_segment(problem, modern) for problem in problems]
+    return "\r".join(segments) + "\r"
+
+
+def answer_header(msh: Segment | None, message_type: str, control_id: str, now: datetime) -> str:
+    """The MSH of an answer: sender and receiver swapped, MSH-11 and MSH-12 echoed (escaped)."""
+    field = (lambda n: escape(msh.get(n, 1))) if msh is not None else (lambda n: "")
+    version = (msh.get(12, 1) if msh is not None else "") or "2.5.1"
+    return "|".join(
         [
             "MSH",
             "^~\\&",
@@ -101,22 +114,15 @@ def build_ack(
             field(4),
             now.strftime("%Y%m%d%H%M%S%z"),
             "",
-            f"ACK^{event}^ACK" if event else "ACK",
-            escape(ack_control_id),
+            message_type,
+            escape(control_id),
             field(11) or "P",
             escape(version),
         ]
     )
-    modern = _version_at_least_2_5(version)
-    msa = ["MSA", msa_1, field(10)]
-    if not modern and (text or problems):
-        msa.append(escape(text or _coded(problems[0])))
-    segments = [header, "|".join(msa).rstrip("|")]
-    segments += [_err(problem, modern) for problem in problems]
-    return "\r".join(segments) + "\r"
 
 
-def _coded(problem: Hl7Problem) -> str:
+def coded_text(problem: Hl7Problem) -> str:
     """MSA-3 of an ACK before v2.5: the first finding, our code first."""
     return f"{problem.code}: {problem.text}" if problem.code else problem.text
 
@@ -138,7 +144,7 @@ def finding_codes(ack: str) -> list[str]:
     return codes
 
 
-def _err(problem: Hl7Problem, modern: bool) -> str:
+def err_segment(problem: Hl7Problem, modern: bool) -> str:
     description = TABLE_0357.get(problem.hl7_code, "")
     if not modern:  # ERR-1 ELD-4 (CE): the 0357 code, with ours as its alternate identifier
         ours = f"&{escape(problem.code)}&&L" if problem.code else ""

@@ -19,6 +19,9 @@ OurAckCode = Literal["AA", "AE", "AR"]
 #: The fields a draw time is read from (docs/contracts.md §4); a sender may name one of them.
 DrawTimeField = Literal["SPM-17", "OBR-7", "OBR-14", "OBX-14"]
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: A segment and field, e.g. `TQ1-6` or `ZRX-3`: where a sender puts an order's days supply.
+_SEGMENT_FIELD = re.compile(r"[A-Z][A-Z0-9]{2}-[1-9][0-9]{0,2}")
+_NPI = re.compile(r"[0-9]{10}")
 
 
 class _Strict(BaseModel):
@@ -45,6 +48,27 @@ class SenderConfig(_Strict):
     on_store_failure: Literal["ar", "no_ack"] = "ar"
     # MSA-1 in original mode: our AA/AE/AR → the code the sender's engine expects (default: as is).
     ack_codes: dict[OurAckCode, AckCode] = {}
+    # Pharmacy orders (RDE, OMP, RDS): the sender's drug code (local or NDC) → RxNorm; the field
+    # of the days supply (CQ: quantity^unit, default TQ1-6); the pharmacy when RXE-40 names none;
+    # every order of the sender is a discharge (a discharge pharmacy's feed).
+    drug_codes: dict[str, str] = {}
+    days_supply_field: str | None = None
+    pharmacy_npi: str | None = None
+    discharge: bool = False
+
+    @field_validator("days_supply_field")
+    @classmethod
+    def _segment_field(cls, value: str | None) -> str | None:
+        if value is not None and not _SEGMENT_FIELD.fullmatch(value):
+            raise ValueError("a segment and a field number, e.g. TQ1-6 or ZRX-3")
+        return value
+
+    @field_validator("pharmacy_npi")
+    @classmethod
+    def _npi(cls, value: str | None) -> str | None:
+        if value is not None and not _NPI.fullmatch(value):
+            raise ValueError("an NPI is 10 digits")
+        return value
 
     @field_validator("tls_fingerprint_sha256")
     @classmethod
