@@ -48,7 +48,15 @@ from gateway.mllp.listener import Hl7Listener
 from gateway.mllp.server import END_BLOCK, START_BLOCK, MllpServer, MllpSettings, PeerInfo
 from gateway.scenarios.runner import DatabaseFactory
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
-from rems_core.model import Identifier, LabResult, ResultStatus
+from rems_core.model import (
+    Identifier,
+    LabResult,
+    PatientStatusForm,
+    PsfType,
+    ReportedAnc,
+    ResultStatus,
+    SubmitterRole,
+)
 from rems_core.registry import RegistryDocument
 from rems_core.rulepack import PackLibrary
 from rems_core.store import tables
@@ -541,7 +549,7 @@ class Gateway(Target):
     ) -> None:
         self.factory, self.packs, self.label = factory, packs, label
         self.today = datetime.now(UTC).date()
-        self.orders = orders  # dispense checks: every patient gets a recent ANC first
+        self.orders = orders  # dispense checks: every patient gets a recent ANC and PSF first
 
     async def start(self) -> int:
         self.url = self.factory.fresh_url()
@@ -550,7 +558,7 @@ class Gateway(Target):
         self.writer, self.service = application.writer, application.service
         await self.service.load_registry(registry(self.today), Source("bench"))
         if self.orders:
-            await recent_ancs(self.service)
+            await monitored(self.service)
         metrics = GatewayMetrics(self.writer)  # as `serve` does: ACK codes and latency
         self.listener = Hl7Listener(
             self.service, SENDERS, MllpSettings(host=HOST, port=0), on_ack=metrics.count_ack
@@ -568,13 +576,24 @@ class Gateway(Target):
         self.factory.drop(self.url)
 
 
-async def recent_ancs(service: RemsService) -> None:
-    """A normal ANC drawn yesterday for every patient, so that refills can be authorized."""
+async def monitored(service: RemsService) -> None:
+    """For every patient a normal ANC drawn yesterday and this month's PSF with it, so that a
+    refill can be authorized (the decisions still run every rule)."""
     drawn = datetime.now(UTC) - timedelta(days=1)
     for i in range(PATIENTS):
         mrn = [Identifier(f"urn:oid:{MRN_SYSTEM}", f"MRN{i:06d}")]
         result = LabResult("751-8", "2400", "/uL", drawn, ResultStatus.FINAL, f"bench|ANC{i}")
         await service.ingest_labs(mrn, [result], Source("bench"), drawn + timedelta(hours=2))
+        form = PatientStatusForm(
+            type=PsfType.MONTHLY,
+            submitted_at=drawn + timedelta(hours=3),
+            submitter=PRESCRIBER,
+            role=SubmitterRole.PRESCRIBER,
+            prescriber_npi=PRESCRIBER,
+            anc=(ReportedAnc("2400", "/uL", drawn),),
+            signed=True,
+        )
+        await service.submit_psf(mrn, form, Source("bench"))
 
 
 def stored_messages(engine: Engine) -> Counter[str]:
