@@ -210,7 +210,9 @@ def test_cancel_and_discontinue_are_order_ends() -> None:
     cancel = orc().replace("ORC|NW", "ORC|CA", 1)
     message = to_pharmacy_message(parse(rde(cancel, rxe(), tq1())), WARDRX, NOW, UTC)
     assert message.orders == []
-    assert [(e.request_id, e.action) for e in message.ends] == [("ORD-1", OrderAction.CANCEL)]
+    assert [(e.end.request_id, e.end.action, e.sequence) for e in message.ends] == [
+        ("ORD-1", OrderAction.CANCEL, 1)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -423,15 +425,37 @@ def test_an_omp_gets_an_orp_with_one_orc_per_order(loaded: RemsService) -> None:
     assert other[1] == "OK" and other[16].startswith("not_applicable^")
 
 
-def test_a_cancel_and_a_dispense_record_are_not_taken_yet(loaded: RemsService) -> None:
-    cancel = orc().replace("ORC|NW", "ORC|CA", 1)
-    rds = fixture("rds-v251-retail-dispense.hl7")
-    for text in exchange(loaded, rde(cancel, rxe(), tq1()), rds):
-        assert of(text, "MSA")[0][1] == "AR"
-        assert of(text, "ERR")[0][3].startswith("200^")
+def test_an_rds_is_filed_against_its_rda_once_and_answered_rrd(loaded: RemsService) -> None:
+    (rre,) = exchange(loaded, rde(orc("ORD-L1"), rxe(pharmacy=OUTPATIENT_PHARMACY), tq1()))
+    rda = of(rre, "ORC")[0][3].split("^")[0]
+    rds = fixture("rds-v251-retail-dispense.hl7").decode()
+    rds = rds.replace("WRX-ORD-5501", "ORD-L1").replace("RDA-0001", rda)
+    later = rds.replace("MS-DISP-20931", "MS-DISP-20932").replace("142000-0500", "150000-0500")
+    recorded, resent, refused = exchange(loaded, rds, rds, later)
+    assert of(recorded, "MSH")[0][8] == "RRD^O14^RRD_O14"
+    assert of(recorded, "ORC")[0][1:4] == ["OK", "ORD-L1", f"{rda}^REMS"]
+    assert resent == recorded  # the stored answer
+    assert of(refused, "MSA")[0][1] == "AA"
+    assert of(refused, "ORC")[0][1] == "UA"
+    assert [e[5] for e in of(refused, "ERR")] == ["RDA_ALREADY_DISPENSED^^L"]
 
 
-# --- an order's end and a dispense record (read and answered; not taken by the intake yet) -------
+def test_a_cancel_voids_the_rda_and_an_unknown_order_is_uc(loaded: RemsService) -> None:
+    order = rde(orc("ORD-L2"), rxe(pharmacy=OUTPATIENT_PHARMACY), tq1())
+    cancel = order.replace("ORC|NW", "ORC|CA", 1).replace("|C1|", "|C2|")
+    unknown = cancel.replace("ORD-L2", "ORD-L9").replace("|C2|", "|C3|")
+    rre, cr, uc = exchange(loaded, order, cancel, unknown)
+    rda = of(rre, "ORC")[0][3].split("^")[0]
+    assert of(cr, "ORC")[0][1:3] == ["CR", "ORD-L2"]
+    assert of(uc, "ORC")[0][1:3] == ["UC", "ORD-L9"]
+    assert [e[5] for e in of(uc, "ERR")] == ["ORDER_NOT_FOUND^^L"]
+    rds = fixture("rds-v251-retail-dispense.hl7").decode()
+    (voided,) = exchange(loaded, rds.replace("WRX-ORD-5501", "ORD-L2").replace("RDA-0001", rda))
+    assert of(voided, "ORC")[0][1] == "UA"
+    assert [e[5] for e in of(voided, "ERR")] == ["RDA_VOIDED^^L"]
+
+
+# --- an order's end and a dispense record ------------------------------------------------------
 
 
 def test_an_rds_names_its_rda_drug_amount_and_days_supply() -> None:

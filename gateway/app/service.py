@@ -42,6 +42,8 @@ from gateway.app.values import (
     MedicationRequestEnd,
     MedicationRequestEnded,
     OrderEnded,
+    OrdersDone,
+    OrderWork,
     PatientRecorded,
     PatientSubmission,
     PsfRecorded,
@@ -296,22 +298,61 @@ class RemsService:
         self,
         message: ReceivedMessage,
         candidates: list[Candidate],
-        requests: list[DispenseRequest],
-        answer: Callable[[list[Decision | Finding], str], str],
+        orders: OrderWork,
+        answer: Callable[[OrdersDone, str], str],
         source: Source,
     ) -> str:
         """A pharmacy order message (RDE, OMP): each order decided as ``decide_dispense`` does
-        (an order naming no prescriber: the patient's enrolling prescriber), and the message
-        stored with its answer (built by ``answer`` from the decisions and the disposition) in
-        one unit of work; a resend gets the stored answer, as ``receive_message``'s does."""
+        (an order naming no prescriber: the patient's enrolling prescriber), each order's end
+        (ORC-1 CA/DC) taken as ``end_order`` takes it, and the message stored with its answer
+        (built by ``answer`` from what was done and the disposition) in one unit of work; a
+        resend gets the stored answer, as ``receive_message``'s does."""
         identifiers = resolved(candidates)
-        decided: list[Decision | Finding] = []
+        done = OrdersDone([], [])
 
+        def process(store: Store) -> None:
+            done.decided.extend(
+                self._decide_order(store, identifiers, r, source) for r in orders.requests
+            )
+            done.ended.extend(rda_unit.end_order(self.ctx, store, e, source) for e in orders.ends)
+
+        stored = await self._receive_pharmacy(message, candidates, done, process, answer, source)
+        for decision in done.decided:
+            for observe in self.decision_observers if isinstance(decision, Decision) else ():
+                observe(decision)
+        return stored
+
+    async def receive_dispense(
+        self,
+        message: ReceivedMessage,
+        candidates: list[Candidate],
+        record: DispenseRecord,
+        answer: Callable[[OrdersDone, str], str],
+        source: Source,
+    ) -> str:
+        """A dispense message (RDS^O13): filed as ``record_dispense`` files it, and the message
+        stored with its answer in one unit of work; a resend gets the stored answer."""
+        done = OrdersDone([], [])
+
+        def process(store: Store) -> None:
+            done.filed.append(rda_unit.record_dispense(self.ctx, store, record, source))
+
+        return await self._receive_pharmacy(message, candidates, done, process, answer, source)
+
+    async def _receive_pharmacy(
+        self,
+        message: ReceivedMessage,
+        candidates: list[Candidate],
+        done: OrdersDone,
+        process: Callable[[Store], None],
+        answer: Callable[[OrdersDone, str], str],
+        source: Source,
+    ) -> str:
         def unit(store: Store) -> str:
-            decided.clear()  # the writer may run a unit again
+            done.clear()  # the writer may run a unit again
 
-            def process() -> tuple[LabOutcome | None, str]:
-                decided.extend(self._decide_order(store, identifiers, r, source) for r in requests)
+            def work() -> tuple[LabOutcome | None, str]:
+                process(store)
                 return None, "accepted"
 
             return messages._receive(
@@ -319,16 +360,12 @@ class RemsService:
                 store,
                 message,
                 candidates,
-                lambda _outcome, disposition: answer(list(decided), disposition),
+                lambda _outcome, disposition: answer(done, disposition),
                 source,
-                process,
+                work,
             )
 
-        stored = await self.writer.run(unit)
-        for decision in decided:
-            for observe in self.decision_observers if isinstance(decision, Decision) else ():
-                observe(decision)
-        return stored
+        return await self.writer.run(unit)
 
     async def receive_message(
         self,

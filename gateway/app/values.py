@@ -18,7 +18,7 @@ from rems_core.model import (
     PatientStatusForm,
     PsfOutcome,
 )
-from rems_core.rda import DispenseFiled, DispenseRecord, OrderAction, RdaState
+from rems_core.rda import DispenseFiled, DispenseRecord, OrderAction, OrderEnd, RdaState
 from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 
 #: What the review queue holds: results of no registry patient, or of two; a message whose
@@ -242,3 +242,26 @@ class MedicationRequestEnd:
 class MedicationRequestEnded:
     recorded: Recorded | None  # None: no MedicationRequest has its identifier (ORDER_NOT_FOUND)
     ended: OrderEnded
+
+
+@dataclass(frozen=True)
+class OrderWork:
+    """What a pharmacy order message asks: dispense checks, and orders' ends (ORC-1 CA/DC)."""
+
+    requests: list[DispenseRequest]
+    ends: list[OrderEnd]
+
+
+@dataclass
+class OrdersDone:
+    """What the unit of work did with a pharmacy message, for its answer: a decision (or why
+    none was made) per order, what each end did, what became of a dispense record."""
+
+    decided: list[Decision | Finding]
+    ended: list[OrderEnded]
+    filed: list[DispenseFiled] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.decided.clear()
+        self.ended.clear()
+        self.filed.clear()

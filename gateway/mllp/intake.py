@@ -17,23 +17,25 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast, get_args
 
 from gateway.app.service import REQUEST_ID_CONFLICT, RemsService
-from gateway.app.values import LabOutcome, ReceivedMessage, Source
+from gateway.app.values import LabOutcome, OrdersDone, OrderWork, ReceivedMessage, Source
 from mappings.hl7v2.ack import build_ack, enhanced_mode, wanted
 from mappings.hl7v2.adt import AdtEvent, to_adt_event
 from mappings.hl7v2.identity_text import ambiguous_text, unmatched_text
 from mappings.hl7v2.limits import message_problem
-from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, to_lab_report
+from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, patient_candidates, to_lab_report
 from mappings.hl7v2.pharmacy import (
     PRESCRIBER_FROM_REGISTRY,
     OrderRejected,
     PharmacyOrder,
+    to_dispense_record,
     to_pharmacy_message,
 )
-from mappings.hl7v2.pharmacy_ack import OrderAnswer, build_order_answer
+from mappings.hl7v2.pharmacy_ack import OrderAnswer, build_order_answer, dispensed, ended
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, Message, Segment, parse
 from rems_core.identity import Candidate
 from rems_core.model import AncResult, Decision, Finding
+from rems_core.rda import DispenseFiled, DispenseOutcome
 from rems_core.rulepack import DEFAULT_PACK
 
 log = logging.getLogger("rems_gateway.hl7")
@@ -89,8 +91,9 @@ Disposition = Literal[
 DISPOSITIONS: tuple[Disposition, ...] = get_args(Disposition)
 _ACCEPT_CODE = {"CA": "AA", "CE": "AE", "CR": "AR"}
 #: The events taken per message type (an ADT of any event is taken).
-EVENTS = {"ORU": {"R01"}, "RDE": {"O11", "O01"}, "OMP": {"O09"}}
+EVENTS = {"ORU": {"R01"}, "RDE": {"O11", "O01"}, "OMP": {"O09"}, "RDS": {"O13"}}
 ORDER_TYPES = {"RDE", "OMP"}
+DISPENSE_TYPE = "RDS"
 #: A message larger than this is tokenized, checked and mapped on a worker thread.
 OFF_LOOP_BYTES = 65_536
 
@@ -210,6 +213,8 @@ class Hl7Intake:
         """The unit of work: stored with its ACK, or the stored ACK of a resend."""
         if message.msh.get(9, 1) in ORDER_TYPES:
             return await self._orders(message, sender, data, received, warnings)
+        if message.msh.get(9, 1) == DISPENSE_TYPE:
+            return await self._dispense(message, sender, data, received, warnings)
         is_adt = message.msh.get(9, 1) == "ADT"
         kind = f"ADT^{message.msh.get(9, 2)}" if is_adt else "ORU^R01"
         envelope = _envelope(message, sender, data, received, kind)
@@ -264,15 +269,19 @@ class Hl7Intake:
             orders = to_pharmacy_message(message, sender, received, self.service.ctx.tz)
         except OrderRejected as rejected:
             return self._answer(message, sender, "AE", [rejected.problem], received)
-        if orders.ends:
-            return self._answer(message, sender, "AR", [ORDER_END_NOT_TAKEN], received)
         kind = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
         envelope = _envelope(message, sender, data, received, kind)
         answered = _Answered()
         msa_code = None if enhanced_mode(msh) else sender.msa_code
 
-        def answer(decisions: list[Decision | Finding], disposition: str) -> str:
+        def answer(done: OrdersDone, disposition: str) -> str:
+            decisions = done.decided
             answers = [_order_answer(o, d) for o, d in zip(orders.orders, decisions, strict=True)]
+            answers += [
+                ended(e.sequence, e.placer, e.end.action, result.known)
+                for e, result in zip(orders.ends, done.ended, strict=True)
+            ]
+            answers.sort(key=lambda a: a.sequence)
             problems = list(warnings)
             if disposition == "conflict":
                 answers, problems = [], [REUSED_CONTROL_ID]
@@ -286,10 +295,59 @@ class Hl7Intake:
             return text
 
         source = Source("mllp", sender.key, envelope.control_id)
-        requests = [order.request for order in orders.orders]
+        work = OrderWork([o.request for o in orders.orders], [e.end for e in orders.ends])
         try:
             stored = await self.service.receive_orders(
-                envelope, orders.candidates, requests, answer, source
+                envelope, orders.candidates, work, answer, source
+            )
+        except Exception as exc:  # the store is unavailable: nothing was half-written
+            return self._store_failed(message, sender, exc, received)
+        if stored is not answered.ack:
+            answered = _Answered(stored, _our_code(msh, sender, stored), None, "duplicate")
+        return self._order_received(message, answered, received)
+
+    async def _dispense(
+        self,
+        message: Message,
+        sender: SenderConfig,
+        data: bytes,
+        received: datetime,
+        warnings: list[Hl7Problem],
+    ) -> Received:
+        """RDS^O13: the dispense filed against its RDA, stored with the RRD^O14; a resend gets
+        the stored one."""
+        msh = message.msh
+        clozapine = self.service.ctx.lab_pack().clozapine_rxnorm.value
+        try:
+            record = to_dispense_record(message, sender, received, self.service.ctx.tz, clozapine)
+        except OrderRejected as rejected:
+            return self._answer(message, sender, "AE", [rejected.problem], received)
+        pid = message.first("PID")
+        candidates = patient_candidates(pid, sender) if pid is not None else []
+        envelope = _envelope(message, sender, data, received, "RDS^O13")
+        answered = _Answered()
+        msa_code = None if enhanced_mode(msh) else sender.msa_code
+
+        def answer(done: OrdersDone, disposition: str) -> str:
+            answers, problems = [], list(warnings)
+            if disposition == "conflict":
+                problems = [REUSED_CONTROL_ID]
+            else:
+                (filed,) = done.filed
+                recorded = filed.outcome != DispenseOutcome.REFUSED
+                answers = [dispensed(record.request_id or "", filed.rda, recorded, _filed(filed))]
+            code = "AE" if disposition == "conflict" else "AA"
+            text = build_order_answer(
+                msh, code, answers, problems, _ack_id(envelope), received, msa_code
+            )
+            answered.ack, answered.code = text, code
+            answered.disposition = cast(Disposition, disposition)
+            return text
+
+        source = Source("mllp", sender.key, envelope.control_id)
+        try:
+            stored = await self.service.receive_dispense(
+                envelope, candidates, record, answer, source
             )
         except Exception as exc:  # the store is unavailable: nothing was half-written
             return self._store_failed(message, sender, exc, received)
@@ -384,13 +442,6 @@ def _check_certificate(sender: SenderConfig, fingerprint: str | None) -> None:
     raise Rejected("AR", CERTIFICATE_MISMATCH)
 
 
-ORDER_END_NOT_TAKEN = Hl7Problem(
-    "ORC^1^1",
-    "200",
-    "E",
-    "",
-    "an order's cancel or discontinue (ORC-1 CA/DC) is not taken yet",
-)
 REUSED_CONTROL_ID = Hl7Problem(
     "MSH^1^10",
     "205",
@@ -499,6 +550,12 @@ def _ack_id(envelope: ReceivedMessage) -> str:
 
 def _adt_candidates(event: AdtEvent) -> list[Candidate]:
     return [c for patient in event.patients for c in (*patient.candidates, *patient.prior)]
+
+
+def _filed(filed: DispenseFiled) -> list[Hl7Problem]:
+    """A dispense's refusals (E) and warnings (W), at its ORC."""
+    problems = [Hl7Problem("ORC^1^3", "0", "E", r.code, r.text) for r in filed.reasons]
+    return problems + [Hl7Problem("ORC^1", "0", "W", w.code, w.text) for w in filed.warnings]
 
 
 def _order_answer(order: PharmacyOrder, decided: Decision | Finding) -> OrderAnswer:

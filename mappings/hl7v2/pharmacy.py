@@ -53,7 +53,16 @@ class PharmacyOrder:
 class PharmacyMessage:
     candidates: list[Candidate]
     orders: list[PharmacyOrder]
-    ends: list[OrderEnd]  # ORC-1 CA/DC orders
+    ends: list[PharmacyEnd]  # ORC-1 CA/DC orders
+
+
+@dataclass(frozen=True)
+class PharmacyEnd:
+    """An order the message cancels or discontinues, and where it stood."""
+
+    sequence: int  # of its ORC in the message, from 1
+    placer: str  # ORC-2.1, echoed in the answer
+    end: OrderEnd
 
 
 class OrderRejected(ValueError):
@@ -95,7 +104,7 @@ def to_pharmacy_message(
         action = ENDING.get(group[0].get(1, 1).upper())
         at = hl7_time(group[0].get(9, 1), tz) or received
         if action is not None:
-            ends.append(OrderEnd(request_id, action, at))
+            ends.append(PharmacyEnd(sequence, placer, OrderEnd(request_id, action, at)))
             continue
         orders.append(_order(group, sequence, placer, request_id, pv1, sender, received, tz))
     candidates = patient_candidates(pid, sender) if pid is not None else []
