@@ -11,8 +11,8 @@ import asyncio
 import codecs
 import hashlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast, get_args
 
@@ -270,9 +270,7 @@ class Hl7Intake:
         except OrderRejected as rejected:
             return self._answer(message, sender, "AE", [rejected.problem], received)
         kind = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
-        envelope = _envelope(message, sender, data, received, kind)
-        answered = _Answered()
-        msa_code = None if enhanced_mode(msh) else sender.msa_code
+        reply = _PharmacyReply(message, sender, _envelope(message, sender, data, received, kind))
 
         def answer(done: OrdersDone, disposition: str) -> str:
             decisions = done.decided
@@ -287,24 +285,14 @@ class Hl7Intake:
                 answers, problems = [], [REUSED_CONTROL_ID]
             refused = any(isinstance(d, Finding) for d in decisions)
             code = "AE" if disposition == "conflict" or refused else "AA"
-            text = build_order_answer(
-                msh, code, answers, problems, _ack_id(envelope), received, msa_code
-            )
-            answered.ack, answered.code = text, code
-            answered.disposition = cast(Disposition, disposition)
-            return text
+            return reply.build(code, answers, problems, disposition)
 
-        source = Source("mllp", sender.key, envelope.control_id)
+        source = Source("mllp", sender.key, reply.envelope.control_id)
         work = OrderWork([o.request for o in orders.orders], [e.end for e in orders.ends])
-        try:
-            stored = await self.service.receive_orders(
-                envelope, orders.candidates, work, answer, source
-            )
-        except Exception as exc:  # the store is unavailable: nothing was half-written
-            return self._store_failed(message, sender, exc, received)
-        if stored is not answered.ack:
-            answered = _Answered(stored, _our_code(msh, sender, stored), None, "duplicate")
-        return self._order_received(message, answered, received)
+        stored = self.service.receive_orders(
+            reply.envelope, orders.candidates, work, answer, source
+        )
+        return await self._pharmacy_sent(reply, stored)
 
     async def _dispense(
         self,
@@ -316,7 +304,6 @@ class Hl7Intake:
     ) -> Received:
         """RDS^O13: the dispense filed against its RDA, stored with the RRD^O14; a resend gets
         the stored one."""
-        msh = message.msh
         clozapine = self.service.ctx.lab_pack().clozapine_rxnorm.value
         try:
             record = to_dispense_record(message, sender, received, self.service.ctx.tz, clozapine)
@@ -324,9 +311,9 @@ class Hl7Intake:
             return self._answer(message, sender, "AE", [rejected.problem], received)
         pid = message.first("PID")
         candidates = patient_candidates(pid, sender) if pid is not None else []
-        envelope = _envelope(message, sender, data, received, "RDS^O13")
-        answered = _Answered()
-        msa_code = None if enhanced_mode(msh) else sender.msa_code
+        reply = _PharmacyReply(
+            message, sender, _envelope(message, sender, data, received, "RDS^O13")
+        )
 
         def answer(done: OrdersDone, disposition: str) -> str:
             answers, problems = [], list(warnings)
@@ -337,23 +324,23 @@ class Hl7Intake:
                 recorded = filed.outcome != DispenseOutcome.REFUSED
                 answers = [dispensed(record.request_id or "", filed.rda, recorded, _filed(filed))]
             code = "AE" if disposition == "conflict" else "AA"
-            text = build_order_answer(
-                msh, code, answers, problems, _ack_id(envelope), received, msa_code
-            )
-            answered.ack, answered.code = text, code
-            answered.disposition = cast(Disposition, disposition)
-            return text
+            return reply.build(code, answers, problems, disposition)
 
-        source = Source("mllp", sender.key, envelope.control_id)
+        source = Source("mllp", sender.key, reply.envelope.control_id)
+        stored = self.service.receive_dispense(reply.envelope, candidates, record, answer, source)
+        return await self._pharmacy_sent(reply, stored)
+
+    async def _pharmacy_sent(self, reply: _PharmacyReply, stored: Awaitable[str]) -> Received:
+        """The answer the unit of work stored, or the stored answer of a resend."""
+        message, sender = reply.message, reply.sender
         try:
-            stored = await self.service.receive_dispense(
-                envelope, candidates, record, answer, source
-            )
+            text = await stored
         except Exception as exc:  # the store is unavailable: nothing was half-written
-            return self._store_failed(message, sender, exc, received)
-        if stored is not answered.ack:
-            answered = _Answered(stored, _our_code(msh, sender, stored), None, "duplicate")
-        return self._order_received(message, answered, received)
+            return self._store_failed(message, sender, exc, reply.envelope.received)
+        answered = reply.answered
+        if text is not answered.ack:
+            answered = _Answered(text, _our_code(message.msh, sender, text), None, "duplicate")
+        return self._order_received(message, answered, reply.envelope.received)
 
     def _order_received(
         self, message: Message, answered: _Answered, received: datetime
@@ -550,6 +537,28 @@ def _ack_id(envelope: ReceivedMessage) -> str:
 
 def _adt_candidates(event: AdtEvent) -> list[Candidate]:
     return [c for patient in event.patients for c in (*patient.candidates, *patient.prior)]
+
+
+@dataclass
+class _PharmacyReply:
+    """The RRE/ORP/RRD of a pharmacy message, as its unit of work builds it."""
+
+    message: Message
+    sender: SenderConfig
+    envelope: ReceivedMessage
+    answered: _Answered = field(default_factory=_Answered)
+
+    def build(
+        self, code: str, answers: list[OrderAnswer], problems: list[Hl7Problem], disposition: str
+    ) -> str:
+        msh = self.message.msh
+        msa_code = None if enhanced_mode(msh) else self.sender.msa_code
+        received = self.envelope.received
+        control_id = _ack_id(self.envelope)
+        text = build_order_answer(msh, code, answers, problems, control_id, received, msa_code)
+        self.answered.ack, self.answered.code = text, code
+        self.answered.disposition = cast(Disposition, disposition)
+        return text
 
 
 def _filed(filed: DispenseFiled) -> list[Hl7Problem]:
