@@ -128,3 +128,33 @@ def test_filed_is_not_an_expect_key_of_raw_steps(tmp_path: Path, kind: str) -> N
     body: Any = "MSH|^~\\&|A|B" if kind == "hl7" else {"resourceType": "Observation"}
     message = refused(scenario(tmp_path, {"at": AT, kind: body, "expect": {"filed": 0}}))
     assert "step 1" in message and "filed" in message
+
+
+def test_cancel_and_dispensed_steps_read_the_order_they_name(tmp_path: Path) -> None:
+    loaded = load(
+        scenario(
+            tmp_path,
+            {"at": AT, "patient": "P1", "cancel": {"request_id": "RQ-1", "action": "discontinue"}},
+            {"at": AT, "patient": "P1", "dispensed": {"request_id": "RQ-1", "days_supply": 14}},
+        )
+    )
+    end, record = (s.request for s in loaded.steps)
+    assert (end.request_id, str(end.action)) == ("RQ-1", "discontinue")
+    assert (record.request_id, record.days_supply, record.quantity) == ("RQ-1", 14, 14)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"cancel": {}},
+        {"cancel": {"request_id": "RQ-1", "action": "void"}},
+        {"dispensed": {"request_id": "RQ-1", "rda": "RDA-1"}},
+    ],
+    ids=["cancel-without-request-id", "cancel-unknown-action", "dispensed-unknown-key"],
+)
+def test_a_cancel_or_dispensed_step_misread_is_an_error_naming_it(
+    tmp_path: Path, step: dict[str, Any]
+) -> None:
+    message = refused(scenario(tmp_path, {"at": AT, "patient": "P1", **step}))
+    (kind,) = step
+    assert "step 1" in message and kind in message

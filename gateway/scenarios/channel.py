@@ -4,6 +4,7 @@ from it and carry the steps their channel can carry."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import count
 from typing import Any
@@ -12,7 +13,7 @@ from gateway.app.bootstrap import Gateway
 from gateway.app.errors import NotLinkable, RequestConflict, ReviewClosed, UnknownReviewItem
 from gateway.app.reads import RemsReads
 from gateway.app.service import RemsService
-from gateway.app.values import Source
+from gateway.app.values import OrderEnded, Source
 from gateway.mllp.intake import Hl7Intake
 from gateway.scenarios.fhir_app import InProcessFhir
 from gateway.scenarios.file import AdtStep, ReviewStep, Scenario, ScenarioError, Step, pid_values
@@ -22,6 +23,7 @@ from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import parse
 from rems_core.identity import Candidate, resolved
 from rems_core.model import Identifier
+from rems_core.rda import DispenseFiled, DispenseRecord
 from rems_core.rulepack import OutOfScope
 from rems_core.store.review_repo import ReviewFilter
 
@@ -63,6 +65,22 @@ def adt_message(adt: AdtStep, sender: SenderConfig, control_id: str, at: datetim
 
 def err_warnings(ack: str) -> list[dict[str, str]]:
     return [{"code": code, "text": ""} for code in finding_codes(ack)]
+
+
+def ended_fields(ended: OrderEnded) -> dict[str, Any]:
+    """A `cancel` step's result keys: whether the order was decided, its RDA voided, and why
+    not (ORDER_NOT_FOUND)."""
+    reasons = [f.as_dict() for f in ended.findings]
+    return {"known": ended.known, "voided": ended.voided, "reasons": reasons, "warnings": []}
+
+
+def filed_fields(filed: DispenseFiled) -> dict[str, Any]:
+    """A `dispensed` step's result keys: recorded, refused or ignored, and the findings."""
+    return {
+        "outcome": str(filed.outcome),
+        "reasons": [f.as_dict() for f in filed.reasons],
+        "warnings": [f.as_dict() for f in filed.warnings],
+    }
 
 
 class NotSupportedYet(RuntimeError):
@@ -193,6 +211,16 @@ class InProcessChannel:
             self.identifiers(step.patient), step.request, SOURCE
         )
         return {**decision.as_dict(), "ack": "AA", "http_status": 201}
+
+    async def _cancel(self, step: Step) -> dict[str, Any]:
+        ended = await self.service.end_order(step.request, SOURCE)
+        return ended_fields(ended) | {"ack": "AA", "http_status": 200}
+
+    async def _dispensed(self, step: Step) -> dict[str, Any]:
+        record: DispenseRecord = step.request
+        clozapine = record.drug in self.service.ctx.lab_pack().clozapine_rxnorm.value
+        filed = await self.service.record_dispense(replace(record, clozapine=clozapine), SOURCE)
+        return filed_fields(filed) | {"ack": "AA", "http_status": 201}
 
     async def _psf(self, step: Step) -> dict[str, Any]:
         outcome = await self.service.submit_psf(

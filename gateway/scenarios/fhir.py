@@ -42,8 +42,10 @@ from gateway.app.bootstrap import Gateway
 from gateway.scenarios.channel import InProcessChannel, NotSupportedYet, pid_candidates
 from gateway.scenarios.fhir_answers import (
     answer_fields,
+    coded_findings,
     decision_fields,
     lab_fields,
+    outcome_issues,
     psf_fields,
 )
 from gateway.scenarios.fhir_app import (
@@ -58,15 +60,25 @@ from gateway.scenarios.fhir_app import (
 )
 from gateway.scenarios.fhir_resources import (
     Decimals,
+    medication_dispense,
     medication_request,
     observation,
     questionnaire_response,
     report_bundle,
 )
-from gateway.scenarios.file import AdtStep, Scenario, Step
+from gateway.scenarios.file import DEFAULT_DRUG, AdtStep, Scenario, Step
 from gateway.scenarios.smart import RunnerClient, RunnerClients, TokenSource
 from rems_core.identity import resolved
-from rems_core.model import Identifier, LabResult, PatientStatusForm, PsfStatus, SubmitterRole
+from rems_core.model import (
+    DispenseRequest,
+    Identifier,
+    LabResult,
+    PatientStatusForm,
+    PsfStatus,
+    Setting,
+    SubmitterRole,
+)
+from rems_core.rda import DispenseRecord, OrderAction, OrderEnd
 
 PENDING = PsfStatus.PENDING_PRESCRIBER_SIGNATURE.value
 IDENTIFYING_EVENTS = {"A01", "A04", "A08", "A28", "A31"}  # an adt step as a client Patient
@@ -187,6 +199,26 @@ class FhirChannel(InProcessChannel):
         body = medication_request(step.request, self._subject(step), numbers)
         status, answer, _ = await self._post("/fhir/MedicationRequest", numbers.dumps(body), step)
         return decision_fields(status, answer)
+
+    async def _cancel(self, step: Step) -> dict[str, Any]:
+        """A MedicationRequest `cancelled` (`stopped` for a discontinue) with the order's request
+        id: it ends that order."""
+        end: OrderEnd = step.request
+        status = "stopped" if end.action == OrderAction.DISCONTINUE else "cancelled"
+        request = DispenseRequest("", "", Setting.OUTPATIENT, step.at, 1, DEFAULT_DRUG)
+        numbers = Decimals()
+        body = medication_request(request, self._subject(step), numbers)
+        body |= {"status": status, "identifier": [{"value": end.request_id}]}
+        code, answer, _ = await self._post("/fhir/MedicationRequest", numbers.dumps(body), step)
+        reasons = coded_findings(outcome_issues(answer)) if code >= 400 else []
+        return {"known": code < 400, "reasons": reasons, "http_status": code, "warnings": []}
+
+    async def _dispensed(self, step: Step) -> dict[str, Any]:
+        record: DispenseRecord = step.request
+        numbers = Decimals()
+        body = medication_dispense(record, self._subject(step))
+        code, answer, _ = await self._post("/fhir/MedicationDispense", numbers.dumps(body), step)
+        return answer_fields(code, answer)
 
     async def _psf(self, step: Step) -> dict[str, Any]:
         form: PatientStatusForm = step.request

@@ -189,6 +189,14 @@ class LiveFhirChannel(FhirChannel):
             request = replace(request, request_id=self.tagging.suffix(request.request_id))
         return await super()._dispense(replace(step, request=request))
 
+    async def _cancel(self, step: Step) -> dict[str, Any]:
+        tagged = replace(step.request, request_id=self.tagging.suffix(step.request.request_id))
+        return await super()._cancel(replace(step, request=tagged))
+
+    async def _dispensed(self, step: Step) -> dict[str, Any]:
+        tagged = replace(step.request, request_id=self.tagging.suffix(step.request.request_id))
+        return await super()._dispensed(replace(step, request=tagged))
+
     async def _sign(self, step: Step) -> dict[str, Any]:
         _, psf_id = step.request
         nothing_to_sign = self._response_to_sign(str(step.patient), psf_id) is None

@@ -34,6 +34,7 @@ from rems_core.model import (
     ResultStatus,
     SubmitterRole,
 )
+from rems_core.rda import DispenseRecord
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -205,6 +206,21 @@ def medication_request(
     if request.override is not None:
         body["extension"] = [override_extension(request.override, numbers)]
     return body
+
+
+def medication_dispense(record: DispenseRecord, subject: Identifier) -> dict[str, Any]:
+    """A `dispensed` step: the dispense of the order its request id names (the bare value, as
+    the dispense step's MedicationRequest carries it); handed over at the clinical now."""
+    return {
+        "resourceType": "MedicationDispense",
+        "status": "completed",
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": record.drug}]},
+        "subject": subject_reference(subject),
+        "authorizingPrescription": [{"identifier": {"value": record.request_id}}],
+        "quantity": {"value": int(record.quantity or 0)},
+        "daysSupply": {"value": record.days_supply, "unit": "days", "system": UCUM, "code": "d"},
+        "whenHandedOver": record.dispensed_at.isoformat(),
+    }
 
 
 def _category(code: str) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from rems_core.model import (
     SubmitterRole,
     TreatmentStatus,
 )
+from rems_core.rda import DispenseRecord, OrderAction, OrderEnd
 from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from, yaml_problem
 from rems_core.rulepack import DEFAULT_PACK
 
@@ -66,6 +67,8 @@ STEP_KEYS: dict[str, set[str]] = {
     "advance_to": {"to", "until", "patient"},
     "adt": {"event", "pid", "mrg"},
     "review": {"link", "to", "identifier", "discard", "reason"},
+    "cancel": {"patient", "request_id", "action"},
+    "dispensed": {"patient", "request_id", "drug", "quantity", "days_supply"},
     "hl7": set(),
     "fhir": set(),
 }  # fmt: skip
@@ -78,6 +81,8 @@ EXPECT_KEYS: dict[str, set[str]] = {
     "advance_to": {"warnings", "held"},
     "adt": {"ack", "warnings", "held"},
     "review": {"filed", "held"},
+    "cancel": COMMON_EXPECT | {"known", "voided", "reasons"},
+    "dispensed": COMMON_EXPECT | {"outcome", "reasons"},
 }
 EXPECT_KEYS["labs"] = EXPECT_KEYS["lab"]
 EXPECT_KEYS["sign"] = EXPECT_KEYS["psf"]
@@ -452,6 +457,30 @@ def dispense_request(body: Any, where: str, at: datetime, tz: tzinfo) -> Dispens
     )
 
 
+def order_end(body: Any, where: str, at: datetime, tz: tzinfo) -> OrderEnd:
+    """A `cancel` step: the order its request id names ends (ORC-1 CA/DC, a MedicationRequest
+    `cancelled`/`stopped`)."""
+    fields = Fields(body, where, STEP_KEYS["cancel"], tz)
+    action = fields.choice("action", OrderAction, OrderAction.CANCEL) or OrderAction.CANCEL
+    return OrderEnd(fields.text("request_id", required=True) or "", action, at)
+
+
+def dispense_record(body: Any, where: str, at: datetime, tz: tzinfo) -> DispenseRecord:
+    """A `dispensed` step: the drug dispensed against the RDA of the order its request id names
+    (RDS^O13, a MedicationDispense). Whether the drug is clozapine is the channel's to read."""
+    fields = Fields(body, where, STEP_KEYS["dispensed"], tz)
+    days = fields.integer("days_supply", 7)
+    return DispenseRecord(
+        rda=None,
+        request_id=fields.text("request_id", required=True),
+        clozapine=True,
+        drug=fields.text("drug", DEFAULT_DRUG) or DEFAULT_DRUG,
+        quantity=Decimal(fields.integer("quantity", days)),
+        days_supply=days,
+        dispensed_at=at,
+    )
+
+
 def psf_form(body: Any, where: str, at: datetime, tz: tzinfo) -> PatientStatusForm:
     fields = Fields(body, where, STEP_KEYS["psf"], tz)
     by = fields.text("by", required=True) or ""
@@ -543,6 +572,8 @@ PARSERS = {
     "lab": lab_results,
     "labs": lab_results,
     "dispense": dispense_request,
+    "cancel": order_end,
+    "dispensed": dispense_record,
     "psf": psf_form,
     "sign": sign_request,
     "advance_to": advance_until,

@@ -373,6 +373,14 @@ class LiveMllpChannel(Hl7Channel):
             request = replace(request, request_id=f"{request.request_id}-{self.tag}")
         return await super()._dispense(replace(step, request=request))
 
+    async def _cancel(self, step: Step) -> dict[str, Any]:
+        tagged = replace(step.request, request_id=f"{step.request.request_id}-{self.tag}")
+        return await super()._cancel(replace(step, request=tagged))
+
+    async def _dispensed(self, step: Step) -> dict[str, Any]:
+        tagged = replace(step.request, request_id=f"{step.request.request_id}-{self.tag}")
+        return await super()._dispensed(replace(step, request=tagged))
+
     async def _advance_to(self, step: Step) -> dict[str, Any]:
         if self.http is None:
             return await super()._advance_to(step)

@@ -25,12 +25,13 @@ from gateway.scenarios.channel import (
     adt_message,
     hl7_ts,
 )
-from gateway.scenarios.file import DEFAULT_SENDER, AdtStep, Scenario, Step
+from gateway.scenarios.file import DEFAULT_DRUG, DEFAULT_SENDER, AdtStep, Scenario, Step
 from mappings.hl7v2.ack import escape, finding_codes
 from mappings.hl7v2.oru import patient_identifiers
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import HL7ParseError, parse
 from rems_core.model import DispenseRequest, Identifier, LabResult, Override, ResultStatus, Setting
+from rems_core.rda import DispenseRecord, OrderAction, OrderEnd
 
 SENDER = DEFAULT_SENDER
 UNKNOWN_SYSTEM = "urn:rems-gateway:scenario-unknown"
@@ -132,6 +133,45 @@ class Hl7Channel(InProcessChannel):
         stored = await self.reads.decision_for_request(placer) if answer["outcome"] else None
         keys = ("max_days_supply", "override_possible", "rule_pack")
         return answer | ({key: stored[key] for key in keys} if stored else {})
+
+    def _pharmacy_header(self, step: Step, kind: str) -> list[str]:
+        ts = hl7_ts(step.at)
+        application, facility = escape(self.sender.application), escape(self.sender.facility)
+        pid3 = "~".join(self._cx(i) for i in self.identifiers(step.patient))
+        return [
+            f"MSH|^~\\&|{application}|{facility}|REMS|REMS|{ts}||{kind}|"
+            f"{self.control_id()}|P|2.5.1||||||UNICODE UTF-8",
+            f"PID|1||{pid3}",
+        ]
+
+    async def _cancel(self, step: Step) -> dict[str, Any]:
+        """ORC-1 CA (or DC) in an RDE^O11 naming the order's placer number."""
+        end: OrderEnd = step.request
+        control = "DC" if end.action == OrderAction.DISCONTINUE else "CA"
+        orc = ["ORC", control, escape(end.request_id), *[""] * 6, hl7_ts(step.at)]
+        segments = [
+            *self._pharmacy_header(step, "RDE^O11^RDE_O11"),
+            "|".join(orc),
+            f"RXE||{DEFAULT_DRUG}^^RXNORM",
+        ]
+        answer = await self._exchange("\r".join(segments) + "\r")
+        fields = order_fields(answer)
+        orc_1 = next((s.split("|")[1] for s in answer.split("\r") if s.startswith("ORC|")), "")
+        return {**ack_fields(answer), "known": orc_1 in ("CR", "DR"), "reasons": fields["reasons"]}
+
+    async def _dispensed(self, step: Step) -> dict[str, Any]:
+        """An RDS^O13 naming the order's placer number (no RDA number: found by the order)."""
+        record: DispenseRecord = step.request
+        ts = hl7_ts(step.at)
+        segments = [
+            *self._pharmacy_header(step, "RDS^O13^RDS_O13"),
+            f"ORC|RE|{escape(record.request_id or '')}||||||{ts}",
+            f"TQ1|1|||||{record.days_supply}^d",
+            f"RXD|1|{escape(record.drug)}^^RXNORM|{ts}|{record.quantity}",
+        ]
+        fields = order_fields(await self._exchange("\r".join(segments) + "\r"))
+        orc_ok = not fields["reasons"]
+        return fields | {"outcome": "recorded" if orc_ok else "refused"}
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
         text = self.outgoing(str(step.body).replace("\r\n", "\r").replace("\n", "\r"))
