@@ -355,7 +355,7 @@ class RemsService:
                 process(store)
                 return None, "accepted"
 
-            return messages._receive(
+            return messages.receive_processed(
                 self.ctx,
                 store,
                 message,

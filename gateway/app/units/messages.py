@@ -39,7 +39,7 @@ def receive(
         outcome = labs.ingest(ctx, store, candidates, results, source, message.received)
         return outcome, "accepted" if outcome.matched else "unmatched"
 
-    return _receive(ctx, store, message, candidates, answer, source, process)
+    return receive_processed(ctx, store, message, candidates, answer, source, process)
 
 
 def receive_adt(
@@ -58,10 +58,10 @@ def receive_adt(
         return outcome, adt.disposition(outcome)
 
     candidates = [c for p in event.patients for c in p.candidates]
-    return _receive(ctx, store, message, candidates, answer, source, process)
+    return receive_processed(ctx, store, message, candidates, answer, source, process)
 
 
-def _receive(
+def receive_processed(
     ctx: UnitContext,
     store: Store,
     message: ReceivedMessage,
