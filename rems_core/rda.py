@@ -43,8 +43,9 @@ class DispenseRecord:
 
     rda: str | None  # the RDA number it names (ORC-3, an identifier), if any
     request_id: str | None  # the order it fills (ORC-2, authorizingPrescription), if named
-    clozapine: bool  # whether the drug dispensed is clozapine (else it is acknowledged, ignored)
-    drug: str  # the code as sent (RxNorm, NDC or local), for the record
+    drug: (
+        str | None
+    )  # RxNorm when readable (the service tells clozapine from other drugs), else as sent
     quantity: Decimal | None
     days_supply: int | None
     dispensed_at: datetime

@@ -42,7 +42,6 @@ def record(rda: str | None, when: str = "2022-03-03T09:00", **fields: object) ->
     values: dict[str, object] = {
         "rda": rda,
         "request_id": None,
-        "clozapine": True,
         "drug": "197536",
         "quantity": Decimal("60"),
         "days_supply": 30,
@@ -242,7 +241,7 @@ def test_a_dispense_of_another_drug_is_ignored(
 ) -> None:
     assert authorized.rda is not None
     number = authorized.rda.number
-    filed = run(service.record_dispense(record(number, clozapine=False, drug="310965"), SOURCE))
+    filed = run(service.record_dispense(record(number, drug="310965"), SOURCE))
     assert (filed.outcome, filed.record_id) == (DispenseOutcome.IGNORED, None)
     assert count(engine, tables.DispenseRecordRow) == 0
     assert state(service, number).state == RdaState.ISSUED

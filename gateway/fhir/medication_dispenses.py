@@ -21,7 +21,6 @@ from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
     clinical_now,
     content_hash,
-    context_of,
     service_of,
     validated,
     written,
@@ -42,8 +41,7 @@ async def create_medication_dispense(
     check_format(request)
     data = await json_body(request)
     now = clinical_now(request, data)
-    clozapine = frozenset(context_of(request).lab_pack().clozapine_rxnorm.value)
-    found = read_medication_dispense(validated(data, TYPE), now, clozapine)
+    found = read_medication_dispense(validated(data, TYPE), now)
     if found.record is None:
         raise FhirError(422, "invalid", "", issues=found.problems)
     index = ResourceIndex(

@@ -304,9 +304,8 @@ class Hl7Intake:
     ) -> Received:
         """RDS^O13: the dispense filed against its RDA, stored with the RRD^O14; a resend gets
         the stored one."""
-        clozapine = self.service.ctx.lab_pack().clozapine_rxnorm.value
         try:
-            record = to_dispense_record(message, sender, received, self.service.ctx.tz, clozapine)
+            record = to_dispense_record(message, sender, received, self.service.ctx.tz)
         except OrderRejected as rejected:
             return self._answer(message, sender, "AE", [rejected.problem], received)
         pid = message.first("PID")

@@ -4,7 +4,6 @@ from it and carry the steps their channel can carry."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import count
 from typing import Any
@@ -23,7 +22,7 @@ from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import parse
 from rems_core.identity import Candidate, resolved
 from rems_core.model import Identifier
-from rems_core.rda import DispenseFiled, DispenseRecord
+from rems_core.rda import DispenseFiled
 from rems_core.rulepack import OutOfScope
 from rems_core.store.review_repo import ReviewFilter
 
@@ -217,9 +216,7 @@ class InProcessChannel:
         return ended_fields(ended) | {"ack": "AA", "http_status": 200}
 
     async def _dispensed(self, step: Step) -> dict[str, Any]:
-        record: DispenseRecord = step.request
-        clozapine = record.drug in self.service.ctx.lab_pack().clozapine_rxnorm.value
-        filed = await self.service.record_dispense(replace(record, clozapine=clozapine), SOURCE)
+        filed = await self.service.record_dispense(step.request, SOURCE)
         return filed_fields(filed) | {"ack": "AA", "http_status": 201}
 
     async def _psf(self, step: Step) -> dict[str, Any]:

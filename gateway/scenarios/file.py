@@ -467,13 +467,12 @@ def order_end(body: Any, where: str, at: datetime, tz: tzinfo) -> OrderEnd:
 
 def dispense_record(body: Any, where: str, at: datetime, tz: tzinfo) -> DispenseRecord:
     """A `dispensed` step: the drug dispensed against the RDA of the order its request id names
-    (RDS^O13, a MedicationDispense). Whether the drug is clozapine is the channel's to read."""
+    (RDS^O13, a MedicationDispense)."""
     fields = Fields(body, where, STEP_KEYS["dispensed"], tz)
     days = fields.integer("days_supply", 7)
     return DispenseRecord(
         rda=None,
         request_id=fields.text("request_id", required=True),
-        clozapine=True,
         drug=fields.text("drug", DEFAULT_DRUG) or DEFAULT_DRUG,
         quantity=Decimal(fields.integer("quantity", days)),
         days_supply=days,

@@ -72,11 +72,8 @@ def _dispensed_at(dispense: Any, now: datetime, problems: list[Issue]) -> dateti
     return moment.astimezone(UTC)
 
 
-def read_medication_dispense(
-    dispense: Any, now: datetime, clozapine: frozenset[str]
-) -> MedicationDispenseReading:
-    """``dispense`` is a validated R4B MedicationDispense; ``clozapine`` the RxNorm codes that
-    name clozapine."""
+def read_medication_dispense(dispense: Any, now: datetime) -> MedicationDispenseReading:
+    """``dispense`` is a validated R4B MedicationDispense."""
     problems: list[Issue] = []
     prescription, rda, request = _prescription(dispense.authorizingPrescription)
     days = None
@@ -91,7 +88,6 @@ def read_medication_dispense(
     record = DispenseRecord(
         rda=rda,
         request_id=request,
-        clozapine=drug in clozapine,
         drug=drug,
         quantity=Decimal(str(quantity)) if quantity is not None else None,
         days_supply=days,

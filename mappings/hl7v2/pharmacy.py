@@ -9,7 +9,6 @@ the pharmacist holds (OBX-3 an ANC code, OBX-5/6 value and unit, OBX-14 its draw
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
@@ -293,10 +292,9 @@ def to_dispense_record(
     sender: SenderConfig,
     received: datetime,
     tz: tzinfo,
-    clozapine: Collection[str],
 ) -> DispenseRecord:
-    """RDS^O13: ORC-3.1 the RDA it names, ORC-2.1 the order, RXD-2 the drug (read as an order's;
-    ``clozapine`` the RxNorm codes of clozapine), RXD-4 the amount, RXD-3 when, the days supply
+    """RDS^O13: ORC-3.1 the RDA it names, ORC-2.1 the order, RXD-2 the drug (read as an order's),
+    RXD-4 the amount, RXD-3 when, the days supply
     (TQ1-6 or the sender's field), the pharmacy as for an order."""
     groups = order_groups(message)
     group = groups[0] if groups else []
@@ -310,7 +308,6 @@ def to_dispense_record(
     return DispenseRecord(
         rda=orc.get(3, 1) or None,
         request_id=orc.get(2, 1) or None,
-        clozapine=drug in clozapine,
         drug=drug or rxd.get(2, 1),
         quantity=decimal_or_none(rxd.get(4, 1)),
         days_supply=max(days) if days else None,

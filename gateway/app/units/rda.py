@@ -75,8 +75,9 @@ def record_dispense(
     ctx: UnitContext, store: Store, record: DispenseRecord, source: Source
 ) -> DispenseFiled:
     """A dispense a pharmacy reports, against the RDA it names (by number, else by its order's
-    request id). Not clozapine: ignored, nothing stored."""
-    if not record.clozapine:
+    request id). Not clozapine (no RxNorm code of the packs' clozapine list): ignored, nothing
+    stored."""
+    if record.drug not in ctx.lab_pack().clozapine_rxnorm.value:
         return DispenseFiled(DispenseOutcome.IGNORED)
     content = digest(to_plain(record))
     earlier = store.dispense_record_like(content)
