@@ -437,3 +437,104 @@ class ReviewKeyRow(SQLModel, table=True):
     review_id: str = Field(primary_key=True, foreign_key="review_item.id")
     system: str = Field(primary_key=True)
     value: str = Field(primary_key=True)
+
+
+class MonitoringTaskRow(SQLModel, table=True):
+    """A work item the gateway opened (docs/contracts.md §7) and closes when its condition
+    clears; each version is also a FHIR Task in ``fhir_resource``. ``key`` (kind, whom, period)
+    makes opening it idempotent: the same occurrence never opens twice."""
+
+    __tablename__ = "monitoring_task"
+    __table_args__ = (
+        UniqueConstraint("key", name="uq_monitoring_task_key"),
+        Index("ix_monitoring_task_patient", "patient_id", "status"),
+        Index("ix_monitoring_task_owner", "owner_npi", "status"),
+        Index("ix_monitoring_task_status", "status", "kind"),
+    )
+    id: str = Field(primary_key=True)  # the Task's FHIR id
+    key: str  # "<kind>|<patient or review item>|<period>"
+    kind: str  # psf-due | psf-window-closing | rationale-required | anc-overdue | …
+    patient_id: str | None = None
+    owner_npi: str | None = None  # none: the operator's (unmatched-result)
+    designee_may: bool = False  # a designee may do it for the owner (rules §5.2)
+    focus: str | None = None  # "QuestionnaireResponse/…", "Observation/…"
+    status: str = "requested"  # requested | completed | cancelled
+    opened: datetime = _utc(nullable=False)  # clinical time
+    due: datetime | None = _utc(nullable=True)
+    closed: datetime | None = _utc(nullable=True)
+    reason: str = ""  # why it was opened (no PHI)
+    closed_why: str = ""
+
+
+class PsfDraftRow(SQLModel, table=True):
+    """A monthly PSF the gateway drafted from the labs (rules §5.6, §8); the response itself is a
+    QuestionnaireResponse `in-progress` in ``fhir_resource`` under the same id."""
+
+    __tablename__ = "psf_draft"
+    __table_args__ = (
+        UniqueConstraint("patient_id", "due", name="uq_psf_draft_period"),
+        Index("ix_psf_draft_status", "status", "patient_id"),
+    )
+    id: str = Field(primary_key=True)  # the QuestionnaireResponse id
+    patient_id: str = Field(foreign_key="patient.id")
+    prescriber_npi: str
+    period_start: date  # the last accepted PSF's submission date
+    due: date  # one calendar month after it
+    status: str = "open"  # open | submitted | withdrawn
+    prefill_hash: str  # what was pre-filled: a new version only when it changes
+    opened: datetime = _utc(nullable=False)
+    closed: datetime | None = _utc(nullable=True)
+
+
+class SchedulerLease(SQLModel, table=True):
+    """Which gateway runs the periodic scheduled work, until when (one per cluster)."""
+
+    __tablename__ = "scheduler_lease"
+    name: str = Field(primary_key=True)
+    holder: str  # host, process and a random part
+    acquired: datetime = _utc(nullable=False)
+    expires: datetime = _utc(nullable=False)
+    last_run: datetime | None = _utc(nullable=True)
+
+
+class SubscriptionRow(SQLModel, table=True):
+    """A FHIR Subscription (R4 backport) as the deliverer needs it; the resource's versions are in
+    ``fhir_resource``."""
+
+    __tablename__ = "subscription"
+    __table_args__ = (Index("ix_subscription_topic", "topic", "status"),)
+    id: str = Field(primary_key=True)
+    topic: str  # urn:rems-gateway:topic:task | urn:rems-gateway:topic:decision
+    filters: list[dict[str, str]] = Field(default_factory=list, sa_column=Column(JSON))
+    endpoint: str
+    headers: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    payload: str = "id-only"  # empty | id-only | full-resource
+    content_type: str = "application/fhir+json"
+    status: str = "requested"  # requested | active | error | off
+    events: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    owner: str = ""  # the client that created it
+    created: datetime = _utc(nullable=False)
+    error: str = ""
+
+
+class NotificationRow(SQLModel, table=True):
+    """The durable outbound queue: one notification for one subscription, delivered with retry
+    and backoff, or dead-lettered."""
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        Index("ix_notification_due", "status", "next_attempt"),
+        Index("ix_notification_subscription", "subscription_id", "event_number"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    subscription_id: str = Field(foreign_key="subscription.id")
+    event_number: int = Field(sa_column=Column(BigInteger, nullable=False))
+    kind: str  # handshake | heartbeat | event-notification
+    focus: str | None = None  # "Task/…"
+    body: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    status: str = "pending"  # pending | delivered | dead
+    attempts: int = 0
+    created: datetime = _utc(nullable=False)
+    next_attempt: datetime = _utc(nullable=False)
+    delivered: datetime | None = _utc(nullable=True)
+    last_error: str = ""
