@@ -132,6 +132,9 @@ class RulePack(_Strict):
     rationale_reasons: Param[list[str]]
     rationale_text_required_for: Param[list[str]]
     psf_window: Param[int]
+    psf_due_after: Param[int]  # calendar months
+    psf_draft_lead: Param[int]
+    psf_window_reminder: Param[int]
     labs_missed_rationale_window: Param[int]
     overrides: Param[OverrideLimit]
     discharge_cap: Param[DischargeCap]

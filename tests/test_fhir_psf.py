@@ -403,4 +403,7 @@ def test_questionnaire_canonicals() -> None:
     assert questionnaire_id("https://gw.example/fhir/Questionnaire/clozapine-enrollment") == (
         "clozapine-enrollment"
     )
-    assert questionnaire_id("urn:rems-gateway:fhir:Questionnaire:clozapine-psf|2") is None
+    assert questionnaire_id("urn:rems-gateway:fhir:Questionnaire:clozapine-psf|2") == (
+        "clozapine-psf"
+    )  # version 2 adds the draft's read-only items; responses to 1 are read the same
+    assert questionnaire_id("urn:rems-gateway:fhir:Questionnaire:clozapine-psf|3") is None

@@ -161,6 +161,23 @@ def scheduled(
     )
 
 
+def task_change(
+    recorded: datetime, source: Source, task: dict[str, Any], at: datetime
+) -> AuditEntry:
+    """A task opened or closed (docs/contracts.md §7): its id, kind and status, never values."""
+    return _entry(
+        recorded,
+        source,
+        at,
+        kind="task",
+        subject=task["patient_id"],
+        input_hash=digest({"task": task["id"], "key": task["key"], "status": task["status"]}),
+        input_ref=f"monitoring_task/{task['id']}",
+        outcome=task["status"],
+        reasons=(task["kind"],),
+    )
+
+
 def review(
     recorded: datetime,
     source: Source,

@@ -71,3 +71,12 @@ class BundleRefused(Exception):
 class UnknownResource(LookupError):
     """An update names a resource the gateway does not have, of a type that is never created by
     an update (404)."""
+
+
+class NotADraft(Exception):
+    """A PUT of a QuestionnaireResponse that is not one of the gateway's open monthly drafts: a
+    new PSF is posted, a draft is completed by its update (409; 404 when none has the id)."""
+
+    def __init__(self, known: bool) -> None:
+        super().__init__("not an open draft" if known else "no such response")
+        self.known = known

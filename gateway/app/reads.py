@@ -30,8 +30,11 @@ from rems_core.store.fhir_repo import (
 )
 from rems_core.store.repo import Store
 from rems_core.store.review_repo import ReviewFilter
+from rems_core.store.worklist_repo import TaskFilter
 
 T = TypeVar("T")
+RESPONSE = "QuestionnaireResponse"
+MANY = 10_000  # a patient's responses: one a month, filtered here by status
 
 
 class RemsReads:
@@ -145,6 +148,34 @@ class RemsReads:
     async def review_counts(self) -> dict[tuple[str, str], int]:
         """Review items by kind and status."""
         return await self._read(lambda store: store.review_counts())
+
+    async def tasks(self, wanted: TaskFilter) -> tuple[list[StoredResource], int]:
+        """One page of the worklist's tasks as FHIR Tasks, newest first, and how many match."""
+
+        def read(store: Store) -> tuple[list[StoredResource], int]:
+            rows, total = store.tasks(wanted)
+            found = (store.current_resource("Task", row["id"]) for row in rows)
+            return [task for task in found if task is not None], total
+
+        return await self._read(read)
+
+    async def task_rows(self, wanted: TaskFilter) -> tuple[list[dict[str, Any]], int]:
+        """The same page as the store keeps it (for `rems-gateway tasks`)."""
+        return await self._read(lambda store: store.tasks(wanted))
+
+    async def responses(
+        self, patient_id: str | None, status: str | None, count: int, offset: int
+    ) -> tuple[list[StoredResource], int]:
+        """QuestionnaireResponses of a patient (or anyone's) in a status: the open monthly drafts
+        for `in-progress`, else the current responses that have it."""
+
+        def read(store: Store) -> tuple[list[StoredResource], int]:
+            query = ResourceQuery(RESPONSE, [patient_id] if patient_id else None, count=MANY)
+            found, _ = store.search_resources(query)
+            matching = [r for r in found if status is None or r.body.get("status") == status]
+            return matching[offset : offset + count], len(matching)
+
+        return await self._read(read)
 
     async def _read(self, work: Callable[[Store], T]) -> T:
         def on_read_connection() -> T:

@@ -26,6 +26,7 @@ from gateway.app.units import (
     registry,
     review,
     scheduled,
+    worklist,
 )
 from gateway.app.units import psf as psf_unit
 from gateway.app.units import rda as rda_unit
@@ -165,6 +166,7 @@ class RemsService:
         def unit(store: Store) -> PsfOutcome:
             outcome = psf_unit.submit(self.ctx, store, identifiers, form, source, pack)
             store.append_audit(audit_records.psf(self.ctx.now(), source, form, outcome))
+            self._refresh(store, outcome.patient, form.submitted_at, source)
             return outcome
 
         return await self.writer.run(unit)
@@ -184,6 +186,7 @@ class RemsService:
             store.append_audit(
                 audit_records.signature(self.ctx.now(), source, signer, psf_id, at, outcome)
             )
+            self._refresh(store, outcome.patient, at, source)
             return outcome
 
         return await self.writer.run(unit)
@@ -198,10 +201,14 @@ class RemsService:
             again = fhir_psf.resent(store, submission)
             if again is not None:
                 return again
+            draft_id = fhir_psf.open_draft(store, submission)
             identifiers = fhir_psf.subject_identifiers(store, submission)
             outcome = psf_unit.submit(self.ctx, store, identifiers, form, source, pack)
             store.append_audit(audit_records.psf(self.ctx.now(), source, form, outcome))
-            return fhir_psf.keep(self.ctx, store, submission, outcome)
+            kept = fhir_psf.keep(self.ctx, store, submission, outcome)
+            fhir_psf.draft_done(store, draft_id, outcome, form.submitted_at)
+            self._refresh(store, outcome.patient, form.submitted_at, source)
+            return kept
 
         return await self.writer.run(unit)
 
@@ -218,9 +225,16 @@ class RemsService:
             store.append_audit(
                 audit_records.signature(self.ctx.now(), source, signer, form.psf_id, at, outcome)
             )
-            return fhir_psf.keep_signature(self.ctx, store, request, outcome)
+            kept = fhir_psf.keep_signature(self.ctx, store, request, outcome)
+            self._refresh(store, outcome.patient, at, source)
+            return kept
 
         return await self.writer.run(unit)
+
+    def _refresh(self, store: Store, patient_id: str | None, at: datetime, source: Source) -> None:
+        """The patient's worklist after a change of their PSFs."""
+        if patient_id is not None:
+            worklist.refresh(self.ctx, store, patient_id, at, source)
 
     # --- dispense -----------------------------------------------------------------------------
 

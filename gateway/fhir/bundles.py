@@ -60,15 +60,8 @@ from gateway.fhir.http import (
 from gateway.fhir.observations import conditional_identifier, reading, submission
 from gateway.fhir.patients import patient_issues, patient_submission
 from gateway.fhir.reads import add_reads
-from gateway.fhir.resources import (
-    clinical_now,
-    content_hash,
-    id_taken,
-    location,
-    service_of,
-    validated,
-    written,
-)
+from gateway.fhir.resources import clinical_now, id_taken, location, service_of, validated, written
+from mappings.fhir.content import content_hash
 from mappings.fhir.outcome import Issue, operation_outcome
 from rems_core.store.fhir_repo import ResourceIndex
 

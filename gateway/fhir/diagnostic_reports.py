@@ -22,7 +22,8 @@ from gateway.fhir.observations import (
     store_one,
 )
 from gateway.fhir.reads import add_reads
-from gateway.fhir.resources import check_url_id, content_hash, context_of, validated
+from gateway.fhir.resources import check_url_id, context_of, validated
+from mappings.fhir.content import content_hash
 from mappings.fhir.observation import draw_time, loinc_code
 from mappings.fhir.references import identifier_key, subject_ref
 from rems_core.store.fhir_repo import ResourceIndex

@@ -18,13 +18,8 @@ from gateway.app.values import MedicationDispenseSubmission, ResourceDraft, Sour
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, check_format, json_body
 from gateway.fhir.reads import add_reads
-from gateway.fhir.resources import (
-    clinical_now,
-    content_hash,
-    service_of,
-    validated,
-    written,
-)
+from gateway.fhir.resources import clinical_now, service_of, validated, written
+from mappings.fhir.content import content_hash
 from mappings.fhir.medication_dispense import dispense_issues, read_medication_dispense
 from mappings.fhir.outcome import Issue
 from rems_core.store.fhir_repo import ResourceIndex

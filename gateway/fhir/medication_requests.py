@@ -26,14 +26,8 @@ from gateway.app.values import (
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, check_format, json_body, version_of
 from gateway.fhir.reads import add_reads
-from gateway.fhir.resources import (
-    check_url_id,
-    clinical_now,
-    content_hash,
-    service_of,
-    validated,
-    written,
-)
+from gateway.fhir.resources import check_url_id, clinical_now, service_of, validated, written
+from mappings.fhir.content import content_hash
 from mappings.fhir.medication_dispense import ENDS
 from mappings.fhir.medication_request import (
     decision_issues,

@@ -17,7 +17,6 @@ from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
     check_url_id,
     clinical_now,
-    content_hash,
     context_of,
     id_taken,
     reads_of,
@@ -27,6 +26,7 @@ from gateway.fhir.resources import (
     written,
 )
 from gateway.fhir.search import date_range, identifier_param, page
+from mappings.fhir.content import content_hash
 from mappings.fhir.observation import ObservationReading, read_observation
 from mappings.fhir.outcome import Issue, lab_issues
 from rems_core.model import Identifier

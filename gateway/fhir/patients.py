@@ -21,7 +21,6 @@ from gateway.fhir.resources import (
     BASE,
     check_url_id,
     clinical_now,
-    content_hash,
     id_taken,
     read_response,
     reads_of,
@@ -30,6 +29,7 @@ from gateway.fhir.resources import (
     written,
 )
 from gateway.fhir.search import identifier_param
+from mappings.fhir.content import content_hash
 from mappings.fhir.outcome import Issue
 from mappings.fhir.patient import (
     client_patient_identifiers,

@@ -14,24 +14,27 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from gateway.app.errors import Changed, NotPending, UnknownSubject
+from gateway.app.errors import Changed, NotADraft, NotPending, UnknownSubject
 from gateway.app.values import PsfRecorded, PsfSubmission, ResourceDraft, SignRequest, Source
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
 from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
     BASE,
+    check_url_id,
     clinical_now,
-    content_hash,
     context_of,
     reads_of,
+    searchset,
     service_of,
     validated,
     written,
 )
+from gateway.fhir.search import page
+from mappings.fhir.content import content_hash
 from mappings.fhir.outcome import Issue
 from mappings.fhir.psf_outcome import (
     psf_issues,
@@ -49,6 +52,7 @@ from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 
 router = APIRouter(tags=["Questionnaire", "QuestionnaireResponse"])
 TYPE = "QuestionnaireResponse"
+RESPONSE_STATUSES = ("in-progress", "completed", "amended", "stopped", "entered-in-error")
 
 
 # --- Questionnaire -------------------------------------------------------------------------
@@ -134,7 +138,11 @@ def as_signed(
     return replace(form, signed=True, signed_by=user, signed_at=form.submitted_at)
 
 
-async def submit(request: Request, principal: Principal, data: dict[str, Any]) -> Response:
+async def submit(
+    request: Request, principal: Principal, data: dict[str, Any], draft_id: str | None = None
+) -> Response:
+    """``draft_id``: a PUT completing one of the gateway's monthly drafts (docs/contracts.md
+    §7), stored as its next version."""
     now = clinical_now(request, data)
     reading = checked(request, data, now)
     if reading.form is None or reading.subject is None:  # checked() refuses these; never a 500
@@ -146,6 +154,7 @@ async def submit(request: Request, principal: Principal, data: dict[str, Any]) -
         data,
         content_hash(data),
         ResourceIndex(reading.identifier, None, reading.questionnaire, form.submitted_at),
+        resource_id=draft_id,
     )
     submission = PsfSubmission(
         draft,
@@ -165,7 +174,20 @@ async def submit(request: Request, principal: Principal, data: dict[str, Any]) -
             "subject names a Patient the gateway does not know",
             (f"{TYPE}.subject",),
         ) from None
+    except NotADraft as refused:
+        raise _not_a_draft(draft_id, refused) from None
     return answer(request, done)
+
+
+def _not_a_draft(draft_id: str | None, refused: NotADraft) -> FhirError:
+    if not refused.known:
+        return FhirError(404, "not-found", f"{TYPE}/{draft_id} is not known")
+    return FhirError(
+        409,
+        "conflict",
+        "an update completes one of the gateway's open monthly drafts only: "
+        "submit another PSF with POST",
+    )
 
 
 def answer(request: Request, done: PsfRecorded) -> Response:
@@ -184,6 +206,41 @@ async def create_questionnaire_response(
     with `Prefer: return=OperationOutcome`."""
     check_format(request)
     return await submit(request, principal, await json_body(request))
+
+
+@router.put("/QuestionnaireResponse/{resource_id}")
+async def complete_draft(
+    request: Request,
+    resource_id: str,
+    principal: Annotated[Principal, requires(TYPE, "update")],
+) -> Response:
+    """Complete a monthly draft: the response, `completed`, is an ordinary PSF submission
+    stored as the draft's next version."""
+    check_format(request)
+    data = await json_body(request)
+    check_url_id(data, TYPE, resource_id)
+    return await submit(request, principal, data, resource_id)
+
+
+@router.get("/QuestionnaireResponse")
+async def search_questionnaire_responses(
+    request: Request,
+    _: Annotated[Principal, requires(TYPE, "search")],
+    patient: str | None = None,
+    status: str | None = None,
+    count: Annotated[int | None, Query(alias="_count")] = None,
+    offset: Annotated[int | None, Query(alias="_offset")] = None,
+) -> FhirResponse:
+    """By `patient` (an id or `Patient/{id}`) and `status` (`in-progress`: the monthly drafts
+    waiting to be completed; `completed`, `amended`, `stopped`), `_count`, `_offset`."""
+    check_format(request)
+    if status is not None and status not in RESPONSE_STATUSES:
+        known = ", ".join(RESPONSE_STATUSES)
+        raise FhirError(400, "value", f"status is one of {known}", ("status",))
+    limit, skip = page(count, offset)
+    patient_id = patient.removeprefix("Patient/") if patient else None
+    found, total = await reads_of(request).responses(patient_id, status, limit, skip)
+    return searchset(request, found, total, skip, limit)
 
 
 @router.post("/QuestionnaireResponse/$submit")

@@ -14,6 +14,7 @@ ON_THEIR_OWN = {
     "QuestionnaireResponse": "POST /fhir/QuestionnaireResponse",
     "GuidanceResponse": "POST /fhir/GuidanceResponse/$rems-etasu",
     "Questionnaire": "GET /fhir/Questionnaire (the gateway's own)",
+    "Task": "GET /fhir/Task (the gateway's worklist)",
     "Bundle": "a Bundle of its own",
 }
 
@@ -44,7 +45,7 @@ STORED_AS_RECEIVED = frozenset({
     "ResearchElementDefinition", "ResearchStudy", "ResearchSubject", "RiskAssessment", "Schedule",
     "SearchParameter", "ServiceRequest", "Slot", "Specimen", "SpecimenDefinition",
     "StructureDefinition", "StructureMap", "Subscription", "Substance", "SupplyDelivery",
-    "SupplyRequest", "Task", "TerminologyCapabilities", "TestReport", "TestScript", "ValueSet",
+    "SupplyRequest", "TerminologyCapabilities", "TestReport", "TestScript", "ValueSet",
     "VerificationResult", "VisionPrescription",
 })  # fmt: skip
 

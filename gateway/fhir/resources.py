@@ -1,9 +1,8 @@
-"""Shared route plumbing: validate with the R4B models, hash, answer per `Prefer`, read back."""
+"""Shared route plumbing: validate with the R4B models, hash (``content_hash``), answer per
+`Prefer`, read back."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
@@ -59,13 +58,6 @@ def validated(data: dict[str, Any], resource_type: str) -> Any:
         raise FhirError(
             422, "invalid", f"the resource is not valid FHIR R4 ({type(exc).__name__})"
         ) from None
-
-
-def content_hash(data: dict[str, Any]) -> str:
-    """Of the resource as sent, without id and meta (a re-send is the same content)."""
-    content = {k: v for k, v in data.items() if k not in ("id", "meta")}
-    encoded = json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return hashlib.sha256(encoded).hexdigest()
 
 
 def clinical_now(request: Request, data: dict[str, Any] | None = None) -> datetime:

@@ -16,6 +16,7 @@ from gateway.fhir import (
     patients,
     questionnaires,
     stored,
+    tasks,
     validate,
 )
 
@@ -52,12 +53,17 @@ capability.declare(
 capability.declare("Questionnaire", ["read", "search-type"])
 capability.declare(
     "QuestionnaireResponse",
-    ["create", "read", "vread"],
+    ["create", "update", "read", "vread", "search-type"],
+    search=("patient", "status"),
     operations=(
         ("submit", "urn:rems-gateway:fhir:OperationDefinition/QuestionnaireResponse-submit"),
         ("sign", "urn:rems-gateway:fhir:OperationDefinition/QuestionnaireResponse-sign"),
     ),
 )
+
+
+# The worklist (docs/contracts.md §7): gateway/fhir/tasks.py; drafts are QuestionnaireResponses
+capability.declare("Task", ["read", "vread", "search-type"], search=tasks.SEARCH)
 
 
 def fhir_router() -> APIRouter:
@@ -71,6 +77,7 @@ def fhir_router() -> APIRouter:
         etasu,
         patients,
         questionnaires,
+        tasks,
     )
     for resource_routes in typed:
         router.include_router(resource_routes.router)

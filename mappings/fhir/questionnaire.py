@@ -34,6 +34,9 @@ DESIGNEE_SYSTEM = "urn:rems-gateway:designee"  # a designee's id, as the registr
 TYPE = "QuestionnaireResponse"
 ROOT = TYPE
 SUBMITTED = ("completed", "amended")
+#: Earlier versions of our Questionnaires whose responses are read the same (version 2 of the
+#: PSF only added read-only items the gateway fills in its drafts).
+ALSO_READ = {"clozapine-psf": ("1",)}
 
 # Questionnaire item type → the answer's value[x] it takes.
 VALUE_OF = {
@@ -64,7 +67,7 @@ def questionnaire_id(canonical: str | None) -> str | None:
     url, _, version = canonical.partition("|")
     for qid, questionnaire in questionnaires().items():
         named = url == questionnaire["url"] or url.rstrip("/").endswith(f"Questionnaire/{qid}")
-        if named and version in ("", questionnaire["version"]):
+        if named and version in ("", questionnaire["version"], *ALSO_READ.get(qid, ())):
             return qid
     return None
 

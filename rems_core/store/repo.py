@@ -32,6 +32,7 @@ from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
 from rems_core.store.rda_repo import RdaRepo
 from rems_core.store.registry_repo import RegistryRepo
 from rems_core.store.review_repo import ReviewRepo
+from rems_core.store.worklist_repo import WorklistRepo
 
 FORM = TypeAdapter(PatientStatusForm)
 
@@ -248,7 +249,7 @@ def _judgement(
     }
 
 
-class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo, RdaRepo):
+class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo, RdaRepo, WorklistRepo):
     """One unit of work's reads and writes."""
 
     def __init__(self, conn: Connection, defer: bool = False) -> None:

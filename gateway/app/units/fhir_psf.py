@@ -5,17 +5,17 @@ version with the new outcome — or nothing changes."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from datetime import datetime
 
 from gateway.app.context import UnitContext
-from gateway.app.errors import Changed, NotPending, UnknownSubject
+from gateway.app.errors import Changed, NotADraft, NotPending, UnknownSubject
+from gateway.app.units import worklist
 from gateway.app.units.fhir_records import existing, put
 from gateway.app.values import PsfRecorded, PsfSubmission, Recorded, SignRequest
 from rems_core.model import Identifier, PsfOutcome, PsfStatus, StoredPsf
 from rems_core.store.repo import Store
 
-if TYPE_CHECKING:
-    pass
+TYPE = "QuestionnaireResponse"
 
 
 def resent(store: Store, submission: PsfSubmission) -> PsfRecorded | None:
@@ -24,6 +24,25 @@ def resent(store: Store, submission: PsfSubmission) -> PsfRecorded | None:
     if current is None or current.content_hash != submission.draft.content_hash:
         return None
     return PsfRecorded(Recorded(current, created=False, unchanged=True), None)
+
+
+def open_draft(store: Store, submission: PsfSubmission) -> str | None:
+    """The id of the open monthly draft a PUT completes (None: the response is a new one);
+    NotADraft for an update of any other response."""
+    resource_id = submission.draft.resource_id
+    if resource_id is None:
+        return None
+    draft = store.draft(resource_id)
+    if draft is None or draft["status"] != worklist.OPEN:
+        raise NotADraft(known=store.current_resource(TYPE, resource_id) is not None)
+    return resource_id
+
+
+def draft_done(store: Store, draft_id: str | None, outcome: PsfOutcome, at: datetime) -> None:
+    """A completion of the draft that counts (accepted) or waits for the prescriber's signature
+    closes it; a rejected one leaves it open (the worklist writes it back as in progress)."""
+    if draft_id is not None and outcome.status != PsfStatus.REJECTED:
+        worklist.draft_submitted(store, draft_id, at)
 
 
 def subject_identifiers(store: Store, submission: PsfSubmission) -> list[Identifier]:

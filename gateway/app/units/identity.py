@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
+from gateway.app.units import worklist
 from gateway.app.values import REVIEW_KINDS, Source
 from rems_core.identity import Candidate, Rule, resolved
 from rems_core.model import Finding, LabResult, Patient, ResultStatus
@@ -101,6 +102,8 @@ def hold(ctx: UnitContext, store: Store, held: Held) -> str:
     store.append_audit(
         audit_records.review(ctx.now(), held.source, held.received, [item_id], "held", None, codes)
     )
+    if held.kind in (UNMATCHED, AMBIGUOUS):
+        worklist.result_held(ctx, store, item_id, list(held.resources), held.received, held.source)
     return item_id
 
 

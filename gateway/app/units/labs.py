@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
-from gateway.app.units import identity
+from gateway.app.units import identity, worklist
 from gateway.app.values import LabOutcome, Source
 from rems_core.anc import (
     cancelled,
@@ -141,6 +141,8 @@ def store_results(
         )
         withdrawn = [cancelled(r) for r in arrived if r.status == ResultStatus.CANCELLED]
         reported += ancs or withdrawn
+    if any(derived.values()) or any(r.status == ResultStatus.CANCELLED for r in results):
+        worklist.refresh(ctx, store, patient.rems_id, received, source)  # the ANCs changed
     return reported
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
 from gateway.app.errors import NotLinkable, ReviewClosed, UnknownPatient, UnknownReviewItem
-from gateway.app.units import labs
+from gateway.app.units import labs, worklist
 from gateway.app.units.identity import AMBIGUOUS, PATIENT, UNMATCHED, lab_result
 from gateway.app.values import Source
 from rems_core.identity import REFERENCE_SYSTEM, Candidate, Rule, resolved
@@ -121,6 +121,7 @@ def file_item(
             "patient_id": patient.rems_id,
         },
     )
+    worklist.result_resolved(ctx, store, item["id"], "linked", at, source)
     warnings = tuple(w.code for a in ancs for w in a.warnings)
     store.append_audit(
         audit_records.review(
@@ -203,6 +204,7 @@ def discard(
             "resolution": reason,
         },
     )
+    worklist.result_resolved(ctx, store, item_id, "discarded", at, source)
     store.append_audit(audit_records.review(ctx.now(), source, at, [item_id], "discarded"))
 
 
@@ -236,6 +238,7 @@ def purge(ctx: UnitContext, store: Store, until: datetime, source: Source) -> li
                 "resolution": "retention ended",
             },
         )
+        worklist.result_resolved(ctx, store, item["id"], "purged", until, source)
     ids = [item["id"] for item in expired]
     if ids:
         store.append_audit(audit_records.review(ctx.now(), source, until, ids, "purged"))

@@ -1,5 +1,5 @@
 """§8 scheduled work up to a time: overdue labs, labs missed, the end of legacy enrollment, RDAs
-past their validity.
+past their validity, and each patient's worklist (monthly PSF drafts and tasks).
 
 Runs as one unit of work; re-running it for the same time finds nothing new (restart-safe).
 """
@@ -10,7 +10,7 @@ from datetime import datetime
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
-from gateway.app.units import rda, review
+from gateway.app.units import rda, review, worklist
 from gateway.app.values import Source
 from rems_core import monitoring
 from rems_core.codes import Code, finding
@@ -32,45 +32,58 @@ def monitoring_alerts(
         pack = ctx.pack_for(until)
     except OutOfScope:
         return {}
-    tz = ctx.tz
     store.purge_messages(until)  # HL7 messages without results, kept for replay, age out
     review.purge(ctx, store, until, source)  # results of nobody, past their retention
     found: dict[str, tuple[Finding, ...]] = {}
     for patient_id in patient_ids if patient_ids is not None else store.patient_ids():
-        patient = store.patient(patient_id)
-        snapshot = store.snapshot(patient)
-        status, _ = monitoring.treatment_status(pack, snapshot, until, tz)
-        if status == TreatmentStatus.NOT_ENROLLED:
-            ended = _end_legacy_enrollment(store, pack, snapshot, until)
-            if ended is not None:
-                found[patient_id] = (ended,)
-                store.append_audit(
-                    audit_records.scheduled(ctx.now(), source, patient_id, (ended,), until)
-                )
-            continue
-        newest = monitoring.newest_usable(snapshot, until)
-        newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
-        findings = []
-        if monitoring.labs_missed(pack, snapshot, until, tz):
-            findings.append(
-                finding(Code.LABS_MISSED, days=pack.labs_missed_after.value, newest=newest_text)
-            )
-        if monitoring.is_overdue(pack, snapshot, until, tz):
-            frequency, days = monitoring.overdue_interval(pack, snapshot, until, tz)
-            findings.append(
-                finding(Code.ANC_OVERDUE, newest=newest_text, frequency=frequency.value, days=days)
-            )
-        new = [
-            item
-            for item in findings
-            if _record_once(store, patient_id, item, until, newest.drawn if newest else None)
-        ]
-        if new:
-            store.append_audit(
-                audit_records.scheduled(ctx.now(), source, patient_id, tuple(new), until)
-            )
-        found[patient_id] = tuple(findings)
+        _patient_alerts(ctx, store, pack, patient_id, until, source, found)
+        worklist.refresh(ctx, store, patient_id, until, source)
     return found
+
+
+def _patient_alerts(
+    ctx: UnitContext,
+    store: Store,
+    pack: RulePack,
+    patient_id: str,
+    until: datetime,
+    source: Source,
+    found: dict[str, tuple[Finding, ...]],
+) -> None:
+    tz = ctx.tz
+    patient = store.patient(patient_id)
+    snapshot = store.snapshot(patient)
+    status, _ = monitoring.treatment_status(pack, snapshot, until, tz)
+    if status == TreatmentStatus.NOT_ENROLLED:
+        ended = _end_legacy_enrollment(store, pack, snapshot, until)
+        if ended is not None:
+            found[patient_id] = (ended,)
+            store.append_audit(
+                audit_records.scheduled(ctx.now(), source, patient_id, (ended,), until)
+            )
+        return
+    newest = monitoring.newest_usable(snapshot, until)
+    newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
+    findings = []
+    if monitoring.labs_missed(pack, snapshot, until, tz):
+        findings.append(
+            finding(Code.LABS_MISSED, days=pack.labs_missed_after.value, newest=newest_text)
+        )
+    if monitoring.is_overdue(pack, snapshot, until, tz):
+        frequency, days = monitoring.overdue_interval(pack, snapshot, until, tz)
+        findings.append(
+            finding(Code.ANC_OVERDUE, newest=newest_text, frequency=frequency.value, days=days)
+        )
+    new = [
+        item
+        for item in findings
+        if _record_once(store, patient_id, item, until, newest.drawn if newest else None)
+    ]
+    if new:
+        store.append_audit(
+            audit_records.scheduled(ctx.now(), source, patient_id, tuple(new), until)
+        )
+    found[patient_id] = tuple(findings)
 
 
 def _record_once(

@@ -1,0 +1,318 @@
+"""What the gateway asks people to do for a patient (rules §5.6, §8; contracts §7): the monthly PSF
+drafted from the labs, and the work items (tasks) its conditions open — each keyed by the
+occurrence it is about, so that finding it again opens nothing new.
+
+Pure: the patient's file, a time and the pack in; the draft and the tasks the file calls for out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, tzinfo
+from enum import StrEnum
+
+from rems_core import monitoring
+from rems_core.anc import rationale_threshold
+from rems_core.model import (
+    AncResult,
+    Designation,
+    MonitoringFrequency,
+    PatientSnapshot,
+    PsfStatus,
+    StoredPsf,
+    TreatmentStatus,
+)
+from rems_core.rulepack import RulePack
+
+
+class TaskKind(StrEnum):
+    PSF_DUE = "psf-due"
+    PSF_WINDOW_CLOSING = "psf-window-closing"
+    RATIONALE_REQUIRED = "rationale-required"
+    ANC_OVERDUE = "anc-overdue"
+    LABS_MISSED = "labs-missed"
+    SIGNATURE_PENDING = "signature-pending"
+    UNMATCHED_RESULT = "unmatched-result"
+
+
+#: The kinds a patient's file opens and closes (an unmatched result is nobody's yet).
+PATIENT_KINDS = frozenset(TaskKind) - {TaskKind.UNMATCHED_RESULT}
+
+
+@dataclass(frozen=True)
+class TaskNeed:
+    """One occurrence of work: ``period`` tells it from the next one of the same kind."""
+
+    kind: TaskKind
+    period: str
+    owner_npi: str | None
+    designee_may: bool  # a designee may do it for the owner (rules §5.2)
+    due: datetime | None
+    reason: str
+    focus: str | None = None  # "QuestionnaireResponse/…" when it is about a stored resource
+
+
+@dataclass(frozen=True)
+class RationaleNeed:
+    code: str  # ANC_BELOW_THRESHOLD | LABS_MISSED
+    text: str
+
+
+@dataclass(frozen=True)
+class PsfDraft:
+    """The monthly PSF the labs make (rules §5.6): the period since the last accepted PSF, its
+    results and missed draws, the frequencies and whether a rationale is needed."""
+
+    prescriber_npi: str
+    designation: Designation
+    period_start: date  # the last accepted PSF's submission date
+    due: date
+    ancs: tuple[AncResult, ...]
+    missed_draws: tuple[date, ...]
+    reported_frequency: MonitoringFrequency
+    recommended_frequency: MonitoringFrequency
+    rationale_needs: tuple[RationaleNeed, ...]
+
+    @property
+    def designee_may(self) -> bool:
+        """A designee may complete it: a general-population form needing no rationale (§5.2)."""
+        return self.designation == Designation.GENERAL and not self.rationale_needs
+
+
+@dataclass(frozen=True)
+class Worklist:
+    status: TreatmentStatus
+    draft: PsfDraft | None
+    needs: tuple[TaskNeed, ...]
+
+
+def worklist(
+    pack: RulePack,
+    snapshot: PatientSnapshot,
+    moment: datetime,
+    tz: tzinfo,
+    inpatient_only: bool = False,
+) -> Worklist:
+    """The draft and the tasks the patient's file calls for at ``moment``. ``inpatient_only``:
+    the patient's only dispenses within the PSF window were inpatient (no monthly PSF is due)."""
+    status, _ = monitoring.treatment_status(pack, snapshot, moment, tz)
+    if status != TreatmentStatus.ACTIVE:
+        return Worklist(status, None, ())
+    last = _last_accepted(snapshot, moment)
+    prescriber = last.form.prescriber_npi if last else None  # whose patient this is
+    needs = _lab_needs(pack, snapshot, moment, tz, prescriber)
+    if pack.advisory:  # the label pack: monitoring advice, no REMS paperwork
+        return Worklist(status, None, tuple(needs))
+    needs += _signature_needs(snapshot)
+    if last is None:  # a legacy patient not yet re-enrolled: nothing to draft from
+        return Worklist(status, None, tuple(needs))
+    draft = _draft(pack, snapshot, moment, tz, last)
+    needs += _rationale_needs(pack, snapshot, moment, tz, last.form.prescriber_npi)
+    if not inpatient_only:
+        needs += _psf_needs(pack, moment, tz, draft)
+    opens = draft.due - timedelta(days=pack.psf_draft_lead.value)
+    shown = draft if not inpatient_only and monitoring.local_date(moment, tz) >= opens else None
+    return Worklist(status, shown, tuple(needs))
+
+
+def psf_due(pack: RulePack, last: StoredPsf, tz: tzinfo) -> date:
+    """Due one calendar month (the pack's) after the last accepted PSF's submission."""
+    submitted = monitoring.local_date(last.form.submitted_at, tz)
+    return monitoring.add_months(submitted, pack.psf_due_after.value)
+
+
+def _last_accepted(snapshot: PatientSnapshot, moment: datetime) -> StoredPsf | None:
+    accepted = monitoring.psfs_until(snapshot, moment)
+    return max(accepted, key=lambda p: p.form.submitted_at) if accepted else None
+
+
+def _at_start(day: date, tz: tzinfo) -> datetime:
+    return datetime.combine(day, time(0), tz)
+
+
+def _draft(
+    pack: RulePack,
+    snapshot: PatientSnapshot,
+    moment: datetime,
+    tz: tzinfo,
+    last: StoredPsf,
+) -> PsfDraft:
+    since = last.form.submitted_at
+    ancs = tuple(a for a in snapshot.usable_ancs if since < a.drawn <= moment)
+    designation = snapshot.patient.designation if snapshot.patient else Designation.GENERAL
+    frequency, _ = monitoring.overdue_interval(pack, snapshot, moment, tz)
+    return PsfDraft(
+        prescriber_npi=last.form.prescriber_npi,
+        designation=designation,
+        period_start=monitoring.local_date(since, tz),
+        due=psf_due(pack, last, tz),
+        ancs=ancs,
+        missed_draws=missed_draws(pack, snapshot, since, moment, tz, frequency),
+        reported_frequency=monitoring.reported_frequency(pack, snapshot, moment, tz),
+        recommended_frequency=monitoring.recommended_frequency(pack, snapshot, moment, tz),
+        rationale_needs=tuple(rationale_needs(pack, snapshot, since, moment, tz)),
+    )
+
+
+def missed_draws(
+    pack: RulePack,
+    snapshot: PatientSnapshot,
+    since: datetime,
+    moment: datetime,
+    tz: tzinfo,
+    frequency: MonitoringFrequency,
+) -> tuple[date, ...]:
+    """The dates in the period a draw fell due (an interval after the previous usable draw)
+    and none came by then."""
+    interval = timedelta(days=monitoring.interval_days(pack, frequency))
+    draws = [monitoring.local_date(a.drawn, tz) for a in snapshot.usable_ancs if a.drawn <= moment]
+    start, end = monitoring.local_date(since, tz), monitoring.local_date(moment, tz)
+    before = [d for d in draws if d <= start]
+    previous = before[-1] if before else start
+    missed = []
+    for came in [*(d for d in draws if d > start), end]:  # a draw, or "still none by today"
+        due = previous + interval
+        while due < came:
+            if due > start:
+                missed.append(due)
+            due += interval
+        previous = came
+    return tuple(missed)
+
+
+def rationale_needs(
+    pack: RulePack, snapshot: PatientSnapshot, since: datetime, moment: datetime, tz: tzinfo
+) -> list[RationaleNeed]:
+    """Why a PSF submitted at ``moment`` would need a rationale (§5.3): usable ANCs below the
+    threshold since ``since``, or labs missed."""
+    designation = snapshot.patient.designation if snapshot.patient else Designation.GENERAL
+    threshold = rationale_threshold(pack, designation)
+    needs = [
+        RationaleNeed(
+            "ANC_BELOW_THRESHOLD",
+            f"ANC {a.anc}/µL drawn {monitoring.local_date(a.drawn, tz).isoformat()} is below "
+            f"{threshold}/µL",
+        )
+        for a in snapshot.usable_ancs
+        if since < a.drawn <= moment and a.anc is not None and a.anc < threshold
+    ]
+    if monitoring.labs_missed(pack, snapshot, moment, tz):
+        days = pack.labs_missed_after.value
+        needs.append(RationaleNeed("LABS_MISSED", f"no usable ANC for more than {days} days"))
+    return needs
+
+
+def _lab_needs(
+    pack: RulePack,
+    snapshot: PatientSnapshot,
+    moment: datetime,
+    tz: tzinfo,
+    prescriber: str | None,
+) -> list[TaskNeed]:
+    """anc-overdue and labs-missed, one per episode (the newest usable ANC's draw)."""
+    newest = monitoring.newest_usable(snapshot, moment)
+    episode = newest.drawn.isoformat() if newest else "none"
+    newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
+    needs = []
+    if monitoring.labs_missed(pack, snapshot, moment, tz):
+        days = pack.labs_missed_after.value
+        reason = f"no usable ANC for more than {days} days (newest {newest_text})"
+        needs.append(TaskNeed(TaskKind.LABS_MISSED, episode, prescriber, True, None, reason))
+    if monitoring.is_overdue(pack, snapshot, moment, tz):
+        frequency, days = monitoring.overdue_interval(pack, snapshot, moment, tz)
+        due = _at_start(monitoring.local_date(newest.drawn, tz), tz) if newest else None
+        reason = f"ANC overdue: newest {newest_text}, {frequency.value} ({days} days)"
+        needs.append(
+            TaskNeed(
+                TaskKind.ANC_OVERDUE,
+                episode,
+                prescriber,
+                True,
+                due + timedelta(days=days) if due else None,
+                reason,
+            )
+        )
+    return needs
+
+
+def _signature_needs(snapshot: PatientSnapshot) -> list[TaskNeed]:
+    return [
+        TaskNeed(
+            TaskKind.SIGNATURE_PENDING,
+            psf.psf_id,
+            psf.form.prescriber_npi,
+            False,
+            None,
+            f"a {psf.form.type.value} PSF waits for the prescriber's signature",
+        )
+        for psf in snapshot.psfs
+        if psf.status == PsfStatus.PENDING_PRESCRIBER_SIGNATURE
+    ]
+
+
+def _rationale_needs(
+    pack: RulePack,
+    snapshot: PatientSnapshot,
+    moment: datetime,
+    tz: tzinfo,
+    prescriber: str | None,
+) -> list[TaskNeed]:
+    """rationale-required: a dispense would need one now (§6.1 f) and none covers it."""
+    rationales = [
+        p for p in monitoring.psfs_until(snapshot, moment) if p.form.rationale is not None
+    ]
+    needs = []
+    newest = monitoring.newest_usable(snapshot, moment)
+    designation = snapshot.patient.designation if snapshot.patient else Designation.GENERAL
+    threshold = rationale_threshold(pack, designation)
+    if (
+        newest is not None
+        and newest.anc is not None
+        and newest.anc < threshold
+        and not any(p.judged_at > newest.drawn for p in rationales)
+    ):
+        drawn = monitoring.local_date(newest.drawn, tz).isoformat()
+        reason = f"ANC {newest.anc}/µL drawn {drawn} is below {threshold}/µL"
+        period = f"anc:{newest.drawn.isoformat()}"
+        needs.append(TaskNeed(TaskKind.RATIONALE_REQUIRED, period, prescriber, False, None, reason))
+    window = pack.labs_missed_rationale_window.value
+    covered = any(monitoring.days_between(p.judged_at, moment, tz) <= window for p in rationales)
+    if monitoring.labs_missed(pack, snapshot, moment, tz) and not covered:
+        episode = newest.drawn.isoformat() if newest else "none"
+        reason = f"labs missed: no usable ANC for more than {pack.labs_missed_after.value} days"
+        needs.append(
+            TaskNeed(
+                TaskKind.RATIONALE_REQUIRED, f"missed:{episode}", prescriber, False, None, reason
+            )
+        )
+    return needs
+
+
+def _psf_needs(pack: RulePack, moment: datetime, tz: tzinfo, draft: PsfDraft) -> list[TaskNeed]:
+    """psf-due from the day the draft appears; psf-window-closing a reminder before the §6.1 e
+    window closes — both for the period since the last accepted PSF."""
+    today = monitoring.local_date(moment, tz)
+    period = draft.period_start.isoformat()
+    owner = draft.prescriber_npi
+    needs = []
+    if today >= draft.due - timedelta(days=pack.psf_draft_lead.value):
+        reason = f"the monthly PSF is due {draft.due.isoformat()}"
+        due = _at_start(draft.due, tz)
+        needs.append(TaskNeed(TaskKind.PSF_DUE, period, owner, draft.designee_may, due, reason))
+    window_end = draft.period_start + timedelta(days=pack.psf_window.value)
+    if today >= window_end - timedelta(days=pack.psf_window_reminder.value):
+        reason = (
+            f"the PSF window closes after {window_end.isoformat()}: "
+            "outpatient dispenses are denied after it"
+        )
+        needs.append(
+            TaskNeed(
+                TaskKind.PSF_WINDOW_CLOSING,
+                period,
+                owner,
+                draft.designee_may,
+                _at_start(window_end + timedelta(days=1), tz),
+                reason,
+            )
+        )
+    return needs
