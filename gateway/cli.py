@@ -243,6 +243,44 @@ def review_discard(
     typer.echo(f"discarded {item}")
 
 
+@app.command("tasks")
+def tasks_list(
+    db: DbOption = DEFAULT_URL,
+    prescriber: Annotated[str | None, typer.Option(help="The owner's NPI")] = None,
+    patient: Annotated[str | None, typer.Option(help="The patient's REMS id")] = None,
+    kind: Annotated[str | None, typer.Option(help="psf-due, anc-overdue, …")] = None,
+    status: Annotated[str, typer.Option(help="requested, completed, cancelled or all")] = (
+        "requested"
+    ),
+) -> None:
+    """The worklist (docs/contracts.md §7): one line per task, newest first."""
+    from rems_core.store.worklist_repo import TaskFilter
+    from rems_core.worklist import TaskKind
+
+    if status not in ("requested", "completed", "cancelled", "all"):
+        typer.echo(
+            "rems-gateway tasks: --status is requested, completed, cancelled or all", err=True
+        )
+        raise typer.Exit(2)
+    if kind is not None and kind not in {k.value for k in TaskKind}:
+        known = ", ".join(k.value for k in TaskKind)
+        typer.echo(f"rems-gateway tasks: --kind is one of {known}", err=True)
+        raise typer.Exit(2)
+    wanted = TaskFilter(patient, prescriber, None if status == "all" else status, kind, count=1000)
+    rows, total = _with_reads(db, lambda reads: reads.task_rows(wanted))
+    for row in rows:
+        typer.echo(task_line(row))
+    shown = f"{len(rows)} of {total}" if total > len(rows) else str(total)
+    typer.echo(f"{shown} task{'s' if total != 1 else ''}")
+
+
+def task_line(row: dict[str, Any]) -> str:
+    due = f"due {row['due'].date().isoformat()}" if row["due"] else "-"
+    owner = f"owner {row['owner_npi']}" if row["owner_npi"] else "operator"
+    parts = [row["id"], row["kind"], row["status"], row["patient_id"] or "-", owner, due]
+    return "  ".join([*parts, row["reason"]])
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 

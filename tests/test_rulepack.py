@@ -92,8 +92,8 @@ def test_a_site_override_derives_a_recorded_version(tmp_path: Path) -> None:
     packs = PackLibrary(site_override=site)
     pack = packs.get("clozapine-rems-2021")
     assert pack.psf_window.value == 40
-    assert pack.version.startswith("3+general-hospital.")
-    assert packs.get("clozapine-label-2025").version == "3"
+    assert pack.version.startswith("4+general-hospital.")
+    assert packs.get("clozapine-label-2025").version == "4"
 
 
 def test_a_site_override_with_a_wrong_value_type_is_refused(tmp_path: Path) -> None:

@@ -5,10 +5,12 @@ closed when their condition clears — through the service, on SQLite and Postgr
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
 
+from gateway.app.bootstrap import bootstrap
 from gateway.app.reads import RemsReads
 from gateway.app.service import RemsService
 from gateway.app.values import Source
@@ -23,10 +25,12 @@ from rems_core.model import (
 )
 from rems_core.registry import RegistryDocument
 from rems_core.store import tables
+from rems_core.store.db import upgrade
 from rems_core.store.review_repo import ReviewFilter
 from rems_core.store.worklist_repo import TaskFilter
 from tests.builders import DESIGNEE, PRESCRIBER, at
 from tests.conftest import run
+from tests.test_cli import cli
 
 MRN = [Identifier("urn:oid:1.2.3", "MRN1")]
 LAB = Source("hl7", "LAB|GH")
@@ -221,3 +225,20 @@ def test_a_result_of_nobody_is_the_operators_task(service: RemsService, reads: R
     run(service.discard_review(item["id"], "a test sample", Source("test"), at("2022-02-02")))
     rows, _ = run(reads.task_rows(TaskFilter(kind="unmatched-result")))
     assert rows[0]["status"] == "cancelled"
+
+
+def test_the_prescribers_tasks_at_the_terminal(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'tasks.db'}"
+    upgrade(db)
+    with bootstrap(db) as gateway:
+        patient = run(gateway.service.load_registry(registry(), Source("test")))["P1"]
+        run(gateway.service.run_scheduled(at("2022-02-28")))
+    listed = cli("tasks", "--prescriber", PRESCRIBER, "--db", db)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
+    assert lines[-1] == "5 tasks"
+    assert all(patient in line and f"owner {PRESCRIBER}" in line for line in lines[:-1])
+    assert any("psf-due  requested" in line and "due 2022-02-28" in line for line in lines)
+    assert cli("tasks", "--prescriber", "1245319599", "--db", db).stdout.strip() == "0 tasks"
+    assert cli("tasks", "--kind", "psf-late", "--db", db).returncode == 2
+    assert cli("tasks", "--status", "completed", "--db", db).stdout.strip() == "0 tasks"

@@ -50,6 +50,16 @@ class WorklistRepo:
         row = self.conn.execute(select(task_t).where(task_t.c.key == key)).first()
         return dict(row._mapping) if row is not None else None
 
+    def has_open_work(self, patient_id: str) -> bool:
+        """Whether the patient has a requested task or an open draft (one indexed probe each)."""
+        task = select(task_t.c.id).where(
+            task_t.c.patient_id == patient_id, task_t.c.status == REQUESTED
+        )
+        draft = select(draft_t.c.id).where(
+            draft_t.c.patient_id == patient_id, draft_t.c.status == OPEN_DRAFT
+        )
+        return self.conn.execute(task.union_all(draft).limit(1)).first() is not None
+
     def open_tasks_of_kind(self, kind: str) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             select(task_t).where(task_t.c.kind == kind, task_t.c.status == REQUESTED)

@@ -141,9 +141,23 @@ def store_results(
         )
         withdrawn = [cancelled(r) for r in arrived if r.status == ResultStatus.CANCELLED]
         reported += ancs or withdrawn
-    if any(derived.values()) or any(r.status == ResultStatus.CANCELLED for r in results):
-        worklist.refresh(ctx, store, patient.rems_id, received, source)  # the ANCs changed
+    if _worklist_may_change(store, patient, derived, results):
+        worklist.refresh(ctx, store, patient.rems_id, received, source)
     return reported
+
+
+def _worklist_may_change(
+    store: Store, patient: Patient, derived: dict[str, list[AncResult]], results: list[LabResult]
+) -> bool:
+    """New or withdrawn ANCs change the worklist only where work is open (a new ANC may close
+    it, a withdrawn one reopen it) or when one is low (a rationale may be needed). Drafts and
+    reminders that fall due otherwise appear with the scheduled work."""
+    ancs = [a for found in derived.values() for a in found]
+    withdrawn = any(r.status == ResultStatus.CANCELLED for r in results)
+    if not ancs and not withdrawn:
+        return False
+    low = any(a.category not in (None, AncCategory.NORMAL) for a in ancs)
+    return low or store.has_open_work(patient.rems_id)
 
 
 def once_each(pack: RulePack, results: list[LabResult]) -> list[LabResult]:
