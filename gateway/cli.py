@@ -278,7 +278,7 @@ def task_line(row: dict[str, Any]) -> str:
     due = f"due {row['due'].date().isoformat()}" if row["due"] else "-"
     owner = f"owner {row['owner_npi']}" if row["owner_npi"] else "operator"
     parts = [row["id"], row["kind"], row["status"], row["patient_id"] or "-", owner, due]
-    return "  ".join([*parts, row["reason"]])
+    return "  ".join([*parts, row["reason"], *([row["focus"]] if row["focus"] else [])])
 
 
 def _now() -> datetime:
