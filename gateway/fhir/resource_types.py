@@ -14,6 +14,7 @@ ON_THEIR_OWN = {
     "QuestionnaireResponse": "POST /fhir/QuestionnaireResponse",
     "GuidanceResponse": "POST /fhir/GuidanceResponse/$rems-etasu",
     "Questionnaire": "GET /fhir/Questionnaire (the gateway's own)",
+    "Subscription": "POST /fhir/Subscription",
     "Bundle": "a Bundle of its own",
 }
 
@@ -43,7 +44,7 @@ STORED_AS_RECEIVED = frozenset({
     "Procedure", "Provenance", "RelatedPerson", "RequestGroup", "ResearchDefinition",
     "ResearchElementDefinition", "ResearchStudy", "ResearchSubject", "RiskAssessment", "Schedule",
     "SearchParameter", "ServiceRequest", "Slot", "Specimen", "SpecimenDefinition",
-    "StructureDefinition", "StructureMap", "Subscription", "Substance", "SupplyDelivery",
+    "StructureDefinition", "StructureMap", "Substance", "SupplyDelivery",
     "SupplyRequest", "Task", "TerminologyCapabilities", "TestReport", "TestScript", "ValueSet",
     "VerificationResult", "VisionPrescription",
 })  # fmt: skip
