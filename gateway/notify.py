@@ -125,8 +125,6 @@ class Deliverer:
         try:
             error = await self._send(notification)
             await self._record(notification, error)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # e.g. the writer stopped: the notification stays pending
             log.warning("notification outcome not recorded: %s", type(exc).__name__)
         finally:
@@ -146,11 +144,11 @@ class Deliverer:
         return None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
 
     def _bundle(self, notification: DueNotification) -> dict[str, Any]:
-        state = SubscriptionState(
+        state = SubscriptionState(  # the events as of this one: a retry sends the same count
             notification.subscription_id,
             notification.topic,
             notification.status,
-            notification.events,
+            notification.event_number,
         )
         notice = Notice(
             notification.kind,
@@ -170,6 +168,8 @@ class Deliverer:
             return
         retry_at = self.policy.retry_at(notification.attempts + 1, now)
         await self.service.notification_failed(notification.notification_id, error, retry_at)
+        if retry_at is not None and self._loop is not None:  # read the queue again by then
+            self._loop.call_later((retry_at - now).total_seconds(), self._wake.set)
         self._observe(FAILED)
         if retry_at is None:
             self._observe(DEAD)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
+from gateway.app.bootstrap import assemble
 from gateway.app.reads import RemsReads
 from gateway.app.service import RemsService
 from gateway.app.units import notifications
@@ -578,3 +579,47 @@ def test_notifications_pending_when_serve_is_killed_are_delivered_once_after_a_r
         second.terminate()
         receiver.close()
     assert all(PHI_VALUE not in second.output() for PHI_VALUE in PHI)
+
+
+def test_a_subscription_is_taken_only_on_its_own_endpoint(fhir: httpx.Client) -> None:
+    entry = {
+        "resource": subscription("http://127.0.0.1:9/hook"),
+        "request": {"method": "POST", "url": "Subscription"},
+    }
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+    refused = fhir.post("", json=bundle)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["issue"][0]["code"] == "not-supported"
+    assert fhir.get("/Subscription", params={"status": "on"}).status_code == 400
+    assert fhir.get("/Subscription/nobody/$status").status_code == 404
+
+
+def test_the_backoff_doubles_up_to_its_cap_then_the_notification_is_dead() -> None:
+    policy = DeliveryPolicy(attempts=5, first_backoff=1.0, max_backoff=3.0)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    waits = [policy.retry_at(n, now) for n in range(1, 6)]
+    seconds = [(w - now).total_seconds() for w in waits if w is not None]
+    assert [round(s) for s in seconds] == [1, 2, 3, 3]  # jitter: at most 10 % more
+    assert all(s <= limit * 1.1 for s, limit in zip(seconds, [1, 2, 3, 3], strict=True))
+    assert waits[-1] is None
+
+
+def test_a_subscription_made_by_another_process_is_heard_by_this_writer(
+    service: RemsService, db_url: str
+) -> None:
+    event = task_event("t1", "Patient/P1", "Practitioner/1234567893", "psf-due", "requested")
+
+    def publish(store: Store) -> None:
+        notifications.publish(service.ctx, store, event)
+
+    service.writer.call(publish)  # this writer now keeps "nobody listens"
+    other_engine = make_engine(db_url)
+    other = assemble(other_engine, service.ctx)
+    try:
+        made = subscribed(other.service, subscription("http://127.0.0.1:9/hook", TASK_TOPIC))
+    finally:
+        other.writer.stop()
+        other_engine.dispose()
+    service.writer.call(publish)
+    rows = [r for r in queued(service) if r["kind"] == "event-notification"]
+    assert [(r["subscription_id"], r["event_number"]) for r in rows] == [(made, 1)]

@@ -49,7 +49,6 @@ class DueNotification:
     payload: str
     content_type: str
     status: str  # the subscription's
-    events: int
 
 
 _listening = PreparedQuery(
@@ -74,7 +73,7 @@ _due_columns = [  # named as DueNotification's fields
     ),
     *(
         subscription_t.c[name]
-        for name in ("topic", "endpoint", "headers", "payload", "content_type", "status", "events")
+        for name in ("topic", "endpoint", "headers", "payload", "content_type", "status")
     ),
 ]
 
