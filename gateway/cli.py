@@ -569,6 +569,22 @@ def serve_command(
         int | None,
         typer.Option(help="Days results of no registry patient are kept for review (default 30)"),
     ] = None,
+    notify_attempts: Annotated[
+        int | None,
+        typer.Option(help="Attempts at a notification before it is dead-lettered (default 8)"),
+    ] = None,
+    notify_backoff_seconds: Annotated[
+        float | None,
+        typer.Option(help="Wait before a notification's 2nd attempt, doubled after (default 1)"),
+    ] = None,
+    notify_backoff_max_seconds: Annotated[
+        float | None,
+        typer.Option(help="Longest wait between a notification's attempts (default 300)"),
+    ] = None,
+    notify_timeout_seconds: Annotated[
+        float | None,
+        typer.Option(help="Timeout of each notification POST to an endpoint (default 10)"),
+    ] = None,
     auth: Annotated[
         str | None,
         typer.Option(

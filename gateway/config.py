@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     json_max_depth: int = Field(64, ge=8, le=512)
     # Results of no registry patient (or of two) are kept this long for review, then purged.
     review_retention_days: int = Field(30, ge=1, le=3650)
+    # Notifications (docs/contracts.md §7): attempts before a notification is dead-lettered, the
+    # backoff before the second attempt (doubled each time, up to the cap), each POST's timeout.
+    notify_attempts: int = Field(8, ge=1, le=100)
+    notify_backoff_seconds: float = Field(1.0, ge=0.01, le=3600)
+    notify_backoff_max_seconds: float = Field(300.0, ge=0.01, le=86400)
+    notify_timeout_seconds: float = Field(10.0, ge=0.1, le=300)
 
     @classmethod
     def settings_customise_sources(

@@ -16,12 +16,15 @@ from gateway.app.reads import RemsReads
 from gateway.app.values import REVIEW_KINDS
 from gateway.app.writer import Writer
 from gateway.mllp.intake import DISPOSITIONS, KNOWN_MESSAGE_TYPES, OTHER_TYPE, UNREADABLE
+from gateway.notify import DEAD, DELIVERED, FAILED
 from rems_core.model import Decision, Outcome
+from rems_core.store.subscription_repo import PENDING
 
 log = logging.getLogger("rems_gateway.http")
 UNMATCHED = "unmatched"  # every unknown path shares one label, so scanners cannot grow the series
 PROBES = {"/healthz", "/readyz", "/metrics"}  # polled every few seconds: debug, not info
 REVIEW_STATUSES = ("open", "linked", "discarded", "purged")
+NOTIFICATION_OUTCOMES = (DELIVERED, FAILED, DEAD)
 
 
 class WriterCollector(Collector):
@@ -82,6 +85,19 @@ class GatewayMetrics:
             ["kind", "status"],
             registry=self.registry,
         )
+        self.notifications = Counter(
+            "rems_notifications",
+            "Subscription notifications: delivered, failed attempts, dead-lettered",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in NOTIFICATION_OUTCOMES:
+            self.notifications.labels(outcome=outcome)
+        self.notifications_pending = Gauge(
+            "rems_notifications_pending",
+            "Notifications in the outbound queue not yet delivered or dead-lettered",
+            registry=self.registry,
+        )
         self.registry.register(WriterCollector(writer))
 
     async def refresh_review(self, reads: RemsReads) -> None:
@@ -95,6 +111,18 @@ class GatewayMetrics:
             for status in REVIEW_STATUSES:
                 count = counts.get((kind, status), 0)
                 self.review_items.labels(kind=kind, status=status).set(count)
+
+    async def refresh_notifications(self, reads: RemsReads) -> None:
+        """The outbound queue's length now (read at scrape time; kept if it cannot be)."""
+        try:
+            counts = await reads.notification_counts()
+        except SQLAlchemyError as exc:
+            log.warning("notifications not counted: %s", type(exc).__name__)
+            return
+        self.notifications_pending.set(counts.get(PENDING, 0))
+
+    def count_notification(self, outcome: str) -> None:
+        self.notifications.labels(outcome=outcome).inc()
 
     def watch_connections(self, open_connections: Callable[[], int]) -> None:
         gauge = Gauge("rems_mllp_open_connections", "Open MLLP connections", registry=self.registry)

@@ -26,6 +26,7 @@ from gateway.logs import configure_logging
 from gateway.metrics import GatewayMetrics
 from gateway.mllp.listener import Hl7Listener
 from gateway.mllp.server import MllpSettings
+from gateway.notify import Deliverer, DeliveryPolicy
 from gateway.scheduler import MonitoringScheduler
 from mappings.hl7v2.senders import SenderDirectory
 from rems_core.rulepack import AUTO, PackLibrary
@@ -127,12 +128,30 @@ def serve(settings: Settings) -> None:
 
 
 def companions(gateway: Gateway, settings: Settings, metrics: GatewayMetrics) -> list[Companion]:
-    """What runs beside the HTTP server: the MLLP listener and, on the system clock, the
-    scheduler (with ``--clock message`` there is no "now" to run scheduled work up to)."""
-    running: list[Companion] = [mllp_listener(gateway, settings, metrics)]
+    """What runs beside the HTTP server: the MLLP listener, the deliverer of notifications and,
+    on the system clock, the scheduler (with ``--clock message`` there is no "now" to run
+    scheduled work up to)."""
+    running: list[Companion] = [
+        mllp_listener(gateway, settings, metrics),
+        deliverer(gateway, settings, metrics),
+    ]
     if settings.clock == "system":
         running.append(MonitoringScheduler(gateway.service, settings.schedule_every_minutes))
     return running
+
+
+def deliverer(gateway: Gateway, settings: Settings, metrics: GatewayMetrics) -> Deliverer:
+    policy = DeliveryPolicy(
+        attempts=settings.notify_attempts,
+        first_backoff=settings.notify_backoff_seconds,
+        max_backoff=settings.notify_backoff_max_seconds,
+        timeout=settings.notify_timeout_seconds,
+    )
+    scheme = "https" if settings.tls_cert else "http"
+    base = settings.public_base_url or f"{scheme}://{settings.host}:{settings.http_port}"
+    return Deliverer(
+        gateway.service, gateway.reads, policy, f"{base}/fhir", metrics.count_notification
+    )
 
 
 def mllp_listener(gateway: Gateway, settings: Settings, metrics: GatewayMetrics) -> Hl7Listener:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ from gateway.app.bootstrap import Gateway
 from gateway.app.reads import RemsReads
 from gateway.app.service import RemsService
 from gateway.config import Settings
-from gateway.http.app import create_app
+from gateway.http.app import Companion, create_app
 
 
 def free_port() -> int:
@@ -31,10 +31,11 @@ def running_app(
     service: RemsService,
     engine: Engine,
     extend: Callable[[FastAPI], None] | None = None,
+    companions: Sequence[Companion] = (),
     **settings: Any,
 ) -> Iterator[str]:
     """Yields the base URL (http://127.0.0.1:PORT) while the server runs; ``extend`` may add
-    test-only routes to the app first."""
+    test-only routes to the app first; ``companions`` run beside it (as serve's do)."""
     defaults: dict[str, Any] = {
         "auth": "development",
         "clock": "message",
@@ -42,7 +43,8 @@ def running_app(
     }
     config = Settings(**(defaults | settings))
     reads = RemsReads(engine, service.ctx)
-    app = create_app(Gateway(engine, service.writer, service, reads, service.ctx), config)
+    gateway = Gateway(engine, service.writer, service, reads, service.ctx)
+    app = create_app(gateway, config, companions=companions)
     if extend is not None:
         extend(app)
     port = free_port()

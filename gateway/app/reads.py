@@ -15,10 +15,17 @@ from sqlalchemy import Engine
 from gateway.app.context import UnitContext
 from gateway.app.units import fhir_dispense, fhir_records
 from gateway.app.values import PatientNamed
-from mappings.fhir.etasu import EtasuCheck, EtasuQuery
+from mappings.fhir.etasu import EtasuCheck, EtasuQuery, decision_response
 from mappings.fhir.observation import lab_observation
 from rems_core import status
-from rems_core.model import AncResult, Identifier, LabResult, Patient, ResultStatus
+from rems_core.model import (
+    AncResult,
+    Identifier,
+    LabResult,
+    Patient,
+    ResultStatus,
+    decision_from_dict,
+)
 from rems_core.status import PatientRecord, RemsStatus
 from rems_core.store.fhir_repo import (
     LAB_PREFIX,
@@ -30,6 +37,7 @@ from rems_core.store.fhir_repo import (
 )
 from rems_core.store.repo import Store
 from rems_core.store.review_repo import ReviewFilter
+from rems_core.store.subscription_repo import DueNotification
 from rems_core.store.worklist_repo import TaskFilter
 
 T = TypeVar("T")
@@ -176,6 +184,42 @@ class RemsReads:
             return matching[offset : offset + count], len(matching)
 
         return await self._read(read)
+
+    async def decision_response(self, decision_id: str) -> dict[str, Any] | None:
+        """A recorded decision as the GuidanceResponse that notifications name."""
+
+        def read(store: Store) -> dict[str, Any] | None:
+            found = store.decision_record(decision_id)
+            if found is None:
+                return None
+            return decision_response(decision_from_dict(found[0]), found[1])
+
+        return await self._read(read)
+
+    # --- Subscriptions (docs/contracts.md §7) -----------------------------------------------
+
+    async def subscription(self, subscription_id: str) -> dict[str, Any] | None:
+        """A subscription's delivery state (its row)."""
+        return await self._read(lambda store: store.subscription(subscription_id))
+
+    async def subscriptions(self, status: str | None) -> list[StoredResource]:
+        """The current Subscriptions, of one status or all, oldest first."""
+
+        def read(store: Store) -> list[StoredResource]:
+            ids = store.subscription_ids(status)
+            found = (store.current_resource("Subscription", i) for i in ids)
+            return [stored for stored in found if stored is not None]
+
+        return await self._read(read)
+
+    async def due_notifications(
+        self, now: datetime, limit: int, busy: frozenset[str]
+    ) -> list[DueNotification]:
+        """The next notification of each subscription not ``busy``, due by ``now``."""
+        return await self._read(lambda store: store.due_notifications(now, limit, busy))
+
+    async def notification_counts(self) -> dict[str, int]:
+        return await self._read(lambda store: store.notification_counts())
 
     async def _read(self, work: Callable[[Store], T]) -> T:
         def on_read_connection() -> T:

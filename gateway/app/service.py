@@ -23,9 +23,11 @@ from gateway.app.units import (
     fhir_records,
     labs,
     messages,
+    notifications,
     registry,
     review,
     scheduled,
+    subscriptions,
     worklist,
 )
 from gateway.app.units import psf as psf_unit
@@ -50,8 +52,10 @@ from gateway.app.values import (
     PsfRecorded,
     PsfSubmission,
     ReceivedMessage,
+    Recorded,
     SignRequest,
     Source,
+    SubscriptionSubmission,
 )
 from gateway.app.writer import Writer
 from mappings.hl7v2.adt import AdtEvent
@@ -305,6 +309,32 @@ class RemsService:
             return Finding(REQUEST_ID_CONFLICT, str(exc))
         except OutOfScope as exc:
             return Finding(OutOfScope.code, str(exc))
+
+    # --- FHIR Subscriptions and their notifications (docs/contracts.md §7) ---------------------
+
+    async def record_subscription(
+        self, submission: SubscriptionSubmission, source: Source, received: datetime
+    ) -> Recorded:
+        """A Subscription created or updated, with its delivery state and, when it (re)starts,
+        its handshake queued (raises ClientIdTaken, VersionConflict)."""
+        return await self.writer.run(
+            lambda store: subscriptions.record_subscription(
+                self.ctx, store, submission, source, received
+            )
+        )
+
+    async def notification_delivered(self, notification_id: int, at: datetime) -> None:
+        await self.writer.run(
+            lambda store: notifications.delivered(self.ctx, store, notification_id, at)
+        )
+
+    async def notification_failed(
+        self, notification_id: int, error: str, retry_at: datetime | None
+    ) -> None:
+        """An attempt failed: tried again at ``retry_at``, or (None) dead-lettered."""
+        await self.writer.run(
+            lambda store: notifications.failed(self.ctx, store, notification_id, error, retry_at)
+        )
 
     # --- HL7 v2 messages ------------------------------------------------------------------
 

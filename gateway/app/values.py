@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from mappings.fhir.subscription import SubscriptionSpec
 from rems_core.model import (
     AncResult,
     Decision,
@@ -225,6 +226,14 @@ class MedicationDispenseSubmission:
 class MedicationDispenseRecorded:
     recorded: Recorded
     filed: DispenseFiled
+
+
+@dataclass(frozen=True)
+class SubscriptionSubmission:
+    """A FHIR Subscription as received (a create, or a PUT naming its id) and what it asks."""
+
+    draft: ResourceDraft
+    spec: SubscriptionSpec
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ class Writer:
         self._registry: tuple[int, RegistryCache] | None = None
         self.commits = 0
         self.units = 0
+        # Called (on the writer's thread) after a commit that queued notifications.
+        self.on_notified: list[Callable[[], None]] = []
         self._checkpointer = WalCheckpointer(engine) if has_wal(engine) else None
 
     def start(self) -> None:
@@ -258,6 +260,9 @@ class Writer:
         self._registry = (version, store.cache())
         self.commits += 1
         self.units += sum(1 for _, _, error in outcomes if error is None)
+        if store.notified:
+            for wake in self.on_notified:
+                wake()
         return outcomes
 
     @staticmethod

@@ -25,6 +25,7 @@ SEARCH_TYPES = {
     "date": "date",
     "identifier": "token",
     "url": "uri",
+    "status": "token",
 }
 
 

@@ -1,4 +1,6 @@
-"""`POST /fhir/GuidanceResponse/$rems-etasu`: are the REMS requirements (ETASU) met?
+"""`POST /fhir/GuidanceResponse/$rems-etasu`: are the REMS requirements (ETASU) met? And
+`GET /fhir/GuidanceResponse/{decision id}`: a recorded decision (the focus of decision
+notifications, docs/contracts.md §7).
 
 A read-only check, on purpose: it records nothing, issues no RDA and spends no pharmacist
 override, so an EHR may ask as often as it likes. A case number (RDA number or decision id), or a
@@ -40,3 +42,17 @@ async def rems_etasu(
         ) from None
     patient_id = check.decision.patient if check.decision else None
     return FhirResponse(etasu_parameters(check, query.missing, patient_id), 200)
+
+
+@router.get("/GuidanceResponse/{decision_id}")
+async def read_guidance_response(
+    request: Request,
+    decision_id: str,
+    _: Annotated[Principal, requires("GuidanceResponse", "read")],
+) -> FhirResponse:
+    """The recorded decision as a GuidanceResponse (its status as `$rems-etasu` reports it)."""
+    check_format(request)
+    found = await reads_of(request).decision_response(decision_id)
+    if found is None:
+        raise FhirError(404, "not-found", f"GuidanceResponse/{decision_id} is not known")
+    return FhirResponse(found, 200)

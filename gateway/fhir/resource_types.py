@@ -15,6 +15,7 @@ ON_THEIR_OWN = {
     "GuidanceResponse": "POST /fhir/GuidanceResponse/$rems-etasu",
     "Questionnaire": "GET /fhir/Questionnaire (the gateway's own)",
     "Task": "GET /fhir/Task (the gateway's worklist)",
+    "Subscription": "POST /fhir/Subscription",
     "Bundle": "a Bundle of its own",
 }
 
@@ -44,7 +45,7 @@ STORED_AS_RECEIVED = frozenset({
     "Procedure", "Provenance", "RelatedPerson", "RequestGroup", "ResearchDefinition",
     "ResearchElementDefinition", "ResearchStudy", "ResearchSubject", "RiskAssessment", "Schedule",
     "SearchParameter", "ServiceRequest", "Slot", "Specimen", "SpecimenDefinition",
-    "StructureDefinition", "StructureMap", "Subscription", "Substance", "SupplyDelivery",
+    "StructureDefinition", "StructureMap", "Substance", "SupplyDelivery",
     "SupplyRequest", "TerminologyCapabilities", "TestReport", "TestScript", "ValueSet",
     "VerificationResult", "VisionPrescription",
 })  # fmt: skip

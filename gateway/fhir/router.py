@@ -16,6 +16,7 @@ from gateway.fhir import (
     patients,
     questionnaires,
     stored,
+    subscriptions,
     tasks,
     validate,
 )
@@ -38,7 +39,7 @@ capability.declare("MedicationRequest", ["create", "update", "read", "vread"])
 capability.declare("MedicationDispense", ["create", "read", "vread"])
 capability.declare(
     "GuidanceResponse",
-    [],
+    ["read"],  # a recorded decision, by its id
     operations=(("rems-etasu", "urn:rems-gateway:fhir:OperationDefinition/rems-etasu"),),
 )
 capability.declare(
@@ -47,6 +48,9 @@ capability.declare(
     search=("identifier",),
     operations=(("rems-status", "urn:rems-gateway:fhir:OperationDefinition/rems-status"),),
 )
+
+
+# Notifications (docs/contracts.md §7): gateway/fhir/subscriptions.py declares Subscription.
 
 
 # The Patient Status Form (docs/rules.md §4–5): gateway/fhir/questionnaires.py
@@ -78,6 +82,7 @@ def fhir_router() -> APIRouter:
         patients,
         questionnaires,
         tasks,
+        subscriptions,
     )
     for resource_routes in typed:
         router.include_router(resource_routes.router)

@@ -165,6 +165,7 @@ def _add_probes(app: FastAPI, gateway: Gateway, metrics: GatewayMetrics) -> None
     )
     async def prometheus_metrics() -> Response:
         await metrics.refresh_review(gateway.reads)
+        await metrics.refresh_notifications(gateway.reads)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -300,3 +300,24 @@ def _wrapped(response: dict[str, Any]) -> dict[str, Any]:
         "resourceType": "Parameters",
         "parameter": [{"name": "rems-etasu", "resource": response}],
     }
+
+
+def decision_response(decision: Decision, decided_at: datetime) -> dict[str, Any]:
+    """A recorded decision as the GuidanceResponse `GuidanceResponse/{decision id}` (the focus
+    of a decision notification): its status as `$rems-etasu` reports it, the decision as our
+    extension."""
+    response: dict[str, Any] = {
+        "resourceType": "GuidanceResponse",
+        "id": decision.decision_id,
+        "extension": [decision_extension(decision)],
+        "moduleUri": MODULE,
+        "status": STATUS[decision.outcome],
+        "occurrenceDateTime": decided_at.isoformat(),
+        "note": [
+            {"text": f"Recorded decision: {decision.outcome.value}."},
+            *_warnings(decision.warnings),
+        ],
+    }
+    if decision.patient:
+        response["subject"] = {"reference": f"Patient/{decision.patient}"}
+    return response

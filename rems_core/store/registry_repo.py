@@ -24,6 +24,7 @@ from rems_core.model import (
 )
 from rems_core.registry import PatientEntry, PharmacyEntry, PrescriberEntry, RegistryConflict
 from rems_core.store import tables as t
+from rems_core.store.subscription_repo import Listener
 
 prescriber_t = t.PrescriberRow.__table__
 designee_t = t.DesigneeRow.__table__
@@ -109,6 +110,7 @@ class RegistryCache:
     prescribers: dict[str, Prescriber | None]
     pharmacies: dict[str, Pharmacy | None]
     patients: dict[Identifier, Patient | None]
+    listeners: dict[str, tuple[Listener, ...]]  # by topic (subscription_repo.py)
 
 
 class RegistryRepo:
@@ -120,19 +122,21 @@ class RegistryRepo:
     _prescribers: dict[str, Prescriber | None]
     _pharmacies: dict[str, Pharmacy | None]
     _patients: dict[Identifier, Patient | None]
+    _listeners: dict[str, tuple[Listener, ...]]
 
     def forget_cached(self) -> None:
         self._prescribers, self._pharmacies, self._patients = {}, {}, {}
+        self._listeners = {}
 
     def share_cache(self, cache: RegistryCache) -> None:
         """Use (and fill) reads that an earlier batch made at the same registry version."""
         self._prescribers, self._pharmacies = cache.prescribers, cache.pharmacies
-        self._patients = cache.patients
+        self._patients, self._listeners = cache.patients, cache.listeners
 
     def cache(self) -> RegistryCache:
         if len(self._patients) > PATIENTS_KEPT:  # e.g. a feed full of unknown patients
             self._patients = {}
-        return RegistryCache(self._prescribers, self._pharmacies, self._patients)
+        return RegistryCache(self._prescribers, self._pharmacies, self._patients, self._listeners)
 
     def _upsert(self, table: Any, keys: dict[str, Any], values: dict[str, Any]) -> Change | None:
         """Insert or update one row; what changed (field names only), or None."""

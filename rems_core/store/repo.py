@@ -32,6 +32,7 @@ from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
 from rems_core.store.rda_repo import RdaRepo
 from rems_core.store.registry_repo import RegistryRepo
 from rems_core.store.review_repo import ReviewRepo
+from rems_core.store.subscription_repo import SubscriptionRepo
 from rems_core.store.worklist_repo import WorklistRepo
 
 FORM = TypeAdapter(PatientStatusForm)
@@ -249,7 +250,9 @@ def _judgement(
     }
 
 
-class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo, RdaRepo, WorklistRepo):
+class Store(
+    RegistryRepo, MessageRepo, FhirRepo, ReviewRepo, RdaRepo, WorklistRepo, SubscriptionRepo
+):
     """One unit of work's reads and writes."""
 
     def __init__(self, conn: Connection, defer: bool = False) -> None:
@@ -403,6 +406,15 @@ class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo, RdaRepo, WorklistRe
             )
         ).first()
         return row.result if row is not None else None
+
+    def decision_record(self, decision_id: str) -> tuple[dict[str, Any], datetime] | None:
+        """A decision's stored result and when it was recorded."""
+        row = self.conn.execute(
+            select(decision_t.c.result, decision_t.c.decided_at).where(
+                decision_t.c.id == decision_id
+            )
+        ).first()
+        return (row.result, row.decided_at) if row is not None else None
 
     def add_decision(self, values: dict[str, Any]) -> None:
         self.conn.execute(_insert_decision, values)

@@ -11,8 +11,10 @@ from datetime import datetime
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
 from gateway.app.errors import RequestConflict
-from gateway.app.units import labs
+from gateway.app.units import labs, notifications
+from gateway.app.units.notifications import DECISION_TOPIC, Event
 from gateway.app.values import Source
+from mappings.fhir.etasu import decision_response
 from rems_core.dispense import decide
 from rems_core.model import (
     AncResult,
@@ -59,7 +61,7 @@ def decide_dispense(
     decision = decide(pack, request, snapshot, ctx.tz, ctx.ids, override_anc)
     decision = replace(decision, decision_id=ctx.ids.new_id("dec"))
     decided_at = ctx.now()
-    _record_decision(store, request, decision, digest, source, decided_at)
+    _record_decision(ctx, store, request, decision, digest, source, decided_at)
     store.append_audit(
         audit_records.dispense(decided_at, source, identifiers, request, decision, digest)
     )
@@ -82,6 +84,7 @@ def _override_anc(
 
 
 def _record_decision(
+    ctx: UnitContext,
     store: Store,
     request: DispenseRequest,
     decision: Decision,
@@ -132,3 +135,14 @@ def _record_decision(
                 "rationale": request.override.rationale or "",
             }
         )
+    if notifications.listened(store, DECISION_TOPIC):  # else not even the focus is built
+        notifications.publish(ctx, store, _decision_event(decision, decided_at))
+
+
+def _decision_event(decision: Decision, decided_at: datetime) -> Event:
+    """A decision as its subscribers hear of it: the GuidanceResponse of the stored decision."""
+    attributes = {"outcome": decision.outcome.value}
+    if decision.patient:
+        attributes["patient"] = f"Patient/{decision.patient}"
+    focus = f"GuidanceResponse/{decision.decision_id}"
+    return Event(DECISION_TOPIC, focus, decision_response(decision, decided_at), attributes)

@@ -82,10 +82,25 @@ def put(
     current = check(store, draft, owner)
     if current is not None and (draft.if_none_exist or current.content_hash == draft.content_hash):
         return Recorded(current, created=False, unchanged=True)
+    body = shape(draft.body) if shape else draft.body
+    stored = new_version(ctx, store, draft, body, received, current, owner)
+    return Recorded(stored, created=current is None)
+
+
+def new_version(
+    ctx: UnitContext,
+    store: Store,
+    draft: ResourceDraft,
+    body: dict[str, Any],
+    received: datetime,
+    current: StoredResource | None,
+    owner: str | None,
+) -> StoredResource:
+    """``body`` (the draft, as stored) as the next version of ``current``, or as a new resource
+    with the draft's id, else a new one."""
     resource_id = current.id if current is not None else draft.resource_id
     resource_id = resource_id or ctx.ids.new_id(draft.resource_type.lower())
-    body = shape(draft.body) if shape else draft.body
-    stored = store.put_resource(
+    return store.put_resource(
         draft.resource_type,
         resource_id,
         body,
@@ -95,7 +110,6 @@ def put(
         current,
         owner=owner,
     )
-    return Recorded(stored, created=current is None)
 
 
 def record_labs(
