@@ -8,7 +8,9 @@ fhir_answers.py):
   `usable` are read from what the gateway stored;
 - `dispense` → `POST /fhir/MedicationRequest`;
 - `psf` → `POST /fhir/QuestionnaireResponse`, with the prescriber's own user token when the step
-  says `signed: true` for a prescriber, the runner's system token otherwise;
+  says `signed: true` for a prescriber, the runner's system token otherwise; with
+  `complete_draft: true`, `PUT /fhir/QuestionnaireResponse/{id}` of the patient's open draft (the
+  step's answers and the draft's pre-filled ANC items);
 - `sign` → `POST /fhir/QuestionnaireResponse/{id}/$sign` with the signer's user token, on the
   response the step's `psf` names, else the patient's newest one still pending (else its newest);
   a patient with no response at all has nothing to `$sign`: the service answers that;
@@ -19,7 +21,9 @@ fhir_answers.py):
   identifiers its `pid` resolves to; its answer's issues are the `warnings` (PATIENT_AMBIGUOUS).
   Unlike HL7, a Patient naming no registry patient is stored, unlinked. Merges and other events
   go through the HL7 intake on the same database;
-- `advance_to` goes through the application service (FHIR has no operation for it).
+- `advance_to` goes through the application service (FHIR has no operation for it);
+- `tasks` and `draft` are read with `GET /fhir/Task?patient=…&status=requested` and
+  `GET /fhir/QuestionnaireResponse?patient=…&status=in-progress` (the system token).
 
 ``FhirChannel`` talks to a ``FhirEndpoint`` (base URL, token endpoint, the runner's SMART
 clients: smart.py). Without one it runs the gateway's app on a real uvicorn server on a loopback
