@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from mappings.fhir.medication_request import read_medication_request
 from mappings.fhir.questionnaire import read_response
 from rems_core.audit import AuditEntry
 from rems_core.model import Identifier
+from rems_core.store.repo import Store
 from tests.conftest import PACKS, committed
 
 SUBJECT = Identifier("urn:oid:2.16.840.1.113883.3.999.1", "SCENARIO-FHIR-P1")
@@ -151,11 +152,8 @@ def test_steps_travel_over_fhir_with_the_right_client(
 """
     report = asyncio.run(run_file(scenario_file(tmp_path, steps), db_url, PACKS, "fhir"))
     assert report.passed, format_report(report)
-    acts = [
-        (a.kind, a.channel, a.actor)
-        for a in audit_of(service)
-        if a.kind not in ("registry", "task")
-    ]  # the worklist's own records are the scenario runner's, not the steps'
+    own = ("registry", "task")  # the registry load; the worklist's tasks the steps open and close
+    acts = [(a.kind, a.channel, a.actor) for a in audit_of(service) if a.kind not in own]
     prescriber = prescriber_client_id("1234567893")
     assert acts == [
         ("lab", "fhir", SYSTEM_CLIENT),
@@ -177,6 +175,50 @@ def test_the_same_steps_in_process_say_so_in_the_audit(
     report = asyncio.run(run_file(scenario_file(tmp_path, steps), db_url, PACKS, "inprocess"))
     assert report.passed, format_report(report)
     assert [a.channel for a in audit_of(service) if a.kind == "dispense"] == ["scenario"]
+
+
+COMPLETION = """
+  - at: 2022-03-26T10:00:00Z
+    psf: {patient: P1, type: monthly, by: "1234567893", designation: ben, treatment_status: active,
+          monitoring_frequency: every_2_weeks, signed: true, complete_draft: true}
+    expect: {accepted: true, draft: none}
+"""
+
+
+def draft_status(service: RemsService) -> str | None:
+    def read(store: Store) -> str | None:
+        patient = store.find_patient([SUBJECT])
+        row = store.draft_for(patient.rems_id, date(2022, 4, 1)) if patient else None
+        return row["status"] if row else None
+
+    return committed(service, read)
+
+
+@pytest.mark.parametrize(("via", "status"), [("inprocess", "withdrawn"), ("fhir", "submitted")])
+def test_complete_draft_puts_the_draft_over_fhir_and_submits_anew_in_process(
+    tmp_path: Path, db_url: str, service: RemsService, via: str, status: str
+) -> None:
+    """Over FHIR the draft itself is completed (its next version, submitted); in process the
+    PSF is an ordinary submission, and the draft it makes unneeded is withdrawn."""
+    opened = """
+  - at: 2022-03-25T12:00:00Z
+    advance_to: {to: 2022-03-25T12:00:00Z, patient: P1}
+    expect: {draft: {due: 2022-04-01, versions: 1}}
+"""
+    report = asyncio.run(run_file(scenario_file(tmp_path, opened + COMPLETION), db_url, PACKS, via))
+    assert report.passed, format_report(report)
+    assert draft_status(service) == status
+
+
+@pytest.mark.parametrize("via", ["inprocess", "mllp", "fhir"])
+def test_complete_draft_without_an_open_draft_is_an_error_of_the_step(
+    tmp_path: Path, db_url: str, via: str
+) -> None:
+    report = asyncio.run(run_file(scenario_file(tmp_path, COMPLETION), db_url, PACKS, via))
+    (step,) = report.steps
+    assert step.problems == [
+        f"cannot run: {step.step.label}: complete_draft: the patient has no open draft"
+    ]
 
 
 def test_tokens_are_the_runners_clients_and_renewed_before_they_expire(

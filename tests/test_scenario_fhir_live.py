@@ -31,6 +31,7 @@ RAW_FILE = SCENARIOS / "fhir-raw-resources.yaml"  # expects derived and usable: 
 FILES = [LAB_FILE, DISPENSE_FILE, SIGNING_FILE, RAW_FILE, SCENARIOS / "advance-to-labs-missed.yaml"]
 FILES += [SCENARIOS / "identity-late-link.yaml", SCENARIOS / "adt-identify.yaml"]
 FILES += [SCENARIOS / "fhir-client-patient.yaml"]  # client Patient ids tagged per run
+FILES += [SCENARIOS / "monthly-psf-draft.yaml"]  # Task and draft searches, the draft's PUT
 KNOWN_NPI = "1992837462"  # valid check digits; a client is made for it
 UNKNOWN_NPI = "1918273644"  # valid check digits; no client for it
 

@@ -158,3 +158,64 @@ def test_a_cancel_or_dispensed_step_misread_is_an_error_naming_it(
     message = refused(scenario(tmp_path, {"at": AT, "patient": "P1", **step}))
     (kind,) = step
     assert "step 1" in message and kind in message
+
+
+PSF = {"patient": "P1", "by": "1234567893", "signed": True}
+
+
+def test_tasks_draft_and_complete_draft_load_as_read(tmp_path: Path) -> None:
+    draft = {"due": "2021-12-08", "ancs": 1, "rationale_needed": True, "versions": 2}
+    loaded = load(
+        scenario(
+            tmp_path,
+            {"at": AT, "advance_to": {"patient": "P1"}, "expect": {"tasks": [], "draft": "none"}},
+            {
+                "at": AT,
+                "psf": PSF | {"complete_draft": True},
+                "expect": {"tasks": ["psf-due", "anc-overdue"], "draft": draft},
+            },
+        )
+    )
+    first, second = loaded.steps
+    assert first.expect == {"tasks": [], "draft": "none"} and not first.completes_draft
+    assert second.completes_draft and second.expect["tasks"] == ["anc-overdue", "psf-due"]
+    assert second.expect["draft"] == draft
+
+
+@pytest.mark.parametrize(
+    ("step", "named"),
+    [
+        ({"lab": LAB | {"patient": "P1"}, "expect": {"tasks": ["psf-late"]}}, "psf-late"),
+        ({"lab": LAB | {"patient": "P1"}, "expect": {"tasks": "psf-due"}}, "tasks"),
+        (
+            {"advance_to": {"patient": "P1"}, "expect": {"draft": {"due_date": "2021-12-08"}}},
+            "due_date",
+        ),
+        ({"advance_to": {"patient": "P1"}, "expect": {"draft": {"ancs": "two"}}}, "ancs"),
+        ({"advance_to": {"patient": "P1"}, "expect": {"draft": "missing"}}, "draft"),
+        ({"advance_to": True, "expect": {"tasks": []}}, "patient"),
+        ({"lab": {"pid": "MRN-KEYS-1", **LAB}, "expect": {"draft": "none"}}, "patient"),
+        ({"review": {"discard": "E-1", "reason": "x"}, "expect": {"tasks": []}}, "tasks"),
+        ({"dispense": {"patient": "P1", "complete_draft": True}}, "complete_draft"),
+        ({"psf": PSF | {"type": "enrollment", "complete_draft": True}}, "complete_draft"),
+        ({"psf": PSF | {"complete_draft": "yes"}}, "complete_draft"),
+    ],
+    ids=[
+        "unknown-task-kind",
+        "tasks-not-a-list",
+        "draft-unknown-key",
+        "draft-count-not-a-number",
+        "draft-neither-none-nor-a-mapping",
+        "advance-to-without-patient",
+        "lab-by-pid",
+        "review-step",
+        "complete-draft-on-a-dispense",
+        "complete-draft-of-an-enrollment",
+        "complete-draft-not-a-boolean",
+    ],
+)
+def test_tasks_draft_and_complete_draft_misread_are_errors_naming_them(
+    tmp_path: Path, step: dict[str, Any], named: str
+) -> None:
+    message = refused(scenario(tmp_path, {"at": AT, **step}))
+    assert "step 1" in message and named in message

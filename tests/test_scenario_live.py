@@ -34,6 +34,7 @@ FILES = [
     SCENARIOS / "lab-patient-not-matched.yaml",
     SCENARIOS / "identity-late-link.yaml",  # pid, review, held: tagged values, any order
     SCENARIOS / "adt-merge.yaml",
+    SCENARIOS / "monthly-psf-draft.yaml",  # tasks and draft read on --db, complete_draft
 ]
 
 

@@ -15,7 +15,16 @@ from gateway.app.service import RemsService
 from gateway.app.values import OrderEnded, Source
 from gateway.mllp.intake import Hl7Intake
 from gateway.scenarios.fhir_app import InProcessFhir
-from gateway.scenarios.file import AdtStep, ReviewStep, Scenario, ScenarioError, Step, pid_values
+from gateway.scenarios.file import (
+    WORKLIST_EXPECT,
+    AdtStep,
+    ReviewStep,
+    Scenario,
+    ScenarioError,
+    Step,
+    pid_values,
+)
+from gateway.scenarios.worklist_answers import worklist_fields
 from mappings.hl7v2.ack import escape, finding_codes
 from mappings.hl7v2.oru import patient_candidates
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
@@ -25,8 +34,11 @@ from rems_core.model import Identifier
 from rems_core.rda import DispenseFiled
 from rems_core.rulepack import OutOfScope
 from rems_core.store.review_repo import ReviewFilter
+from rems_core.store.worklist_repo import TaskFilter
 
 SOURCE = Source("scenario", "scenario-runner")
+REQUESTED, IN_PROGRESS = "requested", "in-progress"  # an open task, an open draft
+MANY = 100  # a patient's open tasks or drafts: a handful
 ADT_STRUCTURE = {
     "A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A28": "ADT_A05", "A31": "ADT_A05",
     "A40": "ADT_A39", "A34": "ADT_A30", "A47": "ADT_A30",
@@ -172,6 +184,8 @@ class InProcessChannel:
             answer = await getattr(self, f"_{step.kind}")(step)
             if "held" in step.expect and "held" not in answer:
                 answer["held"] = await self.held(self.held_values())
+            if WORKLIST_EXPECT & set(step.expect):
+                answer |= await self.worklist(step)
             return answer
         except NotSupportedYet:
             if step.kind in ("hl7", "fhir"):
@@ -220,6 +234,9 @@ class InProcessChannel:
         return filed_fields(filed) | {"ack": "AA", "http_status": 201}
 
     async def _psf(self, step: Step) -> dict[str, Any]:
+        """In process (and under MLLP) completing the open draft is an ordinary submission."""
+        if step.completes_draft:
+            await self.draft_to_complete(step)
         outcome = await self.service.submit_psf(
             self.identifiers(step.patient), step.request, SOURCE
         )
@@ -311,6 +328,35 @@ class InProcessChannel:
             return None
         (value,) = pid_values(self.pid_text(act.identifier.value)) or [act.identifier.value]
         return Identifier(act.identifier.system, value)
+
+    def registry_id(self, step: Step) -> str:
+        """The registry id of the step's patient, whose worklist `tasks` and `draft` read."""
+        handle = str(step.patient)
+        if handle not in self.patient_ids:
+            raise ScenarioError(f"{step.label}: {handle} is not a patient of the registry")
+        return self.patient_ids[handle]
+
+    async def worklist(self, step: Step) -> dict[str, Any]:
+        """`tasks` and `draft`: the patient's open tasks and monthly draft after the step."""
+        return worklist_fields(step, await self.open_tasks(step), await self.open_drafts(step))
+
+    async def open_tasks(self, step: Step) -> list[dict[str, Any]]:
+        """The patient's requested Tasks, through the reads on the database."""
+        wanted = TaskFilter(patient_id=self.registry_id(step), status=REQUESTED, count=MANY)
+        found, _ = await self.reads.tasks(wanted)
+        return [task.body for task in found]
+
+    async def open_drafts(self, step: Step) -> list[dict[str, Any]]:
+        """The patient's `in-progress` QuestionnaireResponses: the open monthly drafts."""
+        found, _ = await self.reads.responses(self.registry_id(step), IN_PROGRESS, MANY, 0)
+        return [response.body for response in found]
+
+    async def draft_to_complete(self, step: Step) -> dict[str, Any]:
+        """The open draft a `complete_draft` psf step completes; a step error without one."""
+        drafts = await self.open_drafts(step)
+        if not drafts:
+            raise ScenarioError(f"{step.label}: complete_draft: the patient has no open draft")
+        return drafts[0]
 
     async def open_items(self, values: set[str] | None) -> list[dict[str, Any]]:
         """Open review items, oldest first; with ``values``, those whose candidates carry one."""

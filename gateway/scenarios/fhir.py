@@ -8,7 +8,9 @@ fhir_answers.py):
   `usable` are read from what the gateway stored;
 - `dispense` → `POST /fhir/MedicationRequest`;
 - `psf` → `POST /fhir/QuestionnaireResponse`, with the prescriber's own user token when the step
-  says `signed: true` for a prescriber, the runner's system token otherwise;
+  says `signed: true` for a prescriber, the runner's system token otherwise; with
+  `complete_draft: true`, `PUT /fhir/QuestionnaireResponse/{id}` of the patient's open draft (the
+  step's answers and the draft's pre-filled ANC items);
 - `sign` → `POST /fhir/QuestionnaireResponse/{id}/$sign` with the signer's user token, on the
   response the step's `psf` names, else the patient's newest one still pending (else its newest);
   a patient with no response at all has nothing to `$sign`: the service answers that;
@@ -19,7 +21,9 @@ fhir_answers.py):
   identifiers its `pid` resolves to; its answer's issues are the `warnings` (PATIENT_AMBIGUOUS).
   Unlike HL7, a Patient naming no registry patient is stored, unlinked. Merges and other events
   go through the HL7 intake on the same database;
-- `advance_to` goes through the application service (FHIR has no operation for it).
+- `advance_to` goes through the application service (FHIR has no operation for it);
+- `tasks` and `draft` are read with `GET /fhir/Task?patient=…&status=requested` and
+  `GET /fhir/QuestionnaireResponse?patient=…&status=in-progress` (the system token).
 
 ``FhirChannel`` talks to a ``FhirEndpoint`` (base URL, token endpoint, the runner's SMART
 clients: smart.py). Without one it runs the gateway's app on a real uvicorn server on a loopback
@@ -39,7 +43,14 @@ from typing import Any
 import httpx
 
 from gateway.app.bootstrap import Gateway
-from gateway.scenarios.channel import InProcessChannel, NotSupportedYet, pid_candidates
+from gateway.scenarios.channel import (
+    IN_PROGRESS,
+    MANY,
+    REQUESTED,
+    InProcessChannel,
+    NotSupportedYet,
+    pid_candidates,
+)
 from gateway.scenarios.fhir_answers import (
     answer_fields,
     coded_findings,
@@ -49,6 +60,7 @@ from gateway.scenarios.fhir_answers import (
     psf_fields,
 )
 from gateway.scenarios.fhir_app import (
+    FHIR_JSON,
     SIGN_PARAMETERS,
     Answer,
     LoopbackGateway,
@@ -66,8 +78,9 @@ from gateway.scenarios.fhir_resources import (
     questionnaire_response,
     report_bundle,
 )
-from gateway.scenarios.file import DEFAULT_DRUG, AdtStep, Scenario, Step
+from gateway.scenarios.file import DEFAULT_DRUG, AdtStep, Scenario, ScenarioError, Step
 from gateway.scenarios.smart import RunnerClient, RunnerClients, TokenSource
+from gateway.scenarios.worklist_answers import completing
 from rems_core.identity import resolved
 from rems_core.model import (
     DispenseRequest,
@@ -221,18 +234,42 @@ class FhirChannel(InProcessChannel):
         return answer_fields(code, answer)
 
     async def _psf(self, step: Step) -> dict[str, Any]:
+        """`POST /fhir/QuestionnaireResponse`; completing the open draft, `PUT` of its id."""
         form: PatientStatusForm = step.request
         numbers = Decimals()
         body = questionnaire_response(form, self._subject(step), numbers)
+        path, method = "/fhir/QuestionnaireResponse", "POST"
+        if step.completes_draft:
+            body = completing(body, await self.draft_to_complete(step))
+            path, method = f"{path}/{body['id']}", "PUT"
         client = self._client(form.signed_by) if signs_own_form(form) else None
-        status, answer, headers = await self._post(
-            "/fhir/QuestionnaireResponse", numbers.dumps(body), step, client
-        )
+        status, answer, headers = await self._post(path, numbers.dumps(body), step, client, method)
         fields = psf_fields(status, answer)
         found = resource_id(headers, "QuestionnaireResponse") if status < 400 else None
         if found is not None:
             self._remember(str(step.patient), found, fields)
         return fields
+
+    async def _search(self, path: str, params: dict[str, str], step: Step) -> list[Any]:
+        """The resources of one page of a search, with the runner's system token."""
+        assert self.http is not None and self.tokens is not None
+        headers = {"Accept": FHIR_JSON} | await self.tokens.bearer(self._client())
+        response = await self.http.get(path, params=params, headers=headers)
+        if response.status_code != 200:
+            raise ScenarioError(f"{step.label}: GET {path}: {response.status_code}")
+        return [entry["resource"] for entry in response.json().get("entry") or ()]
+
+    async def open_tasks(self, step: Step) -> list[dict[str, Any]]:
+        """`GET /fhir/Task?patient=Patient/{id}&status=requested`."""
+        patient = f"Patient/{self.registry_id(step)}"
+        params = {"patient": patient, "status": REQUESTED, "_count": str(MANY)}
+        return await self._search("/fhir/Task", params, step)
+
+    async def open_drafts(self, step: Step) -> list[dict[str, Any]]:
+        """`GET /fhir/QuestionnaireResponse?patient=Patient/{id}&status=in-progress`."""
+        patient = f"Patient/{self.registry_id(step)}"
+        params = {"patient": patient, "status": IN_PROGRESS, "_count": str(MANY)}
+        return await self._search("/fhir/QuestionnaireResponse", params, step)
 
     def _remember(self, handle: str, response: str, fields: dict[str, Any]) -> None:
         if fields.get("psf_id"):

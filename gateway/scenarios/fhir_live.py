@@ -12,7 +12,8 @@ file, as over MLLP (live.py):
 - the registry goes through `POST /admin/registry` with the system client's `admin` token, after
   the shared prescribers and pharmacies are compared with `--db` (no `--db`: not compared);
 - lab, labs, dispense, psf, sign, fhir and identifying adt steps go over FHIR exactly as
-  FhirChannel sends them (an adt step's Patient id has the run's tag); `advance_to` through
+  FhirChannel sends them (an adt step's Patient id has the run's tag), and `tasks` and `draft`
+  are read over FHIR as there; `advance_to` through
   `POST /admin/scheduled-work` for this file's patients; other adt steps through the HL7 intake on
   `--db`;
 - `derived` and `usable` of lab steps are read from `--db`; without it they are ``NOT_READ``,

@@ -38,6 +38,7 @@ from rems_core.model import (
 from rems_core.rda import DispenseRecord, OrderAction, OrderEnd
 from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from, yaml_problem
 from rems_core.rulepack import DEFAULT_PACK
+from rems_core.worklist import TaskKind
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -61,7 +62,7 @@ STEP_KEYS: dict[str, set[str]] = {
     "psf": {
         "patient", "type", "by", "role", "prescriber", "designation", "treatment_status",
         "status_effective", "monitoring_frequency", "anc", "missed_draws", "justification",
-        "rationale", "signed",
+        "rationale", "signed", "complete_draft",
     },
     "sign": {"patient", "by", "psf"},
     "advance_to": {"to", "until", "patient"},
@@ -73,20 +74,28 @@ STEP_KEYS: dict[str, set[str]] = {
     "fhir": set(),
 }  # fmt: skip
 COMMON_EXPECT = {"warnings", "ack", "http_status"}
+WORKLIST_EXPECT = {"tasks", "draft"}  # the patient's open tasks and monthly draft after the step
+PATIENT_EXPECT = COMMON_EXPECT | WORKLIST_EXPECT
 EXPECT_KEYS: dict[str, set[str]] = {
-    "lab": COMMON_EXPECT | {"anc", "category", "derived", "usable", "held"},
-    "dispense": COMMON_EXPECT
+    "lab": PATIENT_EXPECT | {"anc", "category", "derived", "usable", "held"},
+    "dispense": PATIENT_EXPECT
     | {"outcome", "reasons", "max_days_supply", "override_possible", "rule_pack", "rda"},
-    "psf": COMMON_EXPECT | {"accepted", "status", "reasons", "rule_pack"},
-    "advance_to": {"warnings", "held"},
+    "psf": PATIENT_EXPECT | {"accepted", "status", "reasons", "rule_pack"},
+    "advance_to": {"warnings", "held"} | WORKLIST_EXPECT,
     "adt": {"ack", "warnings", "held"},
     "review": {"filed", "held"},
-    "cancel": COMMON_EXPECT | {"known", "voided", "reasons"},
-    "dispensed": COMMON_EXPECT | {"outcome", "reasons"},
+    "cancel": PATIENT_EXPECT | {"known", "voided", "reasons"},
+    "dispensed": PATIENT_EXPECT | {"outcome", "reasons"},
 }
 EXPECT_KEYS["labs"] = EXPECT_KEYS["lab"]
 EXPECT_KEYS["sign"] = EXPECT_KEYS["psf"]
 EXPECT_KEYS["hl7"] = EXPECT_KEYS["fhir"] = set().union(*EXPECT_KEYS.values()) - {"filed"}
+
+TASK_KINDS = [kind.value for kind in TaskKind]
+DRAFT_KEYS = {
+    "due", "ancs", "rationale_needed", "recommended_frequency", "missed_draws", "versions",
+}  # fmt: skip
+NO_DRAFT = "none"
 
 RESULT_STATUS = {
     "final": ResultStatus.FINAL,
@@ -236,6 +245,11 @@ class Step:
         return None if handle is None else str(handle)
 
     @property
+    def completes_draft(self) -> bool:
+        """A psf step with `complete_draft: true`: it completes the patient's open draft."""
+        return self.kind == "psf" and str(self.body.get("complete_draft")).lower() == "true"
+
+    @property
     def pid(self) -> str | None:
         """PID-3 as the sender writes it (a lab step's `pid`), instead of a patient handle."""
         body = self.body if isinstance(self.body, dict) else {}
@@ -372,7 +386,51 @@ def _step(index: int, raw: Any, tz: tzinfo) -> Step:
         )
     step = Step(index, at, kind, raw[kind], expect, raw)
     step.request = PARSERS[kind](raw[kind], f"{where} {kind}", at, tz)
+    step.expect = worklist_expect(step, f"{where} expect", tz)
     return step
+
+
+def worklist_expect(step: Step, where: str, tz: tzinfo) -> dict[str, Any]:
+    """The step's `expect` with `tasks` and `draft` read strictly: they are the patient's."""
+    expect = dict(step.expect)
+    named = sorted(WORKLIST_EXPECT & set(expect))
+    if named and step.patient is None:
+        raise ScenarioError(f"{where}: {named} are a patient's: the step names no `patient`")
+    if "tasks" in expect:
+        expect["tasks"] = task_kinds(expect["tasks"], f"{where}.tasks")
+    if "draft" in expect:
+        expect["draft"] = draft_expect(expect["draft"], f"{where}.draft", tz)
+    return expect
+
+
+def task_kinds(value: Any, where: str) -> list[str]:
+    """`tasks: [psf-due, anc-overdue]`: kinds of the open tasks (`[]`: none)."""
+    if not isinstance(value, list):
+        raise ScenarioError(f"{where}: expected a list of task kinds, got {value!r}")
+    unknown = sorted({str(kind) for kind in value} - set(TASK_KINDS))
+    if unknown:
+        raise ScenarioError(f"{where}: {unknown} are not task kinds ({', '.join(TASK_KINDS)})")
+    return sorted({str(kind) for kind in value})
+
+
+def draft_expect(value: Any, where: str, tz: tzinfo) -> str | dict[str, Any]:
+    """`draft: none`, or what the open draft pre-fills: only the keys named are compared."""
+    if value == NO_DRAFT:
+        return NO_DRAFT
+    fields = Fields(value, where, DRAFT_KEYS, tz)
+    wanted: dict[str, Any] = {}
+    if "due" in value:
+        wanted["due"] = fields.day(value["due"], "due").isoformat()
+    for key in ("ancs", "missed_draws", "versions"):
+        if key in value:
+            wanted[key] = fields.integer(key, 0)
+    if "rationale_needed" in value:
+        wanted["rationale_needed"] = fields.flag("rationale_needed")
+    if "recommended_frequency" in value:
+        wanted["recommended_frequency"] = str(
+            fields.choice("recommended_frequency", MonitoringFrequency)
+        )
+    return wanted
 
 
 def _has_pid(body: Any) -> bool:
@@ -485,13 +543,16 @@ def psf_form(body: Any, where: str, at: datetime, tz: tzinfo) -> PatientStatusFo
     by = fields.text("by", required=True) or ""
     role = fields.choice("role", SubmitterRole, SubmitterRole.PRESCRIBER)
     signed = fields.flag("signed")
+    form_type = fields.choice("type", PsfType, PsfType.MONTHLY) or PsfType.MONTHLY
+    if fields.flag("complete_draft") and form_type != PsfType.MONTHLY:
+        raise ScenarioError(f"{where}.complete_draft: the open draft is a monthly PSF")
     rationale = None
     if body.get("rationale") is not None:
         r = Fields(body["rationale"], f"{where}.rationale", {"reason", "text"}, tz)
         rationale = Rationale(r.text("reason", required=True) or "", r.text("text", "") or "")
     effective = body.get("status_effective")
     return PatientStatusForm(
-        type=fields.choice("type", PsfType, PsfType.MONTHLY) or PsfType.MONTHLY,
+        type=form_type,
         submitted_at=at,
         submitter=by,
         role=role or SubmitterRole.PRESCRIBER,

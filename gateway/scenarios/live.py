@@ -15,7 +15,8 @@ the admin operations. Per run of a file:
   (known to the registry or not), and `held` counts only this run's tagged values. The
   gateway's own senders file applies, not the file's `sender`;
 - adt steps go as ADT messages over MLLP; review steps through the service on the database;
-- dispense, psf and sign steps go through the application service on the database;
+- dispense, psf and sign steps go through the application service on the database, where
+  `tasks` and `draft` are read;
   ``advance_to`` runs scheduled work for this file's patients only.
 """
 

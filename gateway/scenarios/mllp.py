@@ -5,7 +5,8 @@ are; the runner reads `warnings` from the ACK's ERR segments and `anc`/`category
 gateway stored; of an RRE, `outcome`, `rda`, `reasons` and `warnings` (ORC-16, ORC-3, ERR E/W),
 and `max_days_supply`, `override_possible` and `rule_pack` from the decision stored for its
 placer number. Steps that MLLP does not carry (psf, sign, advance_to) go through the application
-service on the same database, as docs/contracts.md §2 says.
+service on the same database, as docs/contracts.md §2 says; `tasks` and `draft` are read there
+too (channel.py).
 
 ``MllpChannel`` runs its own listener on a loopback port, in this process;
 ``gateway.scenarios.live.LiveMllpChannel`` sends to a separately running gateway.

@@ -21,7 +21,7 @@ from gateway.app.context import UnitContext
 from gateway.scenarios.channel import InProcessChannel, NotSupportedYet
 from gateway.scenarios.fhir import FhirChannel
 from gateway.scenarios.fhir_live import LiveFhirChannel, LiveFhirGateway
-from gateway.scenarios.file import Scenario, ScenarioError, Step, load, read
+from gateway.scenarios.file import NO_DRAFT, Scenario, ScenarioError, Step, load, read
 from gateway.scenarios.live import LiveGateway, LiveMllpChannel
 from gateway.scenarios.mllp import MllpChannel
 from rems_core.rulepack import OutOfScope, PackLibrary, RulePackError
@@ -70,6 +70,10 @@ def compare(expect: dict[str, Any], actual: dict[str, Any]) -> list[str]:
             missing = sorted(set(map(str, wanted or ())) - got)
             if missing:
                 problems.append(f"warnings: missing {missing}; got {sorted(got)}")
+        elif key == "tasks":
+            problems += _tasks_problems(wanted, actual.get("tasks"))
+        elif key == "draft":
+            problems += _draft_problems(wanted, actual.get("draft"))
         elif key == "rda" and isinstance(wanted, bool):
             if bool(actual.get("rda")) != wanted:
                 problems.append(
@@ -83,6 +87,28 @@ def compare(expect: dict[str, Any], actual: dict[str, Any]) -> list[str]:
             if not same:
                 problems.append(f"{key}: expected {wanted!r}, got {got!r}")
     return problems
+
+
+def _tasks_problems(wanted: list[str], got: list[str] | None) -> list[str]:
+    """`tasks`: the kinds of the open tasks, set equality."""
+    if set(wanted) == set(got or ()):
+        return []
+    missing = sorted(set(wanted) - set(got or ()))
+    extra = sorted(set(got or ()) - set(wanted))
+    return [f"tasks: expected {wanted}, got {got} (missing {missing}, unexpected {extra})"]
+
+
+def _draft_problems(wanted: str | dict[str, Any], got: dict[str, Any] | None) -> list[str]:
+    """`draft`: none, or the named fields of the open draft."""
+    if wanted == NO_DRAFT or got is None:
+        same = wanted == NO_DRAFT and got is None
+        return [] if same else [f"draft: expected {wanted}, got {got or NO_DRAFT}"]
+    assert isinstance(wanted, dict)
+    return [
+        f"draft.{key}: expected {value!r}, got {got.get(key)!r}"
+        for key, value in wanted.items()
+        if got.get(key) != value
+    ]
 
 
 class DatabaseFactory:

@@ -42,7 +42,8 @@ SYSTEM_CLIENT = "scenario-runner"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # What the runner writes: labs (Observation create and, in Bundles, update; DiagnosticReport),
 # dispenses, PSFs, client Patients (adt steps over FHIR), any resource a raw fhir step's Bundle
-# carries; a raw fhir step may also read (e.g. $rems-etasu, Patient).
+# carries; a raw fhir step may also read (e.g. $rems-etasu, Patient); `tasks` and `draft` expects
+# search Tasks and QuestionnaireResponses.
 SYSTEM_SCOPES = [
     "system/*.cu",
     "system/Observation.cruds",
@@ -54,6 +55,7 @@ SYSTEM_SCOPES = [
     "system/Patient.rs",
     "system/Patient.cu",
     "system/GuidanceResponse.rs",
+    "system/Task.rs",
 ]
 USER_SCOPES = ["user/QuestionnaireResponse.cru", "user/Questionnaire.rs"]
 ADMIN_SCOPE = "admin"  # POST /admin/registry and /admin/scheduled-work on a running gateway
