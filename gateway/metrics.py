@@ -16,6 +16,7 @@ from gateway.app.reads import RemsReads
 from gateway.app.values import REVIEW_KINDS
 from gateway.app.writer import Writer
 from gateway.mllp.intake import DISPOSITIONS, KNOWN_MESSAGE_TYPES, OTHER_TYPE, UNREADABLE
+from gateway.scheduler import RESULTS as SCHEDULER_RESULTS
 from rems_core.model import Decision, Outcome
 
 log = logging.getLogger("rems_gateway.http")
@@ -82,6 +83,20 @@ class GatewayMetrics:
             ["kind", "status"],
             registry=self.registry,
         )
+        self.scheduled_runs = Counter(
+            "rems_scheduled_runs",
+            "Ticks of the scheduler by result: ran the work, skipped (another gateway holds the "
+            "scheduler lease), failed",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in SCHEDULER_RESULTS:
+            self.scheduled_runs.labels(result=result)
+        self.scheduler_lease = Gauge(
+            "rems_scheduler_lease_held",
+            "1 while this process holds the scheduler lease (runs the cluster's scheduled work)",
+            registry=self.registry,
+        )
         self.registry.register(WriterCollector(writer))
 
     async def refresh_review(self, reads: RemsReads) -> None:
@@ -110,6 +125,11 @@ class GatewayMetrics:
         if disposition not in DISPOSITIONS:
             disposition = "error"
         self.hl7_messages.labels(message_type=message_type, disposition=disposition).inc()
+
+    def scheduler_tick(self, result: str | None, holds: bool) -> None:
+        if result is not None:
+            self.scheduled_runs.labels(result=result).inc()
+        self.scheduler_lease.set(1 if holds else 0)
 
     def count_decision(self, decision: Decision) -> None:
         self.decisions.labels(outcome=decision.outcome.value).inc()

@@ -27,6 +27,7 @@ from rems_core.model import (
 )
 from rems_core.store import tables as t
 from rems_core.store.fhir_repo import FhirRepo
+from rems_core.store.lease_repo import LeaseRepo
 from rems_core.store.message_repo import MessageRepo
 from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
 from rems_core.store.rda_repo import RdaRepo
@@ -248,7 +249,7 @@ def _judgement(
     }
 
 
-class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo, RdaRepo):
+class Store(RegistryRepo, MessageRepo, FhirRepo, ReviewRepo, RdaRepo, LeaseRepo):
     """One unit of work's reads and writes."""
 
     def __init__(self, conn: Connection, defer: bool = False) -> None:
