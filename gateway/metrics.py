@@ -85,8 +85,8 @@ class GatewayMetrics:
         )
         self.scheduled_runs = Counter(
             "rems_scheduled_runs",
-            "Ticks of the scheduler by result: ran the work, skipped (another gateway holds the "
-            "scheduler lease), failed",
+            "Scheduler ticks that ran the work, skipped it (another gateway holds the scheduler "
+            "lease) or failed",
             ["result"],
             registry=self.registry,
         )

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 
 from gateway.app.service import SCHEDULER_LEASE, RemsService
 from gateway.app.values import Source
+from gateway.scheduler import FAILED, RAN, SKIPPED, MonitoringScheduler, Schedule
 from rems_core.registry import RegistryDocument
 from rems_core.store import tables
 from rems_core.store.db import make_engine
@@ -142,6 +143,51 @@ def test_only_the_lease_holder_runs_the_work_and_records_it(
     assert (row.holder, row.last_run) == ("a", now + timedelta(seconds=2))
 
 
+# --- the scheduler's ticks (in process) ---------------------------------------------------------
+
+
+def test_a_tick_comes_every_third_of_the_lease_or_every_interval_if_shorter() -> None:
+    assert Schedule(timedelta(minutes=15), timedelta(seconds=60)).tick == timedelta(seconds=20)
+    assert Schedule(timedelta(seconds=1), timedelta(seconds=3)).tick == timedelta(seconds=1)
+
+
+def test_the_holder_renews_between_runs_the_other_idles_until_the_lease_is_released(
+    service: RemsService,
+) -> None:
+    ticks: list[tuple[str, str | None, bool]] = []
+    schedule = Schedule(every=timedelta(hours=1), lease=TTL)
+    a = MonitoringScheduler(service, schedule, lambda r, h: ticks.append(("a", r, h)))
+    b = MonitoringScheduler(service, schedule, lambda r, h: ticks.append(("b", r, h)))
+
+    async def scenario() -> None:
+        await a.tick()  # takes the lease and runs the work
+        await a.tick()  # within the hour: renews only
+        await b.tick()
+        await a.stop()  # releases the lease
+        await b.tick()  # takes it at once, and runs
+
+    run(scenario())
+    assert ticks == [
+        ("a", RAN, True),
+        ("a", None, True),
+        ("b", SKIPPED, False),
+        ("a", None, False),
+        ("b", RAN, True),
+    ]
+
+
+def test_a_tick_that_cannot_reach_the_writer_fails_and_holds_nothing(
+    service: RemsService,
+) -> None:
+    ticks: list[tuple[str | None, bool]] = []
+    scheduler = MonitoringScheduler(
+        service, Schedule(timedelta(hours=1), TTL), lambda r, h: ticks.append((r, h))
+    )
+    service.writer.stop()
+    run(scheduler.tick())
+    assert ticks == [(FAILED, False)]
+
+
 # --- real `serve` processes -------------------------------------------------------------------
 
 
@@ -255,9 +301,14 @@ def test_a_gateway_killed_between_due_time_and_run_runs_the_job_once_after_resta
 def test_two_gateways_on_one_postgresql_never_both_run_the_work(
     tmp_path: Path, db_url: str, db_engine: Engine
 ) -> None:
-    with serving(tmp_path, db_url, every=1, lease=3, count=2) as gateways:
+    with serving(tmp_path, db_url, every=1, lease=6, count=2) as gateways:
         patient = load_overdue_patient(gateways[1])
-        eventually(lambda: sum(runs(g, "ran") for g in gateways) >= 4, 20, "four runs")
+
+        def ticked() -> bool:  # the work ran four times, and each gateway ticked three times
+            counts = [(runs(g, "ran"), runs(g, "skipped_not_leader")) for g in gateways]
+            return sum(ran for ran, _ in counts) >= 4 and min(sum(c) for c in counts) >= 3
+
+        eventually(ticked, 20, "four runs and three ticks of each gateway")
         leaders = [g for g in gateways if runs(g, "ran") > 0]
         assert len(leaders) == 1
         (leader,) = leaders
