@@ -3,11 +3,12 @@
 Several gateways may share one database; only the holder of the scheduler lease (a row of
 ``scheduler_lease``) runs the work. APScheduler 3 ticks on the event loop every third of the
 lease's time to live (or every interval, if that is shorter). On each tick the holder renews its
-lease, and runs the work when the interval has passed since its last run; a gateway that does
-not hold the lease tries to take it, and runs the work at once when it does (at start-up, or when
-the holder died and its lease ran out): the work computes from the files up to "now", so that
-first run catches up with everything that fell due meanwhile. Taking the lease and the work are
-one unit of work (``RemsService.run_scheduled_as``). A clean shutdown releases the lease.
+lease, and runs the work when the interval has passed since its last run (or its last failure);
+a gateway that does not hold the lease tries to take it, and runs the work at once when it does
+(at start-up, or when the holder died and its lease ran out): the work computes from the files
+up to "now", so that first run catches up with everything that fell due meanwhile. Taking the
+lease and the work are one unit of work (``RemsService.run_scheduled_as``). A clean shutdown
+releases the lease.
 
 With ``--clock message`` there is no "now" to run up to: scheduled work then runs only when asked
 (``POST /admin/scheduled-work``, the scenario runner's ``advance_to``), lease or not.
@@ -62,7 +63,7 @@ class MonitoringScheduler:
         self.observe = observe
         self.holder = holder_id()
         self.holds = False
-        self._last_run: datetime | None = None
+        self._next_run: datetime | None = None  # None: at once, if this process holds the lease
         self._scheduler: AsyncIOScheduler | None = None
 
     async def start(self) -> None:
@@ -97,18 +98,17 @@ class MonitoringScheduler:
         now = datetime.now(UTC)
         held = self.holds
         try:
-            result = await (self._renew(now) if self._between_runs(now) else self._run(now))
+            result = await (self._run(now) if self._due(now) else self._renew(now))
         except Exception as exc:  # logged as its type and place (logs.py), never its text
             log.error("scheduled work failed", exc_info=exc)
             self.holds, result = False, FAILED
+            self._next_run = now + self.schedule.every  # tried again in an interval, not a tick
         if held != self.holds and result != FAILED:
             log.info("scheduler lease " + ("taken" if self.holds else "lost"))
         self.observe(result, self.holds)
 
-    def _between_runs(self, now: datetime) -> bool:
-        return (
-            self.holds and self._last_run is not None and now < self._last_run + self.schedule.every
-        )
+    def _due(self, now: datetime) -> bool:
+        return self._next_run is None or now >= self._next_run
 
     async def _renew(self, now: datetime) -> str | None:
         self.holds = await self.service.take_lease(self.holder, now, self.schedule.lease)
@@ -119,12 +119,12 @@ class MonitoringScheduler:
         self.holds = found is not None
         if found is None:
             return self._skipped()
-        self._last_run = now
+        self._next_run = now + self.schedule.every
         flagged = sum(1 for findings in found.values() if findings)
         log.info("scheduled work done", extra={"patients": len(found), "flagged": flagged})
         return RAN
 
-    @staticmethod
-    def _skipped() -> str:
+    def _skipped(self) -> str:
+        self._next_run = None  # the tick that takes the lease runs the work at once
         log.debug("scheduled work skipped: another gateway holds the scheduler lease")
         return SKIPPED

@@ -176,16 +176,25 @@ def test_the_holder_renews_between_runs_the_other_idles_until_the_lease_is_relea
     ]
 
 
-def test_a_tick_that_cannot_reach_the_writer_fails_and_holds_nothing(
-    service: RemsService,
+def test_failed_work_is_tried_again_an_interval_later_not_at_every_tick(
+    service: RemsService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ticks: list[tuple[str | None, bool]] = []
     scheduler = MonitoringScheduler(
         service, Schedule(timedelta(hours=1), TTL), lambda r, h: ticks.append((r, h))
     )
-    service.writer.stop()
-    run(scheduler.tick())
-    assert ticks == [(FAILED, False)]
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("the work failed")
+
+    monkeypatch.setattr(service, "_scheduled_work", broken)
+
+    async def two_ticks() -> None:
+        await scheduler.tick()  # the lease taken with the work is rolled back with it
+        await scheduler.tick()  # within the hour: takes the lease only
+
+    run(two_ticks())
+    assert ticks == [(FAILED, False), (None, True)]
 
 
 # --- real `serve` processes -------------------------------------------------------------------
