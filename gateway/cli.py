@@ -557,6 +557,14 @@ def serve_command(
         int | None,
         typer.Option(help="Run scheduled monitoring work every N minutes (default 15)"),
     ] = None,
+    schedule_every_seconds: Annotated[
+        int | None,
+        typer.Option(help="Run scheduled work every N seconds (wins over the minutes; tests)"),
+    ] = None,
+    schedule_lease_seconds: Annotated[
+        int | None,
+        typer.Option(help="Scheduler lease time to live: another gateway takes over after it"),
+    ] = None,
     http_max_body_bytes: Annotated[
         int | None,
         typer.Option(help="Largest HTTP request body; larger ones get 413 (default 4 MiB)"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from contextvars import ContextVar
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
     tls_key: FilePath | None = None
     log_level: LogLevel = "INFO"
     schedule_every_minutes: int = Field(15, ge=1, le=24 * 60)
+    # Sub-minute intervals (tests, demonstrations): when set, it wins over schedule_every_minutes.
+    schedule_every_seconds: int | None = Field(None, ge=1, le=24 * 3600)
+    # The scheduler lease (once per cluster): its holder renews it every third of this; when the
+    # holder stops renewing (it died), another gateway takes the work over after this long.
+    schedule_lease_seconds: int = Field(60, ge=3, le=24 * 3600)
     senders: FilePath | None = None  # the HL7 senders file (mappings/hl7v2/senders.py)
     mllp_client_ca: FilePath | None = None  # mutual TLS on MLLP: client certificates' CA
     # FHIR security: SMART Backend Services (clients from smart_clients), or the development
@@ -210,6 +216,16 @@ class Settings(BaseSettings):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def schedule_every(self) -> timedelta:
+        if self.schedule_every_seconds is not None:
+            return timedelta(seconds=self.schedule_every_seconds)
+        return timedelta(minutes=self.schedule_every_minutes)
+
+    @property
+    def schedule_lease(self) -> timedelta:
+        return timedelta(seconds=self.schedule_lease_seconds)
 
     @property
     def timezone_is_explicit(self) -> bool:

@@ -17,6 +17,7 @@ from gateway.app.values import REVIEW_KINDS
 from gateway.app.writer import Writer
 from gateway.mllp.intake import DISPOSITIONS, KNOWN_MESSAGE_TYPES, OTHER_TYPE, UNREADABLE
 from gateway.notify import DEAD, DELIVERED, FAILED
+from gateway.scheduler import RESULTS as SCHEDULER_RESULTS
 from rems_core.model import Decision, Outcome
 from rems_core.store.subscription_repo import PENDING
 
@@ -98,6 +99,20 @@ class GatewayMetrics:
             "Notifications in the outbound queue not yet delivered or dead-lettered",
             registry=self.registry,
         )
+        self.scheduled_runs = Counter(
+            "rems_scheduled_runs",
+            "Scheduler ticks that ran the work, skipped it (another gateway holds the scheduler "
+            "lease) or failed",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in SCHEDULER_RESULTS:
+            self.scheduled_runs.labels(result=result)
+        self.scheduler_lease = Gauge(
+            "rems_scheduler_lease_held",
+            "1 while this process holds the scheduler lease (runs the cluster's scheduled work)",
+            registry=self.registry,
+        )
         self.registry.register(WriterCollector(writer))
 
     async def refresh_review(self, reads: RemsReads) -> None:
@@ -138,6 +153,11 @@ class GatewayMetrics:
         if disposition not in DISPOSITIONS:
             disposition = "error"
         self.hl7_messages.labels(message_type=message_type, disposition=disposition).inc()
+
+    def scheduler_tick(self, result: str | None, holds: bool) -> None:
+        if result is not None:
+            self.scheduled_runs.labels(result=result).inc()
+        self.scheduler_lease.set(1 if holds else 0)
 
     def count_decision(self, decision: Decision) -> None:
         self.decisions.labels(outcome=decision.outcome.value).inc()

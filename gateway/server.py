@@ -27,7 +27,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.mllp.listener import Hl7Listener
 from gateway.mllp.server import MllpSettings
 from gateway.notify import Deliverer, DeliveryPolicy
-from gateway.scheduler import MonitoringScheduler
+from gateway.scheduler import MonitoringScheduler, Schedule
 from mappings.hl7v2.senders import SenderDirectory
 from rems_core.rulepack import AUTO, PackLibrary
 from rems_core.store.db import upgrade
@@ -136,7 +136,8 @@ def companions(gateway: Gateway, settings: Settings, metrics: GatewayMetrics) ->
         deliverer(gateway, settings, metrics),
     ]
     if settings.clock == "system":
-        running.append(MonitoringScheduler(gateway.service, settings.schedule_every_minutes))
+        schedule = Schedule(settings.schedule_every, settings.schedule_lease)
+        running.append(MonitoringScheduler(gateway.service, schedule, metrics.scheduler_tick))
     return running
 
 

@@ -23,8 +23,8 @@ from gateway.app.reads import RemsReads
 from gateway.app.service import RemsService
 from gateway.app.units import notifications
 from gateway.app.values import ResourceDraft, SubscriptionSubmission
-from gateway.fhir.resources import content_hash
 from gateway.notify import Deliverer, DeliveryPolicy
+from mappings.fhir.content import content_hash
 from mappings.fhir.subscription import (
     DECISION_TOPIC,
     FILTER_CRITERIA,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
@@ -76,6 +76,7 @@ from rems_core.rulepack import OutOfScope
 from rems_core.store.repo import Store
 
 SCHEDULER = Source("scheduler", "scheduler")
+SCHEDULER_LEASE = "scheduled-work"  # the lease row of the periodic work (one per cluster)
 REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
 
 
@@ -469,8 +470,42 @@ class RemsService:
         source: Source = SCHEDULER,
     ) -> dict[str, tuple[Finding, ...]]:
         return await self.writer.run(
-            lambda store: scheduled.monitoring_alerts(self.ctx, store, until, patient_ids, source)
+            lambda store: self._scheduled_work(store, until, patient_ids, source)
         )
+
+    def _scheduled_work(
+        self, store: Store, until: datetime, patient_ids: list[str] | None, source: Source
+    ) -> dict[str, tuple[Finding, ...]]:
+        """The work itself, on demand (``run_scheduled``) or by the lease holder alike."""
+        return scheduled.monitoring_alerts(self.ctx, store, until, patient_ids, source)
+
+    async def run_scheduled_as(
+        self, holder: str, until: datetime, ttl: timedelta
+    ) -> dict[str, tuple[Finding, ...]] | None:
+        """Scheduled work up to ``until`` for every patient, if ``holder`` holds or takes the
+        scheduler lease (until ``until + ttl``); None when another gateway holds it. The lease
+        and the work are one unit of work: a gateway whose lease ran out meanwhile finds it
+        taken and does nothing, and the work is never half done under a lost lease."""
+        source = Source("scheduler", holder)
+
+        def unit(store: Store) -> dict[str, tuple[Finding, ...]] | None:
+            if not store.take_lease(SCHEDULER_LEASE, holder, until, ttl):
+                return None
+            found = self._scheduled_work(store, until, None, source)
+            store.record_run(SCHEDULER_LEASE, holder, until)
+            return found
+
+        return await self.writer.run(unit)
+
+    async def take_lease(self, holder: str, now: datetime, ttl: timedelta) -> bool:
+        """Take or renew the scheduler lease until ``now + ttl``; False while another holds it."""
+        return await self.writer.run(
+            lambda store: store.take_lease(SCHEDULER_LEASE, holder, now, ttl)
+        )
+
+    async def release_lease(self, holder: str, now: datetime) -> None:
+        """Let the scheduler lease go (a clean shutdown): another gateway takes it at once."""
+        await self.writer.run(lambda store: store.release_lease(SCHEDULER_LEASE, holder, now))
 
 
 def _enrolling_prescriber(store: Store, identifiers: list[Identifier]) -> str:

@@ -19,7 +19,6 @@ from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
     check_url_id,
     clinical_now,
-    content_hash,
     id_taken,
     reads_of,
     searchset,
@@ -27,6 +26,7 @@ from gateway.fhir.resources import (
     validated,
     written,
 )
+from mappings.fhir.content import content_hash
 from mappings.fhir.outcome import Issue
 from mappings.fhir.subscription import (
     ACTIVE,

@@ -27,6 +27,7 @@ from rems_core.model import (
 )
 from rems_core.store import tables as t
 from rems_core.store.fhir_repo import FhirRepo
+from rems_core.store.lease_repo import LeaseRepo
 from rems_core.store.message_repo import MessageRepo
 from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
 from rems_core.store.rda_repo import RdaRepo
@@ -251,7 +252,14 @@ def _judgement(
 
 
 class Store(
-    RegistryRepo, MessageRepo, FhirRepo, ReviewRepo, RdaRepo, WorklistRepo, SubscriptionRepo
+    RegistryRepo,
+    MessageRepo,
+    FhirRepo,
+    ReviewRepo,
+    RdaRepo,
+    WorklistRepo,
+    SubscriptionRepo,
+    LeaseRepo,
 ):
     """One unit of work's reads and writes."""
 
