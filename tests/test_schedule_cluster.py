@@ -121,6 +121,13 @@ def alerts(engine: Engine) -> list[tuple[str, str]]:
         return [(row.patient_id, row.code) for row in rows]
 
 
+def task_kinds(engine: Engine, patient: str) -> list[str]:
+    task_t = tables.MonitoringTaskRow.__table__
+    with engine.connect() as conn:
+        query = select(task_t.c.kind).where(task_t.c.patient_id == patient)
+        return [row.kind for row in conn.execute(query)]
+
+
 def scheduled_actors(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         query = select(audit_t.c.actor).where(audit_t.c.kind == "scheduled")
@@ -262,6 +269,9 @@ def load_overdue_patient(gateway: Gateway) -> str:
 def ran_once(engine: Engine, patient: str) -> list[str]:
     """The job's effect is there exactly once; answers the actors of its audit records."""
     assert sorted(alerts(engine)) == [(patient, "ANC_OVERDUE"), (patient, "LABS_MISSED")]
+    kinds = task_kinds(engine, patient)  # the worklist's tasks, each occurrence opened once
+    assert kinds.count("anc-overdue") == 1 and kinds.count("labs-missed") == 1
+    assert len(kinds) == len(set(kinds))
     actors = scheduled_actors(engine)
     assert len(actors) == 1
     return actors
