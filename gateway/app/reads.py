@@ -146,6 +146,10 @@ class RemsReads:
         """Review items by kind and status."""
         return await self._read(lambda store: store.review_counts())
 
+    async def lease(self, name: str) -> dict[str, Any] | None:
+        """A lease row (e.g. the scheduler's): holder, acquired, expires, last_run."""
+        return await self._read(lambda store: store.lease(name))
+
     async def _read(self, work: Callable[[Store], T]) -> T:
         def on_read_connection() -> T:
             connection = self.engine.connect().execution_options(read_only=True)
