@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine, select
 
@@ -24,12 +25,12 @@ from rems_core.store import tables
 from rems_core.store.db import make_engine
 from rems_core.store.repo import Store
 from tests.conftest import postgresql_only, run
+from tests.http_server import running_app
 from tests.test_serve import Gateway, clean_environment, free_port, registry
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TTL = timedelta(seconds=60)
 LEASE = "test-lease"
-lease_t = tables.SchedulerLease.__table__
 alert_t = tables.MonitoringAlert.__table__
 audit_t = tables.AuditRecord.__table__
 
@@ -39,9 +40,11 @@ def take(engine: Engine, holder: str, now: datetime, ttl: timedelta = TTL) -> bo
         return Store(conn).take_lease(LEASE, holder, now, ttl)
 
 
-def lease_row(engine: Engine, name: str = LEASE) -> Any:
+def lease_row(engine: Engine, name: str = LEASE) -> dict[str, Any]:
     with engine.connect() as conn:
-        return conn.execute(select(lease_t).where(lease_t.c.name == name)).one()
+        lease = Store(conn).lease(name)
+    assert lease is not None
+    return lease
 
 
 # --- the lease in the store (SQLite and PostgreSQL) ---------------------------------------------
@@ -71,7 +74,7 @@ def test_of_processes_taking_a_free_lease_at_once_exactly_one_wins(engine: Engin
     won = race(engine, [f"h{i}" for i in range(8)], T0)
     winners = [holder for holder, taken in won.items() if taken]
     assert len(won) == 8 and len(winners) == 1
-    assert lease_row(engine).holder == winners[0]
+    assert lease_row(engine)["holder"] == winners[0]
 
 
 def test_of_processes_taking_an_expired_lease_at_once_exactly_one_wins(engine: Engine) -> None:
@@ -80,7 +83,7 @@ def test_of_processes_taking_an_expired_lease_at_once_exactly_one_wins(engine: E
     winners = [holder for holder, taken in won.items() if taken]
     assert len(winners) == 1
     row = lease_row(engine)
-    assert (row.holder, row.acquired, row.expires) == (winners[0], T0, T0 + TTL)
+    assert (row["holder"], row["acquired"], row["expires"]) == (winners[0], T0, T0 + TTL)
 
 
 def test_the_lease_is_another_holders_only_once_it_expired(engine: Engine) -> None:
@@ -88,14 +91,14 @@ def test_the_lease_is_another_holders_only_once_it_expired(engine: Engine) -> No
     assert not take(engine, "b", T0 + TTL - timedelta(seconds=1))
     assert take(engine, "b", T0 + TTL)
     assert not take(engine, "a", T0 + TTL + timedelta(seconds=1))
-    assert lease_row(engine).holder == "b"
+    assert lease_row(engine)["holder"] == "b"
 
 
 def test_the_holder_renews_its_lease_and_keeps_when_it_took_it(engine: Engine) -> None:
     assert take(engine, "a", T0)
     assert take(engine, "a", T0 + timedelta(seconds=40))
     row = lease_row(engine)
-    assert (row.acquired, row.expires) == (T0, T0 + timedelta(seconds=100))
+    assert (row["acquired"], row["expires"]) == (T0, T0 + timedelta(seconds=100))
     assert not take(engine, "b", T0 + timedelta(seconds=99))
 
 
@@ -109,7 +112,7 @@ def test_a_released_lease_is_taken_at_once_and_the_last_run_stays(engine: Engine
         Store(conn).release_lease(LEASE, "a", T0 + timedelta(seconds=2))
     assert take(engine, "b", T0 + timedelta(seconds=2))
     row = lease_row(engine)
-    assert (row.holder, row.last_run) == ("b", T0)
+    assert (row["holder"], row["last_run"]) == ("b", T0)
 
 
 # --- the service: the lease and the work in one unit of work ----------------------------------
@@ -147,7 +150,20 @@ def test_only_the_lease_holder_runs_the_work_and_records_it(
     assert sorted(alerts(engine)) == [(patient, "ANC_OVERDUE"), (patient, "LABS_MISSED")]
     assert scheduled_actors(engine) == ["a"]
     row = lease_row(engine, SCHEDULER_LEASE)
-    assert (row.holder, row.last_run) == ("a", now + timedelta(seconds=2))
+    assert (row["holder"], row["last_run"]) == ("a", now + timedelta(seconds=2))
+
+
+def test_admin_scheduler_shows_the_lease_holder_and_the_last_run(
+    service: RemsService, engine: Engine
+) -> None:
+    with running_app(service, engine) as url:
+        assert httpx.get(f"{url}/admin/scheduler").json() == {"lease": None}
+        now = datetime.now(UTC)
+        assert run(service.run_scheduled_as("a", now, TTL)) is not None
+        shown = httpx.get(f"{url}/admin/scheduler").json()["lease"]
+    assert shown.pop("holder") == "a"
+    times = {key: datetime.fromisoformat(value) for key, value in shown.items()}
+    assert times == {"acquired": now, "expires": now + TTL, "last_run": now}
 
 
 # --- the scheduler's ticks (in process) ---------------------------------------------------------
@@ -251,6 +267,12 @@ def holder(gateway: Gateway) -> str:
     return next(line["holder"] for line in lines if line["msg"] == "scheduler started")
 
 
+def scheduler_lease(gateway: Gateway) -> dict[str, Any]:
+    response = gateway.http.get("/admin/scheduler")
+    assert response.status_code == 200, response.text
+    return dict(response.json()["lease"])
+
+
 def eventually(condition: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -295,7 +317,7 @@ def test_a_gateway_killed_between_due_time_and_run_runs_the_job_once_after_resta
         renewed_after = datetime.now(UTC) + timedelta(seconds=3)  # the lease lives 3 s
 
         def renewed() -> bool:
-            return bool(lease_row(db_engine, SCHEDULER_LEASE).expires > renewed_after)
+            return lease_row(db_engine, SCHEDULER_LEASE)["expires"] > renewed_after
 
         eventually(renewed, 10, "a tick after the job fell due")  # which did not run it
         assert alerts(db_engine) == []
@@ -309,7 +331,7 @@ def test_a_gateway_killed_between_due_time_and_run_runs_the_job_once_after_resta
         ran_once(db_engine, patient)
         assert second.terminate() == 0  # a clean shutdown releases the lease
     released = lease_row(db_engine, SCHEDULER_LEASE)
-    assert released.holder == holder(second) and released.expires <= datetime.now(UTC)
+    assert released["holder"] == holder(second) and released["expires"] <= datetime.now(UTC)
     with serving(tmp_path, db_url, every=hour, lease=3, count=1) as (third,):
         eventually(lambda: runs(third, "ran") == 1, 10, "the start-up run")
         ran_once(db_engine, patient)
@@ -335,11 +357,12 @@ def test_two_gateways_on_one_postgresql_never_both_run_the_work(
         assert runs(other, "skipped_not_leader") >= 3 and not holds_lease(other)
         assert holds_lease(leader)
         assert ran_once(db_engine, patient) == [holder(leader)]
-        assert lease_row(db_engine, SCHEDULER_LEASE).holder == holder(leader)
+        lease = scheduler_lease(other)  # any gateway shows who holds it
+        assert lease["holder"] == holder(leader) and lease["last_run"] is not None
 
         leader.process.kill()  # the holder dies: the other takes over once its lease ran out
         leader.process.wait()
         eventually(lambda: runs(other, "ran") >= 2, 15, "the other gateway took over")
         assert holds_lease(other)
-        assert lease_row(db_engine, SCHEDULER_LEASE).holder == holder(other)
+        assert scheduler_lease(other)["holder"] == holder(other)
         ran_once(db_engine, patient)

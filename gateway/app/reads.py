@@ -221,6 +221,10 @@ class RemsReads:
     async def notification_counts(self) -> dict[str, int]:
         return await self._read(lambda store: store.notification_counts())
 
+    async def lease(self, name: str) -> dict[str, Any] | None:
+        """A lease row (e.g. the scheduler's): holder, acquired, expires, last_run."""
+        return await self._read(lambda store: store.lease(name))
+
     async def _read(self, work: Callable[[Store], T]) -> T:
         def on_read_connection() -> T:
             connection = self.engine.connect().execution_options(read_only=True)

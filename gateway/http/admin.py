@@ -1,5 +1,5 @@
 """Admin operations (admin scope): `POST /admin/registry` (the registry block of
-docs/contracts.md §2) and `POST /admin/scheduled-work`."""
+docs/contracts.md §2), `POST /admin/scheduled-work` and `GET /admin/scheduler`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import yaml
 from fastapi import APIRouter, Depends, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from gateway.app.service import RemsService
+from gateway.app.reads import RemsReads
+from gateway.app.service import SCHEDULER_LEASE, RemsService
 from gateway.app.values import Source
 from gateway.fhir.auth import ADMIN_SCOPE
 from gateway.fhir.http import JsonRefused, decode_json, json_depth
@@ -183,3 +184,16 @@ async def post_scheduled_work(
         "until": until.isoformat(),
         "patients": {pid: [f.as_dict() for f in findings] for pid, findings in found.items()},
     }
+
+
+@router.get("/scheduler")
+async def get_scheduler(
+    request: Request, _actor: Annotated[str, Depends(require_admin)]
+) -> dict[str, Any]:
+    """Which gateway of those on this database holds the scheduler lease, until when, and when
+    the scheduled work last ran (``lease`` null: no gateway has taken it yet)."""
+    reads: RemsReads = request.app.state.reads
+    lease = await reads.lease(SCHEDULER_LEASE)
+    if lease is not None:
+        del lease["name"]
+    return {"lease": lease}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, case, or_, update
+from sqlalchemy import Connection, case, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rems_core.store import tables as t
@@ -63,3 +63,8 @@ class LeaseRepo:
             .where(lease_t.c.name == name, lease_t.c.holder == holder)
             .values(last_run=until)
         )
+
+    def lease(self, name: str) -> dict[str, Any] | None:
+        """Who holds lease ``name`` until when, and when the work last ran (None: never taken)."""
+        row = self.conn.execute(select(lease_t).where(lease_t.c.name == name)).first()
+        return dict(row._mapping) if row is not None else None
