@@ -213,11 +213,11 @@ def _pharmacist_override(
     checks.override_used = True
 
 
-def _rationale_checks(
-    pack: RulePack, request: DispenseRequest, snapshot: PatientSnapshot, tz: tzinfo
+def rationale_findings(
+    pack: RulePack, snapshot: PatientSnapshot, moment: datetime, tz: tzinfo
 ) -> list[Finding]:
-    """f: a low newest ANC or missed labs, unless an accepted rationale covers it."""
-    moment = request.dispense_date
+    """f: a low newest ANC or missed labs, unless an accepted rationale covers it (the check of
+    a dispense at ``moment``, and the worklist's rationale-required)."""
     rationales = [
         p for p in monitoring.psfs_until(snapshot, moment) if p.form.rationale is not None
     ]
@@ -288,7 +288,7 @@ def evaluate(
                         Code.DISCHARGE_SUPPLY_EXCEEDS_LIMIT, cap=cap, requested=request.days_supply
                     )
                 )
-    rationale = _rationale_checks(pack, request, snapshot, tz)
+    rationale = rationale_findings(pack, snapshot, request.dispense_date, tz)
     if pack.advisory:
         checks.warnings += rationale
     else:

@@ -155,7 +155,7 @@ def _rejections(
         reasons.append(
             finding(Code.PATIENT_NOT_ENROLLED, detail=": submit an enrollment PSF first")
         )
-    needs = _rationale_needs(pack, snapshot, psf, own, tz)
+    needs = rationale_needs(pack, snapshot, psf, own, tz)
     if needs and psf.rationale is None:
         reasons.append(finding(Code.RATIONALE_REQUIRED, why="; ".join(needs)))
     problem = _rationale_problem(pack, psf)
@@ -164,7 +164,7 @@ def _rejections(
     return reasons
 
 
-def _rationale_needs(
+def rationale_needs(
     pack: RulePack,
     snapshot: PatientSnapshot,
     psf: PatientStatusForm,

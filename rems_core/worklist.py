@@ -11,15 +11,19 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 
-from rems_core import monitoring
-from rems_core.anc import rationale_threshold
+from rems_core import dispense, monitoring, psf
+from rems_core.codes import Code, finding
 from rems_core.model import (
     AncResult,
     Designation,
+    Finding,
     MonitoringFrequency,
     PatientSnapshot,
+    PatientStatusForm,
     PsfStatus,
+    PsfType,
     StoredPsf,
+    SubmitterRole,
     TreatmentStatus,
 )
 from rems_core.rulepack import RulePack
@@ -33,10 +37,6 @@ class TaskKind(StrEnum):
     LABS_MISSED = "labs-missed"
     SIGNATURE_PENDING = "signature-pending"
     UNMATCHED_RESULT = "unmatched-result"
-
-
-#: The kinds a patient's file opens and closes (an unmatched result is nobody's yet).
-PATIENT_KINDS = frozenset(TaskKind) - {TaskKind.UNMATCHED_RESULT}
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,6 @@ class TaskNeed:
 
 
 @dataclass(frozen=True)
-class RationaleNeed:
-    code: str  # ANC_BELOW_THRESHOLD | LABS_MISSED
-    text: str
-
-
-@dataclass(frozen=True)
 class PsfDraft:
     """The monthly PSF the labs make (rules §5.6): the period since the last accepted PSF, its
     results and missed draws, the frequencies and whether a rationale is needed."""
@@ -71,7 +65,7 @@ class PsfDraft:
     missed_draws: tuple[date, ...]
     reported_frequency: MonitoringFrequency
     recommended_frequency: MonitoringFrequency
-    rationale_needs: tuple[RationaleNeed, ...]
+    rationale_needs: tuple[str, ...]  # why a PSF submitted now would need a rationale (§5.3)
 
     @property
     def designee_may(self) -> bool:
@@ -150,7 +144,7 @@ def _draft(
         missed_draws=missed_draws(pack, snapshot, since, moment, tz, frequency),
         reported_frequency=monitoring.reported_frequency(pack, snapshot, moment, tz),
         recommended_frequency=monitoring.recommended_frequency(pack, snapshot, moment, tz),
-        rationale_needs=tuple(rationale_needs(pack, snapshot, since, moment, tz)),
+        rationale_needs=_psf_rationale_needs(pack, snapshot, moment, tz, last.form.prescriber_npi),
     )
 
 
@@ -180,26 +174,34 @@ def missed_draws(
     return tuple(missed)
 
 
-def rationale_needs(
-    pack: RulePack, snapshot: PatientSnapshot, since: datetime, moment: datetime, tz: tzinfo
-) -> list[RationaleNeed]:
-    """Why a PSF submitted at ``moment`` would need a rationale (§5.3): usable ANCs below the
-    threshold since ``since``, or labs missed."""
-    designation = snapshot.patient.designation if snapshot.patient else Designation.GENERAL
-    threshold = rationale_threshold(pack, designation)
-    needs = [
-        RationaleNeed(
-            "ANC_BELOW_THRESHOLD",
-            f"ANC {a.anc}/µL drawn {monitoring.local_date(a.drawn, tz).isoformat()} is below "
-            f"{threshold}/µL",
-        )
-        for a in snapshot.usable_ancs
-        if since < a.drawn <= moment and a.anc is not None and a.anc < threshold
-    ]
+def _psf_rationale_needs(
+    pack: RulePack, snapshot: PatientSnapshot, moment: datetime, tz: tzinfo, prescriber: str
+) -> tuple[str, ...]:
+    """What the PSF judge (rules §5.3) would ask a rationale for, were the monthly PSF submitted
+    by the prescriber now."""
+    form = PatientStatusForm(
+        PsfType.MONTHLY, moment, prescriber, SubmitterRole.PRESCRIBER, prescriber
+    )
+    return tuple(psf.rationale_needs(pack, snapshot, form, [], tz))
+
+
+def lab_findings(
+    pack: RulePack, snapshot: PatientSnapshot, moment: datetime, tz: tzinfo
+) -> list[Finding]:
+    """§3, §8: LABS_MISSED and ANC_OVERDUE as the file shows them at ``moment``."""
+    newest = monitoring.newest_usable(snapshot, moment)
+    newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
+    findings = []
     if monitoring.labs_missed(pack, snapshot, moment, tz):
-        days = pack.labs_missed_after.value
-        needs.append(RationaleNeed("LABS_MISSED", f"no usable ANC for more than {days} days"))
-    return needs
+        findings.append(
+            finding(Code.LABS_MISSED, days=pack.labs_missed_after.value, newest=newest_text)
+        )
+    if monitoring.is_overdue(pack, snapshot, moment, tz):
+        frequency, days = monitoring.overdue_interval(pack, snapshot, moment, tz)
+        findings.append(
+            finding(Code.ANC_OVERDUE, newest=newest_text, frequency=frequency.value, days=days)
+        )
+    return findings
 
 
 def _lab_needs(
@@ -209,29 +211,20 @@ def _lab_needs(
     tz: tzinfo,
     prescriber: str | None,
 ) -> list[TaskNeed]:
-    """anc-overdue and labs-missed, one per episode (the newest usable ANC's draw)."""
+    """anc-overdue and labs-missed, one per episode (the newest usable ANC's draw); an overdue
+    ANC falls due an interval after that draw."""
     newest = monitoring.newest_usable(snapshot, moment)
     episode = newest.drawn.isoformat() if newest else "none"
-    newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
     needs = []
-    if monitoring.labs_missed(pack, snapshot, moment, tz):
-        days = pack.labs_missed_after.value
-        reason = f"no usable ANC for more than {days} days (newest {newest_text})"
-        needs.append(TaskNeed(TaskKind.LABS_MISSED, episode, prescriber, True, None, reason))
-    if monitoring.is_overdue(pack, snapshot, moment, tz):
-        frequency, days = monitoring.overdue_interval(pack, snapshot, moment, tz)
-        due = _at_start(monitoring.local_date(newest.drawn, tz), tz) if newest else None
-        reason = f"ANC overdue: newest {newest_text}, {frequency.value} ({days} days)"
-        needs.append(
-            TaskNeed(
-                TaskKind.ANC_OVERDUE,
-                episode,
-                prescriber,
-                True,
-                due + timedelta(days=days) if due else None,
-                reason,
-            )
-        )
+    for found in lab_findings(pack, snapshot, moment, tz):
+        kind, due = TaskKind.LABS_MISSED, None
+        if found.code == Code.ANC_OVERDUE:
+            kind = TaskKind.ANC_OVERDUE
+            if newest is not None:
+                _, days = monitoring.overdue_interval(pack, snapshot, moment, tz)
+                drawn_on = monitoring.local_date(newest.drawn, tz)
+                due = _at_start(drawn_on + timedelta(days=days), tz)
+        needs.append(TaskNeed(kind, episode, prescriber, True, due, found.text))
     return needs
 
 
@@ -239,14 +232,14 @@ def _signature_needs(snapshot: PatientSnapshot) -> list[TaskNeed]:
     return [
         TaskNeed(
             TaskKind.SIGNATURE_PENDING,
-            psf.psf_id,
-            psf.form.prescriber_npi,
+            held.psf_id,
+            held.form.prescriber_npi,
             False,
             None,
-            f"a {psf.form.type.value} PSF waits for the prescriber's signature",
+            f"a {held.form.type.value} PSF waits for the prescriber's signature",
         )
-        for psf in snapshot.psfs
-        if psf.status == PsfStatus.PENDING_PRESCRIBER_SIGNATURE
+        for held in snapshot.psfs
+        if held.status == PsfStatus.PENDING_PRESCRIBER_SIGNATURE
     ]
 
 
@@ -257,35 +250,15 @@ def _rationale_needs(
     tz: tzinfo,
     prescriber: str | None,
 ) -> list[TaskNeed]:
-    """rationale-required: a dispense would need one now (§6.1 f) and none covers it."""
-    rationales = [
-        p for p in monitoring.psfs_until(snapshot, moment) if p.form.rationale is not None
-    ]
-    needs = []
+    """rationale-required: a dispense now would need one (§6.1 f) — one per low newest ANC,
+    and one per episode of missed labs."""
     newest = monitoring.newest_usable(snapshot, moment)
-    designation = snapshot.patient.designation if snapshot.patient else Designation.GENERAL
-    threshold = rationale_threshold(pack, designation)
-    if (
-        newest is not None
-        and newest.anc is not None
-        and newest.anc < threshold
-        and not any(p.judged_at > newest.drawn for p in rationales)
-    ):
-        drawn = monitoring.local_date(newest.drawn, tz).isoformat()
-        reason = f"ANC {newest.anc}/µL drawn {drawn} is below {threshold}/µL"
-        period = f"anc:{newest.drawn.isoformat()}"
-        needs.append(TaskNeed(TaskKind.RATIONALE_REQUIRED, period, prescriber, False, None, reason))
-    window = pack.labs_missed_rationale_window.value
-    covered = any(monitoring.days_between(p.judged_at, moment, tz) <= window for p in rationales)
-    if monitoring.labs_missed(pack, snapshot, moment, tz) and not covered:
-        episode = newest.drawn.isoformat() if newest else "none"
-        reason = f"labs missed: no usable ANC for more than {pack.labs_missed_after.value} days"
-        needs.append(
-            TaskNeed(
-                TaskKind.RATIONALE_REQUIRED, f"missed:{episode}", prescriber, False, None, reason
-            )
-        )
-    return needs
+    episode = newest.drawn.isoformat() if newest else "none"
+    periods = {Code.ANC_BELOW_THRESHOLD: f"anc:{episode}", Code.LABS_MISSED: f"missed:{episode}"}
+    return [
+        TaskNeed(TaskKind.RATIONALE_REQUIRED, periods[f.code], prescriber, False, None, f.text)
+        for f in dispense.rationale_findings(pack, snapshot, moment, tz)
+    ]
 
 
 def _psf_needs(pack: RulePack, moment: datetime, tz: tzinfo, draft: PsfDraft) -> list[TaskNeed]:

@@ -174,8 +174,8 @@ class RemsReads:
     async def responses(
         self, patient_id: str | None, status: str | None, count: int, offset: int
     ) -> tuple[list[StoredResource], int]:
-        """QuestionnaireResponses of a patient (or anyone's) in a status: the open monthly drafts
-        for `in-progress`, else the current responses that have it."""
+        """Current QuestionnaireResponses of a patient (or anyone's) in a status (`in-progress`:
+        the monthly drafts waiting to be completed), filtered here: a patient has one a month."""
 
         def read(store: Store) -> tuple[list[StoredResource], int]:
             query = ResourceQuery(RESPONSE, [patient_id] if patient_id else None, count=MANY)

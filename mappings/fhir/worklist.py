@@ -87,7 +87,7 @@ def draft_body(draft: PsfDraft, patient_id: str, authored: datetime) -> dict[str
         {"linkId": "rationale-needed", "answer": [{"valueBoolean": bool(draft.rationale_needs)}]},
     ]
     if draft.rationale_needs:
-        because = [{"valueString": need.text} for need in draft.rationale_needs]
+        because = [{"valueString": need} for need in draft.rationale_needs]
         items.append({"linkId": "rationale-needed-because", "answer": because})
     return {
         "resourceType": "QuestionnaireResponse",

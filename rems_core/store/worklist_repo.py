@@ -60,12 +60,6 @@ class WorklistRepo:
         )
         return self.conn.execute(task.union_all(draft).limit(1)).first() is not None
 
-    def open_tasks_of_kind(self, kind: str) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            select(task_t).where(task_t.c.kind == kind, task_t.c.status == REQUESTED)
-        ).all()
-        return [dict(r._mapping) for r in rows]
-
     def add_task(self, values: dict[str, Any]) -> None:
         self.conn.execute(insert(task_t).values(**values))
 

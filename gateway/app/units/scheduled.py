@@ -17,6 +17,7 @@ from rems_core.codes import Code, finding
 from rems_core.model import Finding, PatientSnapshot, PsfType, TreatmentStatus
 from rems_core.rulepack import OutOfScope, RulePack
 from rems_core.store.repo import Store
+from rems_core.worklist import lab_findings
 
 
 def monitoring_alerts(
@@ -63,17 +64,7 @@ def _patient_alerts(
             )
         return
     newest = monitoring.newest_usable(snapshot, until)
-    newest_text = monitoring.local_date(newest.drawn, tz).isoformat() if newest else "none"
-    findings = []
-    if monitoring.labs_missed(pack, snapshot, until, tz):
-        findings.append(
-            finding(Code.LABS_MISSED, days=pack.labs_missed_after.value, newest=newest_text)
-        )
-    if monitoring.is_overdue(pack, snapshot, until, tz):
-        frequency, days = monitoring.overdue_interval(pack, snapshot, until, tz)
-        findings.append(
-            finding(Code.ANC_OVERDUE, newest=newest_text, frequency=frequency.value, days=days)
-        )
+    findings = lab_findings(pack, snapshot, until, tz)
     new = [
         item
         for item in findings

@@ -43,22 +43,21 @@ ABOUT_THE_DRAFT = {TaskKind.PSF_DUE, TaskKind.PSF_WINDOW_CLOSING, TaskKind.RATIO
 
 def refresh(
     ctx: UnitContext, store: Store, patient_id: str, until: datetime, source: Source
-) -> Worklist | None:
+) -> None:
     """The patient's draft and tasks as the file calls for them at ``until``."""
     patient = store.patient(patient_id)
     if patient is None:
-        return None
+        return
     try:
         pack = ctx.pack_for(until)
     except OutOfScope:
-        return None
+        return
     since = until - timedelta(days=pack.psf_window.value)
     settings = store.dispense_settings_since(patient_id, since)
     inpatient_only = bool(settings) and all(s == Setting.INPATIENT.value for s in settings)
     work = worklist(pack, store.snapshot(patient), until, ctx.tz, inpatient_only)
     draft_ref = keep_draft(store, patient_id, work, until, ctx)
     keep_tasks(ctx, store, patient_id, work, draft_ref, until, source)
-    return work
 
 
 # --- the monthly draft ---------------------------------------------------------------------------
