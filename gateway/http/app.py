@@ -7,6 +7,7 @@ What runs beside the HTTP server is handed in as companions, not imported.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -89,6 +90,15 @@ def readiness_problem(gateway: Gateway) -> str | None:
     return database_problem(gateway.engine)
 
 
+def freeze_start_up_heap() -> None:
+    """What start-up built (modules, FHIR models, rule packs) lives as long as the process: move
+    it out of the collector's generations, so that a large message's many short-lived objects
+    do not make every collection walk it again (a 1 MB frame of 175,000 segments: 0.87 s → 0.34 s
+    on this machine)."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(
     gateway: Gateway,
     settings: Settings,
@@ -100,6 +110,7 @@ def create_app(
         for companion in companions:
             await companion.start()
         await asyncio.to_thread(warm_up)  # the FHIR models, before the first request needs them
+        freeze_start_up_heap()
         yield
         for companion in reversed(companions):
             await companion.stop()  # the listener's in-flight messages finish and are answered
