@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,15 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -26,6 +35,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from gateway.cds.clients import load_cds_clients
 from gateway.fhir.smart import SigningKey
 from gateway.fhir.smart_clients import load_clients
 from mappings.hl7v2.senders import SenderDirectory
@@ -35,6 +45,15 @@ from rems_core.store.db import DEFAULT_URL
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # The parsed --config file of the load_settings() call in progress (read by ConfigFileSource).
 _config_values: ContextVar[dict[str, Any] | None] = ContextVar("config_values", default=None)
+
+
+# The files a setting names, each read by its loader when the settings are built.
+FILE_LOADERS: dict[str, Callable[[Path], object]] = {
+    "smart_clients": load_clients,
+    "cds_clients": load_cds_clients,
+    "senders": SenderDirectory.load,
+    "smart_signing_key": SigningKey.from_file,
+}
 
 
 class ConfigError(ValueError):
@@ -93,6 +112,9 @@ class Settings(BaseSettings):
     # request came in on); access tokens are signed with this key (else one made at start-up).
     public_base_url: str | None = None
     smart_signing_key: FilePath | None = None
+    # CDS Hooks (docs/contracts.md §6): the EHRs whose JWTs may call the CDS services, their
+    # keys, and the FHIR servers the gateway may fetch prefetch data from (gateway/cds/clients.py).
+    cds_clients: FilePath | None = None
     # HTTP request limits (issue 11): a larger body is 413 before it is read whole; JSON nested
     # deeper than this (objects and arrays) is 400.
     http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
@@ -165,25 +187,13 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
-    @field_validator("smart_clients")
+    @field_validator("smart_clients", "cds_clients", "senders", "smart_signing_key")
     @classmethod
-    def _clients_file(cls, value: Path | None) -> Path | None:
+    def _readable_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Each file is read now: a bad one stops start-up with its loader's one line (a
+        ValueError naming the file and the place), not the first request that needs it."""
         if value is not None:
-            load_clients(value)  # a SmartClientsError (a ValueError) names the problem
-        return value
-
-    @field_validator("senders")
-    @classmethod
-    def _senders_file(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            SenderDirectory.load(value)  # a SendersFileError (a ValueError) names the key
-        return value
-
-    @field_validator("smart_signing_key")
-    @classmethod
-    def _signing_key(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            SigningKey.from_file(value)
+            FILE_LOADERS[info.field_name](value)
         return value
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""The gateway's FastAPI app on a real uvicorn server in a thread, on a free loopback port."""
+"""The gateway's FastAPI app (or any ASGI app) on a real uvicorn server in a thread, on a free
+loopback port."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine
+from starlette.types import ASGIApp
 
 from gateway.app.bootstrap import Gateway
 from gateway.app.reads import RemsReads
@@ -47,6 +49,13 @@ def running_app(
     app = create_app(gateway, config, companions=companions)
     if extend is not None:
         extend(app)
+    with serving(app) as base_url:
+        yield base_url
+
+
+@contextmanager
+def serving(app: ASGIApp) -> Iterator[str]:
+    """Any ASGI app on uvicorn in a thread: yields http://127.0.0.1:PORT while it runs."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(

@@ -77,8 +77,15 @@ class TestClient:
             entry["fhir_user"] = self.fhir_user
         return entry
 
-    def assertion(self, aud: str = TOKEN_URL, key: Any = None, **claims: Any) -> str:
-        """A signed client assertion; `claims` override or (with None) drop the defaults."""
+    def assertion(
+        self,
+        aud: str = TOKEN_URL,
+        key: Any = None,
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        """A signed client assertion; `claims` override or (with None) drop the defaults, and
+        `headers` join the kid in the JOSE header."""
         now = int(time.time())
         body = {
             "iss": self.client_id,
@@ -89,7 +96,8 @@ class TestClient:
             "jti": secrets.token_urlsafe(12),
         } | claims
         body = {name: value for name, value in body.items() if value is not None}
-        return jwt.encode(body, key or self.key, self.algorithm, headers={"kid": self.kid})
+        header = {"kid": self.kid} | (headers or {})
+        return jwt.encode(body, key or self.key, self.algorithm, headers=header)
 
 
 def write_clients_file(path: Path, clients: list[TestClient]) -> Path:

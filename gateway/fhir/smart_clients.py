@@ -26,17 +26,26 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.fhir.scopes import valid_scope
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+Model = TypeVar("Model", bound=BaseModel)
 Algorithm = Literal["RS384", "ES384"]
 PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 MIN_RSA_BITS = 2048
@@ -133,26 +142,31 @@ class SmartClient(BaseModel):
 
     def public_keys(self) -> list[ClientKey]:
         entries = [*self.keys, *(self.jwks.keys if self.jwks else [])]
-        return [_client_key(entry) for entry in entries]
+        return [client_key(entry) for entry in entries]
+
+
+def unique(name: str) -> AfterValidator:
+    """A list's validator: no two of its items have the same `name` (an id in its file)."""
+
+    def check(items: list[Any]) -> list[Any]:
+        seen: set[Any] = set()
+        for value in (getattr(item, name) for item in items):
+            if value in seen:
+                raise ValueError(f"{name} {value!r} appears twice")
+            seen.add(value)
+        return items
+
+    return AfterValidator(check)
 
 
 class ClientsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    clients: list[SmartClient]
-
-    @field_validator("clients")
-    @classmethod
-    def _unique_ids(cls, clients: list[SmartClient]) -> list[SmartClient]:
-        seen: set[str] = set()
-        for client in clients:
-            if client.client_id in seen:
-                raise ValueError(f"client_id {client.client_id!r} appears twice")
-            seen.add(client.client_id)
-        return clients
+    clients: Annotated[list[SmartClient], unique("client_id")]
 
 
-def _client_key(entry: PemKey | Jwk) -> ClientKey:
+def client_key(entry: PemKey | Jwk) -> ClientKey:
+    """The usable public key of a PEM or JWK entry, or ValueError saying why not."""
     if isinstance(entry, PemKey):
         try:
             key = load_pem_public_key(entry.pem.encode())
@@ -187,20 +201,33 @@ def _algorithm(key: Any) -> Algorithm:
 
 def load_clients(path: Path) -> dict[str, SmartClient]:
     """The clients by id, or SmartClientsError naming the file and the place."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SmartClientsError(f"smart clients file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SmartClientsError(f"smart clients file {path}: not valid YAML") from exc
-    try:
-        parsed = ClientsFile.model_validate(data)
-    except ValidationError as exc:
-        raise SmartClientsError(f"smart clients file {path}: {_describe(exc)}") from None
+    parsed = read_strictly(path, ClientsFile, SmartClientsError, "smart clients file")
     return {client.client_id: client for client in parsed.clients}
 
 
-def _describe(error: ValidationError) -> str:
+def read_strictly(
+    path: Path,
+    model: type[Model],
+    error: type[ValueError],
+    what: str,
+    context: dict[str, Any] | None = None,
+) -> Model:
+    """A YAML file read as `model` (`context` goes to its validators), or `error`: one line
+    naming `what` file and the place in it."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"{what} {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path}: not valid YAML") from exc
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise error(f"{what} {path}: {describe_errors(exc)}") from None
+
+
+def describe_errors(error: ValidationError) -> str:
+    """Pydantic's errors as `place: problem; …`, without the offending values."""
     problems = []
     for item in error.errors(include_input=False, include_url=False):
         where = ".".join(str(p) for p in item["loc"])
