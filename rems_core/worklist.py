@@ -76,8 +76,9 @@ class PsfDraft:
 @dataclass(frozen=True)
 class Worklist:
     status: TreatmentStatus
-    draft: PsfDraft | None
+    draft: PsfDraft | None  # the monthly draft people should see now (from its lead time)
     needs: tuple[TaskNeed, ...]
+    period: PsfDraft | None = None  # the current period's draft, shown or not yet
 
 
 def worklist(
@@ -106,7 +107,7 @@ def worklist(
         needs += _psf_needs(pack, moment, tz, draft)
     opens = draft.due - timedelta(days=pack.psf_draft_lead.value)
     shown = draft if not inpatient_only and monitoring.local_date(moment, tz) >= opens else None
-    return Worklist(status, shown, tuple(needs))
+    return Worklist(status, shown, tuple(needs), draft)
 
 
 def psf_due(pack: RulePack, last: StoredPsf, tz: tzinfo) -> date:

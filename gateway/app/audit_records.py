@@ -245,3 +245,27 @@ def dispense_record(
         reasons=_codes(filed.reasons),
         warnings=_codes(filed.warnings),
     )
+
+
+def cds_feedback(
+    recorded: datetime, source: Source, feedback: dict[str, Any], card: dict[str, Any]
+) -> AuditEntry:
+    """A user's outcome on a CDS card (docs/contracts.md §6): the card (uuid, hook instance) and
+    the PSF draft it filled as pointers, the outcome and its reason code; the comment by hash."""
+    held = {k: v for k, v in feedback.items() if k != "comment"}
+    refs = [f"cds_card/{card['uuid']}"]
+    if feedback["draft"]:
+        refs.append(f"QuestionnaireResponse/{feedback['draft']}")
+    return _entry(
+        recorded,
+        source,
+        feedback["outcome_timestamp"],
+        kind="cds-feedback",
+        subject=card["patient_id"],
+        input_hash=digest(
+            {**held, "comment": digest(feedback["comment"]), "hook": card["hook_instance"]}
+        ),
+        input_ref=",".join(refs),
+        outcome=feedback["outcome"],
+        reasons=(feedback["override_reason"],) if feedback["override_reason"] else (),
+    )

@@ -80,3 +80,7 @@ class NotADraft(Exception):
     def __init__(self, known: bool) -> None:
         super().__init__("not an open draft" if known else "no such response")
         self.known = known
+
+
+class UnknownCard(LookupError):
+    """Feedback on a card this service did not answer (docs/contracts.md §6): 404."""

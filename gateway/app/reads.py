@@ -13,13 +13,14 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 
 from gateway.app.context import UnitContext
-from gateway.app.units import fhir_dispense, fhir_records
-from gateway.app.values import PatientNamed
+from gateway.app.units import fhir_dispense, fhir_records, labs
+from gateway.app.values import HookChecks, PatientNamed
 from mappings.fhir.etasu import EtasuCheck, EtasuQuery, decision_response
 from mappings.fhir.observation import lab_observation
 from rems_core import status
 from rems_core.model import (
     AncResult,
+    DispenseRequest,
     Identifier,
     LabResult,
     Patient,
@@ -114,6 +115,58 @@ class RemsReads:
         moment = query.request.dispense_date if query.request is not None else None
         pack = self.ctx.pack_for(moment) if moment is not None else None
         return await self._read(lambda store: fhir_dispense.etasu(self.ctx, store, query, pack))
+
+    async def check_hook(
+        self, identifiers: list[Identifier], requests: list[DispenseRequest], at: datetime
+    ) -> HookChecks:
+        """A CDS hook's patient and orders (docs/contracts.md §6): the REMS status now and each
+        order checked exactly as `$rems-etasu` checks it; records nothing."""
+        pack = self.ctx.pack_for(at)
+        packs = [self.ctx.pack_for(r.dispense_date) for r in requests]
+
+        def checked(store: Store) -> HookChecks:
+            patient = store.find_patient(identifiers)
+            found = None
+            if patient is not None:
+                found = status.rems_status(
+                    pack, store.snapshot(patient), patient.rems_id, at, self.ctx.tz
+                )
+            checks = [
+                fhir_dispense.check_etasu(self.ctx, store, identifiers, request, request_pack)
+                for request, request_pack in zip(requests, packs, strict=True)
+            ]
+            return HookChecks(patient.rems_id if patient else None, found, checks)
+
+        return await self._read(checked)
+
+    async def labs_on_file(self, identifiers: list[Identifier], results: list[LabResult]) -> bool:
+        """Whether every REMS-relevant result is stored already, as it is, for the registry
+        patient the identifiers name: then a hook's prefetched labs need no write."""
+
+        def on_file(store: Store) -> bool:
+            patient = store.find_patient(identifiers)
+            return patient is not None and labs.on_file(self.ctx, store, patient, results)
+
+        return await self._read(on_file)
+
+    async def client_patient(self, owner: str, patient_id: str) -> PatientRecord | None:
+        """A Patient the FHIR client ``owner`` stored as ``patient_id`` (§5): the registry
+        patient it is linked to, else its own identifiers (an unlinked Patient)."""
+
+        def linked(store: Store) -> PatientRecord | None:
+            stored = store.current_resource("Patient", patient_id)
+            if stored is None or stored.owner != owner:
+                return None
+            if stored.patient_id is not None:
+                return _patient_record(store, stored.patient_id)
+            held = [
+                Identifier(i["system"], str(i["value"]))
+                for i in stored.body.get("identifier", [])
+                if i.get("system") and i.get("value")
+            ]
+            return PatientRecord("", tuple(held))
+
+        return await self._read(linked)
 
     async def decision_for_request(self, request_id: str) -> dict[str, Any] | None:
         """The stored answer to a request id (the scenario runner's view of an RDE it sent)."""

@@ -7,15 +7,18 @@ themselves (``units/``) get the service's ``UnitContext``, never the service.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from gateway.app import audit_records
 from gateway.app.context import UnitContext
 from gateway.app.errors import RequestConflict
-from gateway.app.units import dispense as dispense_unit
 from gateway.app.units import (
+    cds,
     fhir_bundles,
     fhir_dispense,
     fhir_patients,
@@ -30,13 +33,16 @@ from gateway.app.units import (
     subscriptions,
     worklist,
 )
+from gateway.app.units import dispense as dispense_unit
 from gateway.app.units import psf as psf_unit
 from gateway.app.units import rda as rda_unit
 from gateway.app.values import (
     BundleItem,
     BundleRecorded,
+    CardFeedback,
     DispenseRecorded,
     DispenseSubmission,
+    FeedbackRecorded,
     LabOutcome,
     LabsRecorded,
     LabSubmission,
@@ -75,6 +81,7 @@ from rems_core.registry import RegistryConflict, RegistryDocument
 from rems_core.rulepack import OutOfScope
 from rems_core.store.repo import Store
 
+log = logging.getLogger("rems_gateway.service")
 SCHEDULER = Source("scheduler", "scheduler")
 SCHEDULER_LEASE = "scheduled-work"  # the lease row of the periodic work (one per cluster)
 REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
@@ -463,6 +470,24 @@ class RemsService:
 
     # --- scheduled work (§8) ------------------------------------------------------------------
 
+    # --- CDS Hooks (docs/contracts.md §6) ---------------------------------------------------------
+
+    def keep_cards(self, cards: list[dict[str, Any]]) -> None:
+        """Keep the cards a hook answered, without waiting for the commit: the answer is a
+        read-only check and goes out at once; feedback comes seconds later, from a person."""
+        if cards:
+            self.writer.submit(lambda store: cds.keep_cards(store, cards)).add_done_callback(
+                _cards_failed
+            )
+
+    async def record_feedback(
+        self, service: str, items: list[CardFeedback], source: Source
+    ) -> list[FeedbackRecorded]:
+        """Raises UnknownCard (nothing recorded) when an item names a card not answered."""
+        return await self.writer.run(
+            lambda store: cds.record_feedback(self.ctx, store, service, items, source)
+        )
+
     async def run_scheduled(
         self,
         until: datetime,
@@ -516,3 +541,8 @@ def _enrolling_prescriber(store: Store, identifiers: list[Identifier]) -> str:
     accepted = store.snapshot(patient, [], []).accepted_psfs
     enrollments = [p for p in accepted if p.form.type == PsfType.ENROLLMENT]
     return enrollments[0].form.prescriber_npi if enrollments else ""
+
+
+def _cards_failed(done: Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("CDS cards not kept: %s", type(done.exception()).__name__)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from mappings.fhir.etasu import EtasuCheck
 from mappings.fhir.subscription import SubscriptionSpec
 from rems_core.model import (
     AncResult,
@@ -20,6 +21,7 @@ from rems_core.model import (
     PsfOutcome,
 )
 from rems_core.rda import DispenseFiled, DispenseRecord, OrderAction, OrderEnd, RdaState
+from rems_core.status import RemsStatus
 from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 
 #: What the review queue holds: results of no registry patient, or of two; a message whose
@@ -274,3 +276,36 @@ class OrdersDone:
         self.decided.clear()
         self.ended.clear()
         self.filed.clear()
+
+
+# --- CDS Hooks (docs/contracts.md §6) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HookChecks:
+    """What the engine says of a hook's patient and orders, read-only: the registry patient
+    (None: none matched), its REMS status now, and one check per order (as `$rems-etasu`)."""
+
+    patient_id: str | None
+    status: RemsStatus | None
+    checks: list[EtasuCheck]
+
+
+@dataclass(frozen=True)
+class CardFeedback:
+    """One item of a feedback call: what the user did with a card."""
+
+    card: str
+    outcome: str  # accepted | overridden
+    outcome_timestamp: datetime
+    override_reason: str | None = None  # a code of urn:rems-gateway:cds-override-reason
+    rationale_reason: str | None = None  # the PSF rationale reason it means (rules §5.4)
+    comment: str = ""
+    suggestions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeedbackRecorded:
+    card: str
+    recorded: bool  # False: this (card, outcome, time) was recorded already
+    draft: str | None = None  # the PSF draft now holding the rationale

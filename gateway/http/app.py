@@ -1,4 +1,4 @@
-"""The HTTP side of the gateway: health, readiness, metrics, admin, FHIR (CDS Hooks come later).
+"""The HTTP side of the gateway: health, readiness, metrics, admin, FHIR, CDS Hooks.
 
 Routes only translate: they call the application service (or its reads) and shape the answer.
 What runs beside the HTTP server is handed in as companions, not imported.
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -24,6 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.app.bootstrap import Gateway
 from gateway.app.writer import RETRY_AFTER_SECONDS, WriterStopped, store_unavailable
+from gateway.cds.auth import cds_authenticator
+from gateway.cds.feedback import router as cds_feedback_router
+from gateway.cds.hooks import router as cds_router
 from gateway.config import Settings
 from gateway.fhir.auth import Authenticator, DevelopmentAuth
 from gateway.fhir.http import FhirError
@@ -42,6 +46,7 @@ from mappings.fhir.outcome import Issue
 from rems_core.rulepack import OutOfScope
 
 log = logging.getLogger("rems_gateway.http")
+CDS_FETCH_SECONDS = 5.0
 READY_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
 HTTP_ERROR_CODES = {
     400: "bad_request",
@@ -111,7 +116,9 @@ def create_app(
             await companion.start()
         await asyncio.to_thread(warm_up)  # the FHIR models, before the first request needs them
         freeze_start_up_heap()
-        yield
+        async with httpx.AsyncClient(timeout=CDS_FETCH_SECONDS) as cds_http:
+            app.state.cds_http = cds_http  # fetches what a hook's prefetch lacks, JWKS of jku
+            yield
         for companion in reversed(companions):
             await companion.stop()  # the listener's in-flight messages finish and are answered
 
@@ -139,6 +146,9 @@ def create_app(
     app.include_router(smart_router)  # /auth/token, /.well-known/smart-configuration
     app.include_router(fhir_router())
     describe_fhir_routes(app)
+    app.state.cds_auth = cds_authenticator(settings)
+    app.include_router(cds_router)  # /cds-services (docs/contracts.md §6)
+    app.include_router(cds_feedback_router)
     return app
 
 
@@ -185,7 +195,8 @@ def _is_fhir(request: Request) -> bool:
 
 
 def _is_fhir_path(path: str) -> bool:
-    return path == "/fhir" or path.startswith("/fhir/")
+    """FHIR and CDS Hooks answer errors as OperationOutcomes."""
+    return path.startswith(("/fhir/", "/cds-services/")) or path in ("/fhir", "/cds-services")
 
 
 def _http_error(fhir: bool, exc: StarletteHTTPException) -> Response:

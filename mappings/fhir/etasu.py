@@ -19,11 +19,9 @@ from typing import Any
 from mappings.fhir.medication_request import (
     DEFAULT_RXNORM,
     RXNORM,
-    days_supply,
     decision_extension,
-    request_id,
+    order_as_dispense,
     rxnorm_code,
-    setting_and_discharge,
 )
 from mappings.fhir.outcome import Issue
 from mappings.fhir.references import NPI_SYSTEM, SubjectRef, npi_of, subject_ref
@@ -179,51 +177,63 @@ def _request(
 ) -> tuple[DispenseRequest, tuple[str, ...]]:
     medication = _named(parameters, "medication")
     drug = _medication_code(medication.resource) if medication and medication.resource else None
-    prescriber = pharmacy = None
-    setting, discharge, days, rid = Setting.OUTPATIENT, False, 0, None
+    pharmacy = _pharmacy(parameters)
     if ordered is not None:
-        prescriber = npi_of(ordered.requester, ordered.contained)
-        pharmacy = npi_of(getattr(ordered.dispenseRequest, "performer", None), ordered.contained)
-        setting, discharge = setting_and_discharge(ordered.category, problems)
-        duration = getattr(ordered.dispenseRequest, "expectedSupplyDuration", None)
-        days = days_supply(duration, problems) if duration is not None else 0
-        drug = drug or rxnorm_code(ordered)
-        rid = request_id(ordered.identifier)[0]
-    pharmacy = _pharmacy(parameters) or pharmacy
-    missing = tuple(
-        name for name, npi in (("prescriber", prescriber), ("pharmacy", pharmacy)) if not npi
-    )
+        return order_as_dispense(ordered, now, drug or rxnorm_code(ordered), problems, pharmacy)
     request = DispenseRequest(
         pharmacy_npi=pharmacy or "",
-        prescriber_npi=prescriber or "",
-        setting=setting,
+        prescriber_npi="",
+        setting=Setting.OUTPATIENT,
         dispense_date=now,
-        days_supply=days,
+        days_supply=0,
         drug=drug or DEFAULT_RXNORM,
-        discharge=discharge,
-        request_id=rid,
     )
-    return request, missing
+    return request, ("prescriber",) if pharmacy else ("prescriber", "pharmacy")
 
 
 # --- out -----------------------------------------------------------------------------------------
 
 
-def _requirement(
-    key: str, check: EtasuCheck, missing: tuple[str, ...], applicable: bool
-) -> tuple[str, dict[str, Any]]:
+def requirement_status(
+    key: str, check: EtasuCheck, missing: tuple[str, ...], applicable: bool = True
+) -> tuple[str, str]:
+    """(status, note) of one requirement: success, data-required or failure."""
     title, codes, participant = REQUIREMENTS[key]
     failed = [f for f in check.denials if f.code in codes]
     needed = [f for f in check.rationale if f.code in codes]
     if not applicable:
-        status, note = "success", f"{title}: not required for this drug."
-    elif participant in missing:
-        status, note = "data-required", f"{title}: no {participant} was given."
-    elif failed or needed:
-        status = "failure" if failed else "data-required"
-        note = " ".join(f.text for f in (*failed, *needed))
-    else:
-        status, note = "success", f"{title}: met."
+        return "success", f"{title}: not required for this drug."
+    if participant in missing:
+        return "data-required", f"{title}: no {participant} was given."
+    if failed or needed:
+        return "failure" if failed else "data-required", " ".join(
+            f.text for f in (*failed, *needed)
+        )
+    return "success", f"{title}: met."
+
+
+def etasu_status(
+    check: EtasuCheck, missing: tuple[str, ...], unasked: frozenset[str] = frozenset()
+) -> str:
+    """The GuidanceResponse status `$rems-etasu` answers for this check (CDS Hooks cards take
+    their indicator from it); ``unasked``: requirements left out (a prescriber's order hook
+    does not judge a pharmacy it does not know)."""
+    assert check.decision is not None
+    applicable = check.decision.outcome != Outcome.NOT_APPLICABLE
+    statuses = [
+        requirement_status(key, check, missing, applicable)[0]
+        for key in REQUIREMENTS
+        if key not in unasked
+    ]
+    if unasked:
+        return next((s for s in ("failure", "data-required") if s in statuses), "success")
+    return overall_status(statuses, check, missing)
+
+
+def _requirement(
+    key: str, check: EtasuCheck, missing: tuple[str, ...], applicable: bool
+) -> tuple[str, dict[str, Any]]:
+    status, note = requirement_status(key, check, missing, applicable)
     resource = {
         "resourceType": "GuidanceResponse",
         "id": key,

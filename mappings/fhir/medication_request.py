@@ -102,17 +102,55 @@ def setting_and_discharge(
     return setting, "discharge" in codes
 
 
-def rxnorm_code(request: Any) -> str:
+def medication_concept(request: Any) -> Any:
+    """What the order names: its CodeableConcept, or the code of the contained Medication its
+    medicationReference points to."""
     concept = request.medicationCodeableConcept
     reference = request.medicationReference
     if concept is None and reference is not None and (reference.reference or "").startswith("#"):
         for held in request.contained or []:
             if held.id == reference.reference[1:] and held.get_resource_type() == "Medication":
                 concept = held.code
-    for coding in getattr(concept, "coding", None) or []:
+    return concept
+
+
+def rxnorm_code(request: Any) -> str:
+    for coding in getattr(medication_concept(request), "coding", None) or []:
         if coding.system == RXNORM and coding.code:
             return str(coding.code)
     return DEFAULT_RXNORM
+
+
+def order_as_dispense(
+    ordered: Any,
+    now: datetime,
+    drug: str,
+    problems: list[Issue],
+    pharmacy: str | None = None,
+) -> tuple[DispenseRequest, tuple[str, ...]]:
+    """A MedicationRequest as the dispense it would be now, for a read-only check (no
+    override), and the participants it does not name ("prescriber", "pharmacy"); ``pharmacy``
+    when given wins over the order's performer."""
+    prescriber = npi_of(ordered.requester, ordered.contained)
+    dispense = ordered.dispenseRequest
+    pharmacy = pharmacy or npi_of(getattr(dispense, "performer", None), ordered.contained)
+    setting, discharge = setting_and_discharge(ordered.category, problems)
+    duration = getattr(dispense, "expectedSupplyDuration", None)
+    days = days_supply(duration, problems) if duration is not None else 0
+    missing = tuple(
+        name for name, npi in (("prescriber", prescriber), ("pharmacy", pharmacy)) if not npi
+    )
+    request = DispenseRequest(
+        pharmacy_npi=pharmacy or "",
+        prescriber_npi=prescriber or "",
+        setting=setting,
+        dispense_date=now,
+        days_supply=days,
+        drug=drug,
+        discharge=discharge,
+        request_id=request_id(ordered.identifier)[0],
+    )
+    return request, missing
 
 
 def _sub(extension: Any, url: str) -> Any:

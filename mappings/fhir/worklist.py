@@ -15,6 +15,7 @@ from rems_core.worklist import PsfDraft
 TASK_SYSTEM = "urn:rems-gateway:task"
 PERFORMER_SYSTEM = "urn:rems-gateway:performer"
 PSF_QUESTIONNAIRE = "clozapine-psf"
+RATIONALE_SOURCE = "urn:rems-gateway:fhir:rationale-source"  # a CDS override's rationale
 
 TASK_TITLES = {
     "psf-due": "Complete the monthly Patient Status Form",
@@ -67,8 +68,15 @@ def task_body(task: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def draft_body(draft: PsfDraft, patient_id: str, authored: datetime) -> dict[str, Any]:
-    """The draft as an `in-progress` QuestionnaireResponse, pre-filled from the labs."""
+def draft_body(
+    draft: PsfDraft,
+    patient_id: str,
+    authored: datetime,
+    rationale: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The draft as an `in-progress` QuestionnaireResponse, pre-filled from the labs — and with
+    the prescriber's rationale given as a CDS Hooks override (``rationale``: reason, text, card,
+    user), which the prescriber's completion signs."""
     definition = questionnaires()[PSF_QUESTIONNAIRE]
     items: list[dict[str, Any]] = [
         _choice("type", "monthly"),
@@ -89,7 +97,11 @@ def draft_body(draft: PsfDraft, patient_id: str, authored: datetime) -> dict[str
     if draft.rationale_needs:
         because = [{"valueString": need} for need in draft.rationale_needs]
         items.append({"linkId": "rationale-needed-because", "answer": because})
-    return {
+    body: dict[str, Any] = {}
+    if rationale is not None:
+        items.append(_rationale_item(rationale))
+        body["extension"] = [_rationale_source(rationale)]
+    return body | {
         "resourceType": "QuestionnaireResponse",
         "questionnaire": f"{definition['url']}|{definition['version']}",
         "status": "in-progress",
@@ -98,6 +110,22 @@ def draft_body(draft: PsfDraft, patient_id: str, authored: datetime) -> dict[str
         "author": {"type": "Practitioner", **practitioner(draft.prescriber_npi)},
         "item": items,
     }
+
+
+def _rationale_item(rationale: dict[str, Any]) -> dict[str, Any]:
+    parts = [_choice("rationale.reason", rationale["reason"], group="rationale")]
+    if rationale.get("text"):
+        parts.append({"linkId": "rationale.text", "answer": [{"valueString": rationale["text"]}]})
+    return {"linkId": "rationale", "item": parts}
+
+
+def _rationale_source(rationale: dict[str, Any]) -> dict[str, Any]:
+    """Where the rationale came from: the CDS card overridden, and by whom (the EHR's user)."""
+    parts: list[dict[str, Any]] = [{"url": "card", "valueString": rationale["card"]}]
+    if rationale.get("user"):
+        parts.append({"url": "user", "valueString": rationale["user"]})
+    parts.append({"url": "override-reason", "valueCode": rationale["override_reason"]})
+    return {"url": RATIONALE_SOURCE, "extension": parts}
 
 
 def prefill(body: dict[str, Any]) -> dict[str, Any]:

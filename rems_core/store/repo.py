@@ -26,6 +26,7 @@ from rems_core.model import (
     StoredPsf,
 )
 from rems_core.store import tables as t
+from rems_core.store.cds_repo import CdsRepo
 from rems_core.store.fhir_repo import FhirRepo
 from rems_core.store.lease_repo import LeaseRepo
 from rems_core.store.message_repo import MessageRepo
@@ -260,6 +261,7 @@ class Store(
     WorklistRepo,
     SubscriptionRepo,
     LeaseRepo,
+    CdsRepo,
 ):
     """One unit of work's reads and writes."""
 

@@ -484,6 +484,9 @@ class PsfDraftRow(SQLModel, table=True):
     prefill_hash: str  # what was pre-filled: a new version only when it changes
     opened: datetime = _utc(nullable=False)
     closed: datetime | None = _utc(nullable=True)
+    # A prescriber's rationale from a CDS Hooks override (reason, text, card, user), pre-filled
+    # for the prescriber to sign; the draft is kept open for it even before its lead time.
+    rationale: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class SchedulerLease(SQLModel, table=True):
@@ -538,3 +541,40 @@ class NotificationRow(SQLModel, table=True):
     next_attempt: datetime = _utc(nullable=False)
     delivered: datetime | None = _utc(nullable=True)
     last_error: str = ""
+
+
+class CdsCard(SQLModel, table=True):
+    """A card a CDS service answered (docs/contracts.md §6): what feedback on it refers to."""
+
+    __tablename__ = "cds_card"
+    __table_args__ = (Index("ix_cds_card_patient", "patient_id", "issued"),)
+    uuid: str = Field(primary_key=True)
+    service: str  # e.g. clozapine-rems-order-sign
+    hook_instance: str
+    client: str  # the CDS client's iss
+    user_id: str | None = None  # context.userId: who was shown it (e.g. Practitioner/…)
+    patient_id: str | None = None
+    order: str | None = None  # the order it is about ("MedicationRequest/…"), None: patient-view
+    outcome: str  # the decision's outcome (authorized, rationale_required, denied) or "status"
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    rule_pack: str
+    rule_pack_version: str
+    issued: datetime = _utc(nullable=False)
+
+
+class CdsFeedback(SQLModel, table=True):
+    """What a user did with a card: accepted it (a suggestion) or overrode it, with a reason."""
+
+    __tablename__ = "cds_feedback"
+    __table_args__ = (
+        UniqueConstraint("card", "outcome", "outcome_timestamp", name="uq_cds_feedback_once"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    card: str = Field(foreign_key="cds_card.uuid")
+    outcome: str  # accepted | overridden
+    outcome_timestamp: datetime = _utc(nullable=False)
+    override_reason: str | None = None  # a code of urn:rems-gateway:cds-override-reason
+    comment: str = ""  # the user's comment (may name the patient: never logged)
+    suggestions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    draft: str | None = None  # the PSF draft that holds the rationale
+    received: datetime = _utc(nullable=False)

@@ -146,6 +146,15 @@ def store_results(
     return reported
 
 
+def on_file(ctx: UnitContext, store: Store, patient: Patient, results: list[LabResult]) -> bool:
+    """Every REMS-relevant result is stored already as it is (storing them again would change
+    nothing but the audit trail)."""
+    pack = ctx.lab_pack()
+    relevant = once_each(pack, [r for r in results if is_anc_relevant(pack, r.code)])
+    file = PatientObservations.read(store, patient.rems_id, relevant)
+    return all(file.stored_as(pack, r) is not None for r in relevant)
+
+
 def _worklist_may_change(
     store: Store, patient: Patient, derived: dict[str, list[AncResult]], results: list[LabResult]
 ) -> bool:

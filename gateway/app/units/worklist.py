@@ -67,7 +67,7 @@ def keep_draft(
     store: Store, patient_id: str, work: Worklist, until: datetime, ctx: UnitContext
 ) -> str | None:
     """The draft's reference ("QuestionnaireResponse/<id>") while one is open."""
-    wanted = work.draft
+    wanted = work.draft or _holding_rationale(store, patient_id, work)
     for draft in store.open_drafts(patient_id):
         if wanted is None or draft["due"] != wanted.due:
             _withdraw(store, draft, until)
@@ -75,18 +75,67 @@ def keep_draft(
         return None
     row = store.draft_for(patient_id, wanted.due)
     if row is None:
-        return _open_draft(store, patient_id, wanted, until, ctx)
+        return f"{RESPONSE}/{_open_draft(store, patient_id, wanted, until, ctx)}"
     if row["status"] == OPEN:
         _update_draft(store, row, wanted, patient_id, until)
         return f"{RESPONSE}/{row['id']}"
     return None  # submitted (accepted or pending a signature) or withdrawn: not reopened
 
 
+def _holding_rationale(store: Store, patient_id: str, work: Worklist) -> PsfDraft | None:
+    """The period's draft before its lead time, when it holds a prescriber's rationale (a CDS
+    override): kept open for the signature."""
+    if work.period is None:
+        return None
+    row = store.draft_for(patient_id, work.period.due)
+    held = row is not None and row["status"] == OPEN and row["rationale"] is not None
+    return work.period if held else None
+
+
+def hold_rationale(
+    ctx: UnitContext,
+    store: Store,
+    patient_id: str,
+    rationale: dict[str, Any],
+    until: datetime,
+    source: Source,
+) -> str | None:
+    """The period's PSF draft, opened if need be, now holding ``rationale`` for the prescriber
+    to sign (rules §5.2); None when no draft can hold it (no accepted PSF to draft from,
+    treatment stopped, or the period's PSF is already submitted)."""
+    patient = store.patient(patient_id)
+    if patient is None:
+        return None
+    try:
+        pack = ctx.pack_for(until)
+    except OutOfScope:
+        return None
+    work = worklist(pack, store.snapshot(patient), until, ctx.tz)
+    if work.period is None:
+        return None
+    row = store.draft_for(patient_id, work.period.due)
+    if row is None:
+        draft_id = _open_draft(store, patient_id, work.period, until, ctx, rationale)
+    elif row["status"] == OPEN:
+        draft_id = row["id"]
+        store.update_draft(draft_id, rationale=rationale)
+        _update_draft(store, {**row, "rationale": rationale}, work.period, patient_id, until)
+    else:
+        return None
+    refresh(ctx, store, patient_id, until, source)
+    return draft_id
+
+
 def _open_draft(
-    store: Store, patient_id: str, draft: PsfDraft, until: datetime, ctx: UnitContext
+    store: Store,
+    patient_id: str,
+    draft: PsfDraft,
+    until: datetime,
+    ctx: UnitContext,
+    rationale: dict[str, Any] | None = None,
 ) -> str:
     draft_id = ctx.ids.new_id("psfd")
-    body = draft_body(draft, patient_id, until)
+    body = draft_body(draft, patient_id, until, rationale)
     _put(store, RESPONSE, draft_id, body, _draft_index(patient_id), until)
     store.add_draft(
         {
@@ -98,9 +147,10 @@ def _open_draft(
             "status": OPEN,
             "prefill_hash": content_hash(prefill(body)),
             "opened": until,
+            "rationale": rationale,
         }
     )
-    return f"{RESPONSE}/{draft_id}"
+    return draft_id
 
 
 def _update_draft(
@@ -108,7 +158,7 @@ def _update_draft(
 ) -> None:
     """A new version when the labs changed what it pre-fills — or when a completion of it was
     rejected (the rejected version stays in its history, with its outcome)."""
-    body = draft_body(draft, patient_id, until)
+    body = draft_body(draft, patient_id, until, row.get("rationale"))
     digest = content_hash(prefill(body))
     current = store.current_resource(RESPONSE, row["id"])
     in_progress = current is not None and current.body.get("status") == "in-progress"
