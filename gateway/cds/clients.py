@@ -89,7 +89,9 @@ class CdsClient(BaseModel):
     jwks: Jwks | None = None
     jwks_file: Path | None = None
     fhir_servers: list[str] = []
-    fhir_client: str | None = Field(None, min_length=1, max_length=128)
+    fhir_client: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._~:/-]+$"
+    )
     pharmacy_npi: Npi | None = None
     _file_keys: list[ClientKey] = PrivateAttr(default_factory=list)
 

@@ -39,7 +39,7 @@ async def get_json(
     try:
         async with asyncio.timeout(FETCH_TIMEOUT_SECONDS):
             body = await _bounded_body(http, url, headers, max_bytes)
-    except TimeoutError:
+    except (TimeoutError, httpx.TimeoutException):
         raise FetchFailed(f"did not answer within {FETCH_TIMEOUT_SECONDS:g} s") from None
     except httpx.HTTPError:
         raise FetchFailed("could not be reached") from None
