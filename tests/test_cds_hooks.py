@@ -212,3 +212,88 @@ def test_a_request_for_another_hook_is_400(cds: httpx.Client) -> None:
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["hook"]
     assert cds.post("/cds-services/nope", json={}).status_code == 404
+
+
+# --- feedback ----------------------------------------------------------------------------------
+
+FEEDBACK = "/cds-services/clozapine-rems-order-sign/feedback"
+
+
+def override(card: str, code: str = "risk-benefit-ratio", at: str = LOW_ANC_NOW) -> dict:
+    reason = {"system": "urn:rems-gateway:cds-override-reason", "code": code}
+    return {
+        "card": card,
+        "outcome": "overridden",
+        "overrideReason": {"reason": reason, "userComment": "Stable for six years; recovers."},
+        "outcomeTimestamp": at,
+    }
+
+
+def low_anc_card(cds: httpx.Client, application: Any) -> dict[str, Any]:
+    response = call(
+        cds, "clozapine-rems-order-sign", hook_request("order-sign-low-anc.json"),
+        **{"X-Clinical-Time": LOW_ANC_NOW},
+    )  # fmt: skip
+    (card,) = cards_of(response)
+    kept_cards(application.engine, 1)
+    return card
+
+
+def audit_kinds(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [r.kind for r in conn.execute(select(t.AuditRecord.__table__)).all()]
+
+
+def drafts(cds: httpx.Client, service: RemsService) -> list[dict[str, Any]]:
+    patient = run(service.load_registry(example_registry(), Source("test")))["P1"]
+    found = cds.get(
+        "/fhir/QuestionnaireResponse", params={"patient": patient, "status": "in-progress"}
+    )
+    assert found.status_code == 200, found.text
+    return [e["resource"] for e in found.json().get("entry", [])]
+
+
+def test_an_override_with_a_reason_becomes_the_rationale_of_the_psf_draft(
+    cds: httpx.Client, application: Any, service: RemsService
+) -> None:
+    card = low_anc_card(cds, application)
+    answered = cds.post(FEEDBACK, json={"feedback": [override(card["uuid"])]})
+    assert answered.status_code == 200, answered.text
+    (draft,) = drafts(cds, service)
+    (rationale,) = [i for i in draft["item"] if i["linkId"] == "rationale"]
+    parts = {p["linkId"]: p["answer"][0] for p in rationale["item"]}
+    assert parts["rationale.reason"]["valueCoding"]["code"] == "benefit_outweighs_risk"
+    assert parts["rationale.text"]["valueString"] == "Stable for six years; recovers."
+    (source,) = draft["extension"]
+    assert source["url"] == "urn:rems-gateway:fhir:rationale-source"
+    assert {"url": "card", "valueString": card["uuid"]} in source["extension"]
+    assert not any(i["linkId"] == "signature" for i in draft["item"])  # pending the prescriber
+    assert audit_kinds(application.engine).count("cds-feedback") == 1
+
+
+def test_the_same_feedback_twice_is_recorded_once_and_an_unknown_card_is_404(
+    cds: httpx.Client, application: Any
+) -> None:
+    card = low_anc_card(cds, application)
+    accepted = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": LOW_ANC_NOW}
+    accepted["acceptedSuggestions"] = [{"id": card["suggestions"][0]["uuid"]}]
+    for _ in range(2):
+        assert cds.post(FEEDBACK, json={"feedback": [accepted]}).status_code == 200
+    assert audit_kinds(application.engine).count("cds-feedback") == 1
+    unknown = {**accepted, "card": "3f0f6d7e-0000-4000-8000-000000000000"}
+    refused = cds.post(FEEDBACK, json={"feedback": [accepted, unknown]})
+    assert refused.status_code == 404
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    other_service = "/cds-services/clozapine-rems-order-select/feedback"
+    assert cds.post(other_service, json={"feedback": [accepted]}).status_code == 404
+    with application.engine.connect() as conn:
+        assert len(conn.execute(select(t.CdsFeedback.__table__)).all()) == 1
+
+
+def test_malformed_feedback_is_400_naming_the_place(cds: httpx.Client) -> None:
+    bad = {"feedback": [{"card": "x", "outcome": "ignored", "outcomeTimestamp": NOW}]}
+    refused = cds.post(FEEDBACK, json=bad)
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["expression"] == ["feedback[0].outcome"]
+    naive = {"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": "2021-12-20"}]}
+    assert cds.post(FEEDBACK, json=naive).status_code == 400
