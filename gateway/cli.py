@@ -450,10 +450,12 @@ def scenario_clients(
 ) -> None:
     """Write the runner's SMART clients for a running gateway: OUT/smart-clients.yaml (public
     keys: `scenario-runner` with admin, `scenario-prescriber-<NPI>` per prescriber of the files)
-    for `serve --smart-clients`, and their private keys in OUT (0600) for `--smart-keys`."""
+    for `serve --smart-clients`, OUT/cds-clients.yaml (the runner as an EHR calling the CDS
+    services) for `serve --cds-clients`, and their private keys in OUT (0600) for
+    `--smart-keys`."""
     from gateway.scenarios.fhir import signer_npis
     from gateway.scenarios.file import ScenarioError, load
-    from gateway.scenarios.smart import write_key_folder
+    from gateway.scenarios.smart import CDS_CLIENTS_FILE, write_key_folder
 
     npis: list[str] = []
     for path in files:
@@ -463,9 +465,13 @@ def scenario_clients(
             typer.echo(f"scenario clients: {path}: {exc}", err=True)
             raise typer.Exit(2) from None
     clients_file = write_key_folder(out, npis)
-    typer.echo(f"wrote {clients_file} ({len(set(npis))} prescriber clients) and private keys")
+    cds_file = clients_file.parent / CDS_CLIENTS_FILE
+    typer.echo(
+        f"wrote {clients_file} ({len(set(npis))} prescriber clients), {cds_file} and private keys"
+    )
     typer.echo(
         f"start the gateway with: rems-gateway serve --clock message --smart-clients {clients_file}"
+        f" --cds-clients {cds_file}"
     )
 
 
@@ -604,11 +610,18 @@ def serve_command(
         Path | None,
         typer.Option(help="SMART Backend Services clients file: ids, public keys, scopes"),
     ] = None,
+    cds_clients: Annotated[
+        Path | None,
+        typer.Option(
+            help="CDS Hooks clients file: the EHRs (JWT issuers) that may call /cds-services, "
+            "their keys or allowed jku, fhirServers"
+        ),
+    ] = None,
     public_base_url: Annotated[
         str | None,
         typer.Option(
             help="The gateway's public URL (e.g. https://rems.example.org): SMART assertions' "
-            "aud is <it>/auth/token"
+            "aud is <it>/auth/token, CDS JWTs' <it>/cds-services/<id>"
         ),
     ] = None,
     smart_signing_key: Annotated[

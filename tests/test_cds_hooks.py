@@ -97,7 +97,7 @@ def test_order_sign_with_a_normal_anc_would_be_authorized(
     assert "rule pack clozapine-rems-2021" in card["source"]["label"]
     assert "overrideReasons" not in card
     assert "window closes 2021-12-27" in card["detail"]
-    assert "nothing was recorded" in card["detail"]
+    assert "no RDA was issued and no dispense recorded" in card["detail"]
 
 
 def test_prefetched_labs_are_stored_once_and_then_need_no_write(

@@ -1,5 +1,5 @@
 """`scenario clients` and `scenario run --via fhir --fhir URL --smart-keys DIR` against a real
-`serve --clock message --smart-clients …` process (docs/contracts.md §1): the runner's SMART clients
+`serve --clock message --smart-clients … --cds-clients …` process (docs/contracts.md §1): the runner's SMART clients
 are made once for the operator, and files run over FHIR on one gateway, again and again."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ FILES = [LAB_FILE, DISPENSE_FILE, SIGNING_FILE, RAW_FILE, SCENARIOS / "advance-t
 FILES += [SCENARIOS / "identity-late-link.yaml", SCENARIOS / "adt-identify.yaml"]
 FILES += [SCENARIOS / "fhir-client-patient.yaml"]  # client Patient ids tagged per run
 FILES += [SCENARIOS / "monthly-psf-draft.yaml"]  # Task and draft searches, the draft's PUT
+FILES += [SCENARIOS / "cds-hooks-rationale.yaml"]  # CDS hooks with the runner's JWT, feedback
 KNOWN_NPI = "1992837462"  # valid check digits; a client is made for it
 UNKNOWN_NPI = "1918273644"  # valid check digits; no client for it
 
@@ -66,10 +67,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     wrong = lab_file(folder, "wrong", KNOWN_NPI, category="mild")
     made = rems_gateway("scenario", "clients", *map(str, [*FILES, wrong]), "--out", str(folder))
     assert made.endswith("exit 0"), made
-    clients = folder / "smart-clients.yaml"
+    clients, cds = folder / "smart-clients.yaml", folder / "cds-clients.yaml"
     gateway = start(
-        folder, "--clock", "message", "--timezone", "UTC", "--smart-clients", str(clients)
-    )
+        folder, "--clock", "message", "--timezone", "UTC", "--smart-clients", str(clients),
+        "--cds-clients", str(cds),
+    )  # fmt: skip
     yield Live(gateway, folder, folder)
     gateway.terminate()
 

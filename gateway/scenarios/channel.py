@@ -24,6 +24,7 @@ from gateway.scenarios.file import (
     Step,
     pid_values,
 )
+from gateway.scenarios.hooks import HookStep, send_hook
 from gateway.scenarios.worklist_answers import worklist_fields
 from mappings.hl7v2.ack import escape, finding_codes
 from mappings.hl7v2.oru import patient_candidates
@@ -282,6 +283,14 @@ class InProcessChannel:
             self.fhir_app = InProcessFhir(self._application())
         patient = step.patient
         return await self.fhir_app.run(step, self.identifiers(patient) if patient else None)
+
+    async def _hook(self, step: Step) -> dict[str, Any]:
+        """A CDS hook through the gateway's app without a socket (development auth)."""
+        if self.fhir_app is None:
+            self.fhir_app = InProcessFhir(self._application())
+        hook: HookStep = step.request
+        identifiers = self.identifiers(hook.patient) if hook.patient else None
+        return await send_hook(self.fhir_app.http, hook, identifiers, step.at, lambda _: {})
 
     async def _adt(self, step: Step) -> dict[str, Any]:
         """An ADT message through the same intake as hl7 steps, without a socket."""

@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 
 from gateway.app.bootstrap import Gateway
+from gateway.fhir.smart import TOKEN_PATH
 from gateway.scenarios.channel import (
     IN_PROGRESS,
     MANY,
@@ -79,6 +80,7 @@ from gateway.scenarios.fhir_resources import (
     report_bundle,
 )
 from gateway.scenarios.file import DEFAULT_DRUG, AdtStep, Scenario, ScenarioError, Step
+from gateway.scenarios.hooks import HookStep, send_hook
 from gateway.scenarios.smart import RunnerClient, RunnerClients, TokenSource
 from gateway.scenarios.worklist_answers import completing
 from rems_core.identity import resolved
@@ -316,6 +318,20 @@ class FhirChannel(InProcessChannel):
     def client_patient_id(self, step: Step) -> str:
         """The id of the client Patient an `adt` step PUTs: stable for the file and step."""
         return fhir_id(f"scn-{self.scenario.path.stem}-{step.index}")
+
+    async def _hook(self, step: Step) -> dict[str, Any]:
+        """A CDS hook over HTTP, with the runner's CDS client JWT (its audience the service URL
+        under the gateway's public base, the one its token endpoint is under)."""
+        assert self.http is not None and self.endpoint is not None and self.clients is not None
+        hook: HookStep = step.request
+        identifiers = self.identifiers(hook.patient) if hook.patient else None
+        public = self.endpoint.token_url.removesuffix(TOKEN_PATH)
+        signer = self.clients.system
+
+        def auth(path: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {signer.cds_token(public + path)}"}
+
+        return await send_hook(self.http, hook, identifiers, step.at, auth)
 
     async def _adt(self, step: Step) -> dict[str, Any]:
         """An identifying event (A01, A04, A08, A28, A31) as `PUT /fhir/Patient/{id}` with the

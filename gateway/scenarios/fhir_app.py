@@ -140,6 +140,7 @@ class LoopbackGateway:
             self.application,
             auth="smart",
             smart_clients=self.clients.clients_file,
+            cds_clients=self.clients.cds_clients_file,
             smart_signing_key=self.clients.signing_key_file,
             public_base_url=base,
         )

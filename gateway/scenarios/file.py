@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import ValidationError
 
+from gateway.scenarios.hooks import HookStep, HookStepError, hook_step
 from mappings.hl7v2.senders import SenderConfig
 from rems_core.model import (
     Designation,
@@ -70,10 +71,12 @@ STEP_KEYS: dict[str, set[str]] = {
     "review": {"link", "to", "identifier", "discard", "reason"},
     "cancel": {"patient", "request_id", "action"},
     "dispensed": {"patient", "request_id", "drug", "quantity", "days_supply"},
+    "hook": {"request", "patient", "feedback"},
     "hl7": set(),
     "fhir": set(),
 }  # fmt: skip
 COMMON_EXPECT = {"warnings", "ack", "http_status"}
+HOOK_EXPECT = {"cards", "indicator", "summary", "detail", "override_reasons", "feedback_status"}
 WORKLIST_EXPECT = {"tasks", "draft"}  # the patient's open tasks and monthly draft after the step
 PATIENT_EXPECT = COMMON_EXPECT | WORKLIST_EXPECT
 EXPECT_KEYS: dict[str, set[str]] = {
@@ -87,6 +90,7 @@ EXPECT_KEYS: dict[str, set[str]] = {
     "cancel": PATIENT_EXPECT | {"known", "voided", "reasons"},
     "dispensed": PATIENT_EXPECT | {"outcome", "reasons"},
 }
+EXPECT_KEYS["hook"] = PATIENT_EXPECT | HOOK_EXPECT
 EXPECT_KEYS["labs"] = EXPECT_KEYS["lab"]
 EXPECT_KEYS["sign"] = EXPECT_KEYS["psf"]
 EXPECT_KEYS["hl7"] = EXPECT_KEYS["fhir"] = set().union(*EXPECT_KEYS.values()) - {"filed"}
@@ -94,6 +98,7 @@ EXPECT_KEYS["hl7"] = EXPECT_KEYS["fhir"] = set().union(*EXPECT_KEYS.values()) - 
 TASK_KINDS = [kind.value for kind in TaskKind]
 DRAFT_KEYS = {
     "due", "ancs", "rationale_needed", "recommended_frequency", "missed_draws", "versions",
+    "rationale",
 }  # fmt: skip
 NO_DRAFT = "none"
 
@@ -330,6 +335,11 @@ def load(path: Path) -> Scenario:
         scenario.handles[handle] = [Identifier(i.system, i.value) for i in patient.identifiers]
     for index, raw in enumerate(data["steps"], start=1):
         step = _step(index, raw, tz)
+        if step.kind == "hook":
+            try:
+                step.request.read_file(path, f"step {index} hook")
+            except HookStepError as exc:
+                raise ScenarioError(str(exc)) from None
         if scenario.steps and step.at < scenario.steps[-1].at:
             raise ScenarioError(
                 f"{step.label}: steps run in time order, and this one is before step "
@@ -624,6 +634,13 @@ def review_act(body: Any, where: str, at: datetime, tz: tzinfo) -> ReviewStep:
     return ReviewStep("link", target, to=fields.text("to", required=True), identifier=identifier)
 
 
+def cds_hook(body: Any, where: str, at: datetime, tz: tzinfo) -> HookStep:
+    try:
+        return hook_step(body, where, aware, tz)
+    except HookStepError as exc:
+        raise ScenarioError(str(exc)) from None
+
+
 def raw_message(body: Any, where: str, at: datetime, tz: tzinfo) -> Any:
     return body
 
@@ -639,6 +656,7 @@ PARSERS = {
     "advance_to": advance_until,
     "adt": adt_message,
     "review": review_act,
+    "hook": cds_hook,
     "hl7": raw_message,
     "fhir": raw_message,
 }

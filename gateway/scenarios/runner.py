@@ -74,6 +74,12 @@ def compare(expect: dict[str, Any], actual: dict[str, Any]) -> list[str]:
             problems += _tasks_problems(wanted, actual.get("tasks"))
         elif key == "draft":
             problems += _draft_problems(wanted, actual.get("draft"))
+        elif key in ("summary", "detail"):
+            problems += _fragments_problems(key, wanted, actual.get(key))
+        elif key == "override_reasons":
+            missing = sorted(set(map(str, wanted or ())) - set(actual.get(key) or ()))
+            if missing:
+                problems.append(f"{key}: missing {missing}; got {actual.get(key)}")
         elif key == "rda" and isinstance(wanted, bool):
             if bool(actual.get("rda")) != wanted:
                 problems.append(
@@ -87,6 +93,13 @@ def compare(expect: dict[str, Any], actual: dict[str, Any]) -> list[str]:
             if not same:
                 problems.append(f"{key}: expected {wanted!r}, got {got!r}")
     return problems
+
+
+def _fragments_problems(key: str, wanted: Any, got: str | None) -> list[str]:
+    """`summary`, `detail`: every fragment appears in the card's text."""
+    fragments = [wanted] if isinstance(wanted, str) else list(wanted or ())
+    missing = [str(f) for f in fragments if str(f) not in (got or "")]
+    return [f"{key}: {missing} not in {got!r}"] if missing else []
 
 
 def _tasks_problems(wanted: list[str], got: list[str] | None) -> list[str]:
@@ -321,7 +334,8 @@ def _name_of(path: Path) -> str:
 def summary(actual: dict[str, Any]) -> str:
     """One line of what a step answered, for ``-v``."""
     parts = []
-    for key in ("ack", "outcome", "status", "anc", "category", "max_days_supply", "rda"):
+    keys = ("ack", "outcome", "status", "anc", "category", "max_days_supply", "rda", "cards")
+    for key in (*keys, "indicator", "summary"):
         if actual.get(key) is not None:
             parts.append(f"{key}={actual[key]}")
     for key in ("reasons", "warnings"):

@@ -60,6 +60,9 @@ SYSTEM_SCOPES = [
 USER_SCOPES = ["user/QuestionnaireResponse.cru", "user/Questionnaire.rs"]
 ADMIN_SCOPE = "admin"  # POST /admin/registry and /admin/scheduled-work on a running gateway
 CLIENTS_FILE = "smart-clients.yaml"
+# The runner as an EHR calling the CDS services: the system client's key signs its CDS JWTs.
+CDS_CLIENTS_FILE = "cds-clients.yaml"
+CDS_ISSUER = "urn:rems-gateway:scenario-runner"
 PRESCRIBER_PREFIX = "scenario-prescriber-"
 RENEW_BEFORE_SECONDS = 60  # tokens last at most 300 s: a new one well before the old one ends
 ASSERTION_SECONDS = 240
@@ -101,6 +104,28 @@ class RunnerClient:
         }
         return jwt.encode(claims, self.key, "ES384", headers={"kid": self.kid})
 
+    def cds_token(self, service_url: str) -> str:
+        """A CDS Hooks client JWT (docs/contracts.md §6) for one call to ``service_url``."""
+        now = int(time.time())
+        claims = {
+            "iss": CDS_ISSUER,
+            "aud": service_url,
+            "iat": now,
+            "exp": now + ASSERTION_SECONDS,
+            "jti": secrets.token_urlsafe(16),
+        }
+        return jwt.encode(claims, self.key, "ES384", headers={"kid": self.kid, "typ": "JWT"})
+
+    def cds_entry(self) -> dict[str, Any]:
+        """The runner in the CDS clients file: this client's public key, as an EHR."""
+        key = self.entry()["keys"]
+        return {
+            "iss": CDS_ISSUER,
+            "description": "rems-gateway scenario runner",
+            "keys": key,
+            "fhir_client": self.client_id,
+        }
+
 
 def prescriber_client_id(npi: str) -> str:
     return f"{PRESCRIBER_PREFIX}{npi}"
@@ -131,12 +156,17 @@ class RunnerClients:
         return self.folder / "smart-clients.yaml"
 
     @property
+    def cds_clients_file(self) -> Path:
+        return self.folder / CDS_CLIENTS_FILE
+
+    @property
     def signing_key_file(self) -> Path:
         return self.folder / "token-signing-key.pem"
 
     def _write(self) -> None:
         entries = [c.entry() for c in (self.system, *self.prescribers.values())]
         write_clients_file(self.clients_file, entries)
+        write_clients_file(self.cds_clients_file, [self.system.cds_entry()])
         signing = ec.generate_private_key(ec.SECP384R1())
         pem = signing.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         self.signing_key_file.write_bytes(pem)
@@ -189,6 +219,7 @@ def write_key_folder(folder: Path, prescriber_npis: list[str]) -> Path:
     for client in (system, *users.values()):
         write_private_key(key_file(folder, client.client_id), client.key)
     write_clients_file(folder / CLIENTS_FILE, [c.entry() for c in (system, *users.values())])
+    write_clients_file(folder / CDS_CLIENTS_FILE, [system.cds_entry()])
     return folder / CLIENTS_FILE
 
 

@@ -32,7 +32,18 @@ def draft_fields(body: dict[str, Any]) -> dict[str, Any]:
         "recommended_frequency": recommended[0]["valueCoding"]["code"] if recommended else None,
         "missed_draws": len(answers(body, "missed-draws")),
         "versions": int(body.get("meta", {}).get("versionId", 0)),
+        "rationale": _held_rationale(body),
     }
+
+
+def _held_rationale(body: dict[str, Any]) -> str | None:
+    """The rationale reason the draft holds (a CDS override's), None when it holds none."""
+    for item in body.get("item") or ():
+        if item.get("linkId") == "rationale":
+            for part in item.get("item") or ():
+                if part.get("linkId") == "rationale.reason":
+                    return str(part["answer"][0]["valueCoding"]["code"])
+    return None
 
 
 def one_draft(step: Step, drafts: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -214,7 +214,7 @@ def order_detail(
     today = monitoring.local_date(order.request.dispense_date, tz)
     parts = [
         f"**{VERDICT[indicator].capitalize()}** if dispensed today ({today.isoformat()}); "
-        "checked only — no RDA was issued and nothing was recorded."
+        "a check only: no RDA was issued and no dispense recorded."
     ]
     if findings:
         parts.append("**Reasons**\n\n" + _bullets([f"{f.text} (`{f.code}`)" for f in findings]))
