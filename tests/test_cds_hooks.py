@@ -15,13 +15,17 @@ import httpx
 import pytest
 import yaml
 from sqlalchemy import Engine, select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway.app.service import RemsService
 from gateway.app.values import Source
 from rems_core.registry import RegistryDocument
 from rems_core.store import tables as t
 from tests.conftest import run
-from tests.http_server import running_app
+from tests.http_server import running_app, serving
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 HOOKS = FIXTURES / "cds-hooks"
@@ -297,3 +301,43 @@ def test_malformed_feedback_is_400_naming_the_place(cds: httpx.Client) -> None:
     assert refused.json()["issue"][0]["expression"] == ["feedback[0].outcome"]
     naive = {"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": "2021-12-20"}]}
     assert cds.post(FEEDBACK, json=naive).status_code == 400
+
+
+# --- prefetch the EHR could not send: fetched from its FHIR server ------------------------------
+
+
+@pytest.fixture
+def ehr_fhir() -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """The EHR's FHIR server on a loopback port, serving order-sign.json's prefetch; yields its
+    base and the (path?query, Authorization) of every request it got."""
+    served = hook_request("order-sign.json")["prefetch"]
+    asked: list[tuple[str, str]] = []
+
+    async def answer(request: Request) -> Response:
+        query = f"?{request.url.query}" if request.url.query else ""
+        asked.append((request.url.path + query, request.headers.get("authorization", "")))
+        kind = request.url.path.rsplit("/", 2)[-2] if "/" in request.url.path else ""
+        body = {"Patient": served["patient"], "Practitioner": served["practitioner"]}.get(kind)
+        if request.url.path.endswith("/Observation"):
+            body = served["labs"]
+        status = 200 if body is not None else 404
+        return Response(json.dumps(body or {}), status, media_type="application/fhir+json")
+
+    app = Starlette(routes=[Route("/{path:path}", answer)])
+    with serving(app) as base:
+        yield f"{base}/api/FHIR/R4", asked
+
+
+def test_null_prefetch_is_fetched_from_an_allowed_fhir_server_with_the_ehrs_token(
+    cds: httpx.Client, ehr_fhir: tuple[str, list[tuple[str, str]]]
+) -> None:
+    base, asked = ehr_fhir
+    body = hook_request("order-sign-no-prefetch.json") | {"fhirServer": base}
+    (card,) = cards_of(call(cds, "clozapine-rems-order-sign", body))
+    assert card["indicator"] == "info"
+    assert "ANC 3,100/µL (normal) on 2021-12-16" in card["summary"]
+    token = f"Bearer {body['fhirAuthorization']['access_token']}"
+    paths = [path for path, _ in asked]
+    assert paths[0] == f"/api/FHIR/R4/Patient/{body['context']['patientId']}"
+    assert any(p.startswith("/api/FHIR/R4/Observation?patient=") for p in paths)
+    assert all(authorization == token for _, authorization in asked)

@@ -18,22 +18,35 @@ from gateway.app.service import RemsService
 from gateway.app.values import Source
 from tests.conftest import run
 from tests.http_server import running_app
-from tests.smart_tokens import ec_key
+from tests.smart_tokens import (
+    PUBLIC_BASE_URL,
+    TestClient,
+    access_token,
+    bearer,
+    ec_key,
+    smart_settings,
+)
 from tests.test_cds_auth import EHR, ehr, public_jwk
 from tests.test_cds_hooks import NOW, example_registry, hook_request, kept_cards
 
 SERVICE = "clozapine-rems-order-sign"
-PUBLIC = "https://rems.generalhospital.example.org"
+PUBLIC = PUBLIC_BASE_URL
 SIGNER = ehr()
+EHR_FHIR_CLIENT = TestClient.rsa("general-hospital-ehr", ["system/Patient.cru"])
 
 
 @pytest.fixture
 def gateway(service: RemsService, engine: Engine, tmp_path: Path) -> Iterator[httpx.Client]:
     run(service.load_registry(example_registry(), Source("test")))
     clients = tmp_path / "cds-clients.yaml"
-    entry = {"iss": EHR, "keys": [public_jwk(SIGNER)], "description": "General Hospital EHR"}
+    entry = {
+        "iss": EHR,
+        "keys": [public_jwk(SIGNER)],
+        "description": "General Hospital EHR",
+        "fhir_client": EHR_FHIR_CLIENT.client_id,  # the same EHR as a FHIR client
+    }
     clients.write_text(yaml.safe_dump({"clients": [entry]}))
-    settings = {"auth": "smart", "cds_clients": clients, "public_base_url": PUBLIC}
+    settings = smart_settings(tmp_path, [EHR_FHIR_CLIENT]) | {"cds_clients": clients}
     with running_app(service, engine, **settings) as base, httpx.Client(base_url=base) as client:
         client.headers["X-Clinical-Time"] = NOW
         yield client
@@ -98,3 +111,24 @@ def test_feedback_needs_the_jwt_with_the_feedback_audience_or_the_services(
     for audience in (url(feedback=True), url()):
         bearer = {"Authorization": f"Bearer {SIGNER.assertion(audience)}"}
         assert gateway.post(path, json=body, headers=bearer).status_code == 200
+
+
+def test_without_prefetch_the_ehrs_own_fhir_patient_names_the_patient(
+    gateway: httpx.Client,
+) -> None:
+    """The EHR stored its Patient as a SMART client (§5): context.patientId is that Patient."""
+    body = hook_request("order-sign.json")
+    patient = body["prefetch"].pop("patient")
+    token = access_token(str(gateway.base_url), EHR_FHIR_CLIENT, "system/Patient.cru")
+    stored = gateway.put(
+        f"/fhir/Patient/{patient['id']}",
+        json=patient,
+        headers=bearer(token) | {"Content-Type": "application/fhir+json"},
+    )
+    assert stored.status_code in (200, 201), stored.text
+    headers = {"Authorization": f"Bearer {SIGNER.assertion(url())}"}
+    answered = gateway.post(f"/cds-services/{SERVICE}", json=body, headers=headers)
+    assert answered.status_code == 200, answered.text
+    (card,) = answered.json()["cards"]
+    assert card["indicator"] == "info"
+    assert "ANC 3,100/µL (normal) on 2021-12-16" in card["summary"]
