@@ -171,6 +171,27 @@ def test_discharge_from_the_inpatient_only_pharmacy_shows_the_day_cap(cds: httpx
     assert action["resource"]["dispenseRequest"]["expectedSupplyDuration"]["value"] == 7
 
 
+def test_a_discharge_within_the_cap_would_be_authorized_and_names_the_cap(
+    cds: httpx.Client,
+) -> None:
+    body = hook_request("encounter-discharge.json")
+    for entry in body["prefetch"]["medications"]["entry"]:
+        entry["resource"]["dispenseRequest"]["expectedSupplyDuration"]["value"] = 7
+    (card,) = cards_of(call(cds, "clozapine-rems-encounter-discharge", body))
+    assert card["indicator"] == "info"
+    assert card["summary"].endswith("· at most 7 days at discharge")
+    assert "**Discharge supply**: at most 7 days" in card["detail"]
+
+
+def test_an_order_whose_prescriber_cannot_be_found_says_so(cds: httpx.Client) -> None:
+    body = hook_request("order-sign.json")
+    body["prefetch"]["practitioner"] = None  # and its fhirServer is not one to fetch from
+    (card,) = cards_of(call(cds, "clozapine-rems-order-sign", body))
+    assert card["indicator"] == "warning"
+    assert card["summary"].startswith("Clozapine prescriber unknown: ANC 3,100/µL")
+    assert "names no prescriber NPI" in card["detail"]
+
+
 def test_patient_view_shows_the_monitoring_state(cds: httpx.Client) -> None:
     (card,) = cards_of(call(cds, "clozapine-rems-patient-view", hook_request("patient-view.json")))
     assert card["indicator"] == "info"

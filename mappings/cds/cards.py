@@ -122,8 +122,12 @@ def _short(text: str) -> str:
 
 
 def _findings(check: EtasuCheck, missing: tuple[str, ...]) -> list[Finding]:
-    """The reasons the card shows: a pharmacy the order does not name is not judged."""
-    unasked = REQUIREMENTS["pharmacy-certified"][1] if "pharmacy" in missing else frozenset()
+    """The reasons the card shows: a participant the order does not name is not judged (the
+    pharmacy is the dispense's to check; a prescriber not found is said so instead)."""
+    unasked: set[str] = set()
+    for _, codes, participant in REQUIREMENTS.values():
+        if participant in missing:
+            unasked |= codes
     return [f for f in (*check.denials, *check.rationale) if f.code not in unasked]
 
 
@@ -133,14 +137,17 @@ def order_summary(
     status: RemsStatus | None,
     missing: tuple[str, ...],
     tz: tzinfo,
+    discharge_cap: int | None = None,
 ) -> str:
+    """``discharge_cap``: the days an inpatient-only pharmacy may give at this discharge."""
     verdict = VERDICT[indicator]
     if indicator == "warning" and not findings and "prescriber" in missing:
         verdict = "prescriber unknown"
     labels = list(dict.fromkeys(SHORT.get(f.code, f.code) for f in findings))
     head = f"Clozapine {verdict}" + (f" ({', '.join(labels)})" if labels else "")
     anc = status.newest_anc if status is not None else None
-    return _short(f"{head}: {anc_phrase(anc, tz)}")
+    cap = f" · at most {discharge_cap} days at discharge" if discharge_cap is not None else ""
+    return _short(f"{head}: {anc_phrase(anc, tz)}{cap}")
 
 
 def next_steps(
@@ -224,13 +231,13 @@ def order_detail(
         )
     if "pharmacy" in order.missing:
         parts.append("No pharmacy named: its certification is checked when it dispenses.")
-    steps = next_steps(findings, status, decision.max_days_supply, today)
+    steps = next_steps(findings, status, check.discharge_cap, today)
     if steps:
         parts.append("**Next steps**\n\n" + _bullets(steps))
     parts.append("**Monitoring**\n\n" + _bullets(_monitoring_lines(status, tz)))
-    if decision.max_days_supply is not None and order.request.discharge:
+    if check.discharge_cap is not None:
         parts.append(
-            f"**Discharge supply**: at most {decision.max_days_supply} days from this "
+            f"**Discharge supply**: at most {check.discharge_cap} days from this "
             f"inpatient-only pharmacy (ordered: {order.request.days_supply} days)."
         )
     if decision.warnings:
@@ -306,7 +313,9 @@ def order_card(
     assert decision is not None
     card: dict[str, Any] = {
         "uuid": uuid,
-        "summary": order_summary(indicator, findings, status, order.missing, tz),
+        "summary": order_summary(
+            indicator, findings, status, order.missing, tz, check.discharge_cap
+        ),
         "indicator": indicator,
         "detail": order_detail(order, check, findings, status, indicator, tz),
         "source": source.as_json(),
@@ -317,8 +326,8 @@ def order_card(
     due = status.next_anc_due if status is not None else None
     if codes & {Code.LABS_MISSED, Code.ANC_BELOW_THRESHOLD} or (due is not None and due <= today):
         suggestions.append(cbc_suggestion(new_uuid(), patient_ref, user))
-    if Code.DISCHARGE_SUPPLY_EXCEEDS_LIMIT in codes and decision.max_days_supply is not None:
-        reduce = reduce_supply_suggestion(new_uuid(), order, decision.max_days_supply)
+    if Code.DISCHARGE_SUPPLY_EXCEEDS_LIMIT in codes and check.discharge_cap is not None:
+        reduce = reduce_supply_suggestion(new_uuid(), order, check.discharge_cap)
         if reduce is not None:
             suggestions.append(reduce)
     if suggestions:

@@ -95,6 +95,7 @@ class EtasuCheck:
     denials: tuple[Finding, ...] = ()
     rationale: tuple[Finding, ...] = ()
     rda_state: RdaState | None = None  # a stored decision's RDA, as of the query's time
+    discharge_cap: int | None = None  # a discharge from an inpatient-only pharmacy: its day cap
 
 
 def _named(parameters: Any, name: str) -> Any:

@@ -34,7 +34,7 @@ from mappings.fhir.medication_dispense import (
     with_outcome,
 )
 from mappings.fhir.medication_request import with_decision
-from rems_core.dispense import decide, evaluate
+from rems_core.dispense import decide, discharge_cap, evaluate
 from rems_core.model import (
     Decision,
     DispenseRequest,
@@ -143,7 +143,8 @@ def check_etasu(
     snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
     decision = replace(decide(pack, request, snapshot, ctx.tz, _NoRda()), rda=None)
     checks = evaluate(pack, request, snapshot, None, ctx.tz)
-    return EtasuCheck(decision, False, tuple(checks.denials), tuple(checks.rationale))
+    cap = discharge_cap(pack, request, snapshot, ctx.tz)
+    return EtasuCheck(decision, False, tuple(checks.denials), tuple(checks.rationale), None, cap)
 
 
 # --- the RDA's life over FHIR -------------------------------------------------------------------
