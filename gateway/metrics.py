@@ -113,6 +113,18 @@ class GatewayMetrics:
             "1 while this process holds the scheduler lease (runs the cluster's scheduled work)",
             registry=self.registry,
         )
+        self.cds_cards = Counter(
+            "rems_cds_cards",
+            "CDS Hooks cards answered, by service and indicator (info, warning, critical)",
+            ["service", "indicator"],
+            registry=self.registry,
+        )
+        self.cds_feedback = Counter(
+            "rems_cds_feedback",
+            "CDS Hooks feedback recorded, by outcome (accepted, overridden)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(WriterCollector(writer))
 
     async def refresh_review(self, reads: RemsReads) -> None:
@@ -135,6 +147,13 @@ class GatewayMetrics:
             log.warning("notifications not counted: %s", type(exc).__name__)
             return
         self.notifications_pending.set(counts.get(PENDING, 0))
+
+    def count_cards(self, service: str, indicators: list[str]) -> None:
+        for indicator in indicators:
+            self.cds_cards.labels(service=service, indicator=indicator).inc()
+
+    def count_feedback(self, outcome: str) -> None:
+        self.cds_feedback.labels(outcome=outcome).inc()
 
     def count_notification(self, outcome: str) -> None:
         self.notifications.labels(outcome=outcome).inc()

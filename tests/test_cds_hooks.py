@@ -102,6 +102,9 @@ def test_order_sign_with_a_normal_anc_would_be_authorized(
     assert "overrideReasons" not in card
     assert "window closes 2021-12-27" in card["detail"]
     assert "no RDA was issued and no dispense recorded" in card["detail"]
+    metrics = cds.get("/metrics").text
+    wanted = 'rems_cds_cards_total{indicator="info",service="clozapine-rems-order-sign"} 1.0'
+    assert wanted in metrics
 
 
 def test_prefetched_labs_are_stored_once_and_then_need_no_write(
@@ -305,6 +308,7 @@ def test_the_same_feedback_twice_is_recorded_once_and_an_unknown_card_is_404(
     for _ in range(2):
         assert cds.post(FEEDBACK, json={"feedback": [accepted]}).status_code == 200
     assert audit_kinds(application.engine).count("cds-feedback") == 1
+    assert 'rems_cds_feedback_total{outcome="accepted"} 1.0' in cds.get("/metrics").text
     unknown = {**accepted, "card": "3f0f6d7e-0000-4000-8000-000000000000"}
     refused = cds.post(FEEDBACK, json={"feedback": [accepted, unknown]})
     assert refused.status_code == 404

@@ -34,11 +34,16 @@ async def feedback(request: Request, service_id: str) -> Response:
     data = await hook_body(request)
     items = read_feedback(data)
     try:
-        await service_of(request).record_feedback(service.id, items, Source(CHANNEL, client.iss))
+        recorded = await service_of(request).record_feedback(
+            service.id, items, Source(CHANNEL, client.iss)
+        )
     except UnknownCard as unknown:
         raise FhirError(
             404, "not-found", f"card {unknown} was not answered by {service_id}"
         ) from None
+    for item, done in zip(items, recorded, strict=True):
+        if done.recorded:
+            request.app.state.metrics.count_feedback(item.outcome)
     return Response(status_code=200)
 
 

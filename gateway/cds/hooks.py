@@ -149,6 +149,7 @@ class HookCall:
         checks = await reads.check_hook(identifiers, [o.request for o in orders], self.now)
         cards = self.cards(orders, checks, pack.rationale_reasons.value)
         service_of(self.request).keep_cards([self.kept(c, o, checks) for c, o in cards])
+        self.request.app.state.metrics.count_cards(self.service.id, [c.indicator for c, _ in cards])
         return {"cards": [card.card for card, _ in cards]}
 
     # --- the patient ------------------------------------------------------------------------------
