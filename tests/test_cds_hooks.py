@@ -366,3 +366,12 @@ def test_null_prefetch_is_fetched_from_an_allowed_fhir_server_with_the_ehrs_toke
     assert paths[0] == f"/api/FHIR/R4/Patient/{body['context']['patientId']}"
     assert any(p.startswith("/api/FHIR/R4/Observation?patient=") for p in paths)
     assert all(authorization == token for _, authorization in asked)
+
+
+def test_an_order_part_that_cannot_be_read_is_said_on_the_card(cds: httpx.Client) -> None:
+    body = hook_request("order-sign.json")
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    order["dispenseRequest"]["expectedSupplyDuration"] = {"value": 1, "unit": "month"}
+    (card,) = cards_of(call(cds, "clozapine-rems-order-sign", body))
+    assert "**The order could not be read in full**" in card["detail"]
+    assert "days (d) or weeks (wk)" in card["detail"]

@@ -11,14 +11,14 @@ the PSF's rationale reasons (rules §5.4).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, tzinfo
+from datetime import date, tzinfo
 from typing import Any
 
 from mappings.cds.request import HookOrder
 from mappings.fhir.etasu import REQUIREMENTS, EtasuCheck, etasu_status
 from rems_core import monitoring
 from rems_core.codes import Code
-from rems_core.model import AncCategory, AncResult, Finding, Outcome
+from rems_core.model import AncCategory, AncResult, Finding
 from rems_core.status import RemsStatus
 
 SUMMARY_LIMIT = 140
@@ -225,6 +225,9 @@ def order_detail(
     ]
     if findings:
         parts.append("**Reasons**\n\n" + _bullets([f"{f.text} (`{f.code}`)" for f in findings]))
+    if order.problems:
+        unread = [f"{i.diagnostics} (`{', '.join(i.expression)}`)" for i in order.problems]
+        parts.append("**The order could not be read in full**\n\n" + _bullets(unread))
     if "prescriber" in order.missing:
         parts.append(
             "The order names no prescriber NPI (requester), and the user's could not be found."
@@ -373,12 +376,3 @@ def monitoring_card(uuid: str, status: RemsStatus, source: CardSource, tz: tzinf
         "source": source.as_json(),
     }
     return OrderCard(card, card["indicator"], ())
-
-
-def outcome_of(check: EtasuCheck) -> str:
-    decision = check.decision
-    return decision.outcome.value if decision is not None else Outcome.DENIED.value
-
-
-def checked_at(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
