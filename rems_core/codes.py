@@ -46,6 +46,8 @@ class Code(StrEnum):
     ENROLLMENT_ANC_MISSING_OR_OLD = "ENROLLMENT_ANC_MISSING_OR_OLD"
     PRESCRIBER_SIGNATURE_REQUIRED = "PRESCRIBER_SIGNATURE_REQUIRED"
     NO_PENDING_PSF = "NO_PENDING_PSF"
+    PSF_CONFLICT = "PSF_CONFLICT"  # §5.7 double entry: another PSF for an accepted one's period
+    PSF_REPEATED = "PSF_REPEATED"  # §5.7 the same PSF again: answered from the store
     MONITORING_LESS_FREQUENT_THAN_RECOMMENDED = "MONITORING_LESS_FREQUENT_THAN_RECOMMENDED"
     ANC_BELOW_INITIATION_THRESHOLD = "ANC_BELOW_INITIATION_THRESHOLD"
     # §6.4 the RDA's life: dispense records and an order's end
@@ -128,6 +130,13 @@ TEXT: dict[Code, str] = {
     ),
     Code.PRESCRIBER_SIGNATURE_REQUIRED: ("Held for the certified prescriber's signature: {why}."),
     Code.NO_PENDING_PSF: "No Patient Status Form of this patient is waiting for a signature.",
+    Code.PSF_CONFLICT: (
+        "A different {type} PSF for this period was accepted on {accepted} (PSF {psf}): this one "
+        "waits for the prescriber, who signs it to replace that one."
+    ),
+    Code.PSF_REPEATED: (
+        "The same {type} PSF is on file since {recorded} (PSF {psf}): this one changes nothing."
+    ),
     Code.MONITORING_LESS_FREQUENT_THAN_RECOMMENDED: (
         "Reported monitoring {reported} is less frequent than the recommended {recommended}."
     ),

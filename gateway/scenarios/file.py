@@ -63,7 +63,7 @@ STEP_KEYS: dict[str, set[str]] = {
     "psf": {
         "patient", "type", "by", "role", "prescriber", "designation", "treatment_status",
         "status_effective", "monitoring_frequency", "anc", "missed_draws", "justification",
-        "rationale", "signed", "complete_draft",
+        "rationale", "signed", "complete_draft", "authored",
     },
     "sign": {"patient", "by", "psf"},
     "advance_to": {"to", "until", "patient"},
@@ -561,9 +561,12 @@ def psf_form(body: Any, where: str, at: datetime, tz: tzinfo) -> PatientStatusFo
         r = Fields(body["rationale"], f"{where}.rationale", {"reason", "text"}, tz)
         rationale = Rationale(r.text("reason", required=True) or "", r.text("text", "") or "")
     effective = body.get("status_effective")
+    authored = fields.moment("authored") if body.get("authored") is not None else at
+    if authored > at:
+        raise ScenarioError(f"{where}.authored: a form is authored before it is submitted")
     return PatientStatusForm(
         type=form_type,
-        submitted_at=at,
+        submitted_at=authored,
         submitter=by,
         role=role or SubmitterRole.PRESCRIBER,
         prescriber_npi=fields.text("prescriber", by) or by,

@@ -22,7 +22,8 @@ from rems_core.model import (
     StoredPsf,
     SubmitterRole,
 )
-from rems_core.psf import judge_psf, signed_form, signer_problem
+from rems_core.psf import judge_psf, signed_by_certified_prescriber, signed_form, signer_problem
+from rems_core.psf_entry import Entry, entry_of, repeated, with_conflict
 from rems_core.rulepack import RulePack
 from rems_core.store.repo import Store
 
@@ -39,9 +40,17 @@ def submit(
     if patient is None:
         return PsfOutcome(PsfStatus.REJECTED, (finding(Code.PATIENT_NOT_MATCHED),))
     form = _with_designees_prescriber(store, form)
+    entry, earlier = entry_of(pack, form, store.psfs(patient.rems_id), ctx.tz)
+    if entry == Entry.REPEAT:
+        assert earlier is not None
+        return _repeat(pack, earlier, patient, ctx)
     own = labs.store_reported_ancs(ctx, store, patient, form.anc, form.submitted_at, source)
     snapshot = store.snapshot(patient, [form.submitter, form.prescriber_npi])
     judgement = judge_psf(pack, snapshot, form, own, ctx.tz)
+    if entry == Entry.CONFLICT and not pack.advisory:
+        assert earlier is not None
+        signed = signed_by_certified_prescriber(snapshot, form)
+        judgement = with_conflict(judgement, earlier, signed, ctx.tz)
     # What the lab rules said of the form's own ANCs (e.g. a suspect unit) is news to the
     # prescriber too.
     warnings = tuple(dict.fromkeys((*judgement.warnings, *(w for a in own for w in a.warnings))))
@@ -52,6 +61,19 @@ def submit(
         _record_acceptance(ctx, store, pack, snapshot, stored, patient)
     return PsfOutcome(
         judgement.status, judgement.reasons, warnings, stored.psf_id, *versions, patient.rems_id
+    )
+
+
+def _repeat(pack: RulePack, held: StoredPsf, patient: Patient, ctx: UnitContext) -> PsfOutcome:
+    """The same PSF again (§5.7): the one on file answers, nothing is stored."""
+    return PsfOutcome(
+        held.status,
+        (),
+        (repeated(held, ctx.tz),),
+        held.psf_id,
+        pack.id,
+        pack.version,
+        patient.rems_id,
     )
 
 
