@@ -407,3 +407,35 @@ def test_questionnaire_canonicals() -> None:
         "clozapine-psf"
     )  # version 2 adds the draft's read-only items; responses to 1 are read the same
     assert questionnaire_id("urn:rems-gateway:fhir:Questionnaire:clozapine-psf|3") is None
+
+
+def test_a_second_entry_of_the_months_psf_is_a_repeat_or_waits_beside_the_first(
+    fhir: FhirSession, engine: Engine
+) -> None:
+    """§5.7 over FHIR: another client's copy of the accepted form changes nothing; a different
+    one is held for the prescriber, and both responses are there to compare."""
+    first = post(fhir, fixture("monthly-prescriber"), PRESCRIBER, Prefer="return=OperationOutcome")
+    accepted = outcome_of(first.json())
+    psfs = count(engine, tables.PsfRow)
+    copy_of = fixture("monthly-prescriber")
+    copy_of["identifier"]["value"] = "PSF-2022-03-20-2"  # another submission of the same form
+    repeat = post(fhir, copy_of, PRESCRIBER, Prefer="return=OperationOutcome")
+    assert repeat.status_code == 201
+    repeated = outcome_of(repeat.json())
+    assert (repeated["status"], repeated["psf-id"]) == ("accepted", accepted["psf-id"])
+    assert repeated["warnings"] == ["PSF_REPEATED"]
+    assert count(engine, tables.PsfRow) == psfs
+    weekly = with_item(
+        fixture("monthly-prescriber"),
+        "monitoring-frequency",
+        {"valueCoding": {"system": "urn:rems-gateway:monitoring-frequency", "code": "weekly"}},
+    )
+    weekly["identifier"]["value"] = "PSF-2022-03-20-3"
+    weekly["item"] = [i for i in weekly["item"] if i["linkId"] != "signature"]  # unsigned
+    held = post(fhir, weekly, Prefer="return=OperationOutcome")
+    assert outcome_of(held.json())["status"] == "pending_prescriber_signature"
+    assert outcome_of(held.json())["reasons"] == ["PSF_CONFLICT"]
+    assert count(engine, tables.PsfRow) == psfs + 1
+    listed = fhir.get("/QuestionnaireResponse", params={"patient": accepted["patient"]})
+    statuses = sorted(outcome_of(e["resource"])["status"] for e in listed.json()["entry"])
+    assert statuses == ["accepted", "accepted", "pending_prescriber_signature"]
