@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 
 from gateway.app.context import UnitContext
-from gateway.app.units import fhir_dispense, fhir_records, labs
+from gateway.app.units import fhir_dispense, fhir_records
+from gateway.app.units import labs as lab_units
 from gateway.app.values import HookChecks, PatientNamed
 from mappings.fhir.etasu import EtasuCheck, EtasuQuery, decision_response
 from mappings.fhir.observation import lab_observation
@@ -117,22 +118,35 @@ class RemsReads:
         return await self._read(lambda store: fhir_dispense.etasu(self.ctx, store, query, pack))
 
     async def check_hook(
-        self, identifiers: list[Identifier], requests: list[DispenseRequest], at: datetime
-    ) -> HookChecks:
+        self,
+        identifiers: list[Identifier],
+        requests: list[DispenseRequest],
+        at: datetime,
+        labs: list[LabResult] | None = None,
+    ) -> HookChecks | None:
         """A CDS hook's patient and orders (docs/contracts.md §6): the REMS status now and each
-        order checked exactly as `$rems-etasu` checks it; records nothing."""
+        order checked exactly as `$rems-etasu` checks it; records nothing. With ``labs`` (the
+        hook's prefetched results), in the same read: None when one is not on file yet (as
+        `labs_on_file` says), and nothing is checked — store them, then ask again."""
         pack = self.ctx.pack_for(at)
         packs = [self.ctx.pack_for(r.dispense_date) for r in requests]
 
-        def checked(store: Store) -> HookChecks:
+        def checked(store: Store) -> HookChecks | None:
             patient = store.find_patient(identifiers)
+            if labs and (patient is None or not lab_units.on_file(self.ctx, store, patient, labs)):
+                return None
+            # one read of the file serves the status and every order (each order's check looks
+            # up only its own prescriber and pharmacy in it)
+            snapshot = store.snapshot(
+                patient, [r.prescriber_npi for r in requests], [r.pharmacy_npi for r in requests]
+            )
             found = None
             if patient is not None:
-                found = status.rems_status(
-                    pack, store.snapshot(patient), patient.rems_id, at, self.ctx.tz
-                )
+                found = status.rems_status(pack, snapshot, patient.rems_id, at, self.ctx.tz)
             checks = [
-                fhir_dispense.check_etasu(self.ctx, store, identifiers, request, request_pack)
+                fhir_dispense.check_etasu(
+                    self.ctx, store, identifiers, request, request_pack, snapshot
+                )
                 for request, request_pack in zip(requests, packs, strict=True)
             ]
             return HookChecks(patient.rems_id if patient else None, found, checks)
@@ -145,7 +159,7 @@ class RemsReads:
 
         def on_file(store: Store) -> bool:
             patient = store.find_patient(identifiers)
-            return patient is not None and labs.on_file(self.ctx, store, patient, results)
+            return patient is not None and lab_units.on_file(self.ctx, store, patient, results)
 
         return await self._read(on_file)
 

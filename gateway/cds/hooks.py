@@ -10,9 +10,11 @@ feedback can name them.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from itertools import accumulate
 from typing import Any
 
 import httpx
@@ -97,16 +99,51 @@ async def hook_body(request: Request) -> dict[str, Any]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in JSON_TYPES:
         raise FhirError(415, "not-supported", "send application/json")
+    body = await request.body()
     try:
-        data = decode_json(await request.body(), request.app.state.settings.json_max_depth)
+        data = _decoded(body, request.app.state.settings.json_max_depth)
     except JsonRefused as refused:
         raise FhirError(400, "structure", str(refused)) from None
     if not isinstance(data, dict):
         raise FhirError(400, "structure", "the body must be a JSON object (a hook request)")
-    where = control_character_at(data)
+    where = control_character_at(data) if _may_hold_control_characters(body) else None
     if where is not None:
         raise FhirError(400, "value", "a string holds a control character", (where,))
     return data
+
+
+# A hook request is large (a dozen resources): its nesting is counted on the bytes, by C code,
+# rather than by walking the decoded value.
+_NOT_A_BRACKET = bytes(set(range(256)) - set(b"[]{}"))
+_STEP = [{ord("{"): 1, ord("["): 1, ord("}"): -1, ord("]"): -1}.get(b, 0) for b in range(256)]
+#: The only ways a JSON string (or key) can decode to a character below U+0020 but tab, CR and
+#: LF: strict JSON has none of them raw, so a body without these escapes holds none.
+_CONTROL_ESCAPES = (b"\\u00", b"\\b", b"\\f")
+
+
+def _decoded(body: bytes, max_depth: int) -> Any:
+    """`decode_json`'s answer: the same value, and the same JsonRefused (decode_json's own)
+    for a body that is not JSON or nested too deep."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return decode_json(body, max_depth)  # raises JsonRefused
+    if _nesting(body) > max_depth:
+        return decode_json(body, max_depth)  # raises JsonRefused
+    return data
+
+
+def _nesting(body: bytes) -> int:
+    """How deep a valid JSON text nests objects and arrays, as `json_depth` counts: strings
+    left out, the deepest point of the brackets' running count."""
+    if b"\\" in body:  # escaped backslashes and quotes: only the strings' own quotes are left
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(body.split(b'"')[::2]).translate(None, _NOT_A_BRACKET)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def _may_hold_control_characters(body: bytes) -> bool:
+    return b"\\" in body and any(escape in body for escape in _CONTROL_ESCAPES)
 
 
 def model(resource: dict[str, Any], path: str) -> Any:
@@ -144,9 +181,20 @@ class HookCall:
         reads = reads_of(self.request)
         if not self.service.orders and await reads.find_patient(identifiers) is None:
             return NO_CARDS  # patient-view of a patient the clozapine registry does not hold
-        await self.take_labs(identifiers)
-        orders = await self.with_prescriber(orders)
-        checks = await reads.check_hook(identifiers, [o.request for o in orders], self.now)
+        labs = await self.prefetched_labs(identifiers)
+        try:
+            orders = await self.with_prescriber(orders)
+        except FhirError:
+            await self.take_labs(identifiers, labs)  # taken before the Practitioner is read
+            raise
+        requests = [o.request for o in orders]
+        # the labs on file (the usual case: the EHR sends the recent results every time) and
+        # the checks in one read; else the labs are stored first and the checks read after
+        checks = await reads.check_hook(identifiers, requests, self.now, labs)
+        if checks is None:
+            await self.store_labs(identifiers, labs)
+            checks = await reads.check_hook(identifiers, requests, self.now)
+        assert checks is not None
         cards = self.cards(orders, checks, pack.rationale_reasons.value)
         service_of(self.request).keep_cards([self.kept(c, o, checks) for c, o in cards])
         self.request.app.state.metrics.count_cards(self.service.id, [c.indicator for c, _ in cards])
@@ -271,17 +319,19 @@ class HookCall:
 
     # --- the labs ---------------------------------------------------------------------------------
 
-    async def take_labs(self, identifiers: list[Identifier]) -> None:
+    async def prefetched_labs(self, identifiers: list[Identifier]) -> list[LabResult]:
+        """The prefetched results (none are fetched for a patient with no identifiers)."""
+        if not identifiers:
+            return []
+        return self.lab_results(await self.prefetched(services.LABS, required=False))
+
+    async def take_labs(self, identifiers: list[Identifier], results: list[LabResult]) -> None:
         """The prefetched results, through the ordinary lab path: stored once (idempotent);
         nothing is written when every one is on file already."""
-        if not identifiers:
-            return
-        bundle = await self.prefetched(services.LABS, required=False)
-        results = self.lab_results(bundle)
-        if not results:
-            return
-        if await reads_of(self.request).labs_on_file(identifiers, results):
-            return
+        if results and not await reads_of(self.request).labs_on_file(identifiers, results):
+            await self.store_labs(identifiers, results)
+
+    async def store_labs(self, identifiers: list[Identifier], results: list[LabResult]) -> None:
         await service_of(self.request).ingest_labs(identifiers, results, self.source, self.now)
 
     def lab_results(self, bundle: dict[str, Any] | None) -> list[LabResult]:

@@ -40,6 +40,7 @@ from rems_core.model import (
     DispenseRequest,
     Identifier,
     Outcome,
+    PatientSnapshot,
     decision_from_dict,
 )
 from rems_core.rda import OrderEnd
@@ -131,16 +132,20 @@ def check_etasu(
     identifiers: list[Identifier],
     request: DispenseRequest,
     pack: RulePack,
+    snapshot: PatientSnapshot | None = None,
 ) -> EtasuCheck:
     """A request already decided (same request id and body) is reported; any other is judged by
-    the engine on the committed patient file, without an override, and nothing is stored."""
+    the engine on the committed patient file, without an override, and nothing is stored.
+    ``snapshot``: that file read already, for the patient the identifiers name (with this
+    request's prescriber and pharmacy among others)."""
     if request.request_id:
         earlier = store.decision_for_request(request.request_id)
         if earlier is not None and earlier[0] == dispense_unit.request_hash(identifiers, request):
             return _reported(decision_from_dict(earlier[1]))
     request = replace(request, override=None)
-    patient = store.find_patient(identifiers)
-    snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
+    if snapshot is None:
+        patient = store.find_patient(identifiers)
+        snapshot = store.snapshot(patient, [request.prescriber_npi], [request.pharmacy_npi])
     decision = replace(decide(pack, request, snapshot, ctx.tz, _NoRda()), rda=None)
     checks = evaluate(pack, request, snapshot, None, ctx.tz)
     cap = discharge_cap(pack, request, snapshot, ctx.tz)
