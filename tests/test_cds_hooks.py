@@ -215,6 +215,8 @@ def test_a_patient_not_enrolled_is_denied(cds: httpx.Client) -> None:
     assert card["indicator"] == "critical"
     assert card["summary"].startswith("Clozapine denied (not enrolled")
     assert "Enroll the patient" in card["detail"]
+    held = cds.get("/admin/review").json()
+    assert held["total"] == 0  # the EHR's copies of its labs are not held per hook call
 
 
 def test_a_psf_out_of_window_is_denied_with_the_next_step(cds: httpx.Client) -> None:

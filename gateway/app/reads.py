@@ -126,14 +126,19 @@ class RemsReads:
     ) -> HookChecks | None:
         """A CDS hook's patient and orders (docs/contracts.md §6): the REMS status now and each
         order checked exactly as `$rems-etasu` checks it; records nothing. With ``labs`` (the
-        hook's prefetched results), in the same read: None when one is not on file yet (as
-        `labs_on_file` says), and nothing is checked — store them, then ask again."""
+        hook's prefetched results), in the same read: None when one of a registry patient's is not
+        on file yet (as `labs_on_file` says), and nothing is checked — store them, then ask
+        again."""
         pack = self.ctx.pack_for(at)
         packs = [self.ctx.pack_for(r.dispense_date) for r in requests]
 
         def checked(store: Store) -> HookChecks | None:
             patient = store.find_patient(identifiers)
-            if labs and (patient is None or not lab_units.on_file(self.ctx, store, patient, labs)):
+            if (
+                labs
+                and patient is not None
+                and not lab_units.on_file(self.ctx, store, patient, labs)
+            ):
                 return None
             # one read of the file serves the status and every order (each order's check looks
             # up only its own prescriber and pharmacy in it)
@@ -154,12 +159,13 @@ class RemsReads:
         return await self._read(checked)
 
     async def labs_on_file(self, identifiers: list[Identifier], results: list[LabResult]) -> bool:
-        """Whether every REMS-relevant result is stored already, as it is, for the registry
-        patient the identifiers name: then a hook's prefetched labs need no write."""
+        """Whether a hook's prefetched labs need no write: every REMS-relevant result is stored
+        already, as it is, for the registry patient the identifiers name — or they name none (a
+        hook's labs are the EHR's copies: kept for registry patients only)."""
 
         def on_file(store: Store) -> bool:
             patient = store.find_patient(identifiers)
-            return patient is not None and lab_units.on_file(self.ctx, store, patient, results)
+            return patient is None or lab_units.on_file(self.ctx, store, patient, results)
 
         return await self._read(on_file)
 
