@@ -8,6 +8,7 @@ themselves (``units/``) get the service's ``UnitContext``, never the service.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
@@ -95,6 +96,7 @@ class RemsService:
         self.writer = writer
         self.ctx = ctx or UnitContext()
         self.decision_observers: list[Callable[[Decision], None]] = []  # e.g. metrics
+        self._cards = _CardsToKeep()
 
     # --- registry ------------------------------------------------------------------------------
 
@@ -475,10 +477,8 @@ class RemsService:
     def keep_cards(self, cards: list[dict[str, Any]]) -> None:
         """Keep the cards a hook answered, without waiting for the commit: the answer is a
         read-only check and goes out at once; feedback comes seconds later, from a person."""
-        if cards:
-            self.writer.submit(lambda store: cds.keep_cards(store, cards)).add_done_callback(
-                _cards_failed
-            )
+        if cards and self._cards.add(cards):
+            self.writer.submit(self._cards.unit()).add_done_callback(_cards_failed)
 
     async def record_feedback(
         self, service: str, items: list[CardFeedback], source: Source
@@ -541,6 +541,35 @@ def _enrolling_prescriber(store: Store, identifiers: list[Identifier]) -> str:
     accepted = store.snapshot(patient, [], []).accepted_psfs
     enrollments = [p for p in accepted if p.form.type == PsfType.ENROLLMENT]
     return enrollments[0].form.prescriber_npi if enrollments else ""
+
+
+class _CardsToKeep:
+    """Cards answered while the writer is busy wait for one unit of work together, instead of
+    one unit per hook call."""
+
+    def __init__(self) -> None:
+        self._waiting: list[dict[str, Any]] = []
+        self._queued = False
+        self._lock = threading.Lock()
+
+    def add(self, cards: list[dict[str, Any]]) -> bool:
+        """True when a unit must be queued for them (none is waiting to run yet)."""
+        with self._lock:
+            self._waiting += cards
+            first, self._queued = not self._queued, True
+            return first
+
+    def unit(self) -> Callable[[Store], None]:
+        taken: list[dict[str, Any]] = []
+
+        def keep(store: Store) -> None:
+            if not taken:  # a batch run again (another unit failed) keeps the same cards
+                with self._lock:
+                    taken.extend(self._waiting)
+                    self._waiting, self._queued = [], False
+            cds.keep_cards(store, taken)
+
+        return keep
 
 
 def _cards_failed(done: Future[None]) -> None:
