@@ -15,7 +15,13 @@ from fastapi.responses import Response
 
 from gateway.app.errors import UnknownCard
 from gateway.app.values import CardFeedback, Source
-from gateway.cds.hooks import CHANNEL, authenticated, hook_body, known_service
+from gateway.cds.hooks import (
+    CHANNEL,
+    ERROR_RESPONSES,
+    authenticated,
+    hook_body,
+    known_service,
+)
 from gateway.fhir.http import FhirError
 from gateway.fhir.resources import service_of
 from mappings.cds.cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM
@@ -25,9 +31,27 @@ OUTCOMES = ("accepted", "overridden")
 #: CDS Hooks 3.0's non-adherence reasons: risk-benefit-ratio is a rationale too.
 NON_ADHERENCE_SYSTEM = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
 MAX_ITEMS = 100
+FEEDBACK_REQUEST = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["feedback"],
+                    "properties": {"feedback": {"type": "array", "items": {"type": "object"}}},
+                }
+            }
+        },
+    }
+}
 
 
-@router.post("/cds-services/{service_id}/feedback")
+@router.post(
+    "/cds-services/{service_id}/feedback",
+    responses={200: {"description": "Recorded (no body)"}, **ERROR_RESPONSES},
+    openapi_extra=FEEDBACK_REQUEST,
+)
 async def feedback(request: Request, service_id: str) -> Response:
     service = known_service(service_id)
     client = await authenticated(request, service_id, feedback=True)

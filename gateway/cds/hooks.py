@@ -27,7 +27,15 @@ from gateway.app.values import HookChecks, Source
 from gateway.cds.auth import CdsAuthError, service_audiences
 from gateway.cds.clients import CdsClient
 from gateway.cds.fhir_fetch import FetchFailed, FetchRefused, fetch
-from gateway.fhir.http import JSON_TYPES, FhirError, JsonRefused, control_character_at, decode_json
+from gateway.fhir.http import (
+    FHIR_JSON,
+    JSON_TYPES,
+    FhirError,
+    JsonRefused,
+    control_character_at,
+    decode_json,
+)
+from gateway.fhir.openapi import OUTCOME_SCHEMA
 from gateway.fhir.resources import clinical_now, context_of, reads_of, service_of
 from mappings.cds import services
 from mappings.cds.cards import CardSource, OrderCard, monitoring_card, order_card
@@ -56,13 +64,64 @@ NO_CARDS: dict[str, Any] = {"cards": []}
 _OUTCOME = {"info": "authorized", "warning": "incomplete", "critical": "denied"}
 
 
-@router.get("/cds-services")
+def _json(schema: dict[str, Any], description: str, media: str = "application/json") -> dict:
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+CDS_ERRORS = {
+    400: "Not JSON, not a hook request, the wrong hook, or an order or Patient not valid R4",
+    401: "No CDS client JWT, or one that is not valid (the OperationOutcome says why)",
+    404: "No such CDS service, or (feedback) a card it did not answer",
+    412: "A prefetch value the service needs was not sent and could not be fetched",
+    413: "The body is larger than the limit (http_max_body_bytes)",
+    415: "Send application/json",
+    422: "Before any rule pack applies",
+    500: "Internal error",
+    503: "The store is unavailable or the gateway shuts down; see Retry-After",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: _json(OUTCOME_SCHEMA, text, FHIR_JSON) for status, text in CDS_ERRORS.items()
+}
+HOOK_REQUEST = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["hook", "hookInstance", "context"],
+                    "properties": {
+                        "hook": {"type": "string"},
+                        "hookInstance": {"type": "string"},
+                        "context": {"type": "object"},
+                        "prefetch": {"type": "object"},
+                        "fhirServer": {"type": "string"},
+                        "fhirAuthorization": {"type": "object"},
+                    },
+                }
+            }
+        },
+    }
+}
+CARDS = {"type": "object", "required": ["cards"], "properties": {"cards": {"type": "array"}}}
+SERVICES = {
+    "type": "object",
+    "required": ["services"],
+    "properties": {"services": {"type": "array"}},
+}
+
+
+@router.get("/cds-services", responses={200: _json(SERVICES, "The CDS services")})
 async def discovery() -> JSONResponse:
     """The services (public, like /fhir/metadata)."""
     return JSONResponse(services.discovery())
 
 
-@router.post("/cds-services/{service_id}")
+@router.post(
+    "/cds-services/{service_id}",
+    responses={200: _json(CARDS, "The cards (none: no clozapine order)"), **ERROR_RESPONSES},
+    openapi_extra=HOOK_REQUEST,
+)
 async def call_service(request: Request, service_id: str) -> JSONResponse:
     service = known_service(service_id)
     client = await authenticated(request, service_id, feedback=False)
