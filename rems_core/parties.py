@@ -123,3 +123,49 @@ def resource_ref(party: Party) -> str:
     if isinstance(party, DesigneeRole):
         return f"PractitionerRole/{party.resource_id}"
     return f"Practitioner/{party.npi}"
+
+
+# --- as a person reads it (`rems-gateway lookup`) ---------------------------------------------
+
+
+def _dates(enrolled_on: date | None, certified_on: date | None, recertify_by: date | None) -> str:
+    named = (
+        ("enrolled", enrolled_on),
+        ("certified", certified_on),
+        ("recertify by", recertify_by),
+    )
+    shown = [f"{label} {day.isoformat()}" for label, day in named if day is not None]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
+def _held(certified: bool, certified_on: date | None, recertify_by: date | None, day: date) -> str:
+    if certified_on_day(certified, certified_on, recertify_by, day):
+        return f"certified on {day.isoformat()}"
+    why = why_not_certified(certified, certified_on, recertify_by, day)
+    return f"NOT certified on {day.isoformat()}: {why}"
+
+
+def party_lines(party: Party, day: date) -> list[str]:
+    """The party's kind, name and certification per setting with its dates, judged on ``day``."""
+    head = f"{resource_ref(party)}"
+    if isinstance(party, Pharmacy):
+        lines = [f"pharmacy {party.npi}  {party.name}  [{head}]"]
+        lines += [
+            f"  {e.setting.value}: "
+            f"{_held(e.certified, e.certified_on, e.recertify_by, day)}"
+            f"{_dates(None, e.certified_on, e.recertify_by)}"
+            for e in party.enrollments
+        ] or ["  no enrollment"]
+        return lines
+    if isinstance(party, TradePartner):
+        lines = [f"{party.kind.value} {party.handle}  {party.name}  [{head}]"]
+        lines += [f"  identifier {i.system}|{i.value}" for i in party.identifiers]
+        held = _held(party.certified, party.certified_on, party.recertify_by, day)
+        dates = _dates(party.enrolled_on, party.certified_on, party.recertify_by)
+        return [*lines, f"  {held}{dates}"]
+    if isinstance(party, DesigneeRole):
+        return [f"designee {party.designee_id}  {party.name}  of prescriber {party.prescriber.npi}"]
+    held = _held(party.certified, party.certified_on, None, day)
+    lines = [f"prescriber {party.npi}  {party.name}  [{head}]"]
+    lines.append(f"  {held}{_dates(None, party.certified_on, None)}")
+    return lines + [f"  designee {d.id}  {d.name}" for d in party.designees]

@@ -115,9 +115,12 @@ class RemsService:
         with who asked: one small unit of work, so it waits for one group commit."""
         return await self.writer.run(lambda store: lookup.find(self.ctx, store, query, source))
 
-    async def check_shipment(self, query: ShipmentQuery, source: Source) -> ShipCheck:
+    async def check_shipment(
+        self, query: ShipmentQuery, source: Source
+    ) -> tuple[ShipCheck, list[str]]:
         """May the partner ship clozapine to the pharmacy on the day (by the pack of that day;
-        raises OutOfScope before the program); audited (kind ``ship_check``)."""
+        raises OutOfScope before the program); audited (kind ``ship_check``). With the check,
+        the resources of the partner and pharmacy found."""
         pack = self.ctx.packs.for_date(self.ctx.rules, query.day)
         return await self.writer.run(
             lambda store: lookup.ship_check(self.ctx, store, query, pack, source)

@@ -7,7 +7,7 @@ decertification loaded a moment ago is what the next lookup sees.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
@@ -41,13 +41,14 @@ HANDLE_SYSTEM = "urn:rems-gateway:{kind}"  # a trade partner's registry id as an
 ORGANIZATION = "Organization"
 PRACTITIONER = "Practitioner"
 PRACTITIONER_ROLE = "PractitionerRole"
+ANY = "*"  # Organizations and Practitioners
 
 
 @dataclass(frozen=True)
 class PartyQuery:
     """A read (``resource_id``) or a search; every criterion given must hold."""
 
-    resource_type: str  # Organization | Practitioner | PractitionerRole
+    resource_type: str  # Organization | Practitioner | PractitionerRole | * (the first two)
     resource_id: str | None = None
     identifier: tuple[str | None, str] | None = None  # (system or None: any, value)
     name: str | None = None  # starts with, any case
@@ -205,6 +206,9 @@ class PartiesRepo:
         return [p for kind, keys in page for p in self._load(kind, keys)], total
 
     def _keys(self, query: PartyQuery) -> list[tuple[str, list[Any]]]:
+        if query.resource_type == ANY:  # the CLI's `lookup KEY`
+            organizations = self._keys(replace(query, resource_type=ORGANIZATION))
+            return [*organizations, *self._keys(replace(query, resource_type=PRACTITIONER))]
         if query.resource_type == ORGANIZATION:
             kinds = query.kinds or (PartyKind.PHARMACY, *TRADE_KINDS)
             found = []
@@ -230,7 +234,7 @@ class PartiesRepo:
                 return []
             where.append(pharmacy_t.c.npi == value)
         if query.key is not None:
-            where.append(pharmacy_t.c.npi == query.key)
+            where.append(pharmacy_t.c.npi == query.key.removeprefix("pharmacy-"))
         if query.name is not None:
             where.append(_starts_with(pharmacy_t.c.name, query.name))
         if query.certified is not None and query.day is not None:
@@ -258,7 +262,8 @@ class PartiesRepo:
                 where.append(self._has_identifier(kind, system, value))
         if query.key is not None:
             by_value = self._has_identifier(kind, None, query.key)
-            where.append(or_(p.handle == query.key, by_value))
+            handle = query.key.removeprefix(f"{kind.value}-")
+            where.append(or_(p.handle == handle, by_value))
         if query.name is not None:
             where.append(_starts_with(p.name, query.name))
         if query.certified is not None and query.day is not None:

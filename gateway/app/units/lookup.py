@@ -32,7 +32,8 @@ def find(
 
 def ship_check(
     ctx: UnitContext, store: Store, query: ShipmentQuery, pack: RulePack, source: Source
-) -> ShipCheck:
+) -> tuple[ShipCheck, list[str]]:
+    """The check and the resources of the partner and pharmacy it found."""
     partner = store.trade_partner_named(query.partner_identifier, query.partner_ref)
     pharmacy = store.pharmacies_uncached([query.pharmacy_npi]).get(query.pharmacy_npi)
     checked = may_ship(pack, partner, pharmacy, query.day, query.partner_named, query.pharmacy_npi)
@@ -43,7 +44,7 @@ def ship_check(
             now, source, now, _asked(query), refs, "ship_check", checked.outcome.value, checked
         )
     )
-    return checked
+    return checked, refs
 
 
 def _asked(query: ShipmentQuery) -> dict[str, Any]:
