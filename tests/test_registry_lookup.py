@@ -30,6 +30,7 @@ LOOKUP_SCOPES = "system/Organization.rs system/Practitioner.rs system/Practition
 PATIENT_DATA = ("Patient", "Observation", "MedicationRequest", "QuestionnaireResponse", "Task")
 WHOLESALER = TestClient.ec("acme-wholesale", LOOKUP_SCOPES.split())
 ADMIN = TestClient.ec("registry-operator", ["admin"])
+EHR = TestClient.ec("hospital-ehr", ["system/Organization.cru"])
 NOW = {"X-Clinical-Time": "2022-06-01T12:00:00Z"}
 
 
@@ -103,7 +104,7 @@ class Gateway:
 @pytest.fixture
 def gateway(service: RemsService, engine: Engine, tmp_path: Path) -> Iterator[Gateway]:
     run(service.load_registry(registry_from(registry()), Source("test")))
-    with running_app(service, engine, **smart_settings(tmp_path, [WHOLESALER, ADMIN])) as base:
+    with running_app(service, engine, **smart_settings(tmp_path, [WHOLESALER, ADMIN, EHR])) as base:
         token = access_token(base, WHOLESALER, f"{LOOKUP_SCOPES} system/Patient.rs")
         yield Gateway(base, token, access_token(base, ADMIN, "admin"))
 
@@ -273,3 +274,15 @@ def test_ship_check_allowed_refused_and_audited(gateway: Gateway, service: RemsS
     assert checks[1].reasons == ("WHOLESALER_NOT_CERTIFIED", "PHARMACY_NOT_CERTIFIED")
     missing = gateway.ship_check({"name": "pharmacy", "valueString": CORNER})
     assert missing.status_code == 422
+
+
+def test_an_id_the_registry_does_not_hold_reads_what_a_client_stored(gateway: Gateway) -> None:
+    token = access_token(gateway.base, EHR, "system/Organization.cu")
+    lab = {"resourceType": "Organization", "id": "north-lab", "name": "Northside Lab"}
+    headers = bearer(token) | {"Content-Type": "application/fhir+json"}
+    stored = httpx.put(gateway.base + "/fhir/Organization/north-lab", json=lab, headers=headers)
+    assert stored.status_code == 201, stored.text
+    read = gateway.get("/Organization/north-lab")
+    assert read.status_code == 200 and read.json()["name"] == "Northside Lab"
+    assert read.headers["ETag"] == 'W/"1"'
+    assert gateway.get("/Organization/wholesaler-W9").status_code == 404

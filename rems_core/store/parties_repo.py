@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, false, func, or_, select, true
+from sqlalchemy import Connection, Select, and_, delete, exists, false, func, or_, select, true
 
 from rems_core.model import Identifier, Pharmacy, Prescriber
 from rems_core.parties import (
@@ -194,18 +194,23 @@ class PartiesRepo:
     def find_parties(self, query: PartyQuery) -> tuple[list[Party], int]:
         """One page of what matches, and how many match in all: pharmacies (by NPI), then
         wholesalers and distributors (by id); prescribers; designee roles."""
-        keyed = self._keys(query)
-        total = sum(len(keys) for _, keys in keyed)
-        page: list[tuple[str, list[Any]]] = []
+        total, found = 0, []
         skip, room = query.offset, query.count
-        for kind, keys in keyed:
-            taken = keys[skip : skip + room] if room > 0 else []
-            skip = max(0, skip - len(keys))
-            room -= len(taken)
-            page.append((kind, taken))
-        return [p for kind, keys in page for p in self._load(kind, keys)], total
+        for kind, statement in self._keys(query):
+            if statement is None:
+                continue
+            counted = select(func.count()).select_from(statement.order_by(None).subquery())
+            matching = self.conn.execute(counted).scalar_one()
+            total += matching
+            if room > 0 and skip < matching:
+                rows = self.conn.execute(statement.offset(skip).limit(room)).all()
+                keys = [tuple(r) if len(r) > 1 else r[0] for r in rows]
+                found += self._load(kind, keys)
+                room -= len(keys)
+            skip = max(0, skip - matching)
+        return found, total
 
-    def _keys(self, query: PartyQuery) -> list[tuple[str, list[Any]]]:
+    def _keys(self, query: PartyQuery) -> list[tuple[str, Select[Any] | None]]:
         if query.resource_type == ANY:  # the CLI's `lookup KEY`
             organizations = self._keys(replace(query, resource_type=ORGANIZATION))
             return [*organizations, *self._keys(replace(query, resource_type=PRACTITIONER))]
@@ -222,16 +227,16 @@ class PartiesRepo:
             return [(PartyKind.PRESCRIBER.value, self._prescriber_keys(query))]
         return [("designee", self._role_keys(query))]
 
-    def _pharmacy_keys(self, query: PartyQuery) -> list[Any]:
+    def _pharmacy_keys(self, query: PartyQuery) -> Select[Any] | None:
         where = []
         if query.resource_id is not None:
             if not query.resource_id.startswith("pharmacy-"):
-                return []
+                return None
             where.append(pharmacy_t.c.npi == query.resource_id.removeprefix("pharmacy-"))
         if query.identifier is not None:
             system, value = query.identifier
             if system not in (None, NPI_SYSTEM):
-                return []
+                return None
             where.append(pharmacy_t.c.npi == value)
         if query.key is not None:
             where.append(pharmacy_t.c.npi == query.key.removeprefix("pharmacy-"))
@@ -244,15 +249,14 @@ class PartiesRepo:
                 _dated(e.certified, e.certified_on, e.recertify_by, query.day),
             )
             where.append(_status(certified, query.certified))
-        statement = select(pharmacy_t.c.npi).where(*where).order_by(pharmacy_t.c.npi)
-        return list(self.conn.execute(statement).scalars())
+        return select(pharmacy_t.c.npi).where(*where).order_by(pharmacy_t.c.npi)
 
-    def _partner_keys(self, kind: PartyKind, query: PartyQuery) -> list[Any]:
+    def _partner_keys(self, kind: PartyKind, query: PartyQuery) -> Select[Any] | None:
         p = partner_t.c
         where = [p.kind == kind.value]
         if query.resource_id is not None:
             if not query.resource_id.startswith(f"{kind.value}-"):
-                return []
+                return None
             where.append(p.handle == query.resource_id.removeprefix(f"{kind.value}-"))
         if query.identifier is not None:
             system, value = query.identifier
@@ -269,8 +273,7 @@ class PartiesRepo:
         if query.certified is not None and query.day is not None:
             dated = _dated(p.certified, p.certified_on, p.recertify_by, query.day)
             where.append(_status(dated, query.certified))
-        statement = select(p.handle).where(*where).order_by(p.handle)
-        return list(self.conn.execute(statement).scalars())
+        return select(p.handle).where(*where).order_by(p.handle)
 
     @staticmethod
     def _has_identifier(kind: PartyKind, system: str | None, value: str) -> Any:
@@ -282,7 +285,7 @@ class PartiesRepo:
             i.system == system if system is not None else true(),
         )
 
-    def _prescriber_keys(self, query: PartyQuery) -> list[Any]:
+    def _prescriber_keys(self, query: PartyQuery) -> Select[Any] | None:
         p = prescriber_t.c
         where = []
         npi = query.resource_id if query.resource_id is not None else query.key
@@ -297,26 +300,25 @@ class PartiesRepo:
             where.append(
                 _status(_dated(p.certified, p.certified_on, None, query.day), query.certified)
             )
-        return list(self.conn.execute(select(p.npi).where(*where).order_by(p.npi)).scalars())
+        return select(p.npi).where(*where).order_by(p.npi)
 
-    def _role_keys(self, query: PartyQuery) -> list[Any]:
+    def _role_keys(self, query: PartyQuery) -> Select[Any] | None:
         a = attachment_t.c
         where = []
         if query.resource_id is not None:
             key = role_key(query.resource_id)
             if key is None:
-                return []
+                return None
             where += [a.designee_id == key[0], a.prescriber_npi == key[1]]
         if query.practitioner is not None:
             where.append(a.prescriber_npi == query.practitioner)
         if query.identifier is not None:
             where.append(a.designee_id == query.identifier[1])
-        statement = (
+        return (
             select(a.designee_id, a.prescriber_npi)
             .where(*where)
             .order_by(a.prescriber_npi, a.designee_id)
         )
-        return [tuple(r) for r in self.conn.execute(statement)]
 
     def _load(self, kind: str, keys: list[Any]) -> list[Party]:
         if not keys:
