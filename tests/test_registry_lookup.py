@@ -213,6 +213,13 @@ def test_search_by_name_type_and_certification_status(gateway: Gateway) -> None:
     paged = gateway.get("/Organization", _count="2").json()
     assert paged["total"] == 4 and len(paged["entry"]) == 2
     assert "_offset=2" in next(link["url"] for link in paged["link"] if link["relation"] == "next")
+    lapsed = gateway.get("/Organization", type="wholesaler", _at="2022-06-11").json()
+    assert certifications(lapsed["entry"][0]["resource"])[0]["certified"] is False
+    on_the_day = {"certification-status": "certified", "_at": "2022-06-10"}
+    assert ids(gateway.get("/Organization", type="wholesaler", **on_the_day).json()) == [
+        "wholesaler-W1"
+    ]
+    assert gateway.get("/Organization", _at="June").status_code == 400
     assert gateway.get("/Organization", type="hospital").status_code == 400
     assert gateway.get("/Organization", **{"certification-status": "maybe"}).status_code == 400
 

@@ -29,6 +29,7 @@ SEARCH_TYPES = {
     "type": "token",  # the certification lookup's (gateway/fhir/lookup.py)
     "certification-status": "token",
     "practitioner": "reference",
+    "_at": "date",
 }
 
 

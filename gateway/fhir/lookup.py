@@ -40,8 +40,8 @@ from rems_core.store.parties_repo import (
 )
 
 router = APIRouter(tags=["certification lookup"])
-ORGANIZATION_SEARCH = ("identifier", "name", "type", "certification-status")
-PRACTITIONER_SEARCH = ("identifier", "name", "certification-status")
+ORGANIZATION_SEARCH = ("identifier", "name", "type", "certification-status", "_at")
+PRACTITIONER_SEARCH = ("identifier", "name", "certification-status", "_at")
 ROLE_SEARCH = ("identifier", "practitioner")
 SHIP_CHECK = "urn:rems-gateway:fhir:OperationDefinition/rems-ship-check"
 STATUSES = {"certified": True, "not-certified": False}
@@ -51,12 +51,23 @@ def _today(request: Request) -> date:
     return local_date(clinical_now(request), context_of(request).tz)
 
 
+def _day(request: Request) -> date:
+    """The day certifications are judged on: `_at` (YYYY-MM-DD), else the clinical now's date."""
+    at = request.query_params.get("_at")
+    if at is None:
+        return _today(request)
+    try:
+        return date.fromisoformat(at)
+    except ValueError:
+        raise FhirError(400, "value", "_at is a date, YYYY-MM-DD", ("_at",)) from None
+
+
 async def _found(
     request: Request, principal: Principal, query: PartyQuery
 ) -> tuple[list[StoredResource], int]:
     source = Source("fhir", principal.client_id)
     parties, total = await service_of(request).look_up(query, source)
-    day = query.day or _today(request)
+    day = query.day or _day(request)
     shown = []
     for party in parties:
         body = party_resource(party, day)
@@ -70,7 +81,7 @@ async def _read(
     request: Request, principal: Principal, resource_type: str, resource_id: str
 ) -> FhirResponse:
     check_format(request)
-    query = PartyQuery(resource_type, resource_id=resource_id, day=_today(request), count=1)
+    query = PartyQuery(resource_type, resource_id=resource_id, day=_day(request), count=1)
     found, _ = await _found(request, principal, query)
     if found:
         return FhirResponse(found[0].body, 200)
@@ -112,7 +123,7 @@ async def _search(
 ) -> FhirResponse:
     check_format(request)
     limit, skip = page(*paging)
-    day = _today(request)
+    day = _day(request)
     query = PartyQuery(resource_type, day=day, count=limit, offset=skip, **criteria)
     found, total = await _found(request, principal, query)
     return searchset(request, found, total, skip, limit)
@@ -137,7 +148,8 @@ async def search_organizations(
     """Pharmacies (by NPI), then wholesalers and distributors (by id): `identifier`
     (`system|value`: the NPI of http://hl7.org/fhir/sid/us-npi, a wholesaler's DEA, GLN, HIN …),
     `name` (starts with, any case), `type` (pharmacy, wholesaler, distributor; comma: any of
-    them), `certification-status` (certified, not-certified: today), `_count`, `_offset`."""
+    them), `certification-status` (certified, not-certified: today, or on `_at`), `_count`,
+    `_offset`."""
     kinds = None
     if type is not None:
         wanted = type.split(",")
