@@ -274,11 +274,18 @@ def test_ship_check_allowed_refused_and_audited(gateway: Gateway, service: RemsS
     assert allowed_["valueBoolean"] is False
     assert reasons == ["WHOLESALER_NOT_CERTIFIED", "PHARMACY_NOT_CERTIFIED"]
     checks = [r for r in lookups(service) if r.kind == "ship_check"]
-    assert [(r.outcome, r.actor) for r in checks] == [
+    assert [(r.outcome, r.actor) for r in checks][:2] == [
         ("allowed", "acme-wholesale"),
         ("refused", "acme-wholesale"),
     ]
     assert checks[1].reasons == ("WHOLESALER_NOT_CERTIFIED", "PHARMACY_NOT_CERTIFIED")
+    no_system = gateway.ship_check(
+        {"name": "wholesaler", "valueIdentifier": {"value": "0614141000005"}},
+        {"name": "pharmacy", "valueString": HOSPITAL},
+    ).json()
+    assert {"name": "party", "valueReference": {"reference": "Organization/wholesaler-W1"}} in (
+        no_system["parameter"]
+    )
     missing = gateway.ship_check({"name": "pharmacy", "valueString": CORNER})
     assert missing.status_code == 422
 

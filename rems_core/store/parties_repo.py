@@ -167,14 +167,13 @@ class PartiesRepo:
     def trade_partner_named(
         self, identifier: Identifier | None, handle: str
     ) -> TradePartner | None:
-        """A partner by identifier, else by ``wholesaler-<id>``/``distributor-<id>`` or its id
-        (a wholesaler first)."""
+        """A partner by identifier (without a system: its value in any system), else by
+        ``wholesaler-<id>``/``distributor-<id>`` or its id (a wholesaler first)."""
         if identifier is not None:
+            i = partner_id_t.c
+            system = i.system == identifier.system if identifier.system else true()
             row = self.conn.execute(
-                select(partner_id_t.c.kind, partner_id_t.c.handle).where(
-                    partner_id_t.c.system == identifier.system,
-                    partner_id_t.c.value == identifier.value,
-                )
+                select(i.kind, i.handle).where(system, i.value == identifier.value).order_by(i.kind)
             ).first()
             return self._one_partner(row.kind, row.handle) if row is not None else None
         for kind in TRADE_KINDS:
