@@ -293,14 +293,15 @@ def _with_reads(db: str, read: Callable[[Any], Awaitable[T]]) -> T:
         return asyncio.run(read(gateway.reads))
 
 
-def _with_service(db: str, act: Callable[[Any, Any], Awaitable[T]]) -> T:
+def _with_service(db: str, act: Callable[[Any, Any], Awaitable[T]], rules: str | None = None) -> T:
     from getpass import getuser
 
     from gateway.app.bootstrap import bootstrap
+    from gateway.app.context import UnitContext
     from gateway.app.values import Source
 
     upgrade(db)
-    with bootstrap(db) as gateway:
+    with bootstrap(db, UnitContext(rules=rules) if rules else None) as gateway:
         return asyncio.run(act(gateway.service, Source("cli", f"cli:{getuser()}")))
 
 
@@ -329,10 +330,84 @@ def load_registry(
         except RegistryConflict as exc:
             typer.echo(f"{file}: refused, nothing loaded: {exc}", err=True)
             raise typer.Exit(2) from exc
+    trade = (
+        f"{len(doc.wholesalers)} wholesalers, {len(doc.distributors)} distributors, "
+        if doc.wholesalers or doc.distributors
+        else ""
+    )
     typer.echo(
         f"loaded {len(doc.prescribers)} prescribers, {len(doc.pharmacies)} pharmacies, "
-        f"{len(loaded)} patients"
+        f"{trade}{len(loaded)} patients"
     )
+
+
+# --- the certification lookup and the shipment check (docs/rules.md §10) ------------------------
+
+
+@app.command("lookup")
+def lookup_command(
+    key: Annotated[
+        str,
+        typer.Argument(help="An NPI, a wholesaler's or distributor's id, or an identifier value"),
+    ],
+    db: DbOption = DEFAULT_URL,
+) -> None:
+    """A registry party's kind, name and certification per setting with its dates (today);
+    exit 1 when nothing is found. Audited (kind lookup, channel cli)."""
+    from rems_core.parties import party_lines
+    from rems_core.store.parties_repo import ANY, PartyQuery
+
+    today = _now().date()
+    query = PartyQuery(ANY, key=key, day=today, count=100)
+    found, _ = _with_service(db, lambda service, source: service.look_up(query, source))
+    if not found:
+        typer.echo(f"rems-gateway lookup: nothing in the registry is {key!r}", err=True)
+        raise typer.Exit(1)
+    for party in found:
+        typer.echo("\n".join(party_lines(party, today)))
+
+
+@app.command("ship-check")
+def ship_check_command(
+    wholesaler: Annotated[
+        str, typer.Option(help="The wholesaler's (or distributor's) id, or system|value")
+    ],
+    pharmacy: Annotated[str, typer.Option(help="The pharmacy's NPI")],
+    on: Annotated[str | None, typer.Option(help="The day (YYYY-MM-DD; default today)")] = None,
+    db: DbOption = DEFAULT_URL,
+    rules: Annotated[
+        str, typer.Option("--rules", envvar="REMS_RULES", help="A pack id or auto")
+    ] = "clozapine-rems-2021",
+) -> None:
+    """May the wholesaler ship clozapine to the pharmacy on the day? Exit 0 allowed, 1 refused.
+    Audited (kind ship_check, channel cli)."""
+    from datetime import date
+
+    from rems_core.model import Identifier
+    from rems_core.rulepack import OutOfScope, RulePackError
+    from rems_core.shipping import ShipmentQuery
+
+    try:
+        day = date.fromisoformat(on) if on else _now().date()
+    except ValueError:
+        typer.echo("rems-gateway ship-check: --on is a date, YYYY-MM-DD", err=True)
+        raise typer.Exit(2) from None
+    system, bar, value = wholesaler.partition("|")
+    named = Identifier(system, value) if bar else None
+    query = ShipmentQuery(named, "" if bar else wholesaler, pharmacy, day)
+    try:
+        checked, _ = _with_service(
+            db, lambda service, source: service.check_shipment(query, source), rules
+        )
+    except (OutOfScope, RulePackError) as exc:
+        typer.echo(f"rems-gateway ship-check: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{checked.outcome.value} ({checked.rule_pack} v{checked.rule_pack_version})")
+    for kind, findings in (("reason", checked.reasons), ("warning", checked.warnings)):
+        for found in findings:
+            typer.echo(f"  {kind} {found.code}: {found.text}")
+    if not checked.allowed:
+        raise typer.Exit(1)
 
 
 @scenario_app.command("run")

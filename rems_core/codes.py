@@ -57,6 +57,11 @@ class Code(StrEnum):
     RDA_SUPPLY_EXCEEDED = "RDA_SUPPLY_EXCEEDED"
     DISPENSE_WITHOUT_RDA = "DISPENSE_WITHOUT_RDA"
     ORDER_NOT_FOUND = "ORDER_NOT_FOUND"
+    # §10 shipments to pharmacies (wholesalers, distributors)
+    WHOLESALER_NOT_CERTIFIED = "WHOLESALER_NOT_CERTIFIED"
+    WHOLESALER_RECERTIFICATION_DUE = "WHOLESALER_RECERTIFICATION_DUE"
+    SHIPMENT_CHECK_PAUSED = "SHIPMENT_CHECK_PAUSED"
+    SHIPMENT_CHECK_NOT_APPLICABLE = "SHIPMENT_CHECK_NOT_APPLICABLE"
 
 
 TEXT: dict[Code, str] = {
@@ -155,6 +160,18 @@ TEXT: dict[Code, str] = {
         "Clozapine dispensed without a known RDA ({named}): recorded for a pharmacist to review."
     ),
     Code.ORDER_NOT_FOUND: "No dispense decision is known for order {order}: nothing was voided.",
+    # §10 shipments to pharmacies
+    Code.WHOLESALER_NOT_CERTIFIED: "{party} is not certified on {day}: {why}.",
+    Code.WHOLESALER_RECERTIFICATION_DUE: (
+        "{party} must recertify by {by} ({days} days after {day}) to keep shipping clozapine."
+    ),
+    Code.SHIPMENT_CHECK_PAUSED: (
+        "The wholesaler check is paused ({section}, enforcement discretion): the shipment may go "
+        "ahead, though it would have been refused for {failed}."
+    ),
+    Code.SHIPMENT_CHECK_NOT_APPLICABLE: (
+        "The Clozapine REMS ended ({section}): no certification is needed to ship clozapine."
+    ),
 }
 
 

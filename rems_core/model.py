@@ -101,6 +101,8 @@ class Prescriber:
 class PharmacyEnrollment:
     setting: Setting
     certified: bool
+    certified_on: date | None = None  # §10: dated certifications (None: not dated)
+    recertify_by: date | None = None
 
 
 @dataclass(frozen=True)

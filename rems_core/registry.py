@@ -64,6 +64,8 @@ class PrescriberEntry(_Strict):
 class EnrollmentEntry(_Strict):
     setting: Setting
     certified: bool = False
+    certified_on: date | None = None
+    recertify_by: date | None = None  # certified through this day (§10)
 
 
 class PharmacyEntry(_Strict):
@@ -88,6 +90,22 @@ class AncEntry(_Strict):
     unit: str
     drawn: datetime | date
     code: str = "751-8"
+
+
+# --- wholesalers and distributors (§10) ------------------------------------------------------
+
+
+class TradePartnerEntry(_Strict):
+    """A wholesaler or distributor: ``id`` is the file's handle and the stable part of its
+    FHIR id (``wholesaler-<id>``, ``distributor-<id>``)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,49}$")
+    identifiers: list[IdentifierEntry] = []  # DEA, GLN, HIN, …
+    name: str = ""
+    enrolled_on: date | None = None
+    certified: bool = False
+    certified_on: date | None = None
+    recertify_by: date | None = None
 
 
 class PatientEnrollment(_Strict):
@@ -119,13 +137,17 @@ class RegistryDocument(_Strict):
     prescribers: list[PrescriberEntry] = []
     pharmacies: list[PharmacyEntry] = []
     patients: list[PatientEntry] = []
+    wholesalers: list[TradePartnerEntry] = []
+    distributors: list[TradePartnerEntry] = []
 
     def conflicts(self) -> list[str]:
-        """One NPI or identifier given two different records in one document."""
-        problems = []
+        """One NPI, handle or identifier given two different records in one document."""
+        problems = self._trade_partner_conflicts()
         for kind, entries, key in (
             ("prescriber", self.prescribers, lambda e: e.npi),
             ("pharmacy", self.pharmacies, lambda e: e.npi),
+            ("wholesaler", self.wholesalers, lambda e: e.id),
+            ("distributor", self.distributors, lambda e: e.id),
         ):
             seen: dict[str, Any] = {}
             for entry in entries:
@@ -142,6 +164,19 @@ class RegistryDocument(_Strict):
                     problems.append(
                         f"patients {other} and {index} share an identifier of {ident.system}"
                     )
+        return problems
+
+    def _trade_partner_conflicts(self) -> list[str]:
+        owners: dict[tuple[str, str], str] = {}
+        problems = []
+        for kind, entries in (("wholesaler", self.wholesalers), ("distributor", self.distributors)):
+            for entry in entries:
+                for ident in entry.identifiers:
+                    owner = owners.setdefault((ident.system, ident.value), f"{kind} {entry.id}")
+                    if owner != f"{kind} {entry.id}":
+                        problems.append(
+                            f"{owner} and {kind} {entry.id} share an identifier of {ident.system}"
+                        )
         return problems
 
 

@@ -139,6 +139,9 @@ class RulePack(_Strict):
     overrides: Param[OverrideLimit]
     discharge_cap: Param[DischargeCap]
     rda_validity: Param[int]
+    # §10 shipments to pharmacies: may a wholesaler or distributor ship clozapine?
+    wholesaler_check: Param[Literal["enforced", "paused", "not_applicable"]]
+    recertification_notice: Param[int]  # days before recertify_by a warning is given
 
     @property
     def advisory(self) -> bool:

@@ -269,3 +269,31 @@ def cds_feedback(
         outcome=feedback["outcome"],
         reasons=(feedback["override_reason"],) if feedback["override_reason"] else (),
     )
+
+
+def lookup(
+    recorded: datetime,
+    source: Source,
+    at: datetime,
+    query: Any,
+    found: list[str],
+    kind: str = "lookup",
+    outcome: str | None = None,
+    checked: Any = None,
+) -> AuditEntry:
+    """A certification lookup or a shipment check (docs/rules.md §10): who asked (the actor),
+    the query by its hash, the resources found by id (never names); a check's pack and codes."""
+    return _entry(
+        recorded,
+        source,
+        at,
+        kind=kind,
+        subject=None,
+        input_hash=digest(query),
+        input_ref=",".join(found),
+        outcome=outcome or ("found" if found else "none"),
+        rule_pack=checked.rule_pack if checked is not None else "",
+        rule_pack_version=checked.rule_pack_version if checked is not None else "",
+        reasons=_codes(checked.reasons) if checked is not None else (),
+        warnings=_codes(checked.warnings) if checked is not None else (),
+    )

@@ -26,6 +26,7 @@ from gateway.app.units import (
     fhir_psf,
     fhir_records,
     labs,
+    lookup,
     messages,
     notifications,
     registry,
@@ -77,9 +78,12 @@ from rems_core.model import (
     PsfOutcome,
     PsfType,
 )
+from rems_core.parties import Party
 from rems_core.rda import DispenseFiled, DispenseRecord, OrderEnd
 from rems_core.registry import RegistryConflict, RegistryDocument
 from rems_core.rulepack import OutOfScope
+from rems_core.shipping import ShipCheck, ShipmentQuery
+from rems_core.store.parties_repo import PartyQuery
 from rems_core.store.repo import Store
 
 log = logging.getLogger("rems_gateway.service")
@@ -105,6 +109,24 @@ class RemsService:
         if problems:
             raise RegistryConflict("; ".join(problems))
         return await self.writer.run(lambda store: registry.load(self.ctx, store, doc, source))
+
+    # --- certification lookup and shipment check (docs/rules.md §10) ---------------------------
+
+    async def look_up(self, query: PartyQuery, source: Source) -> tuple[list[Party], int]:
+        """Registry parties by id or search, one page and the total; audited (kind ``lookup``)
+        with who asked: one small unit of work, so it waits for one group commit."""
+        return await self.writer.run(lambda store: lookup.find(self.ctx, store, query, source))
+
+    async def check_shipment(
+        self, query: ShipmentQuery, source: Source
+    ) -> tuple[ShipCheck, list[str]]:
+        """May the partner ship clozapine to the pharmacy on the day (by the pack of that day;
+        raises OutOfScope before the program); audited (kind ``ship_check``). With the check,
+        the resources of the partner and pharmacy found."""
+        pack = self.ctx.packs.for_date(self.ctx.rules, query.day)
+        return await self.writer.run(
+            lambda store: lookup.ship_check(self.ctx, store, query, pack, source)
+        )
 
     # --- lab results ------------------------------------------------------------------------------
 

@@ -26,6 +26,10 @@ SEARCH_TYPES = {
     "identifier": "token",
     "url": "uri",
     "status": "token",
+    "type": "token",  # the certification lookup's (gateway/fhir/lookup.py)
+    "certification-status": "token",
+    "practitioner": "reference",
+    "_at": "date",
 }
 
 

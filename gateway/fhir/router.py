@@ -9,6 +9,7 @@ from gateway.fhir import (
     capability,
     diagnostic_reports,
     etasu,
+    lookup,
     medication_dispenses,
     medication_requests,
     messaging,
@@ -70,6 +71,17 @@ capability.declare(
 capability.declare("Task", ["read", "vread", "search-type"], search=tasks.SEARCH)
 
 
+# The certification lookup and the shipment check (docs/rules.md §10): gateway/fhir/lookup.py
+capability.declare(
+    "Organization",
+    ["read", "search-type"],
+    search=lookup.ORGANIZATION_SEARCH,
+    operations=(("rems-ship-check", lookup.SHIP_CHECK),),
+)
+capability.declare("Practitioner", ["read", "search-type"], search=lookup.PRACTITIONER_SEARCH)
+capability.declare("PractitionerRole", ["read", "search-type"], search=lookup.ROLE_SEARCH)
+
+
 def fhir_router() -> APIRouter:
     router = APIRouter(prefix="/fhir")
     router.include_router(capability.router)
@@ -83,6 +95,7 @@ def fhir_router() -> APIRouter:
         questionnaires,
         tasks,
         subscriptions,
+        lookup,
     )
     for resource_routes in typed:
         router.include_router(resource_routes.router)

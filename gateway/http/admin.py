@@ -151,6 +151,8 @@ async def post_registry(
     counts = {
         "prescribers": len(doc.prescribers),
         "pharmacies": len(doc.pharmacies),
+        "wholesalers": len(doc.wholesalers),
+        "distributors": len(doc.distributors),
         "patients": len(patient_ids),
     }
     log.info("registry loaded", extra={"actor": actor, **counts})

@@ -39,8 +39,8 @@ from gateway.scenarios.file import AdtStep, ReviewStep, Scenario, ScenarioError,
 from gateway.scenarios.mllp import SENDER, Hl7Channel
 from mappings.hl7v2.senders import SenderConfig
 from mappings.hl7v2.tokenizer import HL7ParseError, escape, parse, unescape
-from rems_core.model import Identifier, Pharmacy, Prescriber
-from rems_core.registry import PharmacyEntry, PrescriberEntry, RegistryDocument
+from rems_core.model import Identifier, Pharmacy, PharmacyEnrollment, Prescriber
+from rems_core.registry import EnrollmentEntry, PharmacyEntry, PrescriberEntry, RegistryDocument
 from rems_core.store.db import make_engine
 from rems_core.store.repo import Store
 
@@ -247,8 +247,12 @@ def _pharmacy_fields(entry: PharmacyEntry) -> dict[str, Any]:
     return {
         "name": entry.name,
         "ncpdp": entry.ncpdp,
-        "enrollments": sorted((e.setting.value, e.certified) for e in entry.enrollments),
+        "enrollments": sorted(_enrollment(e) for e in entry.enrollments),
     }
+
+
+def _enrollment(e: EnrollmentEntry | PharmacyEnrollment) -> tuple[Any, ...]:
+    return (e.setting.value, e.certified, e.certified_on, e.recertify_by)
 
 
 def _held(record: Prescriber | Pharmacy) -> dict[str, Any]:
@@ -256,7 +260,7 @@ def _held(record: Prescriber | Pharmacy) -> dict[str, Any]:
     if isinstance(record, Prescriber):
         held["designees"] = sorted((d.id, d.name) for d in record.designees)
     else:
-        held["enrollments"] = sorted((e.setting.value, e.certified) for e in record.enrollments)
+        held["enrollments"] = sorted(_enrollment(e) for e in record.enrollments)
     return held
 
 

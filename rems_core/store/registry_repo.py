@@ -65,7 +65,13 @@ _prescribers = (
     .where(prescriber_t.c.npi.in_(bindparam("npis", expanding=True)))
 )
 _pharmacies = (
-    select(pharmacy_t, enrollment_t.c.setting, enrollment_t.c.certified)
+    select(
+        pharmacy_t,
+        enrollment_t.c.setting,
+        enrollment_t.c.certified,
+        enrollment_t.c.certified_on,
+        enrollment_t.c.recertify_by,
+    )
     .select_from(pharmacy_t)
     .outerjoin(enrollment_t, enrollment_t.c.pharmacy_npi == pharmacy_t.c.npi)
     .where(pharmacy_t.c.npi.in_(bindparam("npis", expanding=True)))
@@ -196,7 +202,11 @@ class RegistryRepo:
             change = self._upsert(
                 enrollment_t,
                 {"pharmacy_npi": entry.npi, "setting": enrollment.setting.value},
-                {"certified": enrollment.certified},
+                {
+                    "certified": enrollment.certified,
+                    "certified_on": enrollment.certified_on,
+                    "recertify_by": enrollment.recertify_by,
+                },
             )
             changes += _named(f"{entry.npi}/{enrollment.setting.value}", change)
         return changes
@@ -341,5 +351,9 @@ class RegistryRepo:
         for r in rows:
             settings = enrollments.setdefault(r.npi, [])
             if r.setting is not None:
-                settings.append(PharmacyEnrollment(Setting(r.setting), r.certified))
+                settings.append(
+                    PharmacyEnrollment(
+                        Setting(r.setting), r.certified, r.certified_on, r.recertify_by
+                    )
+                )
         return {r.npi: Pharmacy(r.npi, r.name, r.ncpdp, tuple(enrollments[r.npi])) for r in rows}

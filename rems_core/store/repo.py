@@ -30,6 +30,7 @@ from rems_core.store.cds_repo import CdsRepo
 from rems_core.store.fhir_repo import FhirRepo
 from rems_core.store.lease_repo import LeaseRepo
 from rems_core.store.message_repo import MessageRepo
+from rems_core.store.parties_repo import PartiesRepo
 from rems_core.store.prepared import PreparedInsert, PreparedQuery, QueryFamily
 from rems_core.store.rda_repo import RdaRepo
 from rems_core.store.registry_repo import RegistryRepo
@@ -254,6 +255,7 @@ def _judgement(
 
 class Store(
     RegistryRepo,
+    PartiesRepo,
     MessageRepo,
     FhirRepo,
     ReviewRepo,

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    ForeignKeyConstraint,
     Index,
     LargeBinary,
     TypeDecorator,
@@ -108,6 +109,35 @@ class PharmacyEnrollmentRow(SQLModel, table=True):
     pharmacy_npi: str = Field(primary_key=True, foreign_key="pharmacy.npi")
     setting: str = Field(primary_key=True)
     certified: bool = False
+    certified_on: date | None = None
+    recertify_by: date | None = None
+
+
+class TradePartnerRow(SQLModel, table=True):
+    """A wholesaler or distributor (docs/rules.md §10); ``handle`` is the registry file's id."""
+
+    __tablename__ = "trade_partner"
+    kind: str = Field(primary_key=True)  # wholesaler | distributor
+    handle: str = Field(primary_key=True)
+    name: str = ""
+    enrolled_on: date | None = None
+    certified: bool = False
+    certified_on: date | None = None
+    recertify_by: date | None = None
+
+
+class TradePartnerIdentifierRow(SQLModel, table=True):
+    """A wholesaler's or distributor's identifiers (DEA, GLN, HIN, …): one owner each."""
+
+    __tablename__ = "trade_partner_identifier"
+    __table_args__ = (
+        ForeignKeyConstraint(["kind", "handle"], ["trade_partner.kind", "trade_partner.handle"]),
+        Index("ix_trade_partner_identifier_owner", "kind", "handle"),
+    )
+    system: str = Field(primary_key=True)
+    value: str = Field(primary_key=True)
+    kind: str
+    handle: str
 
 
 class PatientRow(SQLModel, table=True):

@@ -21,9 +21,12 @@ from rems_core.model import (
     StoredPsf,
     SubmitterRole,
 )
+from rems_core.parties import PartyKind
 from rems_core.registry import AncEntry, PatientEntry, RegistryDocument
 from rems_core.store.registry_repo import Change
 from rems_core.store.repo import Store
+
+WHOLESALER, DISTRIBUTOR = PartyKind.WHOLESALER, PartyKind.DISTRIBUTOR
 
 
 def start_of_day(day: date, tz: tzinfo) -> datetime:
@@ -38,6 +41,9 @@ def load(ctx: UnitContext, store: Store, doc: RegistryDocument, source: Source) 
         changes += [(*c, prescriber) for c in store.upsert_prescriber(prescriber)]
     for pharmacy in doc.pharmacies:
         changes += [(*c, pharmacy) for c in store.upsert_pharmacy(pharmacy)]
+    for kind, partners in ((WHOLESALER, doc.wholesalers), (DISTRIBUTOR, doc.distributors)):
+        for partner in partners:
+            changes += [(*c, partner) for c in store.upsert_trade_partner(kind, partner)]
     handles = {}
     for entry in doc.patients:
         patient_id, patient_changes = store.upsert_patient(entry, ctx.ids.new_id("RP"))
