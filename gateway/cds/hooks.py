@@ -27,6 +27,7 @@ from gateway.app.values import HookChecks, Source
 from gateway.cds.auth import CdsAuthError, service_audiences
 from gateway.cds.clients import CdsClient
 from gateway.cds.fhir_fetch import FetchFailed, FetchRefused, fetch
+from gateway.cds.readings import LabReadings
 from gateway.fhir.http import (
     FHIR_JSON,
     JSON_TYPES,
@@ -394,19 +395,23 @@ class HookCall:
         await service_of(self.request).ingest_labs(identifiers, results, self.source, self.now)
 
     def lab_results(self, bundle: dict[str, Any] | None) -> list[LabResult]:
-        ctx = context_of(self.request)
+        readings: LabReadings = self.request.app.state.cds_lab_readings
         results = []
         for where, resource in bundle_resources(bundle, "prefetch.labs") if bundle else []:
             if resource.get("resourceType") != "Observation":
                 continue  # e.g. the OperationOutcome an EHR appends to a search
-            try:
-                checked = model(resource, where)
-            except FhirError:
-                continue  # one unreadable result does not keep the others from the check
-            found = read_observation(checked, ctx.lab_pack(), ctx.tz)
-            if found.result is not None:
-                results.append(found.result)
+            result = readings.reading(resource, lambda r, at=where: self._lab_result(r, at))
+            if result is not None:
+                results.append(result)
         return results
+
+    def _lab_result(self, resource: dict[str, Any], where: str) -> LabResult | None:
+        ctx = context_of(self.request)
+        try:
+            checked = model(resource, where)
+        except FhirError:
+            return None  # one unreadable result does not keep the others from the check
+        return read_observation(checked, ctx.lab_pack(), ctx.tz).result
 
     # --- the cards --------------------------------------------------------------------------------
 
