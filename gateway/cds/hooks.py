@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from fastapi import APIRouter, Request
@@ -27,7 +28,7 @@ from gateway.app.values import HookChecks, Source
 from gateway.cds.auth import CdsAuthError, service_audiences
 from gateway.cds.clients import CdsClient
 from gateway.cds.fhir_fetch import FetchFailed, FetchRefused, fetch
-from gateway.cds.readings import LabReadings
+from gateway.cds.readings import Readings
 from gateway.fhir.http import (
     FHIR_JSON,
     JSON_TYPES,
@@ -62,6 +63,7 @@ router = APIRouter(tags=["CDS Hooks"])
 CHANNEL = "cds-hooks"
 SOURCE_LABEL = "Clozapine REMS gateway"
 NO_CARDS: dict[str, Any] = {"cards": []}
+T = TypeVar("T")
 _OUTCOME = {"info": "authorized", "warning": "incomplete", "critical": "denied"}
 
 
@@ -273,7 +275,7 @@ class HookCall:
                 return list(record.identifiers)
         patient = await self.prefetched(services.PATIENT, required=True)
         assert patient is not None
-        return list(patient_identifiers(model(patient, "prefetch.patient")))
+        return list(self.read("patient", patient, patient_identifiers))
 
     async def prefetched(self, key: str, required: bool) -> dict[str, Any] | None:
         """A prefetch value, or fetched from the EHR's FHIR server when the EHR sent none (a
@@ -363,7 +365,7 @@ class HookCall:
         practitioner = await self.prefetched(services.PRACTITIONER, required=False)
         if practitioner is None:
             return orders
-        npi = practitioner_npi(model(practitioner, "prefetch.practitioner"))
+        npi = self.read("practitioner", practitioner, practitioner_npi)
         if npi is None:
             return orders
         named = []
@@ -395,15 +397,21 @@ class HookCall:
         await service_of(self.request).ingest_labs(identifiers, results, self.source, self.now)
 
     def lab_results(self, bundle: dict[str, Any] | None) -> list[LabResult]:
-        readings: LabReadings = self.request.app.state.cds_lab_readings
+        readings: Readings = self.request.app.state.cds_readings
         results = []
         for where, resource in bundle_resources(bundle, "prefetch.labs") if bundle else []:
             if resource.get("resourceType") != "Observation":
                 continue  # e.g. the OperationOutcome an EHR appends to a search
-            result = readings.reading(resource, lambda r, at=where: self._lab_result(r, at))
+            result = readings.reading("lab", resource, lambda r, at=where: self._lab_result(r, at))
             if result is not None:
                 results.append(result)
         return results
+
+    def read(self, key: str, resource: dict[str, Any], mapping: Callable[[Any], T]) -> T:
+        """The prefetched ``key`` resource's R4B model mapped (a 400 naming it when not valid),
+        read once per content."""
+        readings: Readings = self.request.app.state.cds_readings
+        return readings.reading(key, resource, lambda r: mapping(model(r, f"prefetch.{key}")))
 
     def _lab_result(self, resource: dict[str, Any], where: str) -> LabResult | None:
         ctx = context_of(self.request)

@@ -1,7 +1,8 @@
-"""Prefetched Observations read before (docs/contracts.md §6): an EHR sends a patient's recent
-results with every hook call, and reading one — R4B validation and the lab mapping — costs more
-than the rest of the check. The same resource (the same JSON) reads the same, so its reading is
-kept, by its content, for the next call."""
+"""Prefetched resources read before (docs/contracts.md §6): an EHR sends the patient, the user
+and the recent results with every hook call, and reading one — R4B validation and the mapping —
+costs more than the rest of the check. The same resource (the same JSON) reads the same, so its
+reading is kept, by its content, for the next call; a resource that cannot be read raises each
+time (nothing is kept of it)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,26 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from rems_core.model import LabResult
+T = TypeVar("T")
 
 MISSING = object()
 
 
-class LabReadings:
-    """The last ``size`` Observations read, by content: their lab result (None: not one the REMS
-    reads, or not valid R4)."""
+class Readings:
+    """What the last ``size`` resources read to, by what they were read as and their content."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._read: OrderedDict[str, LabResult | None] = OrderedDict()
+        self._read: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def reading(
-        self, resource: dict[str, Any], read: Callable[[dict[str, Any]], LabResult | None]
-    ) -> LabResult | None:
-        key = json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        self, kind: str, resource: dict[str, Any], read: Callable[[dict[str, Any]], T]
+    ) -> T:
+        """``read(resource)``, or what it gave for the same ``kind`` and content before."""
+        key = kind + json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         with self._lock:
             found = self._read.get(key, MISSING)
             if found is not MISSING:

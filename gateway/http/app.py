@@ -28,7 +28,7 @@ from gateway.app.writer import RETRY_AFTER_SECONDS, WriterStopped, store_unavail
 from gateway.cds.auth import cds_authenticator
 from gateway.cds.feedback import router as cds_feedback_router
 from gateway.cds.hooks import router as cds_router
-from gateway.cds.readings import LabReadings
+from gateway.cds.readings import Readings
 from gateway.config import Settings
 from gateway.fhir.auth import Authenticator, DevelopmentAuth
 from gateway.fhir.http import FhirError
@@ -148,7 +148,7 @@ def create_app(
     app.include_router(fhir_router())
     describe_fhir_routes(app)
     app.state.cds_auth = cds_authenticator(settings)
-    app.state.cds_lab_readings = LabReadings()  # a hook's prefetched results, read before
+    app.state.cds_readings = Readings()  # a hook's prefetched resources, read before
     app.include_router(cds_router)  # /cds-services (docs/contracts.md §6)
     app.include_router(cds_feedback_router)
     return app
