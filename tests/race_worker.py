@@ -1,8 +1,10 @@
 """One gateway process of a race test: its own engine, writer and service on a shared database.
 
-    python -m tests.race_worker DB_URL overrides|same-request|other-body COUNT TAG START_AT
+    python -m tests.race_worker DB_URL overrides|same-request|other-body COUNT TAG
 
-Prints one JSON line: the outcomes and RDA numbers (or errors) of COUNT concurrent requests.
+Prints "ready" once it has imported and assembled, waits for a line on stdin (the race's start,
+given to every worker at once), then prints one JSON line: the outcomes and RDA numbers (or
+errors) of COUNT concurrent requests.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from typing import Any
 
 from gateway.app.bootstrap import assemble
@@ -44,7 +45,8 @@ async def main(url: str, mode: str, count: int) -> list[dict[str, Any]]:
     engine = make_engine(url)
     # small batches: more interleaving with the other process
     application = assemble(engine, max_batch=4)
-    await asyncio.sleep(max(0.0, float(sys.argv[5]) - time.time()))  # both processes start together
+    print("ready", flush=True)
+    sys.stdin.readline()  # the start: both processes go together
     try:
         service = application.service
         return list(await asyncio.gather(*(one(service, mode, n) for n in range(count))))

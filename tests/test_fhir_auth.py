@@ -29,7 +29,7 @@ from gateway.app.values import Source
 from gateway.config import ConfigError, load_settings
 from gateway.fhir.scopes import granted_scopes
 from gateway.fhir.smart_clients import SmartClientsError, load_clients
-from tests.conftest import run
+from tests.conftest import run, sqlite_only
 from tests.http_server import running_app
 from tests.smart_tokens import (
     PUBLIC_BASE_URL,
@@ -44,6 +44,10 @@ from tests.smart_tokens import (
 )
 from tests.test_fhir_observation import ANC, AT, FHIR
 from tests.test_service import registry
+
+# Who may call, with which token and scopes: the tokens' replay memory is the process's, and the
+# storage of what an authorized call writes is test_fhir_observation's (conftest: sqlite_only).
+pytestmark = sqlite_only
 
 LAB_RSA = TestClient.rsa("lab-rsa", ["system/Observation.cru"])
 LAB_EC = TestClient.ec("lab-ec", ["system/Observation.cruds"])

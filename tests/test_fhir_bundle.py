@@ -20,7 +20,7 @@ from gateway.app.values import Source
 from rems_core.registry import registry_from
 from rems_core.store.fhir_repo import ResourceQuery
 from rems_core.store.review_repo import ReviewFilter
-from tests.conftest import committed, run
+from tests.conftest import committed, run, sqlite_only
 from tests.http_server import running_app
 from tests.test_fhir_observation import anc_issue
 
@@ -153,6 +153,7 @@ def test_a_transaction_for_a_patient_nobody_knows_is_stored_and_held(gw: Gateway
     )
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_a_transaction_refuses_an_unsupported_entry(
     gw: Gateway,
 ) -> None:
@@ -188,6 +189,7 @@ def test_a_batch_stores_the_good_entries_and_answers_the_bad_one(
     assert statuses(again) == ["200", "200"]  # ifNoneExist: the stored ones
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_a_bundle_that_is_not_a_transaction_or_batch_is_refused(
     gw: Gateway,
 ) -> None:

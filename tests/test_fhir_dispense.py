@@ -20,7 +20,7 @@ from gateway.app.values import Source
 from rems_core.model import DispenseRequest, Identifier, Setting
 from rems_core.registry import RegistryDocument
 from tests.builders import INPATIENT_ONLY, PHARMACY, PRESCRIBER, UNCERTIFIED
-from tests.conftest import run
+from tests.conftest import run, sqlite_only
 from tests.http_server import running_app
 from tests.test_fhir_observation import ANC
 from tests.test_service import MRN, count
@@ -274,6 +274,7 @@ def test_the_same_request_id_with_another_body_is_a_conflict(fhir: httpx.Client)
         ({"performer": {"display": "a pharmacy"}}, "dispenseRequest.performer"),
     ],
 )
+@sqlite_only  # refused or answered before the store (conftest)
 def test_an_undecidable_request_is_422(
     fhir: httpx.Client, change: dict[str, Any], where: str
 ) -> None:
@@ -285,6 +286,7 @@ def test_an_undecidable_request_is_422(
     assert "MRN123" not in response.text
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_an_invalid_resource_is_422_and_a_missing_requester_named(fhir: httpx.Client) -> None:
     body = fixture("medicationrequest-outpatient.json")
     assert post(fhir, body | {"status": 7}).status_code == 422
@@ -404,6 +406,7 @@ def test_etasu_for_a_patient_id_the_gateway_does_not_know_is_422(fhir: httpx.Cli
     assert response.json()["issue"][0]["code"] == "not-found"
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_etasu_without_patient_or_case_number_is_422(fhir: httpx.Client) -> None:
     response = post(fhir, {"resourceType": "Parameters"}, path="/GuidanceResponse/$rems-etasu")
     assert response.status_code == 422
@@ -456,6 +459,7 @@ def test_rems_status_tells_where_the_patient_stands(
     assert fhir.get("/Patient/nobody/$rems-status").status_code == 404
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_metadata_declares_the_dispense_resources(fhir: httpx.Client) -> None:
     resources = {r["type"]: r for r in fhir.get("/metadata").json()["rest"][0]["resource"]}
     assert {i["code"] for i in resources["MedicationRequest"]["interaction"]} >= {"create", "read"}

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from gateway.app.service import RemsService
 from gateway.app.values import Source
-from tests.conftest import run
+from tests.conftest import run, sqlite_only
 from tests.http_server import running_app
 from tests.test_fhir_observation import ANC, AT, FHIR
 from tests.test_service import MRN, registry
@@ -52,6 +52,7 @@ def test_a_transaction_taking_an_id_of_the_gateways_own_is_409(fhir: httpx.Clien
     assert answer.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.id"]
 
 
+@sqlite_only  # a request refused before the store
 def test_a_bundle_condition_that_is_not_text_is_400(fhir: httpx.Client) -> None:
     entry = {"resource": ANC, "request": {"method": "POST", "url": "Observation", "ifNoneExist": 7}}
     answer = send(fhir, "", transaction(entry))
@@ -59,6 +60,7 @@ def test_a_bundle_condition_that_is_not_text_is_400(fhir: httpx.Client) -> None:
     assert outcome_code(answer) == "structure"
 
 
+@sqlite_only  # a request refused before the store
 def test_a_meta_that_is_not_an_object_is_not_a_500(fhir: httpx.Client) -> None:
     body = json.loads((FIXTURES / "medicationrequest-outpatient.json").read_text())
     body["meta"] = "yesterday"
@@ -67,6 +69,7 @@ def test_a_meta_that_is_not_an_object_is_not_a_500(fhir: httpx.Client) -> None:
     assert answer.json()["resourceType"] == "OperationOutcome"
 
 
+@sqlite_only  # a request refused before the store
 def test_an_if_match_naming_no_version_is_400(fhir: httpx.Client) -> None:
     created = send(fhir, "/Observation", ANC).json()
     again = copy.deepcopy(ANC) | {"id": created["id"], "status": "corrected"}
@@ -102,6 +105,7 @@ def test_patient_and_patient_identifier_must_both_match(fhir: httpx.Client) -> N
     assert both.json()["total"] == 0
 
 
+@sqlite_only  # a request refused before the store
 def test_a_required_psf_item_without_an_answer_is_422(fhir: httpx.Client) -> None:
     body = json.loads((FIXTURES / "questionnaireresponse-monthly-prescriber.json").read_text())
     for item in body["item"]:

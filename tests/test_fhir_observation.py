@@ -16,7 +16,7 @@ from gateway.app.context import UnitContext
 from gateway.app.service import RemsService
 from gateway.app.values import Source
 from rems_core.store import tables
-from tests.conftest import PACKS, run
+from tests.conftest import PACKS, run, sqlite_only
 from tests.http_server import running_app
 from tests.test_service import MRN, registry
 
@@ -181,6 +181,7 @@ def test_search_by_patient_code_and_date(fhir: httpx.Client) -> None:
         (ANC, "text/xml", 415, "not-supported"),
     ],
 )
+@sqlite_only  # refused or answered before the store (conftest)
 def test_bad_requests_get_an_operation_outcome(
     fhir: httpx.Client, body: Any, content_type: str, status: int, issue_code: str
 ) -> None:
@@ -195,6 +196,7 @@ def test_bad_requests_get_an_operation_outcome(
     assert "MRN123" not in response.text
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_unknown_routes_and_resources_are_operation_outcomes(fhir: httpx.Client) -> None:
     missing = fhir.get("/Observation/no-such-id")
     assert missing.status_code == 404 and missing.json()["issue"][0]["code"] == "not-found"
@@ -204,6 +206,7 @@ def test_unknown_routes_and_resources_are_operation_outcomes(fhir: httpx.Client)
     assert xml.status_code == 406 and xml.json()["resourceType"] == "OperationOutcome"
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_metadata_lists_what_works(fhir: httpx.Client) -> None:
     statement = fhir.get("/metadata").json()
     assert statement["fhirVersion"] == "4.0.1"

@@ -33,7 +33,7 @@ from rems_core.model import (
 from rems_core.registry import RegistryDocument
 from rems_core.store import tables
 from tests.builders import PRESCRIBER, UNCERTIFIED
-from tests.conftest import PACKS, run
+from tests.conftest import PACKS, run, sqlite_only
 from tests.http_server import running_app
 from tests.smart_tokens import TestClient, access_token, bearer, smart_settings
 from tests.test_service import MRN, registry
@@ -142,6 +142,7 @@ def test_the_questionnaires_are_r4b_and_offer_the_domains_codes(fhir: FhirSessio
     assert fhir.get("/Questionnaire/other").status_code == 404
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_metadata_declares_the_psf_resources(fhir: FhirSession) -> None:
     resources = {r["type"]: r for r in fhir.get("/metadata").json()["rest"][0]["resource"]}
     assert {i["code"] for i in resources["Questionnaire"]["interaction"]} == {
@@ -308,6 +309,7 @@ BAD_DESIGNATION = {"valueCoding": {"system": "urn:rems-gateway:designation", "co
     ],
     ids=["unknown-questionnaire", "missing-required", "bad-code", "wrong-type", "no-subject"],
 )
+@sqlite_only  # refused or answered before the store (conftest)
 def test_an_invalid_response_gets_422_naming_the_element(
     fhir: httpx.Client, change: Any, expression: str
 ) -> None:
@@ -368,6 +370,7 @@ def test_validate_answers_valid_without_storing(fhir: FhirSession, engine: Engin
     assert count(engine, tables.FhirResourceRow) == 0
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_validate_answers_the_issues_of_a_bad_resource(fhir: FhirSession) -> None:
     bad = with_item(fixture("monthly-prescriber"), "designation", BAD_DESIGNATION)
     answered = validate(fhir, "QuestionnaireResponse", bad)

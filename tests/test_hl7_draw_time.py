@@ -15,11 +15,14 @@ from mappings.hl7v2.oru import LabReport, to_lab_report
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory, SendersFileError
 from mappings.hl7v2.tokenizer import parse
 from rems_core.rulepack import DEFAULT_PACK
-from tests.conftest import PACKS, run
+from tests.conftest import PACKS, run, sqlite_only
 from tests.test_hl7_intake import NOW, errors, fixture, intake
 from tests.test_service import registry
 
 __all__ = ["intake"]  # the fixture, shared with tests/test_hl7_intake.py
+# Which field is the draw time: the mapping's; the ANC it files is stored as test_hl7_intake's
+# are, on both backends (conftest: sqlite_only).
+pytestmark = sqlite_only
 
 EST = timezone(timedelta(hours=-5))
 PACK = PACKS.get(DEFAULT_PACK)

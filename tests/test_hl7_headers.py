@@ -16,11 +16,14 @@ import pytest
 
 from gateway.mllp.intake import Hl7Intake
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
-from tests.conftest import run
+from tests.conftest import run, sqlite_only
 from tests.test_hl7_intake import NOW, errors, fixture, intake
 from tests.test_serve import Gateway, free_port, start
 
 __all__ = ["intake"]  # the fixture, shared with tests/test_hl7_intake.py
+# Headers as read, and `send` against a real serve: what the intake stores, and a resend answered
+# from the store, are test_hl7_intake's on both backends (conftest: sqlite_only).
+pytestmark = sqlite_only
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = ROOT / "fixtures" / "hl7"

@@ -38,7 +38,7 @@ from rems_core.store.db import make_engine
 from rems_core.store.fhir_repo import ResourceIndex
 from rems_core.store.repo import Store
 from tests.builders import UNCERTIFIED, dispense
-from tests.conftest import committed, run
+from tests.conftest import committed, run, sqlite_only
 from tests.http_server import running_app
 from tests.test_fhir_dispense import FIXTURES
 from tests.test_serve import MRN as SERVE_MRN
@@ -423,6 +423,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
+@sqlite_only  # refused or answered before the store (conftest)
 def test_a_subscription_that_cannot_be_delivered_is_422_naming_the_element(
     fhir: httpx.Client, case: str
 ) -> None:
@@ -434,6 +435,7 @@ def test_a_subscription_that_cannot_be_delivered_is_422_naming_the_element(
     assert any(element in issue.get("expression", []) for issue in outcome["issue"]), outcome
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_a_subscription_the_r4_model_refuses_is_422_too(fhir: httpx.Client) -> None:
     refused = fhir.post("/Subscription", json={"resourceType": "Subscription", "status": "on"})
     assert refused.status_code == 422
@@ -581,6 +583,7 @@ def test_notifications_pending_when_serve_is_killed_are_delivered_once_after_a_r
     assert all(PHI_VALUE not in second.output() for PHI_VALUE in PHI)
 
 
+@sqlite_only  # refused or answered before the store (conftest)
 def test_a_subscription_is_taken_only_on_its_own_endpoint(fhir: httpx.Client) -> None:
     entry = {
         "resource": subscription("http://127.0.0.1:9/hook"),

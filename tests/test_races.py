@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -68,19 +67,34 @@ def test_10_parallel_requests_with_one_request_id_issue_one_rda(
 
 def race(url: str, mode: str, per_process: int, tag: str) -> list[dict[str, Any]]:
     command = [sys.executable, "-m", "tests.race_worker", url, mode, str(per_process)]
-    start_at = str(time.time() + 3)  # after both have imported and connected: they overlap
     workers = [
         subprocess.Popen(
-            [*command, f"{tag}{i}", start_at], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            [*command, f"{tag}{i}"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]
-    results = []
-    for worker in workers:
-        output, _ = worker.communicate(timeout=120)
-        assert worker.returncode == 0
-        results += json.loads(output)
-    return results
+    try:
+        for worker in workers:  # both have imported and assembled ...
+            assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+        for worker in workers:  # ... before either starts: their requests overlap
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = []
+        for worker in workers:
+            output, _ = worker.communicate(timeout=120)
+            assert worker.returncode == 0
+            results += json.loads(output)
+        return results
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
 
 
 def test_two_processes_with_16_overrides_authorize_exactly_3(

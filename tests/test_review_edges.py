@@ -15,10 +15,14 @@ from gateway.app.bootstrap import bootstrap
 from gateway.app.service import RemsService
 from rems_core.store.db import upgrade
 from rems_core.store.review_repo import ReviewFilter
-from tests.conftest import run
+from tests.conftest import run, sqlite_only
 from tests.http_server import running_app
 from tests.test_cli import cli
 from tests.test_review import OID, load, oru, receive
+
+# The queue's HTTP routes, terminal and metric; the queue in the store (link, discard, retention)
+# is test_review's, on both backends (conftest: sqlite_only).
+pytestmark = sqlite_only
 
 TOKEN = "review-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

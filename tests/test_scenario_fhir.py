@@ -28,7 +28,11 @@ from mappings.fhir.questionnaire import read_response
 from rems_core.audit import AuditEntry
 from rems_core.model import Identifier
 from rems_core.store.repo import Store
-from tests.conftest import PACKS, committed
+from tests.conftest import PACKS, committed, sqlite_only
+
+# The runner's FHIR channel: its resources, its SMART clients and tokens, what the audit says of
+# them. The same files on PostgreSQL are test_scenarios' in process (conftest: sqlite_only).
+pytestmark = sqlite_only
 
 SUBJECT = Identifier("urn:oid:2.16.840.1.113883.3.999.1", "SCENARIO-FHIR-P1")
 REGISTRY = """
