@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from gateway.app.service import RemsService
 from gateway.app.values import Source
-from tests.conftest import run
+from tests.conftest import run, sqlite_only
 from tests.http_server import running_app
 from tests.smart_tokens import (
     PUBLIC_BASE_URL,
@@ -29,6 +29,7 @@ from tests.smart_tokens import (
 from tests.test_cds_auth import EHR, ehr, public_jwk
 from tests.test_cds_hooks import NOW, example_registry, hook_request, kept_cards
 
+pytestmark = sqlite_only  # who may call: the JWT checks live in the process, not the store
 SERVICE = "clozapine-rems-order-sign"
 PUBLIC = PUBLIC_BASE_URL
 SIGNER = ehr()
