@@ -460,7 +460,7 @@ def scenario_run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run scenario files; exit 1 on any mismatch, with a diff per failed step."""
-    from gateway.scenarios.runner import DatabaseFactory, format_report, run_file
+    from gateway.scenarios.runner import DatabaseFactory, format_report, run_file, summary_line
 
     if via not in ("inprocess", "mllp", "fhir"):
         typer.echo(f"--via {via}: use inprocess, mllp or fhir", err=True)
@@ -472,18 +472,17 @@ def scenario_run(
     factory = None if db or fhir else DatabaseFactory()
     if db and live is None:
         upgrade(db)
-    failed = 0
+    reports = []
     try:
         for path in files:
             url = db or (factory.fresh_url() if factory else None)
-            report = asyncio.run(run_file(path, url, packs, via, live))
-            failed += not report.passed
-            typer.echo(format_report(report, verbose))
+            reports.append(asyncio.run(run_file(path, url, packs, via, live)))
+            typer.echo(format_report(reports[-1], verbose))
     finally:
         if factory:
             factory.close()
-    typer.echo(f"{len(files) - failed} passed, {failed} failed")
-    if failed:
+    typer.echo(summary_line(reports))
+    if not all(report.passed for report in reports):  # skipped files fail nothing
         raise typer.Exit(1)
 
 

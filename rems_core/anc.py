@@ -39,6 +39,47 @@ class Reading:
     warnings: tuple[Finding, ...] = ()
 
 
+#: A censored value, as labs write results beyond what they measure (`<500`, `>= 100000`).
+COMPARATORS = {"<=": "at most", ">=": "at least", "<": "less than", ">": "more than"}
+
+
+def censored(text: str) -> tuple[str, Decimal] | None:
+    """The comparator and limit of a censored value (`<500` → ("<", 500)); None otherwise."""
+    stripped = text.strip()
+    for comparator in COMPARATORS:  # the two-character ones first
+        if stripped.startswith(comparator):
+            limit = decimal_or_none(stripped[len(comparator) :])
+            return (comparator, limit) if limit is not None else None
+    return None
+
+
+def value_invalid(
+    pack: RulePack, result: LabResult, designation: Designation | None = None
+) -> Finding:
+    """ANC_VALUE_INVALID: a value that is no number. A censored one says what it is — a limit,
+    not a count, so never usable — and, for an ANC (``designation`` given) whose limit is below
+    the patient's rationale threshold, that it is certainly below it."""
+    found = censored(result.value)
+    if found is None:
+        return finding(Code.ANC_VALUE_INVALID, value=result.value, code=result.code)
+    comparator, limit = found
+    unit = f" {result.unit}" if result.unit.strip() else ""
+    text = (
+        f"Value {result.value!r} for {result.code} is censored ({COMPARATORS[comparator]} "
+        f"{limit}{unit}): a limit, not a number; the result is not used."
+    )
+    factor = count_factor(pack, result.unit)
+    if designation is not None and factor is not None and comparator in ("<", "<="):
+        threshold = rationale_threshold(pack, designation)
+        bound = limit * factor
+        if bound < threshold or (comparator == "<" and bound == threshold):
+            text += (
+                f" It is below the rationale threshold ({threshold:,}/µL, {designation.value}):"
+                " ask the lab for the count, or draw again."
+            )
+    return Finding(str(Code.ANC_VALUE_INVALID), text)
+
+
 def _unit_key(unit: str) -> str:
     """µ (U+00B5) and μ (U+03BC) read as u, spaces removed."""
     return "".join(unit.replace("µ", "u").replace("μ", "u").split())
@@ -96,13 +137,14 @@ def _analyte_of(pack: RulePack, code: str) -> str | None:
     return getattr(pack.analyte_of_code.value, role) if role else None
 
 
-def read_count(pack: RulePack, result: LabResult) -> Reading:
-    """A cell count (ANC or WBC) per µL, exact."""
+def read_count(
+    pack: RulePack, result: LabResult, designation: Designation | None = None
+) -> Reading:
+    """A cell count (ANC or WBC) per µL, exact; ``designation``: the patient's, for an ANC (a
+    censored value below its rationale threshold says so)."""
     value = decimal_or_none(result.value)
     if value is None:
-        return Reading(
-            None, (finding(Code.ANC_VALUE_INVALID, value=result.value, code=result.code),)
-        )
+        return Reading(None, (value_invalid(pack, result, designation),))
     if value.adjusted() > LARGEST_EXPONENT:
         return Reading(None, (out_of_range(pack, value),))
     factor = count_factor(pack, result.unit)
@@ -122,9 +164,7 @@ def read_count(pack: RulePack, result: LabResult) -> Reading:
 def read_percent(pack: RulePack, result: LabResult) -> Reading:
     value = decimal_or_none(result.value)
     if value is None:
-        return Reading(
-            None, (finding(Code.ANC_VALUE_INVALID, value=result.value, code=result.code),)
-        )
+        return Reading(None, (value_invalid(pack, result),))
     if value.adjusted() > LARGEST_EXPONENT:
         return Reading(None, (out_of_range(pack, value),))
     if result.unit.strip() not in pack.percent_units.value:
@@ -279,7 +319,7 @@ def specimen_ancs(
     if direct:
         results = []
         for result in direct:
-            reading = read_count(pack, result)
+            reading = read_count(pack, result, designation)
             results.append(
                 _judge(pack, designation, reading.value, reading.warnings, result, False)
             )

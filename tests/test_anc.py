@@ -61,6 +61,36 @@ def test_unknown_unit_is_an_error_not_a_guess() -> None:
 def test_non_numeric_and_comparator_values_are_invalid() -> None:
     assert warning_codes(one("abc")) == {"ANC_VALUE_INVALID"}
     assert warning_codes(one("<500")) == {"ANC_VALUE_INVALID"}
+    assert "is not a number" in one("abc").warnings[0].text
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "designation", "said", "below"),
+    [
+        ("<500", "/uL", GENERAL, "less than 500 /uL", "1,000/µL, general"),
+        ("<0.5", "10*3/uL", BEN, "less than 0.5 10*3/uL", "500/µL, ben"),
+        ("<0.6", "10*3/uL", BEN, "less than 0.6 10*3/uL", None),  # may be 500–599
+        ("<0.5", "10*3/uL", HOSPICE, "less than 0.5 10*3/uL", "1,000/µL, hospice"),
+        ("<=1000", "/uL", GENERAL, "at most 1000 /uL", None),  # may be 1000 itself
+        ("<1000", "/uL", GENERAL, "less than 1000 /uL", "1,000/µL, general"),
+        ("> 100000", "/uL", GENERAL, "more than 100000 /uL", None),
+        ("<500", "mmol/L", GENERAL, "less than 500 mmol/L", None),  # no count unit: no claim
+    ],
+)
+def test_a_censored_value_says_what_it_is_and_whether_it_is_below_the_threshold(
+    value: str, unit: str, designation: Designation, said: str, below: str | None
+) -> None:
+    """Labs write results below what they measure as `<500`: a limit, never a usable ANC, but
+    one that can be certainly below the rationale threshold, and the pharmacist is told so."""
+    result = one(value, unit, designation=designation)
+    assert result.anc is None and not result.usable and result.category is None
+    assert warning_codes(result) == {"ANC_VALUE_INVALID"}
+    text = result.warnings[0].text
+    assert "is censored" in text and said in text and "not a number" in text
+    assert "is not a number" not in text
+    assert ("below the rationale threshold" in text) == (below is not None)
+    if below is not None:
+        assert f"({below})" in text
 
 
 @pytest.mark.parametrize(

@@ -87,3 +87,21 @@ def test_every_route_is_declared_and_every_declaration_has_a_route() -> None:
             assert any(
                 path.endswith(f"${name}") and f"/{resource['type']}" in path for _, path in routes
             ), f"{resource['type']} ${name} is declared but not routed"
+
+
+def test_the_statement_names_its_software_guides_and_system_interactions() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.fhir.capability import IMPLEMENTATION_GUIDES, capability_statement
+
+    _document()  # the routes are declared once the app is built
+    started = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)
+    statement = capability_statement(
+        "http://localhost/fhir", smart=True, published=started, site=("auto", "America/Chicago")
+    )
+    assert statement["date"] == "2026-12-02T09:30:00+00:00"  # not hard-coded: the start
+    assert statement["software"]["name"] == "rems-gateway" and statement["software"]["version"]
+    assert statement["implementationGuide"] == list(IMPLEMENTATION_GUIDES)
+    assert [i["code"] for i in statement["rest"][0]["interaction"]] == ["transaction", "batch"]
+    (site,) = statement["extension"]
+    assert [p["url"] for p in site["extension"]] == ["rules", "timezone"]

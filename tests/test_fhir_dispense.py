@@ -378,6 +378,64 @@ def test_etasu_checks_a_new_request_without_recording_it(
     assert count(engine, DecisionRow) == 0
 
 
+def supply_note(guidance: dict[str, Any]) -> str:
+    output = guidance["contained"][0]["parameter"]
+    found = next(
+        p["resource"] for p in output if p.get("resource", {}).get("id") == "supply-within-limit"
+    )
+    return str(found["note"][0]["text"])
+
+
+def test_etasu_without_a_days_supply_claims_no_0_day_maximum(fhir: httpx.Client) -> None:
+    """A check may leave the supply out (the IG's MedicationRequest often has none): it is
+    authorized without a maximum days supply, and says no supply was given — never "at most 0
+    days"."""
+    post(
+        fhir,
+        ANC | {"valueQuantity": ANC["valueQuantity"] | {"value": 2.1}},
+        at="2022-03-02T09:00:00Z",
+        path="/Observation",
+    )
+    guidance = etasu(fhir, fixture("etasu-patient-medication-request.json"))
+    assert guidance["status"] == "success"
+    decision = decision_parts(guidance["extension"])
+    assert decision["outcome"] == "authorized"
+    assert "max-days-supply" not in decision
+    assert requirements(guidance)["supply-within-limit"] == "success"
+    assert "no days supply was given; no limit applies" in supply_note(guidance)
+    assert "No days supply was given." in guidance["note"][0]["text"]
+
+
+def test_etasu_of_a_discharge_without_a_days_supply_names_the_limit(fhir: httpx.Client) -> None:
+    """At a discharge from an inpatient-only pharmacy the supply is limited (§6.3): without one
+    the requirement cannot be judged — data-required, with the limit to keep to."""
+    post(
+        fhir,
+        ANC | {"valueQuantity": ANC["valueQuantity"] | {"value": 2.1}},
+        at="2022-03-02T09:00:00Z",
+        path="/Observation",
+    )
+    parameters = fixture("etasu-patient-medication-request.json")
+    ordered = parameters["parameter"][1]["resource"]
+    ordered["category"] = fixture("medicationrequest-discharge.json")["category"]
+    parameters["parameter"][2]["resource"]["identifier"][0]["value"] = INPATIENT_ONLY
+    guidance = etasu(fhir, parameters)
+    assert guidance["status"] == "data-required"
+    assert requirements(guidance)["supply-within-limit"] == "data-required"
+    assert "no days supply was given (at most 7 days here)" in supply_note(guidance)
+    assert decision_parts(guidance["extension"])["max-days-supply"] == 7
+    assert (
+        "No days supply was given: at most 7 days at this discharge." in guidance["note"][0]["text"]
+    )
+    ordered["dispenseRequest"] = {
+        "expectedSupplyDuration": {"value": 5, "system": "http://unitsofmeasure.org", "code": "d"}
+    }
+    given = etasu(fhir, parameters)
+    assert given["status"] == "success"
+    assert decision_parts(given["extension"])["max-days-supply"] == 5
+    assert requirements(given)["supply-within-limit"] == "success"
+
+
 def test_etasu_without_a_pharmacy_says_it_is_needed(fhir: httpx.Client) -> None:
     parameters = fixture("etasu-patient-medication-request.json")
     parameters["parameter"] = [p for p in parameters["parameter"] if p["name"] != "pharmacy"]

@@ -226,6 +226,32 @@ def test_an_anc_in_an_unknown_ucum_unit_is_kept_and_flagged(fhir: httpx.Client) 
     assert "ANC_UNIT_UNKNOWN" in codes
 
 
+def test_a_comparator_is_read_as_a_censored_value(fhir: httpx.Client) -> None:
+    """`<500 /uL` (a result below what the lab measures): stored, not used, and reported as the
+    limit it is — below the rationale threshold — never as "not a number"."""
+    below = copy.deepcopy(ANC)
+    below["valueQuantity"] = {
+        "value": 500,
+        "comparator": "<",
+        "unit": "cells/uL",
+        "system": "http://unitsofmeasure.org",
+        "code": "/uL",
+    }
+    response = post(fhir, below, Prefer="return=OperationOutcome")
+    assert response.status_code == 201
+    (issue,) = [
+        i
+        for i in response.json()["issue"]
+        if i.get("details", {}).get("coding", [{}])[0].get("code") == "ANC_VALUE_INVALID"
+    ]
+    assert issue["severity"] == "warning"
+    text = issue["diagnostics"]
+    assert "censored (less than 500 /uL)" in text and "is not a number" not in text
+    assert "below the rationale threshold (1,000/µL, general)" in text
+    stored = fhir.get(response.headers["Location"].removeprefix("/fhir")).json()
+    assert stored["valueQuantity"]["comparator"] == "<"  # kept as sent
+
+
 def test_parallel_conditional_creates_on_two_gateways_make_one_resource(
     service: RemsService, engine: Engine, db_url: str
 ) -> None:

@@ -60,7 +60,15 @@ from gateway.fhir.http import (
 from gateway.fhir.observations import conditional_identifier, reading, submission
 from gateway.fhir.patients import patient_issues, patient_submission
 from gateway.fhir.reads import add_reads
-from gateway.fhir.resources import clinical_now, id_taken, location, service_of, validated, written
+from gateway.fhir.resources import (
+    absolute,
+    clinical_now,
+    id_taken,
+    location,
+    service_of,
+    validated,
+    written,
+)
 from mappings.fhir.content import content_hash
 from mappings.fhir.outcome import Issue, operation_outcome
 from rems_core.store.fhir_repo import ResourceIndex
@@ -303,9 +311,7 @@ def response_entry(request: Request, answer: Answer, prefer: str) -> dict[str, A
             "etag": etag(stored.version_id),
             "lastModified": stored.last_updated.isoformat(),
         }
-        entry["fullUrl"] = (
-            f"{str(request.base_url).rstrip('/')}/fhir/{stored.resource_type}/{stored.id}"
-        )
+        entry["fullUrl"] = absolute(request, f"/{stored.resource_type}/{stored.id}")
         if prefer == "representation":
             entry["resource"] = stored.body
     if stored is None or prefer != "minimal":

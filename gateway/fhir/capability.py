@@ -1,12 +1,18 @@
-"""`GET /fhir/metadata`: the CapabilityStatement lists exactly what the routes implement."""
+"""`GET /fhir/metadata`: the CapabilityStatement lists exactly what the routes implement.
+
+Its `date` is when this gateway started (the statement describes this running instance: its
+routes, its security, its rule pack and time zone, any of which a restart may change);
+`software.version` is the installed package's version."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from gateway.fhir.http import FHIR_VERSION, FhirResponse, check_format
+from gateway.fhir.http import FHIR_VERSION, FhirResponse, check_format, fhir_base
 
 router = APIRouter(tags=["metadata"])
 
@@ -29,6 +35,8 @@ SEARCH_TYPES = {
     "type": "token",  # the certification lookup's (gateway/fhir/lookup.py)
     "certification-status": "token",
     "practitioner": "reference",
+    "owner": "reference",  # Task's (gateway/fhir/tasks.py)
+    "focus": "reference",
     "_at": "date",
 }
 
@@ -67,7 +75,36 @@ def declare_system(
     SYSTEM_OPERATIONS.extend(o for o in operations if o not in SYSTEM_OPERATIONS)
 
 
-def capability_statement(base_url: str, smart: bool) -> dict[str, Any]:
+SOFTWARE = "rems-gateway"
+STARTED = datetime.now(UTC)  # the gateway process's start: the statement's date
+#: The implementation guides the gateway follows (CapabilityStatement.implementationGuide).
+IMPLEMENTATION_GUIDES = (
+    # $rems-etasu, GuidanceResponse per requirement
+    "http://hl7.org/fhir/us/medication-rems/ImplementationGuide/hl7.fhir.us.medication-rems",
+    # topic-based Subscriptions on R4 (docs/contracts.md §7)
+    "http://hl7.org/fhir/uv/subscriptions-backport/ImplementationGuide/hl7.fhir.uv.subscriptions-backport",
+    # SMART Backend Services (system scopes, the token endpoint, discovery)
+    "http://hl7.org/fhir/smart-app-launch/ImplementationGuide/hl7.fhir.uv.smart-app-launch",
+)
+#: The site's configuration a client may need to read its answers by: the rule pack setting
+#: (`--rules`, a pack id or `auto`) and the site's time zone (`--timezone`).
+SITE_EXTENSION = "urn:rems-gateway:fhir:site"
+
+
+def software_version() -> str:
+    try:
+        return version(SOFTWARE)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def capability_statement(
+    base_url: str,
+    smart: bool,
+    published: datetime | None = None,
+    site: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """``published``: the statement's date (default now); ``site``: (rules, time zone)."""
     resources = []
     for resource_type, entry in sorted(RESOURCES.items()):
         resource: dict[str, Any] = {
@@ -106,22 +143,39 @@ def capability_statement(base_url: str, smart: bool) -> dict[str, Any]:
             ],
             "description": "SMART Backend Services: client_credentials with a signed JWT assertion",
         }
-    return {
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-11-25",
+        "date": (published or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds"),
         "kind": "instance",
-        "software": {"name": "rems-gateway"},
+        "software": {"name": SOFTWARE, "version": software_version()},
         "implementation": {"description": "Clozapine REMS gateway", "url": base_url},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
+        "implementationGuide": list(IMPLEMENTATION_GUIDES),
         "rest": [rest],
     }
+    if site is not None:
+        rules, timezone = site
+        statement["extension"] = [
+            {
+                "url": SITE_EXTENSION,
+                "extension": [
+                    {"url": "rules", "valueString": rules},
+                    {"url": "timezone", "valueCode": timezone},
+                ],
+            }
+        ]
+    return statement
 
 
 @router.get("/metadata")
 async def metadata(request: Request) -> FhirResponse:
     check_format(request)
-    smart = request.app.state.settings.auth == "smart"
-    base = str(request.base_url).rstrip("/") + "/fhir"
-    return FhirResponse(capability_statement(base, smart), 200)
+    state = request.app.state
+    ctx = state.gateway.ctx
+    site = (ctx.rules, str(ctx.tz))
+    statement = capability_statement(
+        fhir_base(request), state.settings.auth == "smart", STARTED, site
+    )
+    return FhirResponse(statement, 200)

@@ -15,6 +15,7 @@ from gateway.fhir import capability
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirResponse, check_format, json_body, version_of
 from gateway.fhir.observations import (
+    LAB_SEARCH,
     LabSearch,
     conditional_identifier,
     lab_search,
@@ -34,7 +35,7 @@ TYPE = "DiagnosticReport"
 capability.declare(
     TYPE,
     ["create", "update", "read", "vread", "search-type"],
-    search=("patient", "subject", "code", "date"),
+    search=LAB_SEARCH,
     conditional_create=True,
     update_create=True,
 )
@@ -106,7 +107,8 @@ async def search_reports(
     search: Annotated[LabSearch, Depends(lab_search)],
 ) -> FhirResponse:
     """Search by `patient`, `patient:identifier` / `subject:identifier`, `code` (the report's
-    LOINC code), `date` (its effective time), `_sort`, `_count` — as for Observations."""
+    LOINC code), `date` (its effective time), `_sort`, `_count`, `_offset` — as for
+    Observations."""
     return await search_labs(request, TYPE, search)
 
 

@@ -162,6 +162,30 @@ def prefer_return(request: Request) -> str:
     return "representation"
 
 
+def _preferences(request: Request) -> list[tuple[str, str]]:
+    """The `Prefer` header's preferences (`return=…`, `handling=…`), in order."""
+    found = []
+    for part in request.headers.get("prefer", "").replace(",", ";").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.strip():
+            found.append((key.strip().lower(), value.strip().strip('"')))
+    return found
+
+
+def prefer_lenient(request: Request) -> bool:
+    """`Prefer: handling=lenient`: a search ignores the parameters it does not know (default
+    strict: they are refused)."""
+    handling = [value for key, value in _preferences(request) if key == "handling"]
+    return bool(handling) and handling[-1].lower() == "lenient"
+
+
+def fhir_base(request: Request) -> str:
+    """The FHIR base absolute URLs of answers start with: `public_base_url` + `/fhir` when the
+    gateway has one, else the base URL the request came in on."""
+    configured = request.app.state.settings.public_base_url
+    return (configured or str(request.base_url)).rstrip("/") + "/fhir"
+
+
 def etag(version_id: int) -> str:
     return f'W/"{version_id}"'
 

@@ -26,7 +26,7 @@ from gateway.fhir.resources import (
     service_of,
     validated,
 )
-from gateway.fhir.search import page
+from gateway.fhir.search import PAGING, page, search_parameters
 from mappings.fhir.parties import TYPES, party_resource, read_ship_check, ship_check_parameters
 from rems_core.monitoring import local_date
 from rems_core.parties import PartyKind
@@ -43,6 +43,11 @@ router = APIRouter(tags=["certification lookup"])
 ORGANIZATION_SEARCH = ("identifier", "name", "type", "certification-status", "_at")
 PRACTITIONER_SEARCH = ("identifier", "name", "certification-status", "_at")
 ROLE_SEARCH = ("identifier", "practitioner")
+SEARCHES = {
+    ORGANIZATION: ORGANIZATION_SEARCH,
+    PRACTITIONER: PRACTITIONER_SEARCH,
+    PRACTITIONER_ROLE: ROLE_SEARCH,
+}
 SHIP_CHECK = "urn:rems-gateway:fhir:OperationDefinition/rems-ship-check"
 STATUSES = {"certified": True, "not-certified": False}
 
@@ -122,11 +127,12 @@ async def _search(
     **criteria: object,
 ) -> FhirResponse:
     check_format(request)
+    used = search_parameters(request, (*SEARCHES[resource_type], *PAGING))
     limit, skip = page(*paging)
     day = _day(request)
     query = PartyQuery(resource_type, day=day, count=limit, offset=skip, **criteria)
     found, total = await _found(request, principal, query)
-    return searchset(request, found, total, skip, limit)
+    return searchset(request, used, found, total, skip, limit)
 
 
 Count = Annotated[int | None, Query(alias="_count")]

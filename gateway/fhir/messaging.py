@@ -18,7 +18,7 @@ from gateway.fhir import capability
 from gateway.fhir.auth import Principal, requires
 from gateway.fhir.bundle_entries import bundle_entries, bundle_kind
 from gateway.fhir.bundles import entry_issues, store_entries
-from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
+from gateway.fhir.http import FhirError, FhirResponse, check_format, fhir_base, json_body
 from gateway.fhir.resources import clinical_now
 from mappings.fhir.outcome import Issue, operation_outcome
 
@@ -87,7 +87,7 @@ def response_message(
     ours: dict[str, Any] = {
         "resourceType": HEADER,
         "id": str(uuid.uuid4()),
-        "source": {"name": "rems-gateway", "endpoint": f"{str(request.base_url).rstrip('/')}/fhir"},
+        "source": {"name": "rems-gateway", "endpoint": fhir_base(request)},
         "response": {
             "identifier": header["id"],
             "code": code,

@@ -25,7 +25,7 @@ from gateway.fhir.resources import (
     validated,
     written,
 )
-from gateway.fhir.search import date_range, identifier_param, page
+from gateway.fhir.search import PAGING, date_range, identifier_param, page, search_parameters
 from mappings.fhir.content import content_hash
 from mappings.fhir.observation import ObservationReading, read_observation
 from mappings.fhir.outcome import Issue, lab_issues
@@ -157,6 +157,7 @@ class LabSearch:
     """The search parameters Observations and DiagnosticReports share."""
 
     patient: str | None
+    subject: str | None
     code: str | None
     date: list[str] | None
     sort: str | None
@@ -164,15 +165,22 @@ class LabSearch:
     offset: int | None
 
 
+#: The search parameters of Observations and DiagnosticReports (the CapabilityStatement's), and
+#: everything a search of them takes.
+LAB_SEARCH = ("patient", "subject", "code", "date")
+LAB_SEARCH_TAKES = (*LAB_SEARCH, "patient:identifier", "subject:identifier", "_sort", *PAGING)
+
+
 def lab_search(
     patient: str | None = None,
+    subject: str | None = None,
     code: str | None = None,
     date: Annotated[list[str] | None, Query()] = None,
     sort: Annotated[str | None, Query(alias="_sort")] = None,
     count: Annotated[int | None, Query(alias="_count")] = None,
     offset: Annotated[int | None, Query(alias="_offset")] = None,
 ) -> LabSearch:
-    return LabSearch(patient, code, date, sort, count, offset)
+    return LabSearch(patient, subject, code, date, sort, count, offset)
 
 
 @router.get("/Observation")
@@ -181,17 +189,22 @@ async def search_observations(
     _: Annotated[Principal, requires(TYPE, "search")],
     search: Annotated[LabSearch, Depends(lab_search)],
 ) -> FhirResponse:
-    """Search by `patient` (an id, `Patient/{id}`), `patient:identifier` / `subject:identifier`
-    (system|value), `code` (LOINC, comma-separated, optional `http://loinc.org|`), `date`
-    (eq/ge/gt/le/lt), `_sort` (date or -date), `_count`."""
+    """Search by `patient` or `subject` (an id, `Patient/{id}`), `patient:identifier` /
+    `subject:identifier` (system|value), `code` (LOINC, comma-separated, optional
+    `http://loinc.org|`), `date` (eq/ge/gt/le/lt), `_sort` (date or -date), `_count`,
+    `_offset`. Any other parameter is 400, unless `Prefer: handling=lenient`."""
     return await search_labs(request, TYPE, search)
 
 
 async def search_labs(request: Request, resource_type: str, search: LabSearch) -> FhirResponse:
     check_format(request)
+    used = search_parameters(request, LAB_SEARCH_TAKES)
     by_identifier = request.query_params.get("patient:identifier") or request.query_params.get(
         "subject:identifier"
     )
+    named = {p.removeprefix("Patient/") for p in (search.patient, search.subject) if p}
+    if len(named) > 1:
+        raise FhirError(400, "value", "patient and subject name two patients", ("subject",))
     start, before = date_range(search.date or [])
     newest_first = _sort_order(search.sort)
     limit, skip = page(search.count, search.offset)
@@ -199,9 +212,9 @@ async def search_labs(request: Request, resource_type: str, search: LabSearch) -
     codes = [c.removeprefix("http://loinc.org|") for c in code.split(",")] if code else []
     query = ResourceQuery(resource_type, None, codes, start, before, newest_first, limit, skip)
     found, total = await reads_of(request).search_resources(
-        query, _patient_named(search.patient, by_identifier)
+        query, _patient_named(search.patient or search.subject, by_identifier)
     )
-    return searchset(request, found, total, skip, limit)
+    return searchset(request, used, found, total, skip, limit)
 
 
 def _sort_order(sort: str | None) -> bool:

@@ -24,7 +24,8 @@ OUTCOME_SCHEMA: dict[str, Any] = {
     },
 }
 ERRORS = {
-    400: "Bad request (malformed JSON, nested too deeply, a control character, bad parameter)",
+    400: "Bad request (malformed JSON, nested too deeply, a control character, bad or unknown "
+    "parameter)",
     401: "No or invalid access token",
     403: "The token does not grant this interaction",
     404: "Not found",

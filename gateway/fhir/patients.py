@@ -18,17 +18,17 @@ from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
 from gateway.fhir.observations import conditional_identifier
 from gateway.fhir.resources import (
-    BASE,
     check_url_id,
     clinical_now,
     id_taken,
     read_response,
     reads_of,
+    search_bundle,
     service_of,
     validated,
     written,
 )
-from gateway.fhir.search import identifier_param
+from gateway.fhir.search import identifier_param, search_parameters
 from mappings.fhir.content import content_hash
 from mappings.fhir.outcome import Issue
 from mappings.fhir.patient import (
@@ -42,11 +42,12 @@ from rems_core.store.fhir_repo import ResourceIndex
 
 router = APIRouter(tags=["Patient"])
 TYPE = "Patient"
+SEARCH = ("identifier",)
 
 capability.declare(
     TYPE,
     ["create", "update", "read", "search-type"],
-    search=("identifier",),
+    search=SEARCH,
     conditional_create=True,
     update_create=True,
 )
@@ -165,6 +166,7 @@ async def search_patients(
     """By `identifier=system|value` only (the registry is not listed whole): the registry
     patient and every client Patient carrying it."""
     check_format(request)
+    used = search_parameters(request, SEARCH)
     if identifier is None:
         raise FhirError(
             400, "not-supported", "search Patient by identifier=system|value", ("identifier",)
@@ -175,14 +177,6 @@ async def search_patients(
     found = [patient_resource(record)] if record is not None else []
     clients = await reads_of(request).client_patients(wanted)
     found += [c.body for c in clients]
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(found),
-        "link": [{"relation": "self", "url": str(request.url)}],
-        "entry": [
-            {"fullUrl": f"{BASE}/Patient/{r['id']}", "resource": r, "search": {"mode": "match"}}
-            for r in found
-        ],
-    }
+    entries = [(TYPE, str(r["id"]), r) for r in found]
+    bundle = search_bundle(request, used, entries, len(entries))
     return FhirResponse(bundle, 200)

@@ -23,17 +23,17 @@ from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body
 from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
-    BASE,
     check_url_id,
     clinical_now,
     context_of,
     reads_of,
+    search_bundle,
     searchset,
     service_of,
     validated,
     written,
 )
-from gateway.fhir.search import page
+from gateway.fhir.search import PAGING, page, search_parameters
 from mappings.fhir.content import content_hash
 from mappings.fhir.outcome import Issue
 from mappings.fhir.psf_outcome import (
@@ -53,6 +53,8 @@ from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 router = APIRouter(tags=["Questionnaire", "QuestionnaireResponse"])
 TYPE = "QuestionnaireResponse"
 RESPONSE_STATUSES = ("in-progress", "completed", "amended", "stopped", "entered-in-error")
+QUESTIONNAIRE_SEARCH = ("url",)
+RESPONSE_SEARCH = ("patient", "status")
 
 
 # --- Questionnaire -------------------------------------------------------------------------
@@ -73,22 +75,22 @@ async def read_questionnaire(
 
 @router.get("/Questionnaire")
 async def search_questionnaires(
-    request: Request, _: Annotated[Principal, requires("Questionnaire", "search")]
+    request: Request,
+    _: Annotated[Principal, requires("Questionnaire", "search")],
+    url: str | None = None,
 ) -> FhirResponse:
-    """Both forms: the monthly / status-change PSF and the enrollment PSF."""
+    """Both forms (the monthly / status-change PSF and the enrollment PSF), or the one whose
+    canonical `url` is given (`url|version` too)."""
     check_format(request)
+    used = search_parameters(request, QUESTIONNAIRE_SEARCH)
+    wanted = url.partition("|") if url is not None else None
     entries = [
-        {"fullUrl": f"{BASE}/Questionnaire/{qid}", "resource": q, "search": {"mode": "match"}}
+        ("Questionnaire", qid, q)
         for qid, q in questionnaires().items()
+        if wanted is None
+        or (q.get("url") == wanted[0] and (not wanted[2] or q.get("version") == wanted[2]))
     ]
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(entries),
-        "link": [{"relation": "self", "url": str(request.url)}],
-        "entry": entries,
-    }
-    return FhirResponse(bundle, 200)
+    return FhirResponse(search_bundle(request, used, entries, len(entries)), 200)
 
 
 # --- QuestionnaireResponse: submission -------------------------------------------------------
@@ -234,13 +236,14 @@ async def search_questionnaire_responses(
     """By `patient` (an id or `Patient/{id}`) and `status` (`in-progress`: the monthly drafts
     waiting to be completed; `completed`, `amended`, `stopped`), `_count`, `_offset`."""
     check_format(request)
+    used = search_parameters(request, (*RESPONSE_SEARCH, *PAGING))
     if status is not None and status not in RESPONSE_STATUSES:
         known = ", ".join(RESPONSE_STATUSES)
         raise FhirError(400, "value", f"status is one of {known}", ("status",))
     limit, skip = page(count, offset)
     patient_id = patient.removeprefix("Patient/") if patient else None
     found, total = await reads_of(request).responses(patient_id, status, limit, skip)
-    return searchset(request, found, total, skip, limit)
+    return searchset(request, used, found, total, skip, limit)
 
 
 @router.post("/QuestionnaireResponse/$submit")

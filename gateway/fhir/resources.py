@@ -12,7 +12,14 @@ from fastapi import Request
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from gateway.fhir.http import FhirError, FhirResponse, etag, prefer_return, validation_issues
+from gateway.fhir.http import (
+    FhirError,
+    FhirResponse,
+    etag,
+    fhir_base,
+    prefer_return,
+    validation_issues,
+)
 from mappings.fhir.outcome import Issue, operation_outcome
 from rems_core.store.fhir_repo import StoredResource
 
@@ -133,30 +140,74 @@ def read_response(stored: StoredResource | None, resource_type: str, what: str) 
     return FhirResponse(stored.body, 200, headers=resource_headers(stored))
 
 
+def route_path(request: Request) -> str:
+    """The request's path under the FHIR base: `/Observation`, `/Patient/p-1/$rems-status`."""
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.removeprefix(BASE)
+
+
+def absolute(request: Request, path: str) -> str:
+    """``path`` (`/Observation/lab-1`, under the FHIR base) as an absolute URL: under
+    `public_base_url` when the gateway has one, else the request's own base URL."""
+    return fhir_base(request) + path
+
+
 def searchset(
-    request: Request, found: list[StoredResource], total: int, offset: int, count: int
+    request: Request,
+    used: list[tuple[str, str]],
+    found: list[StoredResource],
+    total: int,
+    offset: int,
+    count: int,
 ) -> FhirResponse:
-    url = str(request.url)
-    links = [{"relation": "self", "url": url}]
-    if offset + count < total:
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"]
-        query = urlencode([*params, ("_offset", str(offset + count))])
-        links.append({"relation": "next", "url": f"{request.url.path}?{query}"})
-    bundle = {
+    """A searchset Bundle of ``found``; ``used``: the search parameters it honoured (its self
+    link names those only), ``offset``/``count`` the page (`next` and `previous` links)."""
+    entries = [(r.resource_type, r.id, r.body) for r in found]
+    return FhirResponse(search_bundle(request, used, entries, total, offset, count), 200)
+
+
+def search_bundle(
+    request: Request,
+    used: list[tuple[str, str]],
+    entries: list[tuple[str, str, dict[str, Any]]],
+    total: int,
+    offset: int = 0,
+    count: int | None = None,
+) -> dict[str, Any]:
+    """The searchset of ``entries`` (type, id, resource), with absolute `fullUrl`s and `self`,
+    `next` and `previous` links (``count`` None: one page holds everything)."""
+    here = absolute(request, route_path(request))
+
+    def url(params: list[tuple[str, str]]) -> str:
+        return f"{here}?{urlencode(params)}" if params else here
+
+    links = [{"relation": "self", "url": url(used)}]
+    if count:  # `_count=0` asks for the total only: no page to go to
+        kept = [(k, v) for k, v in used if k != "_offset"]
+        if offset + count < total:
+            following = [*kept, ("_offset", str(offset + count))]
+            links.append({"relation": "next", "url": url(following)})
+        if offset > 0:
+            back = max(offset - count, 0)
+            previous = [*kept, ("_offset", str(back))] if back else kept
+            links.append({"relation": "previous", "url": url(previous)})
+    return {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
         "link": links,
         "entry": [
             {
-                "fullUrl": f"{BASE}/{r.resource_type}/{r.id}",
-                "resource": r.body,
+                "fullUrl": absolute(request, f"/{resource_type}/{resource_id}"),
+                "resource": body,
                 "search": {"mode": "match"},
             }
-            for r in found
+            for resource_type, resource_id, body in entries
         ],
     }
-    return FhirResponse(bundle, 200)
 
 
 #: One small valid resource per type the endpoint takes: validating each once at start-up makes

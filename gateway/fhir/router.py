@@ -25,7 +25,7 @@ from gateway.fhir import (
 capability.declare(
     "Observation",
     ["create", "update", "read", "vread", "search-type"],
-    search=("patient", "subject", "code", "date"),
+    search=observations.LAB_SEARCH,
     conditional_create=True,
 )
 
@@ -46,7 +46,7 @@ capability.declare(
 capability.declare(
     "Patient",
     ["read", "search-type"],
-    search=("identifier",),
+    search=patients.SEARCH,
     operations=(("rems-status", "urn:rems-gateway:fhir:OperationDefinition/rems-status"),),
 )
 
@@ -55,11 +55,13 @@ capability.declare(
 
 
 # The Patient Status Form (docs/rules.md §4–5): gateway/fhir/questionnaires.py
-capability.declare("Questionnaire", ["read", "search-type"])
+capability.declare(
+    "Questionnaire", ["read", "search-type"], search=questionnaires.QUESTIONNAIRE_SEARCH
+)
 capability.declare(
     "QuestionnaireResponse",
     ["create", "update", "read", "vread", "search-type"],
-    search=("patient", "status"),
+    search=questionnaires.RESPONSE_SEARCH,
     operations=(
         ("submit", "urn:rems-gateway:fhir:OperationDefinition/QuestionnaireResponse-submit"),
         ("sign", "urn:rems-gateway:fhir:OperationDefinition/QuestionnaireResponse-sign"),

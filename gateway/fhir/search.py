@@ -1,14 +1,50 @@
-"""Search parameters shared by the resources: dates with prefixes, tokens, paging."""
+"""Search parameters shared by the resources: which a search takes (an unknown one is refused
+unless `Prefer: handling=lenient`), dates with prefixes, tokens, paging."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from gateway.fhir.http import FhirError
+from fastapi import Request
+
+from gateway.fhir.http import FhirError, prefer_lenient
 
 MAX_COUNT = 1000
 DEFAULT_COUNT = 50
 PREFIXES = ("eq", "ge", "gt", "le", "lt")
+PAGING = ("_count", "_offset")
+GENERAL = ("_format",)  # taken by every interaction, search or not
+SHOWN_NAMES = 5  # unknown parameters named in the refusal, at most
+SHOWN_LENGTH = 64  # characters of each
+
+
+def search_parameters(request: Request, accepted: Iterable[str]) -> list[tuple[str, str]]:
+    """The request's query parameters that this search takes (``accepted``, with modifiers
+    written out: `patient:identifier`; and `_format`), in order. Any other parameter is 400
+    naming it (FHIR's rule for a server that does not support it), unless the client sent
+    `Prefer: handling=lenient`: then it is ignored, and left out of the Bundle's self link."""
+    known = {*accepted, *GENERAL}
+    used: list[tuple[str, str]] = []
+    unknown: list[str] = []
+    for name, value in request.query_params.multi_items():
+        if name in known:
+            used.append((name, value))
+        elif name not in unknown:
+            unknown.append(name)
+    if unknown and not prefer_lenient(request):
+        shown = [name[:SHOWN_LENGTH] for name in unknown[:SHOWN_NAMES]]
+        more = f" (and {len(unknown) - SHOWN_NAMES} more)" if len(unknown) > SHOWN_NAMES else ""
+        takes = ", ".join(sorted(set(accepted))) or "no parameters"
+        noun = "parameter" if len(unknown) == 1 else "parameters"
+        raise FhirError(
+            400,
+            "not-supported",
+            f"unknown search {noun} {', '.join(shown)}{more}: this search takes {takes} "
+            "(send Prefer: handling=lenient to have unknown parameters ignored)",
+            tuple(shown),
+        )
+    return used
 
 
 def date_range(values: list[str]) -> tuple[datetime | None, datetime | None]:

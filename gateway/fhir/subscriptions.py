@@ -17,15 +17,18 @@ from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format, json_body, version_of
 from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import (
+    absolute,
     check_url_id,
     clinical_now,
     id_taken,
     reads_of,
+    route_path,
     searchset,
     service_of,
     validated,
     written,
 )
+from gateway.fhir.search import search_parameters
 from mappings.fhir.content import content_hash
 from mappings.fhir.outcome import Issue
 from mappings.fhir.subscription import (
@@ -42,6 +45,7 @@ from rems_core.store.fhir_repo import ResourceIndex
 router = APIRouter(tags=["Subscription"])
 TYPE = "Subscription"
 STATUSES = (REQUESTED, ACTIVE, ERROR, OFF)
+SEARCH = ("status",)
 STATUS_OPERATION = (
     "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
 )
@@ -49,7 +53,7 @@ STATUS_OPERATION = (
 capability.declare(
     TYPE,
     ["create", "update", "read", "vread", "search-type"],
-    search=("status",),
+    search=SEARCH,
     operations=(("status", STATUS_OPERATION),),
     update_create=True,
 )
@@ -129,7 +133,7 @@ async def subscription_status(
     if row is None:
         raise FhirError(404, "not-found", f"{TYPE}/{resource_id} is not known")
     state = SubscriptionState(row["id"], row["topic"], row["status"], row["events"])
-    return FhirResponse(status_bundle(state, str(request.url)), 200)
+    return FhirResponse(status_bundle(state, absolute(request, route_path(request))), 200)
 
 
 @router.get("/Subscription")
@@ -140,10 +144,11 @@ async def search_subscriptions(
 ) -> FhirResponse:
     """Every Subscription, or those of one `status`."""
     check_format(request)
+    used = search_parameters(request, SEARCH)
     if status is not None and status not in STATUSES:
         raise FhirError(400, "value", f"status is one of {', '.join(STATUSES)}", ("status",))
     found = await reads_of(request).subscriptions(status)
-    return searchset(request, found, len(found), 0, len(found))
+    return searchset(request, used, found, len(found), 0, len(found))
 
 
 add_reads(router, TYPE)

@@ -12,7 +12,7 @@ from gateway.fhir.auth import Principal, requires
 from gateway.fhir.http import FhirError, FhirResponse, check_format
 from gateway.fhir.reads import add_reads
 from gateway.fhir.resources import reads_of, searchset
-from gateway.fhir.search import page
+from gateway.fhir.search import PAGING, page, search_parameters
 from mappings.fhir.worklist import TASK_SYSTEM
 from rems_core.store.worklist_repo import TaskFilter
 from rems_core.worklist import TaskKind
@@ -40,6 +40,7 @@ async def search_tasks(
     `urn:rems-gateway:task|`), `focus` (`QuestionnaireResponse/{id}`), `_count`, `_offset`;
     newest first."""
     check_format(request)
+    used = search_parameters(request, (*SEARCH, *PAGING))
     limit, skip = page(count, offset)
     wanted = TaskFilter(
         patient_id=patient.removeprefix("Patient/") if patient else None,
@@ -51,7 +52,7 @@ async def search_tasks(
         offset=skip,
     )
     found, total = await reads_of(request).tasks(wanted)
-    return searchset(request, found, total, skip, limit)
+    return searchset(request, used, found, total, skip, limit)
 
 
 def _status(status: str | None) -> str | None:

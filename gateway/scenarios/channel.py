@@ -140,6 +140,11 @@ class InProcessChannel:
         """Whose open review items `held` counts: None, every one (the file's own database)."""
         return None
 
+    def hints(self, step: Step, actual: dict[str, Any]) -> list[str]:
+        """Lines added to a failed step's differences: why it may have failed here (a running
+        gateway with another rule pack or time zone). In process the file's own apply: none."""
+        return []
+
     def review_values(self, target: str) -> set[str]:
         """The identifier values a review step's `link`/`discard` names."""
         if target in self.scenario.handles:

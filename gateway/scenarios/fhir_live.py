@@ -31,21 +31,25 @@ from typing import Any
 import httpx
 
 from gateway.app.bootstrap import Gateway
+from gateway.fhir.capability import SITE_EXTENSION
 from gateway.scenarios.channel import NotSupportedYet
 from gateway.scenarios.fhir import FhirChannel, FhirEndpoint, fhir_id, signer_npis
 from gateway.scenarios.file import Scenario, Step
 from gateway.scenarios.live import (
     LiveRunError,
     Tagging,
+    registry_conflict,
     retag_cx_text,
     run_tag,
     shared_disagreements,
     tagged,
 )
 from gateway.scenarios.smart import RunnerClients, prescriber_client_id, read_key_folder
+from rems_core.rulepack import AUTO
 
 NOT_READ = "not read: give --db, the gateway's database"
 DISCOVERY = "/.well-known/smart-configuration"
+METADATA = "/fhir/metadata"
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class LiveFhirChannel(FhirChannel):
         self.tagging: Tagging = tagging
         self.gateway = gateway
         self.references: set[str] = set()  # `Patient/{id}` subjects of this run's raw steps
+        self.site: tuple[str | None, str | None] = (None, None)  # the gateway's rules, time zone
 
     def pid_text(self, text: str) -> str:
         return retag_cx_text(text, self.tagging.values)
@@ -136,8 +141,35 @@ class LiveFhirChannel(FhirChannel):
         self._require_clients(clients)
         async with httpx.AsyncClient(timeout=30) as http:
             token_url = await discover_token_url(http, self.gateway.base_url)
+            self.site = await gateway_site(http, self.gateway.base_url)
         self.endpoint = FhirEndpoint(self.gateway.base_url, token_url, clients)
         await super().open()
+
+    def hints(self, step: Step, actual: dict[str, Any]) -> list[str]:
+        """The gateway's own `--rules` and `--timezone` judge every step: when they are not the
+        file's, a failed step says so (the answer's pack, and the site the CapabilityStatement
+        names)."""
+        found = []
+        wanted, answered = self.scenario.rules, actual.get("rule_pack")
+        site_rules, site_timezone = self.site
+        if answered and wanted != AUTO:
+            if answered != wanted:
+                found.append(
+                    f"the gateway answered with rule pack {answered}, and this file's rules are "
+                    f"{wanted}: run it against a gateway started with --rules {wanted}"
+                )
+        elif site_rules is not None and site_rules != wanted:
+            found.append(
+                f"the gateway runs --rules {site_rules}, and this file's rules are {wanted}: "
+                f"run it against a gateway started with --rules {wanted}"
+            )
+        timezone = str(self.scenario.tz)
+        if site_timezone is not None and site_timezone != timezone:
+            found.append(
+                f"the gateway's time zone is {site_timezone}, and this file's is {timezone}: "
+                f"run it against a gateway started with --timezone {timezone}"
+            )
+        return found
 
     def _require_clients(self, clients: RunnerClients) -> None:
         missing = [n for n in signer_npis(self.scenario) if n not in clients.prescribers]
@@ -163,10 +195,7 @@ class LiveFhirChannel(FhirChannel):
                 lambda s: shared_disagreements(s, registry)
             )
             if problems:
-                raise LiveRunError(
-                    "the file disagrees with the gateway's registry about shared records: "
-                    + "; ".join(problems)
-                )
+                raise registry_conflict(problems)
         loaded = await self._admin("/admin/registry", registry.model_dump(mode="json"))
         ids = dict(loaded["patient_ids"])
         self.patient_ids = {h: ids[self.tagging.suffix(h)] for h in self.scenario.handles}
@@ -234,3 +263,19 @@ async def discover_token_url(http: httpx.AsyncClient, base_url: str) -> str:
             "start the gateway with --smart-clients DIR/smart-clients.yaml"
         )
     return str(response.json()["token_endpoint"])
+
+
+async def gateway_site(http: httpx.AsyncClient, base_url: str) -> tuple[str | None, str | None]:
+    """The running gateway's `--rules` and `--timezone`, from its CapabilityStatement's site
+    extension; (None, None) when it names none (an older gateway): only the answers' packs
+    are compared then."""
+    try:
+        response = await http.get(base_url + METADATA, headers={"Accept": "application/fhir+json"})
+        statement = response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return None, None
+    site = next((e for e in statement.get("extension") or () if e.get("url") == SITE_EXTENSION), {})
+    values = {part.get("url"): part for part in site.get("extension") or ()}
+    rules = values.get("rules", {}).get("valueString")
+    timezone = values.get("timezone", {}).get("valueCode")
+    return rules, timezone

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import secrets
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -267,10 +268,51 @@ def _held(record: Prescriber | Pharmacy) -> dict[str, Any]:
 def _differences(subject: str, wanted: dict[str, Any], record: Prescriber | Pharmacy) -> list[str]:
     held = _held(record)
     return [
-        f"{subject}: {key} is {value!r} in this file, {held[key]!r} in the database"
+        f"{subject}: {key} is {shown(value)} in this file, {shown(held[key])} in the database"
         for key, value in wanted.items()
         if held[key] != value
     ]
+
+
+def shown(value: Any) -> str:
+    """A registry value as the file would write it: dates in ISO 8601, names quoted, a
+    designee as `id "name"`, an enrollment as `setting certified on … recertify by …`."""
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_item(item) for item in value) + "]" if value else "none"
+    return str(value)
+
+
+def _item(item: Any) -> str:
+    if isinstance(item, tuple) and len(item) == 2:  # a designee: (id, name)
+        return f"{item[0]} {shown(item[1])}"
+    if isinstance(item, tuple):  # an enrollment: (setting, certified, certified_on, recertify_by)
+        setting, certified, certified_on, recertify_by = item
+        text = f"{setting} {'certified' if certified else 'not certified'}"
+        if certified_on is not None:
+            text += f" on {shown(certified_on)}"
+        if recertify_by is not None:
+            text += f" recertify by {shown(recertify_by)}"
+        return text
+    return shown(item)
+
+
+def registry_conflict(problems: list[str]) -> LiveRunError:
+    """The file cannot share the gateway's database: what differs, and how to go on."""
+    return LiveRunError(
+        "the file disagrees with the gateway's registry about shared records: "
+        + "; ".join(problems)
+        + ". Nothing was loaded. Run it against a fresh database (a new --db, with a gateway on "
+        "it), or make the file's prescribers and pharmacies agree with the database's (the "
+        "registry loaded first, e.g. fixtures/registry/example.yaml, sets them)"
+    )
 
 
 # --- the channel --------------------------------------------------------------------------
@@ -331,10 +373,7 @@ class LiveMllpChannel(Hl7Channel):
         registry = self.scenario.registry
         problems = await self._application().writer.run(lambda s: shared_disagreements(s, registry))
         if problems:
-            raise LiveRunError(
-                "the file disagrees with the gateway's registry about shared records: "
-                + "; ".join(problems)
-            )
+            raise registry_conflict(problems)
         loaded = await (self._post_registry() if self.http else self._load_through_service())
         self.patient_ids = {
             handle: loaded[self.tagging.suffix(handle)] for handle in self.scenario.handles

@@ -45,7 +45,17 @@ class FileReport:
 
     @property
     def passed(self) -> bool:
+        """Nothing failed (a skipped file too: it failed nothing)."""
         return not self.error and all(not s.problems for s in self.steps)
+
+    @property
+    def skipped(self) -> bool:
+        """Every step was skipped (e.g. an all-HL7 file `--via fhir`): nothing was checked."""
+        return self.passed and bool(self.steps) and all(s.skipped for s in self.steps)
+
+    @property
+    def status(self) -> str:
+        return "FAIL" if not self.passed else "SKIP" if self.skipped else "PASS"
 
 
 def codes(items: list[dict[str, str]] | None) -> set[str]:
@@ -296,7 +306,10 @@ async def _run_steps(channel: InProcessChannel, scenario: Scenario, report: File
             except (ScenarioError, ValueError) as exc:
                 report.steps.append(StepReport(step, {}, [f"cannot run: {exc}"]))
                 continue
-            report.steps.append(StepReport(step, actual, compare(step.expect, actual)))
+            problems = compare(step.expect, actual)
+            if problems:
+                problems += [f"hint: {hint}" for hint in channel.hints(step, actual)]
+            report.steps.append(StepReport(step, actual, problems))
     except ScenarioError as exc:
         report.error = str(exc)
     except Exception as exc:
@@ -345,11 +358,15 @@ def summary(actual: dict[str, Any]) -> str:
 
 
 def format_report(report: FileReport, verbose: bool = False) -> str:
-    status = "PASS" if report.passed else "FAIL"
-    lines = [f"{status} {report.path} — {report.name}"]
+    lines = [f"{report.status} {report.path} — {report.name}"]
     if report.error:
         lines.append(f"    error: {report.error}")
+    if report.skipped:
+        reasons = list(dict.fromkeys(s.skipped for s in report.steps))
+        lines.append(f"    every step was skipped: {'; '.join(reasons)}")
     for step in report.steps:
+        if step.skipped and report.skipped and not verbose:
+            continue  # said once above
         if step.skipped:
             lines.append(f"    {step.step.label}: skipped ({step.skipped})")
         elif verbose:
@@ -358,3 +375,11 @@ def format_report(report: FileReport, verbose: bool = False) -> str:
         for problem in step.problems:
             lines.append(f"    {step.step.label}: {problem}")
     return "\n".join(lines)
+
+
+def summary_line(reports: list[FileReport]) -> str:
+    """The run's last line: files passed, failed and skipped (every step skipped: nothing was
+    checked, nothing failed — not a pass, and not a failure of the run)."""
+    failed = sum(not r.passed for r in reports)
+    skipped = sum(r.skipped for r in reports)
+    return f"{len(reports) - failed - skipped} passed, {failed} failed, {skipped} skipped"

@@ -239,9 +239,11 @@ def order_detail(
         parts.append("**Next steps**\n\n" + _bullets(steps))
     parts.append("**Monitoring**\n\n" + _bullets(_monitoring_lines(status, tz)))
     if check.discharge_cap is not None:
+        days = order.request.days_supply
+        ordered = f"ordered: {days} days" if days else "no days supply ordered"
         parts.append(
             f"**Discharge supply**: at most {check.discharge_cap} days from this "
-            f"inpatient-only pharmacy (ordered: {order.request.days_supply} days)."
+            f"inpatient-only pharmacy ({ordered})."
         )
     if decision.warnings:
         parts.append(

@@ -70,7 +70,7 @@ REQUIREMENTS: dict[str, tuple[str, frozenset[str], str | None]] = {
     "supply-within-limit": (
         "Days supply within the discharge limit",
         frozenset({Code.DISCHARGE_SUPPLY_EXCEEDS_LIMIT}),
-        None,
+        "supply",  # missing only where a limit applies (with_supply)
     ),
 }
 
@@ -96,6 +96,7 @@ class EtasuCheck:
     rationale: tuple[Finding, ...] = ()
     rda_state: RdaState | None = None  # a stored decision's RDA, as of the query's time
     discharge_cap: int | None = None  # a discharge from an inpatient-only pharmacy: its day cap
+    supply_given: bool = True  # False: the check named no days supply (nothing to hold to a cap)
 
 
 def _named(parameters: Any, name: str) -> Any:
@@ -195,6 +196,14 @@ def _request(
 # --- out -----------------------------------------------------------------------------------------
 
 
+def with_supply(check: EtasuCheck, missing: tuple[str, ...]) -> tuple[str, ...]:
+    """``missing`` and, for a check that named no days supply where a discharge limit applies,
+    "supply" (the limit cannot be held to; elsewhere no supply is limited)."""
+    if check.supply_given or check.discharge_cap is None:
+        return missing
+    return (*missing, "supply")
+
+
 def requirement_status(
     key: str, check: EtasuCheck, missing: tuple[str, ...], applicable: bool = True
 ) -> tuple[str, str]:
@@ -204,6 +213,11 @@ def requirement_status(
     needed = [f for f in check.rationale if f.code in codes]
     if not applicable:
         return "success", f"{title}: not required for this drug."
+    if participant == "supply" and not check.supply_given:
+        if check.discharge_cap is None:
+            return "success", f"{title}: no days supply was given; no limit applies here."
+        cap = check.discharge_cap
+        return "data-required", f"{title}: no days supply was given (at most {cap} days here)."
     if participant in missing:
         return "data-required", f"{title}: no {participant} was given."
     if failed or needed:
@@ -220,6 +234,7 @@ def etasu_status(
     their indicator from it); ``unasked``: requirements left out (a prescriber's order hook
     does not judge a pharmacy it does not know)."""
     assert check.decision is not None
+    missing = with_supply(check, missing)
     applicable = check.decision.outcome != Outcome.NOT_APPLICABLE
     statuses = [
         requirement_status(key, check, missing, applicable)[0]
@@ -265,6 +280,7 @@ def etasu_parameters(
         response |= {"status": "failure", "note": [{"text": "No decision has this case number."}]}
         return _wrapped(response)
     decision = check.decision
+    missing = with_supply(check, missing)
     applicable = decision.outcome != Outcome.NOT_APPLICABLE
     requirements = [_requirement(key, check, missing, applicable) for key in REQUIREMENTS]
     statuses = [status for status, _ in requirements]
@@ -299,7 +315,13 @@ def etasu_parameters(
 def _summary(decision: Any, check: EtasuCheck) -> str:
     kind = "Recorded decision" if check.stored else "Check (nothing recorded, no RDA issued)"
     state = f" RDA {decision.rda.number} is {check.rda_state.value}." if check.rda_state else ""
-    return f"{kind}: {decision.outcome.value}.{state}"
+    supply = ""
+    if not check.supply_given:
+        limit = decision.max_days_supply
+        supply = " No days supply was given" + (
+            f": at most {limit} days at this discharge." if limit is not None else "."
+        )
+    return f"{kind}: {decision.outcome.value}.{state}{supply}"
 
 
 def _warnings(warnings: tuple[Finding, ...]) -> list[dict[str, str]]:

@@ -149,7 +149,11 @@ def check_etasu(
     decision = replace(decide(pack, request, snapshot, ctx.tz, _NoRda()), rda=None)
     checks = evaluate(pack, request, snapshot, None, ctx.tz)
     cap = discharge_cap(pack, request, snapshot, ctx.tz)
-    return EtasuCheck(decision, False, tuple(checks.denials), tuple(checks.rationale), None, cap)
+    supply_given = request.days_supply > 0  # a check may leave the supply out: 0 days
+    if not supply_given:  # no maximum of 0 days: the discharge limit, if one applies, else none
+        decision = replace(decision, max_days_supply=cap)
+    denials, rationale = tuple(checks.denials), tuple(checks.rationale)
+    return EtasuCheck(decision, False, denials, rationale, None, cap, supply_given)
 
 
 # --- the RDA's life over FHIR -------------------------------------------------------------------
