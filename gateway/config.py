@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     notify_backoff_seconds: float = Field(1.0, ge=0.01, le=3600)
     notify_backoff_max_seconds: float = Field(300.0, ge=0.01, le=86400)
     notify_timeout_seconds: float = Field(10.0, ge=0.1, le=300)
+    # The operator console (docs/contracts.md §8): how long a sign-in lasts, and the audit
+    # checkpoint file (`rems-gateway audit checkpoint --out`) its audit page verifies against.
+    console_session_minutes: int = Field(480, ge=1, le=24 * 60)
+    audit_checkpoint: FilePath | None = None
 
     @classmethod
     def settings_customise_sources(

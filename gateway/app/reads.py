@@ -5,8 +5,9 @@ thread, sees committed data only and never waits behind (or holds up) the writer
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import replace
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -19,6 +20,8 @@ from gateway.app.values import HookChecks, PatientNamed
 from mappings.fhir.etasu import EtasuCheck, EtasuQuery, decision_response
 from mappings.fhir.observation import lab_observation
 from rems_core import status
+from rems_core.audit import AuditEntry, ChainHead, verify
+from rems_core.audit import Finding as AuditFinding
 from rems_core.model import (
     AncResult,
     DispenseRequest,
@@ -28,7 +31,9 @@ from rems_core.model import (
     ResultStatus,
     decision_from_dict,
 )
+from rems_core.rulepack import RulePack
 from rems_core.status import PatientRecord, RemsStatus
+from rems_core.store.console_repo import DecisionFilter, MessageFilter
 from rems_core.store.fhir_repo import (
     LAB_PREFIX,
     OBSERVATION,
@@ -298,6 +303,68 @@ class RemsReads:
         """A lease row (e.g. the scheduler's): holder, acquired, expires, last_run."""
         return await self._read(lambda store: store.lease(name))
 
+    # --- the operator console (docs/contracts.md §8) -------------------------------------------
+
+    async def messages(self, wanted: MessageFilter) -> tuple[list[dict[str, Any]], int]:
+        """One page of the stored HL7 messages (without their text), newest first."""
+        return await self._read(lambda store: store.messages(wanted))
+
+    async def message(self, message_id: int) -> dict[str, Any] | None:
+        """A stored HL7 message with its raw text and its ACK."""
+        return await self._read(lambda store: store.message_row(message_id))
+
+    async def message_senders(self) -> list[str]:
+        return await self._read(lambda store: store.message_senders())
+
+    async def decisions(self, wanted: DecisionFilter) -> tuple[list[dict[str, Any]], int]:
+        """One page of the dispense decisions, newest dispense date first."""
+        return await self._read(lambda store: store.decisions(wanted))
+
+    async def patients_with_value(self, value: str, system: str | None = None) -> list[str]:
+        """REMS ids of the registry patients holding an identifier of this value."""
+        return await self._read(lambda store: store.patients_with_value(value, system))
+
+    async def patient_exists(self, patient_id: str) -> bool:
+        return await self._read(lambda store: store.patient(patient_id) is not None)
+
+    async def patient_view(self, patient_id: str, at: datetime) -> PatientView | None:
+        """Everything the console shows of one patient, read in one snapshot: demographics,
+        the REMS status at ``at``, the current ANCs, the PSFs and decisions, the open tasks."""
+        pack = self.ctx.pack_for(at)
+
+        def read(store: Store) -> PatientView | None:
+            patient = store.patient(patient_id)
+            record = _patient_record(store, patient_id)
+            if patient is None or record is None:
+                return None
+            snapshot = store.snapshot(patient)
+            decisions, _ = store.decisions(DecisionFilter(patient_id=patient_id, count=MANY))
+            tasks, _ = store.tasks(TaskFilter(patient_id=patient_id, count=MANY))
+            return PatientView(
+                patient,
+                record,
+                status.rems_status(pack, snapshot, patient_id, at, self.ctx.tz),
+                pack,
+                sorted(snapshot.anc_results, key=lambda a: (a.drawn, a.result_id)),
+                store.psf_rows(patient_id),
+                decisions,
+                tasks,
+            )
+
+        return await self._read(read)
+
+    async def audit_state(self, checkpoint: ChainHead | None, last: int = 20) -> AuditState:
+        """The chain verified end to end (against the checkpoint, if any) in one snapshot, its
+        head and its newest records."""
+
+        def read(store: Store) -> AuditState:
+            head = store.chain_head()
+            newest: deque[AuditEntry] = deque(maxlen=last)
+            problem = verify(_kept(store.audit_records(), newest), head, checkpoint)
+            return AuditState(problem, head, checkpoint, list(reversed(newest)))
+
+        return await self._read(read)
+
     async def _read(self, work: Callable[[Store], T]) -> T:
         def on_read_connection() -> T:
             connection = self.engine.connect().execution_options(read_only=True)
@@ -320,6 +387,32 @@ def shown(row: LabRow) -> StoredResource:
         row.received,
     )
     return StoredResource(OBSERVATION, resource_id, 1, row.received, "", body, None, row.patient_id)
+
+
+@dataclass(frozen=True)
+class PatientView:
+    patient: Patient
+    record: PatientRecord
+    status: RemsStatus
+    pack: RulePack
+    ancs: list[AncResult]
+    psfs: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AuditState:
+    problem: AuditFinding | None  # the first bad record; None: the chain verifies
+    head: ChainHead
+    checkpoint: ChainHead | None
+    newest: list[AuditEntry]  # newest first
+
+
+def _kept(records: Iterable[AuditEntry], kept: deque[AuditEntry]) -> Iterator[AuditEntry]:
+    for record in records:
+        kept.append(record)
+        yield record
 
 
 def _patient_record(store: Store, patient_id: str) -> PatientRecord | None:

@@ -492,6 +492,17 @@ class RemsService:
             lambda store: review.discard(self.ctx, store, item_id, reason, source, at)
         )
 
+    # --- the operator console (docs/contracts.md §8) ---------------------------------------------
+
+    async def record_access(self, source: Source, page: str, patient_id: str | None) -> None:
+        """An operator viewed a patient's data (a patient, a message, a review item): one audit
+        record of kind ``access``, appended before the page is shown."""
+        await self.writer.run(
+            lambda store: store.append_audit(
+                audit_records.access(self.ctx.now(), source, page, patient_id)
+            )
+        )
+
     # --- scheduled work (§8) ------------------------------------------------------------------
 
     # --- CDS Hooks (docs/contracts.md §6) ---------------------------------------------------------
