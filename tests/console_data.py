@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from gateway.app.service import RemsService
 from gateway.app.values import Source
+from rems_core.model import Identifier
 from rems_core.registry import RegistryDocument
 from rems_core.store.console_repo import MessageFilter
 from rems_core.store.review_repo import ReviewFilter
+from tests.builders import dispense
 from tests.conftest import committed, run
 from tests.test_review import oru, receive, registry
 
@@ -24,6 +26,7 @@ class Seeded:
     held: str  # the unmatched review item
     hostile_message: int  # the stored message whose PID-5 is a script
     ancs: int  # how many ANCs the patient has
+    outcome: str  # of the patient's one dispense decision
 
 
 def hostile_oru(control: str) -> bytes:
@@ -38,7 +41,7 @@ def hostile_oru(control: str) -> bytes:
 
 def seed(service: RemsService) -> Seeded:
     """Patient P1 (MRN4711 of GH, named and born): the enrollment ANC, two ANCs by ORU and the
-    hostile message's; one ORU of an unknown MRN, held for review."""
+    hostile message's; one ORU of an unknown MRN, held for review; one dispense decision."""
     plain = registry(("P1", [("GH", MRN)])).model_dump(mode="json", by_alias=True)
     plain["patients"][0] |= {"name": {"family": FAMILY, "given": GIVEN}, "birth_date": BORN}
     ids = run(service.load_registry(RegistryDocument.model_validate(plain), Source("test")))
@@ -46,8 +49,11 @@ def seed(service: RemsService) -> Seeded:
     receive(service, oru(f"{MRN}^^^GH^MR", "C-2", "0.8", "202112020800"))
     receive(service, hostile_oru("C-3"))
     receive(service, oru("NOBODY77^^^GH^MR", "C-4", "2.2", "202112020900"))
+    pharmacy = Source("test", "pharmacy")
+    request = dispense("2021-12-04T10:00", request_id="RX-CONSOLE-1")
+    decision = run(service.decide_dispense([Identifier("GH", MRN)], request, pharmacy))
     items, _ = committed(service, lambda store: store.review_items(ReviewFilter()))
     messages, _ = committed(service, lambda store: store.messages(MessageFilter(count=100)))
     hostile = next(m["id"] for m in messages if m["control_id"] == "C-3")
     ancs = committed(service, lambda store: store.anc_results(ids["P1"]))
-    return Seeded(ids["P1"], items[0]["id"], hostile, len(ancs))
+    return Seeded(ids["P1"], items[0]["id"], hostile, len(ancs), decision.outcome.value)

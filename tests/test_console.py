@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from gateway.app.audit_trail import write_checkpoint
 from gateway.app.service import RemsService
 from gateway.console.chart import anc_chart
 from gateway.console.pages import CSP
@@ -224,3 +225,21 @@ def test_a_patient_is_found_by_an_identifier_posted_with_the_form(
     other = client.post("/console/patients", data={"identifier": f"NIST|{MRN}", "csrf": csrf})
     assert other.status_code == 200 and "No registry patient" in other.text
     assert client.post("/console/patients", data={"identifier": MRN}).status_code == 403
+
+
+def test_decisions_tasks_and_the_audit_chain_with_its_checkpoint(
+    service: RemsService, engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    seeded = seed(service)
+    head = write_checkpoint(db_url, tmp_path / "checkpoint.json")
+    settings = {"admin_token": TOKEN, "audit_checkpoint": tmp_path / "checkpoint.json"}
+    with running_app(service, engine, **settings) as base:
+        client = signed_in(base)
+        decisions = client.get("/console/decisions", params={"patient": seeded.patient})
+        assert seeded.outcome.replace("_", " ") in decisions.text
+        assert "1 in all" in decisions.text
+        tasks = client.get("/console/tasks", params={"status": "all"})
+        assert "unmatched-result" in tasks.text
+        audit = client.get("/console/audit")
+        assert "The chain verifies" in audit.text and "it holds the checkpoint" in audit.text
+        assert f"record {head.seq} · <code>{head.hash}</code>" in audit.text

@@ -127,6 +127,7 @@ def test_the_patient_chart_draws_each_anc(page: Page, console: tuple[str, Seeded
     assert chart.locator("circle").count() == seeded.ancs == 4
     assert chart.locator("rect.band").count() == 4  # normal, mild, moderate, severe
     assert chart.locator("path.psf").count() == 1  # the enrollment PSF
+    assert chart.locator(f"rect.decision-{seeded.outcome}").count() == 1
     assert page.locator("table.ancs tbody tr").count() == seeded.ancs
 
 
