@@ -24,7 +24,7 @@ class Band:
     low: int
     y: float
     height: float
-    label_y: float
+    label_y: float  # its label, in the middle of the band (clear of the threshold line)
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,13 @@ def anc_chart(
     for band in bands_of_pack:
         y_top, y_low = y_of(upper), y_of(band.from_)
         bands.append(
-            Band(band.category.value, band.from_, y_top, round(y_low - y_top, 1), y_top + 14)
+            Band(
+                band.category.value,
+                band.from_,
+                y_top,
+                round(y_low - y_top, 1),
+                (y_top + y_low) / 2 + 4,
+            )
         )
         upper = band.from_
     threshold = getattr(pack.rationale_below.value, designation.value)
