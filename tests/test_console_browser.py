@@ -103,6 +103,7 @@ def test_linking_a_held_result_files_it(
     sign_in(page)
     page.click("nav >> text=Review queue")
     page.click(f"a[href='/console/review/{seeded.held}']")
+    assert page.get_by_role("link", name="LIS|GH#C-4").is_visible()  # its message's page
     page.fill("form.link input[name=patient]", seeded.patient)
     page.click("form.link button[type=submit]")
     assert page.locator("p.done").inner_text().startswith("Linked")

@@ -52,6 +52,8 @@ def test_decisions_patients_and_psfs_for_the_console(service: RemsService) -> No
             store.patients_with_value(MRN, "NIST"),
             [p["type"] for p in store.psf_rows(seeded.patient)],
             store.message_senders(),
+            store.message_number("LIS|GH", "C-3") == seeded.hostile_message,
+            store.message_number("LIS|GH", "C-9"),
         )
 
     assert committed(service, read) == (
@@ -63,4 +65,6 @@ def test_decisions_patients_and_psfs_for_the_console(service: RemsService) -> No
         [],
         ["enrollment"],
         ["LIS|GH"],
+        True,
+        None,
     )

@@ -313,6 +313,11 @@ class RemsReads:
         """A stored HL7 message with its raw text and its ACK."""
         return await self._read(lambda store: store.message_row(message_id))
 
+    async def message_number(self, reference: str) -> int | None:
+        """The stored message a review item names (``MSH-3|MSH-4#MSH-10``)."""
+        sender, _, control_id = reference.rpartition("#")
+        return await self._read(lambda store: store.message_number(sender, control_id))
+
     async def message_senders(self) -> list[str]:
         return await self._read(lambda store: store.message_senders())
 

@@ -423,6 +423,7 @@ async def _review_item(
         _source(session), f"/console/review/{item['id']}", _subject(item)
     )
     view = review_view(item, datetime.now(UTC), reveal=True)
+    message = await _reads(request).message_number(item["message"]) if item["message"] else None
     choices = [
         f"{c['system']}|{c['value']}"
         for c in view["candidates"]
@@ -437,6 +438,7 @@ async def _review_item(
         item=view,
         linkable=item["status"] == "open" and item["kind"] in ("unmatched", "ambiguous"),
         choices=choices,
+        message_number=message,
         problem=problem,
         done=done if done in ("linked", "discarded") else None,
     )

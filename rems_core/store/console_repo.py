@@ -77,6 +77,17 @@ class ConsoleRepo:
         row = self.conn.execute(select(message_t).where(message_t.c.id == message_id)).first()
         return dict(row._mapping) if row is not None else None
 
+    def message_number(self, sender: str, control_id: str) -> int | None:
+        """The newest stored message of this sender and control id (a review item names its
+        message so; for a reused control id, the one held is the newest)."""
+        found = self.conn.execute(
+            select(message_t.c.id)
+            .where(message_t.c.sender == sender, message_t.c.control_id == control_id)
+            .order_by(message_t.c.id.desc())
+            .limit(1)
+        ).scalar()
+        return int(found) if found is not None else None
+
     def message_senders(self) -> list[str]:
         """Every sender (MSH-3|MSH-4) a stored message came from, for the filter's choices."""
         rows = self.conn.execute(select(message_t.c.sender).distinct().order_by(message_t.c.sender))
