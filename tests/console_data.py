@@ -9,7 +9,7 @@ from gateway.app.service import RemsService
 from gateway.app.values import Source
 from rems_core.model import Identifier
 from rems_core.registry import RegistryDocument
-from rems_core.store.console_repo import MessageFilter
+from rems_core.store.console_repo import MessageQuery
 from rems_core.store.review_repo import ReviewFilter
 from tests.builders import dispense
 from tests.conftest import committed, run
@@ -53,7 +53,7 @@ def seed(service: RemsService) -> Seeded:
     request = dispense("2021-12-04T10:00", request_id="RX-CONSOLE-1")
     decision = run(service.decide_dispense([Identifier("GH", MRN)], request, pharmacy))
     items, _ = committed(service, lambda store: store.review_items(ReviewFilter()))
-    messages, _ = committed(service, lambda store: store.messages(MessageFilter(count=100)))
+    messages, _ = committed(service, lambda store: store.messages(MessageQuery(count=100)))
     hostile = next(m["id"] for m in messages if m["control_id"] == "C-3")
     ancs = committed(service, lambda store: store.anc_results(ids["P1"]))
     return Seeded(ids["P1"], items[0]["id"], hostile, len(ancs), decision.outcome.value)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from gateway.app.service import RemsService
-from rems_core.store.console_repo import DecisionFilter, MessageFilter
+from rems_core.store.console_repo import DecisionFilter, MessageQuery
 from rems_core.store.repo import Store
 from tests.conftest import committed
 from tests.console_data import MRN, seed
@@ -15,7 +15,7 @@ from tests.test_review import NOW
 
 
 def controls(service: RemsService, **wanted: object) -> tuple[list[str], int]:
-    rows, total = committed(service, lambda store: store.messages(MessageFilter(**wanted)))
+    rows, total = committed(service, lambda store: store.messages(MessageQuery(**wanted)))
     return [r["control_id"] for r in rows], total
 
 
@@ -33,7 +33,7 @@ def test_messages_are_filtered_and_paged_newest_first(service: RemsService) -> N
     assert controls(service, received_from=NOW, received_to=NOW + timedelta(hours=1))[1] == 4
     assert controls(service, received_from=NOW + timedelta(seconds=1))[1] == 0
     assert controls(service, count=3, offset=2) == (["C-2", "C-1"], 4)
-    row = committed(service, lambda store: store.messages(MessageFilter(count=1)))[0][0]
+    row = committed(service, lambda store: store.messages(MessageQuery(count=1)))[0][0]
     assert "raw" not in row and "ack" not in row  # a listing carries no message text
     full = committed(service, lambda store: store.message_row(row["id"]))
     assert full is not None and full["raw"].startswith(b"MSH|") and full["ack"].startswith("MSH|")

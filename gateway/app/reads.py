@@ -33,7 +33,7 @@ from rems_core.model import (
 )
 from rems_core.rulepack import RulePack
 from rems_core.status import PatientRecord, RemsStatus
-from rems_core.store.console_repo import DecisionFilter, MessageFilter
+from rems_core.store.console_repo import DecisionFilter, MessageQuery
 from rems_core.store.fhir_repo import (
     LAB_PREFIX,
     OBSERVATION,
@@ -305,7 +305,7 @@ class RemsReads:
 
     # --- the operator console (docs/contracts.md §8) -------------------------------------------
 
-    async def messages(self, wanted: MessageFilter) -> tuple[list[dict[str, Any]], int]:
+    async def messages(self, wanted: MessageQuery) -> tuple[list[dict[str, Any]], int]:
         """One page of the stored HL7 messages (without their text), newest first."""
         return await self._read(lambda store: store.messages(wanted))
 

@@ -38,7 +38,7 @@ from gateway.console.session import (
 from mappings.review import review_view
 from rems_core.audit import ChainHead
 from rems_core.model import Identifier
-from rems_core.store.console_repo import DecisionFilter, MessageFilter
+from rems_core.store.console_repo import DecisionFilter, MessageQuery
 from rems_core.store.review_repo import ReviewFilter
 from rems_core.store.worklist_repo import TaskFilter
 
@@ -275,7 +275,7 @@ async def messages_page(
 ) -> Response:
     tz = _console(request).tz
     first, last = _day(start), _day(end)
-    wanted = MessageFilter(
+    wanted = MessageQuery(
         sender=sender or None,
         message_type=(type or "").strip() or None,
         disposition=disposition if disposition in DISPOSITIONS else None,

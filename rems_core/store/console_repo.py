@@ -33,7 +33,7 @@ _listed = [
 
 
 @dataclass(frozen=True)
-class MessageFilter:
+class MessageQuery:
     """Each given field must match; ``message_type`` is a prefix (`ORU`, `ORU^R01`)."""
 
     sender: str | None = None
@@ -56,7 +56,7 @@ class DecisionFilter:
 class ConsoleRepo:
     conn: Connection
 
-    def messages(self, wanted: MessageFilter) -> tuple[list[dict[str, Any]], int]:
+    def messages(self, wanted: MessageQuery) -> tuple[list[dict[str, Any]], int]:
         """One page of the stored messages that match, newest first, and how many match."""
         where = []
         if wanted.sender:
@@ -109,7 +109,7 @@ class ConsoleRepo:
         table: Table,
         where: list[Any],
         order: tuple[Any, ...],
-        wanted: MessageFilter | DecisionFilter,
+        wanted: MessageQuery | DecisionFilter,
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of what matches, and how many match in all."""
         total = self.conn.execute(select(func.count()).select_from(table).where(*where))
