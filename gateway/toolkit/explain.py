@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -503,12 +503,8 @@ def _findings(found: Iterable[Finding]) -> list[dict[str, str]]:
 
 
 def _problem(problem: Hl7Problem) -> dict[str, str]:
-    return {
-        "location": problem.location,
-        "severity": problem.severity,
-        "code": problem.code,
-        "text": problem.text,
-    }
+    """An ERR as data: location, HL7 table 0357 code, severity, our code, text."""
+    return asdict(problem)
 
 
 def _request_fields(request: Any) -> dict[str, Any]:
