@@ -187,6 +187,21 @@ def test_explain_with_a_registry_knows_a_resend(db_url: str, service: RemsServic
 
 
 @sqlite_only
+def test_explain_an_order_and_a_refusal_without_a_registry(tmp_path: Path) -> None:
+    order = json.loads(cli("explain", "--json", str(HL7 / "omp-v251-cpoe.hl7")).output)
+    (item,) = order["items"]
+    assert item["orders"] and "decision" not in item["orders"][0]
+    assert "no registry was consulted" in item["answer"]["note"]
+    senders = tmp_path / "senders.yaml"
+    senders.write_text(yaml.safe_dump({"accept_unknown": False, "senders": []}))
+    refused = cli("explain", "--senders", str(senders), str(HL7 / "oru-v251-loinc-anc.hl7"))
+    assert refused.exit_code == 0
+    assert "refused before the store" in refused.output and "UNKNOWN_SENDER" in refused.output
+    bad_time = cli("explain", "--at", "yesterday", str(HL7 / "oru-v251-loinc-anc.hl7"))
+    assert bad_time.exit_code == 2 and "--at" in bad_time.output
+
+
+@sqlite_only
 def test_explain_refuses_what_is_neither_hl7_nor_fhir(tmp_path: Path) -> None:
     other = tmp_path / "notes.txt"
     other.write_text("hello")
