@@ -199,6 +199,9 @@ def test_explain_an_order_and_a_refusal_without_a_registry(tmp_path: Path) -> No
     assert "refused before the store" in refused.output and "UNKNOWN_SENDER" in refused.output
     bad_time = cli("explain", "--at", "yesterday", str(HL7 / "oru-v251-loinc-anc.hl7"))
     assert bad_time.exit_code == 2 and "--at" in bad_time.output
+    nowhere = tmp_path / "nowhere.db"
+    missing = cli("explain", "--db", f"sqlite:///{nowhere}", str(HL7 / "oru-v251-loinc-anc.hl7"))
+    assert missing.exit_code == 2 and not nowhere.exists()  # never created, never migrated
 
 
 @sqlite_only
