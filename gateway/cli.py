@@ -323,8 +323,10 @@ def load_registry(
     except RegistryInvalid as exc:
         typer.echo(f"{file}: {exc}", err=True)
         raise typer.Exit(2) from None
+    from gateway.toolkit.progress import progress
+
     upgrade(db)
-    with bootstrap(db) as gateway:
+    with bootstrap(db) as gateway, progress(f"loading {file.name}", None):
         try:
             loaded = asyncio.run(gateway.service.load_registry(doc, Source("cli", "load-registry")))
         except RegistryConflict as exc:
@@ -410,6 +412,122 @@ def ship_check_command(
         raise typer.Exit(1)
 
 
+# --- the operator's toolkit: explain, replay, demo (gateway/toolkit/) ---------------------------
+
+SendersOption = Annotated[
+    Path | None,
+    typer.Option(envvar="REMS_SENDERS", exists=True, dir_okay=False, help="HL7 senders file"),
+]
+RulesOption = Annotated[str, typer.Option("--rules", envvar="REMS_RULES", help="A pack id or auto")]
+TimezoneOption = Annotated[
+    str, typer.Option(envvar="REMS_TIMEZONE", help="Site time zone (IANA name)")
+]
+
+
+def _configuration(senders: Path | None, rules: str, timezone: str) -> Any:
+    from gateway.toolkit.commands import Configuration
+    from mappings.hl7v2.senders import SenderDirectory, SendersFileError
+
+    try:
+        return Configuration(SenderDirectory.load(senders), rules, _zone(timezone))
+    except (SendersFileError, ValueError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def _zone(name: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError):
+        raise ValueError(f"--timezone {name!r}: not an IANA time zone") from None
+    return name
+
+
+def _moment(option: str, text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        typer.echo(f"{option} {text!r}: an ISO 8601 time with its UTC offset", err=True)
+        raise typer.Exit(2)
+    return moment
+
+
+@app.command("explain")
+def explain_command(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="HL7 or FHIR")],
+    db: Annotated[str | None, typer.Option(help="Read the registry here (nothing stored)")] = None,
+    senders: SendersOption = None,
+    rules: RulesOption = "clozapine-rems-2021",
+    timezone: TimezoneOption = "UTC",
+    at: Annotated[str | None, typer.Option(help="Clinical now (default: the message's)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The same, as JSON")] = False,
+    reveal: RevealOption = False,
+) -> None:
+    """What the gateway would make of an HL7 v2 message (or batch file), a FHIR resource or a
+    Bundle: sender, patient match, each result, decisions, the answer. Stores nothing."""
+    from gateway.toolkit.commands import ToolkitError, explain
+
+    config = _configuration(senders, rules, timezone)
+    try:
+        typer.echo(explain(files, db, config, _moment("--at", at), as_json, reveal))
+    except ToolkitError as exc:
+        typer.echo(f"rems-gateway explain: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("replay")
+def replay_command(
+    db: Annotated[str, typer.Option("--db", envvar="REMS_DB", help="The gateway's database")],
+    ids: Annotated[list[str] | None, typer.Option("--id", help="MSH-10 (repeat it)")] = None,
+    sender: Annotated[str | None, typer.Option(help="MSH-3|MSH-4")] = None,
+    since: Annotated[str | None, typer.Option(help="Received at or after (ISO 8601)")] = None,
+    until: Annotated[str | None, typer.Option(help="Received before (ISO 8601)")] = None,
+    disposition: Annotated[str | None, typer.Option(help="accepted, unmatched, …")] = None,
+    senders: SendersOption = None,
+    rules: RulesOption = "clozapine-rems-2021",
+    timezone: TimezoneOption = "UTC",
+) -> None:
+    """Stored HL7 v2 lab messages processed again under this configuration, with their
+    original arrival time; results on file are not stored twice. One line per message."""
+    from getpass import getuser
+
+    from gateway.app.values import Source
+    from gateway.toolkit.commands import replay, replay_line, replay_summary
+    from rems_core.store.message_repo import MessageFilter
+
+    wanted = MessageFilter(
+        tuple(ids or ()), sender, _moment("--since", since), _moment("--until", until), disposition
+    )
+    config = _configuration(senders, rules, timezone)
+    done = replay(db, wanted, config, Source("cli", f"cli:{getuser()}"))
+    for replayed in done:
+        typer.echo(replay_line(replayed))
+    typer.echo(replay_summary(done))
+
+
+@app.command("demo")
+def demo_command(
+    keep: Annotated[
+        Path | None, typer.Option(file_okay=False, help="Keep the database here")
+    ] = None,
+) -> None:
+    """A database of its own with the demo registry and some fixture traffic, and what to open
+    and send next."""
+    from gateway.toolkit.demo import run_demo
+
+    try:
+        typer.echo("\n".join(run_demo(keep)))
+    except FileNotFoundError as exc:
+        typer.echo(f"rems-gateway demo: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @scenario_app.command("run")
 def scenario_run(
     files: Annotated[list[Path], typer.Argument(help="Scenario YAML files")],
@@ -472,13 +590,17 @@ def scenario_run(
     factory = None if db or fhir else DatabaseFactory()
     if db and live is None:
         upgrade(db)
+    from gateway.toolkit.progress import progress
+
     failed = 0
     try:
-        for path in files:
-            url = db or (factory.fresh_url() if factory else None)
-            report = asyncio.run(run_file(path, url, packs, via, live))
-            failed += not report.passed
-            typer.echo(format_report(report, verbose))
+        with progress("scenario files", len(files)) as advance:
+            for path in files:
+                url = db or (factory.fresh_url() if factory else None)
+                report = asyncio.run(run_file(path, url, packs, via, live))
+                failed += not report.passed
+                typer.echo(format_report(report, verbose))
+                advance(path.name)
     finally:
         if factory:
             factory.close()

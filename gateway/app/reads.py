@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 
 from gateway.app.context import UnitContext
-from gateway.app.units import fhir_dispense, fhir_records
+from gateway.app.units import dispense as dispense_unit
+from gateway.app.units import fhir_dispense, fhir_records, identity
 from gateway.app.units import labs as lab_units
 from gateway.app.values import HookChecks, PatientNamed
 from mappings.fhir.etasu import EtasuCheck, EtasuQuery, decision_response
@@ -22,6 +23,7 @@ from mappings.fhir.observation import lab_observation
 from rems_core import status
 from rems_core.audit import AuditEntry, ChainHead, verify
 from rems_core.audit import Finding as AuditFinding
+from rems_core.identity import Candidate
 from rems_core.model import (
     AncResult,
     DispenseRequest,
@@ -42,6 +44,7 @@ from rems_core.store.fhir_repo import (
     StoredResource,
     with_meta,
 )
+from rems_core.store.message_repo import MessageFilter, StoredMessage
 from rems_core.store.repo import Store
 from rems_core.store.review_repo import ReviewFilter
 from rems_core.store.subscription_repo import DueNotification
@@ -369,6 +372,36 @@ class RemsReads:
             return AuditState(problem, head, checkpoint, list(reversed(newest)))
 
         return await self._read(read)
+
+    # --- the operator's toolkit: `explain`, `replay` ------------------------------------------
+
+    async def stored_messages(self, wanted: MessageFilter) -> list[StoredMessage]:
+        """HL7 v2 messages as received, oldest first (what `replay` processes again)."""
+        return await self._read(lambda store: store.stored_messages(wanted))
+
+    async def message_answer(self, sender: str, control_id: str) -> tuple[str, str] | None:
+        """The content hash and the ACK of the message first stored with this sender and
+        control id (a resend of it gets that ACK again)."""
+        return await self._read(lambda store: store.message_by_control_id(sender, control_id))
+
+    async def match_patients(self, candidates: list[Candidate]) -> tuple[Patient, ...]:
+        """The registry patients identifier candidates name, as a message's unit of work would
+        match them (one: that patient; none or two: held for review)."""
+        return await self._read(lambda store: identity.match(store, candidates).patients)
+
+    async def check_order(
+        self, identifiers: list[Identifier], request: DispenseRequest
+    ) -> EtasuCheck:
+        """A pharmacy order checked as `$rems-etasu` checks it (an order naming no prescriber is
+        the enrolling prescriber's, as the gateway takes it); records nothing. Raises
+        OutOfScope when no rule pack covers its date."""
+        pack = self.ctx.pack_for(request.dispense_date)
+
+        def checked(store: Store) -> EtasuCheck:
+            named = dispense_unit.with_enrolling_prescriber(store, identifiers, request)
+            return fhir_dispense.check_etasu(self.ctx, store, identifiers, named, pack)
+
+        return await self._read(checked)
 
     async def _read(self, work: Callable[[Store], T]) -> T:
         def on_read_connection() -> T:
