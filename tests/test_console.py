@@ -243,3 +243,16 @@ def test_decisions_tasks_and_the_audit_chain_with_its_checkpoint(
         audit = client.get("/console/audit")
         assert "The chain verifies" in audit.text and "it holds the checkpoint" in audit.text
         assert f"record {head.seq} · <code>{head.hash}</code>" in audit.text
+
+
+def test_a_stored_message_is_replayed_from_its_page(console: tuple[str, Seeded]) -> None:
+    base, seeded = console
+    client = signed_in(base)
+    path = f"/console/messages/{seeded.hostile_message}"
+    page = client.get(path)
+    assert "Replay under the current configuration" in page.text
+    assert client.post(path + "/replay", data={}).status_code == 403
+    replayed = client.post(path + "/replay", data={"csrf": csrf_of(page)})
+    assert replayed.status_code == 200
+    assert "Replayed: accepted → accepted" in replayed.text
+    assert f"already on file for {seeded.patient}: nothing new stored" in replayed.text

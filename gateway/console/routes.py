@@ -22,7 +22,7 @@ from gateway.app.audit_trail import read_checkpoint
 from gateway.app.errors import NotLinkable, ReviewClosed, UnknownPatient, UnknownReviewItem
 from gateway.app.reads import RemsReads
 from gateway.app.service import RemsService
-from gateway.app.values import REVIEW_KINDS, Source
+from gateway.app.values import REVIEW_KINDS, Replayed, Source
 from gateway.config import Settings
 from gateway.console import hl7view
 from gateway.console.chart import anc_chart
@@ -35,10 +35,13 @@ from gateway.console.session import (
     operator_for,
     sign_in_possible,
 )
+from gateway.mllp.intake import Hl7Intake
+from mappings.hl7v2.senders import SenderDirectory
 from mappings.review import review_view
 from rems_core.audit import ChainHead
 from rems_core.model import Identifier
 from rems_core.store.console_repo import DecisionFilter, MessageQuery
+from rems_core.store.message_repo import MessageFilter
 from rems_core.store.review_repo import ReviewFilter
 from rems_core.store.worklist_repo import TaskFilter
 
@@ -48,6 +51,7 @@ CHANNEL = "console"
 PAGE_SIZE = 50
 DISPOSITIONS = ("accepted", "no_results", "unmatched", "conflict", "ignored")
 REVIEW_STATUSES = ("open", "linked", "discarded", "purged", "all")
+REPLAYED_TYPE = "ORU^R01"  # the messages a replay processes again (gateway/mllp/intake.py)
 TASK_STATUSES = ("requested", "completed", "cancelled", "all")
 OUTCOMES = ("authorized", "rationale_required", "denied", "not_applicable")
 TASK_KINDS = (
@@ -333,6 +337,12 @@ def _listing(
 
 @router.get("/messages/{message_id}")
 async def message_page(request: Request, message_id: str, session: Operator) -> Response:
+    return await _message(request, message_id, session)
+
+
+async def _message(
+    request: Request, message_id: str, session: Session, replayed: Replayed | None = None
+) -> Response:
     row = await _reads(request).message(int(message_id)) if message_id.isdigit() else None
     if row is None:
         return _not_found(request, session, "messages", "No stored message has this number.")
@@ -350,7 +360,34 @@ async def message_page(request: Request, message_id: str, session: Operator) -> 
         lines=hl7view.lines(text),
         ack_segments=hl7view.segments(row["ack"] or ""),
         ack_lines=hl7view.lines(row["ack"] or ""),
+        replayable=row["message_type"] == REPLAYED_TYPE and bool(row["raw"]),
+        replayed=replayed,
     )
+
+
+@router.post("/messages/{message_id}/replay")
+async def replay_message(request: Request, message_id: str, session: Operator) -> Response:
+    """The stored ORU processed again under the current configuration, with its original
+    arrival time (`rems-gateway replay`, one message): results on file are not stored twice."""
+    if await _checked_form(request, session) is None:
+        return _forged(request, session)
+    row = await _reads(request).message(int(message_id)) if message_id.isdigit() else None
+    if row is None:
+        return _not_found(request, session, "messages", "No stored message has this number.")
+    wanted = MessageFilter(control_ids=(row["control_id"],), sender=row["sender"])
+    stored = [m for m in await _reads(request).stored_messages(wanted) if m.row_id == row["id"]]
+    if not stored:
+        return _not_found(request, session, "messages", "No stored message has this number.")
+    settings: Settings = request.app.state.settings
+    intake = Hl7Intake(
+        _service(request),
+        SenderDirectory.load(settings.senders),
+        settings.clock,
+        settings.processing_id,
+    )
+    replayed = await intake.replay_stored_message(stored[0], _source(session))
+    log.info("console replay", extra={"actor": session.operator, "changed": replayed.changed})
+    return await _message(request, message_id, session, replayed)
 
 
 def _not_found(request: Request, session: Session, nav: str, problem: str) -> Response:
