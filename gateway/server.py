@@ -11,6 +11,7 @@ import errno
 import logging
 import signal
 import socket
+import ssl
 from datetime import timedelta
 from types import FrameType
 
@@ -28,6 +29,7 @@ from gateway.logs import configure_logging
 from gateway.metrics import GatewayMetrics
 from gateway.mllp.listener import Hl7Listener
 from gateway.mllp.server import MllpSettings
+from gateway.mllp.tls import server_tls
 from gateway.notify import Deliverer, DeliveryPolicy
 from gateway.scheduler import MonitoringScheduler, Schedule
 from mappings.hl7v2.senders import SenderDirectory
@@ -112,6 +114,7 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
     signals = ShutdownSignals()
     signals.install()
+    _check_tls(settings)
     # Both ports first: one in use is one line naming it, before the database is touched.
     http_socket = bind_port(settings.host, settings.http_port, "HTTP", "--http-port")
     try:
@@ -226,6 +229,31 @@ def _migrate(url: str) -> None:
             f"cannot migrate the database {shown}: {type(exc).__name__}: {first_line}"
         ) from exc
     log.info("database schema is up to date", extra={"db": shown})
+
+
+def _check_tls(settings: Settings) -> None:
+    """The TLS files, loaded as both listeners will load them: a bad one is one line, not the
+    traceback of the first listener that reads it."""
+    if settings.tls_cert is None:
+        return
+    try:
+        server_tls(settings.tls_cert, settings.tls_key, None)
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupFailed(
+            f"cannot use --tls-cert {settings.tls_cert} with --tls-key {settings.tls_key}: "
+            f"{_tls_reason(exc)}; give the certificate chain and its private key, both PEM"
+        ) from None
+    try:
+        server_tls(settings.tls_cert, settings.tls_key, settings.mllp_client_ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupFailed(
+            f"cannot use --mllp-client-ca {settings.mllp_client_ca}: {_tls_reason(exc)}; give "
+            "the CA certificate(s) of the senders' client certificates, PEM"
+        ) from None
+
+
+def _tls_reason(exc: OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or type(exc).__name__)
 
 
 def bind_port(host: str, port: int, what: str, flag: str) -> socket.socket:

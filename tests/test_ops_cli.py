@@ -252,3 +252,17 @@ def test_token_from_no_gateway_or_with_a_bad_key_is_one_line(tmp_path: Path) -> 
     bad_url = token("--client", "x", "--key", str(key), "--gateway", "127.0.0.1:8080")
     assert bad_url.returncode == 2
     assert "is not the gateway's URL" in one_line(bad_url)
+
+
+def test_serve_with_tls_files_it_cannot_use_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    done = rems_gateway(
+        "serve", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+        "--http-port", str(free_port()), "--mllp-port", str(free_port()),
+        "--db", f"sqlite:///{tmp_path / 'rems.db'}", cwd=tmp_path, env=clean_environment(),
+    )  # fmt: skip
+    assert done.returncode == 1
+    line = one_line(done)
+    assert "cannot use --tls-cert" in line and "PEM" in line
+    assert not (tmp_path / "rems.db").exists()
