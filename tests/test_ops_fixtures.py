@@ -98,3 +98,14 @@ def test_every_readme_snippet_that_starts_a_gateway_waits_until_it_is_ready() ->
                 following = next((rest for rest in block[number + 1 :] if rest.strip()), "")
                 assert "until curl -sf" in following and "/readyz" in following, block
     assert started >= 5
+
+
+def test_every_setting_is_documented_in_the_readme_and_the_contract() -> None:
+    """README names each setting's flag (a table row or `--flag value`), contracts §1 its key."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    contracts = (ROOT / "docs" / "contracts.md").read_text(encoding="utf-8")
+    running = contracts[contracts.index("## 1. Running it") : contracts.index("## 2.")]
+    for name in Settings.model_fields:
+        flag = "--" + name.replace("_", "-")
+        assert f"`{flag}`" in readme or f"`{flag} " in readme, f"README: {flag}"
+        assert f"`{name}`" in running, f"contracts.md §1: {name}"
