@@ -79,7 +79,8 @@ DbOption = Annotated[
 @db_app.command("upgrade")
 def db_upgrade(db: DbOption = DEFAULT_URL) -> None:
     """Apply the schema migrations."""
-    upgrade(db)
+    with _database_errors("db upgrade", db):
+        upgrade(db)
     typer.echo("database schema is up to date")
 
 

@@ -266,3 +266,14 @@ def test_serve_with_tls_files_it_cannot_use_is_one_line(tmp_path: Path) -> None:
     line = one_line(done)
     assert "cannot use --tls-cert" in line and "PEM" in line
     assert not (tmp_path / "rems.db").exists()
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["db", "upgrade"]])
+def test_a_database_server_that_does_not_answer_is_one_line_without_the_password(
+    command: list[str],
+) -> None:
+    done = cli(*command, "--db", f"postgresql+psycopg://rems:s3cret@127.0.0.1:{free_port()}/rems")
+    assert done.returncode == 1
+    line = one_line(done)
+    assert "cannot read the database postgresql+psycopg://rems:***@" in line
+    assert "s3cret" not in done.stdout + done.stderr
