@@ -118,6 +118,13 @@ class Received:
     close_connection: bool = False  # send nothing and close: the sender's engine resends
     # Enhanced mode: the application's answer (RRE, ORP), sent after the accept ACK (``ack``).
     application_ack: str | None = None
+    # For the log line of each message (never a patient's data): MSH-10, MSH-3.1|MSH-4.1 and
+    # MSH-9.1^MSH-9.2 as sent ("" when unreadable), and why it was refused ("" when it was not):
+    # the HL7 table 0357 code and ours, e.g. "204 UNKNOWN_SENDER".
+    control_id: str = ""
+    sender: str = ""
+    sent_type: str = ""
+    refusal: str = ""
 
 
 @dataclass(frozen=True)
@@ -235,9 +242,13 @@ class Hl7Admission:
         code: str,
         outcome: LabOutcome | None,
         disposition: Disposition,
+        refusal: str = "",
     ) -> Received:
         kept = ack if wanted(message.msh, code) else None
-        return Received(kept, code, outcome, message_type(message.msh), disposition)
+        kind = message_type(message.msh)
+        return Received(
+            kept, code, outcome, kind, disposition, refusal=refusal, **identity(message.msh)
+        )
 
     def refused(
         self,
@@ -251,12 +262,13 @@ class Hl7Admission:
         msa_code = sender.msa_code if sender is not None else None
         control = message.msh.get(10, 1)
         ack = build_ack(message.msh, code, problems, f"ACK-{control}", received, msa_code=msa_code)
-        return self._received(message, ack, code, None, disposition)
+        return self._received(message, ack, code, None, disposition, refusal_of(problems))
 
     def _unreadable(self, error: HL7ParseError, received: datetime) -> Received:
         problem = Hl7Problem(error.location, error.code, "E", "", str(error))
         code = "AR" if error.code.startswith("2") else "AE"
-        return Received(build_ack(None, code, [problem], "ACK", received), code)
+        ack = build_ack(None, code, [problem], "ACK", received)
+        return Received(ack, code, refusal=refusal_of([problem]))
 
 
 class Hl7Intake(Hl7Admission):
@@ -454,11 +466,19 @@ class Hl7Intake(Hl7Admission):
         msh, kind = message.msh, message_type(message.msh)
         answer = answered.ack or ""
         if not enhanced_mode(msh):
-            return Received(answer, answered.code, None, kind, answered.disposition)
+            return Received(
+                answer, answered.code, None, kind, answered.disposition, **identity(message.msh)
+            )
         accept = build_ack(msh, "AA", [], f"ACK-{msh.get(10, 1)}", received)
         kept = accept if wanted(msh, "AA") else None
         return Received(
-            kept, answered.code, None, kind, answered.disposition, application_ack=answer
+            kept,
+            answered.code,
+            None,
+            kind,
+            answered.disposition,
+            application_ack=answer,
+            **identity(message.msh),
         )
 
     def _store_failed(
@@ -471,10 +491,33 @@ class Hl7Intake(Hl7Admission):
         )
         if sender.on_store_failure == "no_ack":
             return Received(
-                None, "AR", None, message_type(message.msh), "error", close_connection=True
+                None,
+                "AR",
+                None,
+                message_type(message.msh),
+                "error",
+                close_connection=True,
+                refusal="207 STORE_UNAVAILABLE",
+                **identity(message.msh),
             )
         problem = Hl7Problem("", "207", "E", "STORE_UNAVAILABLE", "try again later")
         return self.refused(message, sender, "AR", [problem], received, "error")
+
+
+def refusal_of(problems: list[Hl7Problem]) -> str:
+    """The first error as the log line names it: its 0357 code and ours (no text: it may quote
+    the message)."""
+    first = next((p for p in problems if p.severity == "E"), None)
+    return f"{first.hl7_code} {first.code}".strip() if first is not None else ""
+
+
+def identity(msh: Segment) -> dict[str, str]:
+    """MSH-10, MSH-3.1|MSH-4.1 and MSH-9.1^MSH-9.2 as sent, for the log line of the message."""
+    return {
+        "control_id": msh.get(10, 1),
+        "sender": f"{msh.get(3, 1)}|{msh.get(4, 1)}",
+        "sent_type": f"{msh.get(9, 1)}^{msh.get(9, 2)}",
+    }
 
 
 UNKNOWN_SENDER = Hl7Problem("MSH^1^3", "204", "E", "UNKNOWN_SENDER", "sender not configured")
