@@ -964,6 +964,14 @@ def serve_command(
         float | None,
         typer.Option(help="Timeout of each notification POST to an endpoint (default 10)"),
     ] = None,
+    console_session_minutes: Annotated[
+        int | None,
+        typer.Option(help="How long a sign-in to the operator console lasts (default 480)"),
+    ] = None,
+    audit_checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="The `audit checkpoint --out` file the console verifies against"),
+    ] = None,
     auth: Annotated[
         str | None,
         typer.Option(
