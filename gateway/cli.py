@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -19,6 +22,7 @@ from rems_core.store.db import DEFAULT_URL, upgrade
 if TYPE_CHECKING:
     from gateway.scenarios.fhir_live import LiveFhirGateway
     from gateway.scenarios.live import LiveGateway
+    from rems_core.audit import ChainHead
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -38,6 +42,35 @@ review_app = typer.Typer(
 )
 app.add_typer(review_app, name="review")
 
+# --- `rems-gateway --version` ------------------------------------------------------------------
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"rems-gateway {version('rems-gateway')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("rems-gateway (version unknown: the package is not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Clozapine REMS gateway: HL7 v2 and FHIR in, REMS decisions out."""
+
+
 DbOption = Annotated[
     str, typer.Option("--db", envvar="REMS_DB", help="Database URL (SQLite file or PostgreSQL).")
 ]
@@ -46,7 +79,8 @@ DbOption = Annotated[
 @db_app.command("upgrade")
 def db_upgrade(db: DbOption = DEFAULT_URL) -> None:
     """Apply the schema migrations."""
-    upgrade(db)
+    with _database_errors("db upgrade", db):
+        upgrade(db)
     typer.echo("database schema is up to date")
 
 
@@ -60,9 +94,12 @@ def audit_verify(
 ) -> None:
     """Check every audit record, its link to the previous one, the head and a checkpoint;
     exit 1 naming the first bad record."""
-    from gateway.app.audit_trail import read_checkpoint, verify_database
+    from gateway.app.audit_trail import verify_database
 
-    problem, head = verify_database(db, read_checkpoint(checkpoint) if checkpoint else None)
+    _audited_database("audit verify", db)
+    previous = _checkpoint_file("audit verify", checkpoint) if checkpoint else None
+    with _database_errors("audit verify", db):
+        problem, head = verify_database(db, previous)
     if problem is not None:
         typer.echo(f"audit chain broken: {problem}", err=True)
         raise typer.Exit(1)
@@ -76,15 +113,68 @@ def audit_checkpoint(
 ) -> None:
     """Verify the chain (against the checkpoint already in OUT, if any), then write its head to
     OUT, a file kept outside the database (it catches a truncation that rewrote the head)."""
-    from gateway.app.audit_trail import ChainBroken, read_checkpoint, write_checkpoint
+    from gateway.app.audit_trail import ChainBroken, write_checkpoint
 
-    previous = read_checkpoint(out) if out.exists() else None
+    _audited_database("audit checkpoint", db)
+    previous = _checkpoint_file("audit checkpoint", out) if out.exists() else None
     try:
-        head = write_checkpoint(db, out, previous)
+        with _database_errors("audit checkpoint", db):
+            head = write_checkpoint(db, out, previous)
     except ChainBroken as exc:
         typer.echo(f"audit chain broken, no checkpoint written: {exc}", err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"rems-gateway audit checkpoint: cannot write {out}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"checkpoint written to {out}: record {head.seq}")
+
+
+# --- `audit`: a --db that is no gateway's database, as one line ---------------------------------
+
+
+def _audited_database(command: str, db: str) -> None:
+    """Exit 2 when --db names no rems-gateway database (creating nothing), 1 when it cannot be
+    reached."""
+    from gateway.app.audit_trail import gateway_database_problem
+
+    with _database_errors(command, db):
+        problem = gateway_database_problem(db)
+    if problem is not None:
+        typer.echo(f"rems-gateway {command}: {problem}", err=True)
+        raise typer.Exit(2)
+
+
+@contextmanager
+def _database_errors(command: str, db: str) -> Iterator[None]:
+    """A database that does not answer: one line, exit 1 (the URL without its password; the
+    driver's first line, which names no patient: nothing was read yet)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        shown = make_url(db).render_as_string(hide_password=True)
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        typer.echo(
+            f"rems-gateway {command}: cannot read the database {shown}: {type(exc).__name__}"
+            f"{': ' + cause[0] if cause else ''}",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _checkpoint_file(command: str, path: Path) -> ChainHead:
+    from gateway.app.audit_trail import read_checkpoint
+
+    try:
+        return read_checkpoint(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        typer.echo(
+            f"rems-gateway {command}: {path} is not a checkpoint written by `audit checkpoint`",
+            err=True,
+        )
+        raise typer.Exit(2) from None
 
 
 @app.command("send")
@@ -95,36 +185,100 @@ def send_command(
     tls_cert: Annotated[Path | None, typer.Option(help="Client certificate (mutual TLS)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Client key (mutual TLS)")] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each ACK")
+        float,
+        typer.Option("--timeout", min=0.1, help="Seconds to wait for the connection and each ACK"),
     ] = 30.0,
 ) -> None:
     """Send HL7 v2 messages (one per file, or FHS/BHS batch files) over MLLP; print each ACK.
     A message whose MSH-15 asks for no ACK (NE) is not waited for."""
-    from gateway.mllp.client import client_tls
     from gateway.mllp.sending import NoAck, read_files, send_all
     from mappings.hl7v2.tokenizer import HL7ParseError
 
-    host, _, port = to.rpartition(":")
+    host, port = _send_target(to)
     try:
         outgoing = read_files(files)
     except HL7ParseError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    tls = client_tls(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert else None
+    tls = _send_tls(tls_ca, tls_cert, tls_key)
     try:
-        answers = asyncio.run(send_all(host or "127.0.0.1", int(port), outgoing, tls, timeout))
+        answers = asyncio.run(send_all(host, port, outgoing, tls, timeout))
     except NoAck as exc:
         for answer in exc.answers:
             typer.echo(answer.text())
-        typer.echo(f"send failed: {exc}", err=True)
+        typer.echo(f"send failed: {exc} (--timeout SECONDS waits longer)", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
-        typer.echo(f"send failed: {type(exc).__name__}: {exc}", err=True)
+        typer.echo(f"send failed: {_send_problem(exc, host, port, timeout)}", err=True)
         raise typer.Exit(1) from None
     for answer in answers:
         typer.echo(answer.text())
     if not all(answer.accepted for answer in answers):
         raise typer.Exit(1)
+
+
+# --- `send`: its target, TLS and failures as one line each ------------------------------------
+
+
+def _send_target(to: str) -> tuple[str, int]:
+    """HOST:PORT ([IPv6]:PORT) of --to; exit 2 naming what is wrong with it."""
+    host, colon, port = to.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host) != bracketed:
+        typer.echo(
+            f"rems-gateway send: --to {to!r} is not HOST:PORT: give the MLLP listener's host and "
+            "port, e.g. --to 127.0.0.1:2575 (the gateway's --mllp-port, default 2575; IPv6 as "
+            "[::1]:2575)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return host or "127.0.0.1", int(port)
+
+
+def _send_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    from gateway.mllp.client import client_tls
+
+    if not (ca or cert):
+        return None
+    try:
+        return client_tls(ca, cert, key)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        typer.echo(
+            f"rems-gateway send: cannot use --tls-ca/--tls-cert/--tls-key: {reason} (PEM files: "
+            "the CA that signed the gateway's certificate; a client certificate with its key)",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+
+
+def _send_problem(exc: OSError, host: str, port: int, timeout: float) -> str:
+    """Why the exchange failed, and what to do, in one line (never a traceback)."""
+    from gateway.mllp.client import MllpClientError
+
+    target = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host {host!r} ({exc.strerror}): check the host in --to"
+    if isinstance(exc, ConnectionRefusedError):
+        return (
+            f"nothing listens on {target} (connection refused): start the gateway, or give "
+            "--to its MLLP port (`serve --mllp-port`, default 2575)"
+        )
+    if isinstance(exc, TimeoutError):
+        return (
+            f"{target} did not answer within {timeout:g} s (--timeout): check the host, the "
+            "port and any firewall between, or wait longer with --timeout SECONDS"
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or type(exc).__name__
+        return (
+            f"TLS with {target} failed ({reason}): does the gateway serve TLS "
+            "(`serve --tls-cert`), and did its certificate come from --tls-ca?"
+        )
+    if isinstance(exc, MllpClientError):
+        return f"{exc}: the listener closed the connection (see the gateway's log)"
+    return f"cannot connect to {target}: {exc.strerror or exc}: check --to"
 
 
 REVIEW_REFUSALS = (UnknownReviewItem, ReviewClosed, UnknownPatient, NotLinkable)
@@ -323,8 +477,10 @@ def load_registry(
     except RegistryInvalid as exc:
         typer.echo(f"{file}: {exc}", err=True)
         raise typer.Exit(2) from None
+    from gateway.toolkit.progress import progress
+
     upgrade(db)
-    with bootstrap(db) as gateway:
+    with bootstrap(db) as gateway, progress(f"loading {file.name}", None):
         try:
             loaded = asyncio.run(gateway.service.load_registry(doc, Source("cli", "load-registry")))
         except RegistryConflict as exc:
@@ -410,6 +566,122 @@ def ship_check_command(
         raise typer.Exit(1)
 
 
+# --- the operator's toolkit: explain, replay, demo (gateway/toolkit/) ---------------------------
+
+SendersOption = Annotated[
+    Path | None,
+    typer.Option(envvar="REMS_SENDERS", exists=True, dir_okay=False, help="HL7 senders file"),
+]
+RulesOption = Annotated[str, typer.Option("--rules", envvar="REMS_RULES", help="A pack id or auto")]
+TimezoneOption = Annotated[
+    str, typer.Option(envvar="REMS_TIMEZONE", help="Site time zone (IANA name)")
+]
+
+
+def _configuration(senders: Path | None, rules: str, timezone: str) -> Any:
+    from gateway.toolkit.commands import Configuration
+    from mappings.hl7v2.senders import SenderDirectory, SendersFileError
+
+    try:
+        return Configuration(SenderDirectory.load(senders), rules, _zone(timezone))
+    except (SendersFileError, ValueError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def _zone(name: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError):
+        raise ValueError(f"--timezone {name!r}: not an IANA time zone") from None
+    return name
+
+
+def _moment(option: str, text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        typer.echo(f"{option} {text!r}: an ISO 8601 time with its UTC offset", err=True)
+        raise typer.Exit(2)
+    return moment
+
+
+@app.command("explain")
+def explain_command(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="HL7 or FHIR")],
+    db: Annotated[str | None, typer.Option(help="Read the registry here (nothing stored)")] = None,
+    senders: SendersOption = None,
+    rules: RulesOption = "clozapine-rems-2021",
+    timezone: TimezoneOption = "UTC",
+    at: Annotated[str | None, typer.Option(help="Clinical now (default: the message's)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The same, as JSON")] = False,
+    reveal: RevealOption = False,
+) -> None:
+    """What the gateway would make of an HL7 v2 message (or batch file), a FHIR resource or a
+    Bundle: sender, patient match, each result, decisions, the answer. Stores nothing."""
+    from gateway.toolkit.commands import ToolkitError, explain
+
+    config = _configuration(senders, rules, timezone)
+    try:
+        typer.echo(explain(files, db, config, _moment("--at", at), as_json, reveal))
+    except ToolkitError as exc:
+        typer.echo(f"rems-gateway explain: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("replay")
+def replay_command(
+    db: Annotated[str, typer.Option("--db", envvar="REMS_DB", help="The gateway's database")],
+    ids: Annotated[list[str] | None, typer.Option("--id", help="MSH-10 (repeat it)")] = None,
+    sender: Annotated[str | None, typer.Option(help="MSH-3|MSH-4")] = None,
+    since: Annotated[str | None, typer.Option(help="Received at or after (ISO 8601)")] = None,
+    until: Annotated[str | None, typer.Option(help="Received before (ISO 8601)")] = None,
+    disposition: Annotated[str | None, typer.Option(help="accepted, unmatched, …")] = None,
+    senders: SendersOption = None,
+    rules: RulesOption = "clozapine-rems-2021",
+    timezone: TimezoneOption = "UTC",
+) -> None:
+    """Stored HL7 v2 lab messages processed again under this configuration, with their
+    original arrival time; results on file are not stored twice. One line per message."""
+    from getpass import getuser
+
+    from gateway.app.values import Source
+    from gateway.toolkit.commands import replay, replay_line, replay_summary
+    from rems_core.store.message_repo import MessageFilter
+
+    wanted = MessageFilter(
+        tuple(ids or ()), sender, _moment("--since", since), _moment("--until", until), disposition
+    )
+    config = _configuration(senders, rules, timezone)
+    done = replay(db, wanted, config, Source("cli", f"cli:{getuser()}"))
+    for replayed in done:
+        typer.echo(replay_line(replayed))
+    typer.echo(replay_summary(done))
+
+
+@app.command("demo")
+def demo_command(
+    keep: Annotated[
+        Path | None, typer.Option(file_okay=False, help="Keep the database here")
+    ] = None,
+) -> None:
+    """A database of its own with the demo registry and some fixture traffic, and what to open
+    and send next."""
+    from gateway.toolkit.demo import run_demo
+
+    try:
+        typer.echo("\n".join(run_demo(keep)))
+    except FileNotFoundError as exc:
+        typer.echo(f"rems-gateway demo: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @scenario_app.command("run")
 def scenario_run(
     files: Annotated[list[Path], typer.Argument(help="Scenario YAML files")],
@@ -472,12 +744,16 @@ def scenario_run(
     factory = None if db or fhir else DatabaseFactory()
     if db and live is None:
         upgrade(db)
+    from gateway.toolkit.progress import progress
+
     reports = []
     try:
-        for path in files:
-            url = db or (factory.fresh_url() if factory else None)
-            reports.append(asyncio.run(run_file(path, url, packs, via, live)))
-            typer.echo(format_report(reports[-1], verbose))
+        with progress("scenario files", len(files)) as advance:
+            for path in files:
+                url = db or (factory.fresh_url() if factory else None)
+                reports.append(asyncio.run(run_file(path, url, packs, via, live)))
+                typer.echo(format_report(reports[-1], verbose))
+                advance(path.name)
     finally:
         if factory:
             factory.close()
@@ -633,6 +909,20 @@ def serve_command(
     mllp_client_ca: Annotated[
         Path | None, typer.Option(help="MLLP mutual TLS: CA of the client certificates")
     ] = None,
+    mllp_max_frame_bytes: Annotated[
+        int | None,
+        typer.Option(help="Largest MLLP frame; larger: AE 207 FRAME_TOO_LARGE (default 1 MiB)"),
+    ] = None,
+    mllp_max_connections: Annotated[
+        int | None, typer.Option(help="MLLP connections at once; more are closed (default 256)")
+    ] = None,
+    mllp_idle_timeout_seconds: Annotated[
+        float | None,
+        typer.Option(help="Close an MLLP connection silent this long (default 600)"),
+    ] = None,
+    mllp_tls_handshake_timeout_seconds: Annotated[
+        float | None, typer.Option(help="Longest MLLP TLS handshake (default 30)")
+    ] = None,
     schedule_every_minutes: Annotated[
         int | None,
         typer.Option(help="Run scheduled monitoring work every N minutes (default 15)"),
@@ -672,6 +962,14 @@ def serve_command(
     notify_timeout_seconds: Annotated[
         float | None,
         typer.Option(help="Timeout of each notification POST to an endpoint (default 10)"),
+    ] = None,
+    console_session_minutes: Annotated[
+        int | None,
+        typer.Option(help="How long a sign-in to the operator console lasts (default 480)"),
+    ] = None,
+    audit_checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="The `audit checkpoint --out` file the console verifies against"),
     ] = None,
     auth: Annotated[
         str | None,
@@ -722,3 +1020,48 @@ def serve_command(
     except StartupFailed as exc:
         typer.echo(f"rems-gateway serve: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+# --- `rems-gateway token`: a SMART access token for scripts -------------------------------------
+
+
+@app.command("token")
+def token_command(
+    client: Annotated[str, typer.Option("--client", help="The client_id (the clients file's)")],
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key", dir_okay=False, help="The client's private key (PEM; EC P-384 or RSA)"
+        ),
+    ],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="Scopes to ask for (repeat or space-separated; default: every scope the "
+            "gateway announces, narrowed by it to the client's)",
+        ),
+    ] = None,
+    gateway: Annotated[
+        str,
+        typer.Option("--gateway", envvar="REMS_GATEWAY_URL", help="The gateway's base URL"),
+    ] = "http://127.0.0.1:8080",
+    kid: Annotated[str | None, typer.Option(help="The key's kid in the clients file")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="Trust this CA (PEM) for an https gateway")
+    ] = None,
+) -> None:
+    """Get an access token (SMART Backend Services): sign an assertion with the client's key,
+    exchange it at the token endpoint the gateway announces, print the token alone on stdout
+    (TOKEN=$(rems-gateway token …))."""
+    from gateway.smart_token import TokenError, access_token, gateway_base, read_key, trusted
+
+    scopes = [part for given in scope or [] for part in given.split()]
+    try:
+        base = gateway_base(gateway)
+        signing = read_key(key)
+        token = access_token(base, client, signing, scopes, kid=kid, verify=trusted(tls_ca))
+    except TokenError as exc:
+        typer.echo(f"rems-gateway token: {exc}", err=True)
+        raise typer.Exit(2 if exc.usage else 1) from None
+    typer.echo(token)

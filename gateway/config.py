@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     schedule_lease_seconds: int = Field(60, ge=3, le=24 * 3600)
     senders: FilePath | None = None  # the HL7 senders file (mappings/hl7v2/senders.py)
     mllp_client_ca: FilePath | None = None  # mutual TLS on MLLP: client certificates' CA
+    # The MLLP listener's limits (docs/contracts.md §4): the largest frame (a larger one is AE
+    # 207 FRAME_TOO_LARGE, the connection kept), connections at once (more are closed at once),
+    # how long a connection may be silent (or leave a reply untaken) before it is closed, and
+    # how long a TLS handshake may take (at most the idle timeout).
+    mllp_max_frame_bytes: int = Field(1_048_576, ge=4096, le=256 * 1_048_576)
+    mllp_max_connections: int = Field(256, ge=1, le=65_536)
+    mllp_idle_timeout_seconds: float = Field(600.0, ge=1, le=86_400)
+    mllp_tls_handshake_timeout_seconds: float = Field(30.0, ge=1, le=600)
     # FHIR security: SMART Backend Services (clients from smart_clients), or the development
     # mode that lets everyone in as a system client (loopback only, warned about at start-up).
     auth: Literal["smart", "development"] = "smart"
@@ -127,6 +135,10 @@ class Settings(BaseSettings):
     notify_backoff_seconds: float = Field(1.0, ge=0.01, le=3600)
     notify_backoff_max_seconds: float = Field(300.0, ge=0.01, le=86400)
     notify_timeout_seconds: float = Field(10.0, ge=0.1, le=300)
+    # The operator console (docs/contracts.md §8): how long a sign-in lasts, and the audit
+    # checkpoint file (`rems-gateway audit checkpoint --out`) its audit page verifies against.
+    console_session_minutes: int = Field(480, ge=1, le=24 * 60)
+    audit_checkpoint: FilePath | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -202,6 +214,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "--clock message takes the clinical time from each event and is for replays "
                 "and tests only; it is refused together with --production"
+            )
+        if self.http_port == self.mllp_port:
+            raise ValueError(
+                f"http_port and mllp_port are both {self.http_port}: give them different ports"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")

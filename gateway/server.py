@@ -7,8 +7,11 @@ stop accepting, let in-flight requests finish, finish the writer's queue, close 
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
+import ssl
 from datetime import timedelta
 from types import FrameType
 
@@ -26,6 +29,7 @@ from gateway.logs import configure_logging
 from gateway.metrics import GatewayMetrics
 from gateway.mllp.listener import Hl7Listener
 from gateway.mllp.server import MllpSettings
+from gateway.mllp.tls import server_tls
 from gateway.notify import Deliverer, DeliveryPolicy
 from gateway.scheduler import MonitoringScheduler, Schedule
 from mappings.hl7v2.senders import SenderDirectory
@@ -110,6 +114,24 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
     signals = ShutdownSignals()
     signals.install()
+    _check_tls(settings)
+    # Both ports first: one in use is one line naming it, before the database is touched.
+    http_socket = bind_port(settings.host, settings.http_port, "HTTP", "--http-port")
+    try:
+        mllp_socket = bind_port(settings.host, settings.mllp_port, "MLLP", "--mllp-port")
+    except StartupFailed:
+        http_socket.close()
+        raise
+    with http_socket, mllp_socket:
+        _serve(settings, signals, http_socket, mllp_socket)
+
+
+def _serve(
+    settings: Settings,
+    signals: ShutdownSignals,
+    http_socket: socket.socket,
+    mllp_socket: socket.socket,
+) -> None:
     packs = PackLibrary(site_override=settings.site_rules)
     for warning in startup_warnings(settings, packs):
         log.warning(warning)
@@ -118,21 +140,27 @@ def serve(settings: Settings) -> None:
     ctx = UnitContext(packs, settings.rules, settings.tz, review_retention=retention)
     with bootstrap(settings.db, ctx) as gateway:
         metrics = GatewayMetrics(gateway.writer)
-        app = create_app(gateway, settings, metrics, companions(gateway, settings, metrics))
+        running = companions(gateway, settings, metrics, mllp_socket)
+        app = create_app(gateway, settings, metrics, running)
         if not signals.requested:
-            _run_http(app, settings, signals)
+            _run_http(app, settings, signals, http_socket)
     log.info(
         "stopped",
         extra={"writer_commits": gateway.writer.commits, "writer_units": gateway.writer.units},
     )
 
 
-def companions(gateway: Gateway, settings: Settings, metrics: GatewayMetrics) -> list[Companion]:
-    """What runs beside the HTTP server: the MLLP listener, the deliverer of notifications and,
-    on the system clock, the scheduler (with ``--clock message`` there is no "now" to run
-    scheduled work up to)."""
+def companions(
+    gateway: Gateway,
+    settings: Settings,
+    metrics: GatewayMetrics,
+    mllp_socket: socket.socket | None = None,
+) -> list[Companion]:
+    """What runs beside the HTTP server: the MLLP listener (on ``mllp_socket`` when bound
+    already), the deliverer of notifications and, on the system clock, the scheduler (with
+    ``--clock message`` there is no "now" to run scheduled work up to)."""
     running: list[Companion] = [
-        mllp_listener(gateway, settings, metrics),
+        mllp_listener(gateway, settings, metrics, mllp_socket),
         deliverer(gateway, settings, metrics),
     ]
     if settings.clock == "system":
@@ -155,14 +183,27 @@ def deliverer(gateway: Gateway, settings: Settings, metrics: GatewayMetrics) -> 
     )
 
 
-def mllp_listener(gateway: Gateway, settings: Settings, metrics: GatewayMetrics) -> Hl7Listener:
-    mllp = MllpSettings(
+def mllp_settings(settings: Settings) -> MllpSettings:
+    return MllpSettings(
         host=settings.host,
         port=settings.mllp_port,
+        max_frame_bytes=settings.mllp_max_frame_bytes,
+        max_connections=settings.mllp_max_connections,
+        idle_timeout_s=settings.mllp_idle_timeout_seconds,
+        tls_handshake_timeout_s=settings.mllp_tls_handshake_timeout_seconds,
         tls_cert=settings.tls_cert,
         tls_key=settings.tls_key,
         tls_client_ca=settings.mllp_client_ca,
     )
+
+
+def mllp_listener(
+    gateway: Gateway,
+    settings: Settings,
+    metrics: GatewayMetrics,
+    sock: socket.socket | None = None,
+) -> Hl7Listener:
+    mllp = mllp_settings(settings)
     listener = Hl7Listener(
         gateway.service,
         SenderDirectory.load(settings.senders),
@@ -171,6 +212,7 @@ def mllp_listener(gateway: Gateway, settings: Settings, metrics: GatewayMetrics)
         on_ack=metrics.count_ack,
         on_message=metrics.count_hl7_message,
         processing_id=settings.processing_id,
+        sock=sock,
     )
     metrics.watch_connections(lambda: listener.server.open_connections)
     return listener
@@ -189,7 +231,65 @@ def _migrate(url: str) -> None:
     log.info("database schema is up to date", extra={"db": shown})
 
 
-def _run_http(app: FastAPI, settings: Settings, signals: ShutdownSignals) -> None:
+def _check_tls(settings: Settings) -> None:
+    """The TLS files, loaded as both listeners will load them: a bad one is one line, not the
+    traceback of the first listener that reads it."""
+    if settings.tls_cert is None:
+        return
+    try:
+        server_tls(settings.tls_cert, settings.tls_key, None)
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupFailed(
+            f"cannot use --tls-cert {settings.tls_cert} with --tls-key {settings.tls_key}: "
+            f"{_tls_reason(exc)}; give the certificate chain and its private key, both PEM"
+        ) from None
+    try:
+        server_tls(settings.tls_cert, settings.tls_key, settings.mllp_client_ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupFailed(
+            f"cannot use --mllp-client-ca {settings.mllp_client_ca}: {_tls_reason(exc)}; give "
+            "the CA certificate(s) of the senders' client certificates, PEM"
+        ) from None
+
+
+def _tls_reason(exc: OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or type(exc).__name__)
+
+
+def bind_port(host: str, port: int, what: str, flag: str) -> socket.socket:
+    """A socket bound to host:port (as uvicorn binds one), or StartupFailed saying in one line
+    why not and what to change."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupFailed(_bind_problem(exc, host, port, what, flag)) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_problem(exc: OSError, host: str, port: int, what: str, flag: str) -> str:
+    where = f"{what} port {port} on {host}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host!r}: no such host name or address; change --host"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"the {where} is already in use (another rems-gateway or another program): stop "
+            f"it, or choose another port with {flag}"
+        )
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on the {where}: choose a port above 1023 with {flag}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: not an address of this machine; change --host"
+    return f"cannot listen on the {where}: {exc.strerror or type(exc).__name__}"
+
+
+def _run_http(
+    app: FastAPI, settings: Settings, signals: ShutdownSignals, sock: socket.socket
+) -> None:
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -207,6 +307,7 @@ def _run_http(app: FastAPI, settings: Settings, signals: ShutdownSignals) -> Non
     log.info(
         "serving",
         extra={
+            "url": f"{'https' if settings.tls_cert else 'http'}://{_address(sock)}",
             "rules": settings.rules,
             "timezone": settings.timezone,
             "clock": settings.clock,
@@ -214,4 +315,9 @@ def _run_http(app: FastAPI, settings: Settings, signals: ShutdownSignals) -> Non
             "tls": settings.tls_cert is not None,
         },
     )
-    server.run()
+    server.run(sockets=[sock])
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

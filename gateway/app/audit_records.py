@@ -297,3 +297,19 @@ def lookup(
         reasons=_codes(checked.reasons) if checked is not None else (),
         warnings=_codes(checked.warnings) if checked is not None else (),
     )
+
+
+def access(recorded: datetime, source: Source, page: str, patient: str | None) -> AuditEntry:
+    """An operator viewed a patient's data on the console (docs/contracts.md §8): who (the
+    actor), which patient (the subject) and which page (its path, ids only), never what it
+    showed."""
+    return _entry(
+        recorded,
+        source,
+        recorded,
+        kind="access",
+        subject=patient,
+        input_hash=digest({"page": page, "patient": patient}),
+        input_ref=page,
+        outcome="viewed",
+    )

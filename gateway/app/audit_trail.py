@@ -7,12 +7,19 @@ elsewhere), so that a truncation which also rewrote the head in the database is 
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy import inspect, make_url
+from sqlalchemy.exc import ArgumentError
 
 from rems_core.audit import ChainHead, Finding, verify
 from rems_core.store.db import make_engine
 from rems_core.store.repo import Store
+
+#: The tables every rems-gateway database has (the audit chain and its head).
+AUDIT_TABLES = frozenset({"audit_record", "audit_head"})
 
 
 def read_checkpoint(path: Path) -> ChainHead:
@@ -49,3 +56,48 @@ def verify_database(
             return verify(store.audit_records(), head, checkpoint), head
     finally:
         engine.dispose()
+
+
+def gateway_database_problem(url: str) -> str | None:
+    """Why ``url`` names no rems-gateway database (one line), or None. It creates nothing: an
+    SQLite file is opened read-only, and only when it exists. A PostgreSQL server that does not
+    answer raises the driver's error."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "--db is not a database URL (e.g. sqlite:///rems-gateway.db)"
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database or ""
+        if path in ("", ":memory:") or not Path(path).is_file():
+            return (
+                f"the database {path or shown} does not exist: give --db the gateway's own "
+                "(its `serve --db`; the default sqlite:///rems-gateway.db is in the folder "
+                "serve runs in)"
+            )
+        tables = _sqlite_tables(Path(path))
+    else:
+        engine = make_engine(url)
+        try:
+            tables = set(inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    if tables is None or not AUDIT_TABLES.issubset(tables):
+        return (
+            f"{shown} is not a rems-gateway database (it has no audit trail): give --db the "
+            "gateway's own (its `serve --db`)"
+        )
+    return None
+
+
+def _sqlite_tables(path: Path) -> set[str] | None:
+    """The tables of an SQLite file, opened read-only; None when it is no SQLite database."""
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            return {str(name) for (name,) in rows}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:
+        return None

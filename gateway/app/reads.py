@@ -5,20 +5,25 @@ thread, sees committed data only and never waits behind (or holds up) the writer
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import replace
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
 from gateway.app.context import UnitContext
-from gateway.app.units import fhir_dispense, fhir_records
+from gateway.app.units import dispense as dispense_unit
+from gateway.app.units import fhir_dispense, fhir_records, identity
 from gateway.app.units import labs as lab_units
 from gateway.app.values import HookChecks, PatientNamed
 from mappings.fhir.etasu import EtasuCheck, EtasuQuery, decision_response
 from mappings.fhir.observation import lab_observation
 from rems_core import status
+from rems_core.audit import AuditEntry, ChainHead, verify
+from rems_core.audit import Finding as AuditFinding
+from rems_core.identity import Candidate
 from rems_core.model import (
     AncResult,
     DispenseRequest,
@@ -28,7 +33,9 @@ from rems_core.model import (
     ResultStatus,
     decision_from_dict,
 )
+from rems_core.rulepack import RulePack
 from rems_core.status import PatientRecord, RemsStatus
+from rems_core.store.console_repo import DecisionFilter, MessageQuery
 from rems_core.store.fhir_repo import (
     LAB_PREFIX,
     OBSERVATION,
@@ -37,6 +44,7 @@ from rems_core.store.fhir_repo import (
     StoredResource,
     with_meta,
 )
+from rems_core.store.message_repo import MessageFilter, StoredMessage
 from rems_core.store.repo import Store
 from rems_core.store.review_repo import ReviewFilter
 from rems_core.store.subscription_repo import DueNotification
@@ -298,6 +306,103 @@ class RemsReads:
         """A lease row (e.g. the scheduler's): holder, acquired, expires, last_run."""
         return await self._read(lambda store: store.lease(name))
 
+    # --- the operator console (docs/contracts.md §8) -------------------------------------------
+
+    async def messages(self, wanted: MessageQuery) -> tuple[list[dict[str, Any]], int]:
+        """One page of the stored HL7 messages (without their text), newest first."""
+        return await self._read(lambda store: store.messages(wanted))
+
+    async def message(self, message_id: int) -> dict[str, Any] | None:
+        """A stored HL7 message with its raw text and its ACK."""
+        return await self._read(lambda store: store.message_row(message_id))
+
+    async def message_number(self, reference: str) -> int | None:
+        """The stored message a review item names (``MSH-3|MSH-4#MSH-10``)."""
+        sender, _, control_id = reference.rpartition("#")
+        return await self._read(lambda store: store.message_number(sender, control_id))
+
+    async def message_senders(self) -> list[str]:
+        return await self._read(lambda store: store.message_senders())
+
+    async def decisions(self, wanted: DecisionFilter) -> tuple[list[dict[str, Any]], int]:
+        """One page of the dispense decisions, newest dispense date first."""
+        return await self._read(lambda store: store.decisions(wanted))
+
+    async def patients_with_value(self, value: str, system: str | None = None) -> list[str]:
+        """REMS ids of the registry patients holding an identifier of this value."""
+        return await self._read(lambda store: store.patients_with_value(value, system))
+
+    async def patient_exists(self, patient_id: str) -> bool:
+        return await self._read(lambda store: store.patient(patient_id) is not None)
+
+    async def patient_view(self, patient_id: str, at: datetime) -> PatientView | None:
+        """Everything the console shows of one patient, read in one snapshot: demographics,
+        the REMS status at ``at``, the current ANCs, the PSFs and decisions, the open tasks."""
+        pack = self.ctx.pack_for(at)
+
+        def read(store: Store) -> PatientView | None:
+            patient = store.patient(patient_id)
+            record = _patient_record(store, patient_id)
+            if patient is None or record is None:
+                return None
+            snapshot = store.snapshot(patient)
+            decisions, _ = store.decisions(DecisionFilter(patient_id=patient_id, count=MANY))
+            tasks, _ = store.tasks(TaskFilter(patient_id=patient_id, count=MANY))
+            return PatientView(
+                patient,
+                record,
+                status.rems_status(pack, snapshot, patient_id, at, self.ctx.tz),
+                pack,
+                sorted(snapshot.anc_results, key=lambda a: (a.drawn, a.result_id)),
+                store.psf_rows(patient_id),
+                decisions,
+                tasks,
+            )
+
+        return await self._read(read)
+
+    async def audit_state(self, checkpoint: ChainHead | None, last: int = 20) -> AuditState:
+        """The chain verified end to end (against the checkpoint, if any) in one snapshot, its
+        head and its newest records."""
+
+        def read(store: Store) -> AuditState:
+            head = store.chain_head()
+            newest: deque[AuditEntry] = deque(maxlen=last)
+            problem = verify(_kept(store.audit_records(), newest), head, checkpoint)
+            return AuditState(problem, head, checkpoint, list(reversed(newest)))
+
+        return await self._read(read)
+
+    # --- the operator's toolkit: `explain`, `replay` ------------------------------------------
+
+    async def stored_messages(self, wanted: MessageFilter) -> list[StoredMessage]:
+        """HL7 v2 messages as received, oldest first (what `replay` processes again)."""
+        return await self._read(lambda store: store.stored_messages(wanted))
+
+    async def message_answer(self, sender: str, control_id: str) -> tuple[str, str] | None:
+        """The content hash and the ACK of the message first stored with this sender and
+        control id (a resend of it gets that ACK again)."""
+        return await self._read(lambda store: store.message_by_control_id(sender, control_id))
+
+    async def match_patients(self, candidates: list[Candidate]) -> tuple[Patient, ...]:
+        """The registry patients identifier candidates name, as a message's unit of work would
+        match them (one: that patient; none or two: held for review)."""
+        return await self._read(lambda store: identity.match(store, candidates).patients)
+
+    async def check_order(
+        self, identifiers: list[Identifier], request: DispenseRequest
+    ) -> EtasuCheck:
+        """A pharmacy order checked as `$rems-etasu` checks it (an order naming no prescriber is
+        the enrolling prescriber's, as the gateway takes it); records nothing. Raises
+        OutOfScope when no rule pack covers its date."""
+        pack = self.ctx.pack_for(request.dispense_date)
+
+        def checked(store: Store) -> EtasuCheck:
+            named = dispense_unit.with_enrolling_prescriber(store, identifiers, request)
+            return fhir_dispense.check_etasu(self.ctx, store, identifiers, named, pack)
+
+        return await self._read(checked)
+
     async def _read(self, work: Callable[[Store], T]) -> T:
         def on_read_connection() -> T:
             connection = self.engine.connect().execution_options(read_only=True)
@@ -320,6 +425,32 @@ def shown(row: LabRow) -> StoredResource:
         row.received,
     )
     return StoredResource(OBSERVATION, resource_id, 1, row.received, "", body, None, row.patient_id)
+
+
+@dataclass(frozen=True)
+class PatientView:
+    patient: Patient
+    record: PatientRecord
+    status: RemsStatus
+    pack: RulePack
+    ancs: list[AncResult]
+    psfs: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AuditState:
+    problem: AuditFinding | None  # the first bad record; None: the chain verifies
+    head: ChainHead
+    checkpoint: ChainHead | None
+    newest: list[AuditEntry]  # newest first
+
+
+def _kept(records: Iterable[AuditEntry], kept: deque[AuditEntry]) -> Iterator[AuditEntry]:
+    for record in records:
+        kept.append(record)
+        yield record
 
 
 def _patient_record(store: Store, patient_id: str) -> PatientRecord | None:

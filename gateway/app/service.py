@@ -11,7 +11,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +29,7 @@ from gateway.app.units import (
     messages,
     notifications,
     registry,
+    replay,
     review,
     scheduled,
     subscriptions,
@@ -61,6 +61,7 @@ from gateway.app.values import (
     PsfSubmission,
     ReceivedMessage,
     Recorded,
+    Replayed,
     SignRequest,
     Source,
     SubscriptionSubmission,
@@ -76,13 +77,13 @@ from rems_core.model import (
     LabResult,
     PatientStatusForm,
     PsfOutcome,
-    PsfType,
 )
 from rems_core.parties import Party
 from rems_core.rda import DispenseFiled, DispenseRecord, OrderEnd
 from rems_core.registry import RegistryConflict, RegistryDocument
 from rems_core.rulepack import OutOfScope
 from rems_core.shipping import ShipCheck, ShipmentQuery
+from rems_core.store.message_repo import StoredMessage
 from rems_core.store.parties_repo import PartyQuery
 from rems_core.store.repo import Store
 
@@ -330,8 +331,7 @@ class RemsService:
     ) -> Decision | Finding:
         """One order's decision, or why none was made: its request id was used for another
         request (REQUEST_ID_CONFLICT), or no rule pack covers its date."""
-        if not request.prescriber_npi:
-            request = replace(request, prescriber_npi=_enrolling_prescriber(store, identifiers))
+        request = dispense_unit.with_enrolling_prescriber(store, identifiers, request)
         try:
             pack = self.ctx.pack_for(request.dispense_date)
             return dispense_unit.decide_dispense(
@@ -472,6 +472,23 @@ class RemsService:
             lambda store: messages.receive_adt(self.ctx, store, message, event, answer, source)
         )
 
+    async def replay_message(
+        self,
+        stored: StoredMessage,
+        candidates: list[Candidate],
+        results: list[LabResult],
+        source: Source,
+    ) -> Replayed:
+        """A stored ORU processed again (`Hl7Intake.replay_stored_messages` reads it anew under
+        the current configuration): its results filed with their original arrival time to the
+        patient today's registry names (a result on file already is not stored again), the
+        review items of the message closed when it now matches; nothing held twice."""
+        return await self.writer.run(
+            lambda store: replay.replay_lab_message(
+                self.ctx, store, stored, candidates, results, source
+            )
+        )
+
     # --- the review queue -----------------------------------------------------------------
 
     async def link_review(
@@ -490,6 +507,17 @@ class RemsService:
     async def discard_review(self, item_id: str, reason: str, source: Source, at: datetime) -> None:
         await self.writer.run(
             lambda store: review.discard(self.ctx, store, item_id, reason, source, at)
+        )
+
+    # --- the operator console (docs/contracts.md §8) ---------------------------------------------
+
+    async def record_access(self, source: Source, page: str, patient_id: str | None) -> None:
+        """An operator viewed a patient's data (a patient, a message, a review item): one audit
+        record of kind ``access``, appended before the page is shown."""
+        await self.writer.run(
+            lambda store: store.append_audit(
+                audit_records.access(self.ctx.now(), source, page, patient_id)
+            )
         )
 
     # --- scheduled work (§8) ------------------------------------------------------------------
@@ -553,16 +581,6 @@ class RemsService:
     async def release_lease(self, holder: str, now: datetime) -> None:
         """Let the scheduler lease go (a clean shutdown): another gateway takes it at once."""
         await self.writer.run(lambda store: store.release_lease(SCHEDULER_LEASE, holder, now))
-
-
-def _enrolling_prescriber(store: Store, identifiers: list[Identifier]) -> str:
-    """The prescriber of the patient's accepted enrollment PSF ("" when there is none)."""
-    patient = store.find_patient(identifiers)
-    if patient is None:
-        return ""
-    accepted = store.snapshot(patient, [], []).accepted_psfs
-    enrollments = [p for p in accepted if p.form.type == PsfType.ENROLLMENT]
-    return enrollments[0].form.prescriber_npi if enrollments else ""
 
 
 class _CardsToKeep:

@@ -309,3 +309,22 @@ class FeedbackRecorded:
     card: str
     recorded: bool  # False: this (card, outcome, time) was recorded already
     draft: str | None = None  # the PSF draft now holding the rationale
+
+
+# --- replays of stored HL7 v2 messages (`rems-gateway replay`) ---------------------------------
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What a replay made of one stored message: its disposition before and after, what was
+    done (``note``), and whether anything new was stored."""
+
+    row_id: int
+    sender: str
+    control_id: str
+    before: str
+    after: str
+    note: str
+    changed: bool = False  # something new stored (results filed, review items closed)
+    patient: str | None = None
+    filed: tuple[str, ...] = ()  # review items filed to the patient

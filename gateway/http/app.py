@@ -30,6 +30,7 @@ from gateway.cds.feedback import router as cds_feedback_router
 from gateway.cds.hooks import router as cds_router
 from gateway.cds.readings import Readings
 from gateway.config import Settings
+from gateway.console.routes import install as install_console
 from gateway.fhir.auth import Authenticator, DevelopmentAuth
 from gateway.fhir.http import FhirError
 from gateway.fhir.http import error_response as fhir_error_response
@@ -151,6 +152,7 @@ def create_app(
     app.state.cds_readings = Readings()  # a hook's prefetched resources, read before
     app.include_router(cds_router)  # /cds-services (docs/contracts.md §6)
     app.include_router(cds_feedback_router)
+    install_console(app, settings, gateway.ctx.tz)  # /console (docs/contracts.md §8)
     return app
 
 

@@ -11,13 +11,21 @@ import asyncio
 import codecs
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast, get_args
 
+from gateway.app.context import UnitContext
 from gateway.app.service import REQUEST_ID_CONFLICT, RemsService
-from gateway.app.values import LabOutcome, OrdersDone, OrderWork, ReceivedMessage, Source
+from gateway.app.values import (
+    LabOutcome,
+    OrdersDone,
+    OrderWork,
+    ReceivedMessage,
+    Replayed,
+    Source,
+)
 from mappings.hl7v2.ack import build_ack, enhanced_mode, wanted
 from mappings.hl7v2.adt import AdtEvent, to_adt_event
 from mappings.hl7v2.identity_text import ambiguous_text, unmatched_text
@@ -26,6 +34,7 @@ from mappings.hl7v2.oru import Hl7Problem, LabReport, hl7_time, patient_candidat
 from mappings.hl7v2.pharmacy import (
     PRESCRIBER_FROM_REGISTRY,
     OrderRejected,
+    PharmacyMessage,
     PharmacyOrder,
     to_dispense_record,
     to_pharmacy_message,
@@ -37,6 +46,7 @@ from rems_core.identity import Candidate
 from rems_core.model import AncResult, Decision, Finding
 from rems_core.rda import DispenseFiled, DispenseOutcome
 from rems_core.rulepack import DEFAULT_PACK
+from rems_core.store.message_repo import StoredMessage
 
 log = logging.getLogger("rems_gateway.hl7")
 T = TypeVar("T")
@@ -108,6 +118,23 @@ class Received:
     close_connection: bool = False  # send nothing and close: the sender's engine resends
     # Enhanced mode: the application's answer (RRE, ORP), sent after the accept ACK (``ack``).
     application_ack: str | None = None
+    # For the log line of each message (never a patient's data): MSH-10, MSH-3.1|MSH-4.1 and
+    # MSH-9.1^MSH-9.2 as sent ("" when unreadable), and why it was refused ("" when it was not):
+    # the HL7 table 0357 code and ours, e.g. "204 UNKNOWN_SENDER".
+    control_id: str = ""
+    sender: str = ""
+    sent_type: str = ""
+    refusal: str = ""
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A message past the checks before the store, with its clinical arrival time."""
+
+    message: Message
+    sender: SenderConfig
+    received: datetime
+    warnings: list[Hl7Problem]
 
 
 @dataclass
@@ -147,29 +174,34 @@ def message_type(msh: Segment) -> str:
     return name if name in KNOWN_MESSAGE_TYPES else OTHER_TYPE
 
 
-class Hl7Intake:
+class Hl7Admission:
+    """The checks before the store, for every way a message comes in: the listener, `explain`
+    (what would be answered) and `replay` (stored messages again)."""
+
     def __init__(
         self,
-        service: RemsService,
         senders: SenderDirectory,
+        ctx: UnitContext,
         clock: str = "system",
         processing_id: str = "P",
     ) -> None:
-        self.service = service
         self.senders = senders
+        self.ctx = ctx
         self.clock = clock
         self.processing_id = processing_id  # the MSH-11 it applies (serve --processing-id)
-        self.pack = service.ctx.packs.get(DEFAULT_PACK)  # the codes and units ORUs are read with
+        self.pack = ctx.packs.get(DEFAULT_PACK)  # the codes and units ORUs are read with
 
-    async def receive(
+    async def admit(
         self,
         data: bytes,
         now: datetime | None = None,
-        *,
         client_certificate_sha256: str | None = None,
-    ) -> Received:
-        """One message in, its answer out. ``client_certificate_sha256``: the fingerprint of the
-        connection's verified client certificate (None: plain TCP, or TLS without one)."""
+        *,
+        connection: bool = True,
+    ) -> Admitted | Received:
+        """The checks before the store: the message read, its sender known, its type, version
+        and processing id taken — or the refusal the sender gets. ``connection`` False: no
+        connection to check a pinned certificate against (`explain`, `replay`)."""
         received = now or datetime.now(UTC)
         if len(data) > OFF_LOOP_BYTES:  # linear, but a large message is still milliseconds
             read = await asyncio.to_thread(self._read, data)
@@ -184,15 +216,16 @@ class Hl7Intake:
                 raise Rejected("AE", problem)
             if sender is None:
                 raise Rejected("AR", UNKNOWN_SENDER)
-            _check_certificate(sender, client_certificate_sha256)
+            if connection:
+                _check_certificate(sender, client_certificate_sha256)
             _check(message)
             warnings = _check_processing_id(message.msh, sender, self.processing_id)
             await _validate(sender, data, message)
         except Rejected as rejected:
-            return self._answer(message, sender, rejected.code, [rejected.problem], received)
+            return self.refused(message, sender, rejected.code, [rejected.problem], received)
         if self.clock == "message" and now is None:
-            received = hl7_time(message.msh.get(7, 1), self.service.ctx.tz) or received
-        return await self._store(message, sender, data, received, warnings)
+            received = hl7_time(message.msh.get(7, 1), self.ctx.tz) or received
+        return Admitted(message, sender, received, warnings)
 
     def _read(self, data: bytes) -> tuple[Message, Hl7Problem | None] | HL7ParseError:
         """Tokenized, and checked against the limits (docs/contracts.md §4)."""
@@ -201,6 +234,104 @@ class Hl7Intake:
         except HL7ParseError as error:
             return error
         return message, message_problem(message, self.senders.limits)
+
+    def _received(
+        self,
+        message: Message,
+        ack: str,
+        code: str,
+        outcome: LabOutcome | None,
+        disposition: Disposition,
+        refusal: str = "",
+    ) -> Received:
+        kept = ack if wanted(message.msh, code) else None
+        kind = message_type(message.msh)
+        return Received(
+            kept, code, outcome, kind, disposition, refusal=refusal, **identity(message.msh)
+        )
+
+    def refused(
+        self,
+        message: Message,
+        sender: SenderConfig | None,
+        code: str,
+        problems: list[Hl7Problem],
+        received: datetime,
+        disposition: Disposition = "rejected",
+    ) -> Received:
+        msa_code = sender.msa_code if sender is not None else None
+        control = message.msh.get(10, 1)
+        ack = build_ack(message.msh, code, problems, f"ACK-{control}", received, msa_code=msa_code)
+        return self._received(message, ack, code, None, disposition, refusal_of(problems))
+
+    def _unreadable(self, error: HL7ParseError, received: datetime) -> Received:
+        problem = Hl7Problem(error.location, error.code, "E", "", str(error))
+        code = "AR" if error.code.startswith("2") else "AE"
+        ack = build_ack(None, code, [problem], "ACK", received)
+        return Received(ack, code, refusal=refusal_of([problem]))
+
+
+class Hl7Intake(Hl7Admission):
+    def __init__(
+        self,
+        service: RemsService,
+        senders: SenderDirectory,
+        clock: str = "system",
+        processing_id: str = "P",
+    ) -> None:
+        super().__init__(senders, service.ctx, clock, processing_id)
+        self.service = service
+
+    async def receive(
+        self,
+        data: bytes,
+        now: datetime | None = None,
+        *,
+        client_certificate_sha256: str | None = None,
+    ) -> Received:
+        """One message in, its answer out. ``client_certificate_sha256``: the fingerprint of the
+        connection's verified client certificate (None: plain TCP, or TLS without one)."""
+        admitted = await self.admit(data, now, client_certificate_sha256)
+        if isinstance(admitted, Received):
+            return admitted
+        message, sender, received = admitted.message, admitted.sender, admitted.received
+        return await self._store(message, sender, data, received, admitted.warnings)
+
+    async def replay_stored_messages(
+        self,
+        stored: Iterable[StoredMessage],
+        source: Source,
+        each: Callable[[Replayed], None] | None = None,
+    ) -> list[Replayed]:
+        """Stored ORU^R01 messages processed again, oldest first, under this intake's senders
+        file and rules, with their original arrival time (``RemsService.replay_message``: a
+        result on file already is not stored again). ``source``: who replays them; ``each``
+        is told of every message done (a progress bar, the console)."""
+        done = []
+        for message in stored:
+            replayed = await self.replay_stored_message(message, source)
+            done.append(replayed)
+            if each is not None:
+                each(replayed)
+        return done
+
+    async def replay_stored_message(self, stored: StoredMessage, source: Source) -> Replayed:
+        """One stored message processed again (see ``replay_stored_messages``)."""
+        skipped = Replayed(
+            stored.row_id, stored.sender, stored.control_id, stored.disposition, "", ""
+        )
+        if not stored.raw:
+            note = "its body is not kept (purged, or an ADT of nobody): not replayed"
+            return replace(skipped, after=stored.disposition, note=note)
+        if stored.message_type != "ORU^R01":
+            note = f"{stored.message_type}: only ORU^R01 lab results are replayed"
+            return replace(skipped, after=stored.disposition, note=note)
+        admitted = await self.admit(stored.raw, stored.received, connection=False)
+        if isinstance(admitted, Received):
+            note = f"refused under the current configuration ({admitted.code}): not replayed"
+            return replace(skipped, after=stored.disposition, note=note)
+        report = to_lab_report(admitted.message, admitted.sender, self.pack, self.ctx.tz)
+        return await self.service.replay_message(stored, report.candidates, report.results, source)
 
     async def _store(
         self,
@@ -225,15 +356,12 @@ class Hl7Intake:
             report = LabReport([], [], [], candidates=_adt_candidates(event))
         else:
             report = await _mapped(
-                len(data), to_lab_report, message, sender, self.pack, self.service.ctx.tz
+                len(data), to_lab_report, message, sender, self.pack, self.ctx.tz
             )
         report = replace(report, problems=[*warnings, *report.problems])
 
         def answer(outcome: LabOutcome | None, disposition: str) -> str:
-            code, problems = _disposition(report, outcome, disposition, sender)
-            ack = build_ack(
-                message.msh, code, problems, _ack_id(envelope), received, msa_code=sender.msa_code
-            )
+            code, ack = lab_ack(message, sender, report, outcome, disposition, received)
             answered.ack, answered.code = ack, code
             # the service's dispositions are a subset of ours (gateway/app/units/messages.py)
             answered.outcome, answered.disposition = outcome, cast(Disposition, disposition)
@@ -251,7 +379,7 @@ class Hl7Intake:
         # The service calls answer() for a new message only; a resend gets the stored ACK, a
         # string answer() did not build (identity, not equality: the text may be the same).
         if ack is not answered.ack:
-            code = _our_code(message.msh, sender, ack)
+            code = our_code(message.msh, sender, ack)
             return self._received(message, ack, code, None, "duplicate")
         return self._received(message, ack, answered.code, answered.outcome, answered.disposition)
 
@@ -266,25 +394,14 @@ class Hl7Intake:
         """RDE/OMP: the dispense checks, stored with the RRE/ORP; a resend gets the stored one."""
         msh = message.msh
         try:
-            orders = to_pharmacy_message(message, sender, received, self.service.ctx.tz)
+            orders = to_pharmacy_message(message, sender, received, self.ctx.tz)
         except OrderRejected as rejected:
-            return self._answer(message, sender, "AE", [rejected.problem], received)
+            return self.refused(message, sender, "AE", [rejected.problem], received)
         kind = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
         reply = _PharmacyReply(message, sender, _envelope(message, sender, data, received, kind))
 
         def answer(done: OrdersDone, disposition: str) -> str:
-            decisions = done.decided
-            answers = [_order_answer(o, d) for o, d in zip(orders.orders, decisions, strict=True)]
-            answers += [
-                ended(e.sequence, e.placer, e.end.action, result.known)
-                for e, result in zip(orders.ends, done.ended, strict=True)
-            ]
-            answers.sort(key=lambda a: a.sequence)
-            problems = list(warnings)
-            if disposition == "conflict":
-                answers, problems = [], [REUSED_CONTROL_ID]
-            refused = any(isinstance(d, Finding) for d in decisions)
-            code = "AE" if disposition == "conflict" or refused else "AA"
+            code, answers, problems = orders_answered(orders, done, disposition, warnings)
             return reply.build(code, answers, problems, disposition)
 
         source = Source("mllp", sender.key, reply.envelope.control_id)
@@ -305,9 +422,9 @@ class Hl7Intake:
         """RDS^O13: the dispense filed against its RDA, stored with the RRD^O14; a resend gets
         the stored one."""
         try:
-            record = to_dispense_record(message, sender, received, self.service.ctx.tz)
+            record = to_dispense_record(message, sender, received, self.ctx.tz)
         except OrderRejected as rejected:
-            return self._answer(message, sender, "AE", [rejected.problem], received)
+            return self.refused(message, sender, "AE", [rejected.problem], received)
         pid = message.first("PID")
         candidates = patient_candidates(pid, sender) if pid is not None else []
         reply = _PharmacyReply(
@@ -338,7 +455,7 @@ class Hl7Intake:
             return self._store_failed(message, sender, exc, reply.envelope.received)
         answered = reply.answered
         if text is not answered.ack:
-            answered = _Answered(text, _our_code(message.msh, sender, text), None, "duplicate")
+            answered = _Answered(text, our_code(message.msh, sender, text), None, "duplicate")
         return self._order_received(message, answered, reply.envelope.received)
 
     def _order_received(
@@ -349,11 +466,19 @@ class Hl7Intake:
         msh, kind = message.msh, message_type(message.msh)
         answer = answered.ack or ""
         if not enhanced_mode(msh):
-            return Received(answer, answered.code, None, kind, answered.disposition)
+            return Received(
+                answer, answered.code, None, kind, answered.disposition, **identity(message.msh)
+            )
         accept = build_ack(msh, "AA", [], f"ACK-{msh.get(10, 1)}", received)
         kept = accept if wanted(msh, "AA") else None
         return Received(
-            kept, answered.code, None, kind, answered.disposition, application_ack=answer
+            kept,
+            answered.code,
+            None,
+            kind,
+            answered.disposition,
+            application_ack=answer,
+            **identity(message.msh),
         )
 
     def _store_failed(
@@ -366,40 +491,33 @@ class Hl7Intake:
         )
         if sender.on_store_failure == "no_ack":
             return Received(
-                None, "AR", None, message_type(message.msh), "error", close_connection=True
+                None,
+                "AR",
+                None,
+                message_type(message.msh),
+                "error",
+                close_connection=True,
+                refusal="207 STORE_UNAVAILABLE",
+                **identity(message.msh),
             )
         problem = Hl7Problem("", "207", "E", "STORE_UNAVAILABLE", "try again later")
-        return self._answer(message, sender, "AR", [problem], received, "error")
+        return self.refused(message, sender, "AR", [problem], received, "error")
 
-    def _received(
-        self,
-        message: Message,
-        ack: str,
-        code: str,
-        outcome: LabOutcome | None,
-        disposition: Disposition,
-    ) -> Received:
-        kept = ack if wanted(message.msh, code) else None
-        return Received(kept, code, outcome, message_type(message.msh), disposition)
 
-    def _answer(
-        self,
-        message: Message,
-        sender: SenderConfig | None,
-        code: str,
-        problems: list[Hl7Problem],
-        received: datetime,
-        disposition: Disposition = "rejected",
-    ) -> Received:
-        msa_code = sender.msa_code if sender is not None else None
-        control = message.msh.get(10, 1)
-        ack = build_ack(message.msh, code, problems, f"ACK-{control}", received, msa_code=msa_code)
-        return self._received(message, ack, code, None, disposition)
+def refusal_of(problems: list[Hl7Problem]) -> str:
+    """The first error as the log line names it: its 0357 code and ours (no text: it may quote
+    the message)."""
+    first = next((p for p in problems if p.severity == "E"), None)
+    return f"{first.hl7_code} {first.code}".strip() if first is not None else ""
 
-    def _unreadable(self, error: HL7ParseError, received: datetime) -> Received:
-        problem = Hl7Problem(error.location, error.code, "E", "", str(error))
-        code = "AR" if error.code.startswith("2") else "AE"
-        return Received(build_ack(None, code, [problem], "ACK", received), code)
+
+def identity(msh: Segment) -> dict[str, str]:
+    """MSH-10, MSH-3.1|MSH-4.1 and MSH-9.1^MSH-9.2 as sent, for the log line of the message."""
+    return {
+        "control_id": msh.get(10, 1),
+        "sender": f"{msh.get(3, 1)}|{msh.get(4, 1)}",
+        "sent_type": f"{msh.get(9, 1)}^{msh.get(9, 2)}",
+    }
 
 
 UNKNOWN_SENDER = Hl7Problem("MSH^1^3", "204", "E", "UNKNOWN_SENDER", "sender not configured")
@@ -488,7 +606,7 @@ async def _validate(sender: SenderConfig, data: bytes, message: Message) -> None
             raise Rejected("AE", problem)
 
 
-def _our_code(msh: Segment, sender: SenderConfig, ack: str) -> str:
+def our_code(msh: Segment, sender: SenderConfig, ack: str) -> str:
     """AA, AE or AR of a stored ACK, from its MSA-1 as enhanced mode or ack_codes wrote it."""
     segments = ack.split("\r")
     fields = segments[1].split("|") if len(segments) > 1 else []
@@ -532,6 +650,55 @@ def _envelope(
 
 def _ack_id(envelope: ReceivedMessage) -> str:
     return f"ACK-{envelope.control_id}"
+
+
+def lab_ack(
+    message: Message,
+    sender: SenderConfig,
+    report: LabReport,
+    outcome: LabOutcome | None,
+    disposition: str,
+    received: datetime,
+) -> tuple[str, str]:
+    """Our code (AA/AE) and the ACK of an ORU or ADT message, from what its unit of work did."""
+    code, problems = _disposition(report, outcome, disposition, sender)
+    control_id = f"ACK-{message.msh.get(10, 1)}"
+    return code, build_ack(
+        message.msh, code, problems, control_id, received, msa_code=sender.msa_code
+    )
+
+
+def orders_answered(
+    orders: PharmacyMessage, done: OrdersDone, disposition: str, warnings: list[Hl7Problem]
+) -> tuple[str, list[OrderAnswer], list[Hl7Problem]]:
+    """Our code, the ORCs and the message-level findings of an RRE/ORP."""
+    decisions = done.decided
+    answers = [_order_answer(o, d) for o, d in zip(orders.orders, decisions, strict=True)]
+    answers += [
+        ended(e.sequence, e.placer, e.end.action, result.known)
+        for e, result in zip(orders.ends, done.ended, strict=True)
+    ]
+    answers.sort(key=lambda a: a.sequence)
+    problems = list(warnings)
+    if disposition == "conflict":
+        answers, problems = [], [REUSED_CONTROL_ID]
+    refused = any(isinstance(d, Finding) for d in decisions)
+    code = "AE" if disposition == "conflict" or refused else "AA"
+    return code, answers, problems
+
+
+def order_reply(
+    message: Message,
+    sender: SenderConfig,
+    data: bytes,
+    received: datetime,
+    answered: tuple[str, list[OrderAnswer], list[Hl7Problem]],
+) -> str:
+    """The RRE/ORP text of ``orders_answered`` (as the unit of work builds and stores it)."""
+    kind = f"{message.msh.get(9, 1)}^{message.msh.get(9, 2)}"
+    reply = _PharmacyReply(message, sender, _envelope(message, sender, data, received, kind))
+    code, answers, problems = answered
+    return reply.build(code, answers, problems, "accepted")
 
 
 def _adt_candidates(event: AdtEvent) -> list[Candidate]:

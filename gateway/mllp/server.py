@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 
 #: How much of an oversize frame the `oversize_reply` hook is given.
 _READ_CHUNK = 65536
-_TLS_HANDSHAKE_TIMEOUT_S = 30.0
 _CLOSE_TIMEOUT_S = 2.0
 # TCP keepalive on accepted sockets: probe after 2 min of silence (below the 10 min after which
 # cloud NATs and VPNs drop idle flows), every 30 s, give up after 4 unanswered probes.
@@ -109,11 +108,15 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class MllpSettings:
+    """The listener's limits; `serve` takes them from its settings (`mllp_max_frame_bytes`,
+    `mllp_max_connections`, `mllp_idle_timeout_seconds`, `mllp_tls_handshake_timeout_seconds`)."""
+
     host: str = "127.0.0.1"
     port: int = 2575
     max_frame_bytes: int = 1_048_576
     max_connections: int = 256
     idle_timeout_s: float | None = 600.0  # None or <= 0: no idle timeout
+    tls_handshake_timeout_s: float = 30.0  # at most the idle timeout
     keepalive: bool = True
     tls_cert: Path | None = None  # PEM certificate chain; enables TLS
     tls_key: Path | None = None  # PEM private key (None: the key is in tls_cert)
@@ -124,6 +127,8 @@ class MllpSettings:
             raise ValueError("max_frame_bytes must be at least 1")
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if self.tls_handshake_timeout_s <= 0:
+            raise ValueError("tls_handshake_timeout_s must be more than 0")
         if self.tls_cert is None and (self.tls_key is not None or self.tls_client_ca is not None):
             raise ValueError("tls_key and tls_client_ca need tls_cert")
 
@@ -155,11 +160,15 @@ class MllpServer:
         on_event: EventSink | None = None,
         *,
         oversize_reply: OversizeReply | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """``sock``: a socket already bound (`serve` binds its ports before it starts, to say
+        at once when one is in use); without it ``start`` binds settings.host and .port."""
         self.settings = settings
         self.handler = handler
         self.on_event = on_event
         self.oversize_reply = oversize_reply
+        self._sock = sock
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self._port: int | None = None
@@ -188,13 +197,18 @@ class MllpServer:
             self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca
         )
         self._stopping = False
-        self._server = await asyncio.start_server(
-            self._on_client,
-            self.settings.host,
-            self.settings.port,
-            limit=_READ_CHUNK,
-            reuse_address=True,
-        )
+        if self._sock is not None:
+            self._server = await asyncio.start_server(
+                self._on_client, sock=self._sock, limit=_READ_CHUNK
+            )
+        else:
+            self._server = await asyncio.start_server(
+                self._on_client,
+                self.settings.host,
+                self.settings.port,
+                limit=_READ_CHUNK,
+                reuse_address=True,
+            )
         self._port = self._server.sockets[0].getsockname()[1]
         log.info(
             "mllp listening",
@@ -318,7 +332,7 @@ class MllpServer:
 
     async def _handshake(self, writer: asyncio.StreamWriter, peer: PeerInfo) -> PeerInfo | None:
         assert self._tls is not None
-        timeout = _TLS_HANDSHAKE_TIMEOUT_S
+        timeout = self.settings.tls_handshake_timeout_s
         if self.settings.idle_timeout_s and self.settings.idle_timeout_s > 0:
             timeout = min(timeout, self.settings.idle_timeout_s)
         try:

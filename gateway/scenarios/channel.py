@@ -4,6 +4,7 @@ from it and carry the steps their channel can carry."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from itertools import count
 from typing import Any
@@ -31,7 +32,7 @@ from mappings.hl7v2.oru import patient_candidates
 from mappings.hl7v2.senders import SenderConfig, SenderDirectory
 from mappings.hl7v2.tokenizer import parse
 from rems_core.identity import Candidate, resolved
-from rems_core.model import Identifier
+from rems_core.model import Finding, Identifier
 from rems_core.rda import DispenseFiled
 from rems_core.rulepack import OutOfScope
 from rems_core.store.review_repo import ReviewFilter
@@ -84,6 +85,17 @@ def ended_fields(ended: OrderEnded) -> dict[str, Any]:
     not (ORDER_NOT_FOUND)."""
     reasons = [f.as_dict() for f in ended.findings]
     return {"known": ended.known, "voided": ended.voided, "reasons": reasons, "warnings": []}
+
+
+def shipment_fields(
+    outcome: str, reasons: Sequence[Finding], warnings: Sequence[Finding]
+) -> dict[str, Any]:
+    """A `ship_check` step's result keys."""
+    return {
+        "outcome": outcome,
+        "reasons": [f.as_dict() for f in reasons],
+        "warnings": [f.as_dict() for f in warnings],
+    }
 
 
 def filed_fields(filed: DispenseFiled) -> dict[str, Any]:
@@ -288,6 +300,14 @@ class InProcessChannel:
             self.fhir_app = InProcessFhir(self._application())
         patient = step.patient
         return await self.fhir_app.run(step, self.identifiers(patient) if patient else None)
+
+    async def _ship_check(self, step: Step) -> dict[str, Any]:
+        """A shipment check (rules §10) through the service."""
+        checked, _ = await self.service.check_shipment(step.request, SOURCE)
+        return shipment_fields(checked.outcome.value, checked.reasons, checked.warnings) | {
+            "rule_pack": checked.rule_pack,
+            "http_status": 200,
+        }
 
     async def _hook(self, step: Step) -> dict[str, Any]:
         """A CDS hook through the gateway's app without a socket (development auth)."""

@@ -51,6 +51,7 @@ from gateway.scenarios.channel import (
     InProcessChannel,
     NotSupportedYet,
     pid_candidates,
+    shipment_fields,
 )
 from gateway.scenarios.fhir_answers import (
     answer_fields,
@@ -83,9 +84,11 @@ from gateway.scenarios.file import DEFAULT_DRUG, AdtStep, Scenario, ScenarioErro
 from gateway.scenarios.hooks import HookStep, send_hook
 from gateway.scenarios.smart import RunnerClient, RunnerClients, TokenSource
 from gateway.scenarios.worklist_answers import completing
+from mappings.fhir.references import NPI_SYSTEM as NPI
 from rems_core.identity import resolved
 from rems_core.model import (
     DispenseRequest,
+    Finding,
     Identifier,
     LabResult,
     PatientStatusForm,
@@ -94,6 +97,7 @@ from rems_core.model import (
     SubmitterRole,
 )
 from rems_core.rda import DispenseRecord, OrderAction, OrderEnd
+from rems_core.shipping import ShipmentQuery
 
 PENDING = PsfStatus.PENDING_PRESCRIBER_SIGNATURE.value
 IDENTIFYING_EVENTS = {"A01", "A04", "A08", "A28", "A31"}  # an adt step as a client Patient
@@ -319,6 +323,41 @@ class FhirChannel(InProcessChannel):
         """The id of the client Patient an `adt` step PUTs: stable for the file and step."""
         return fhir_id(f"scn-{self.scenario.path.stem}-{step.index}")
 
+    async def _ship_check(self, step: Step) -> dict[str, Any]:
+        """`POST /fhir/Organization/$rems-ship-check` (rules §10), the system token."""
+        query: ShipmentQuery = step.request
+        parameters = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "wholesaler", "valueString": query.partner_ref},
+                {
+                    "name": "pharmacy",
+                    "valueIdentifier": {"system": NPI, "value": query.pharmacy_npi},
+                },
+                {"name": "date", "valueDate": query.day.isoformat()},
+            ],
+        }
+        path = "/fhir/Organization/$rems-ship-check"
+        status, answer, _ = await self._post(path, json.dumps(parameters).encode(), step)
+        if status != 200 or not isinstance(answer, dict):
+            issues = answer.get("issue", []) if isinstance(answer, dict) else []
+            return {"http_status": status, "reasons": coded_findings(issues)}
+        named: dict[str, list[Any]] = {}
+        for parameter in answer.get("parameter", []):
+            named.setdefault(parameter["name"], []).append(parameter)
+        findings = {
+            kind: [
+                Finding(p["valueCoding"]["code"], p["valueCoding"].get("display", ""))
+                for p in named.get(kind, [])
+            ]
+            for kind in ("reason", "warning")
+        }
+        outcome = named["outcome"][0]["valueCode"]
+        return shipment_fields(outcome, findings["reason"], findings["warning"]) | {
+            "rule_pack": named["rule_pack"][0]["valueString"],
+            "http_status": status,
+        }
+
     async def _hook(self, step: Step) -> dict[str, Any]:
         """A CDS hook over HTTP, with the runner's CDS client JWT (its audience the service URL
         under the gateway's public base, the one its token endpoint is under)."""
@@ -351,6 +390,10 @@ class FhirChannel(InProcessChannel):
 
     async def _hl7(self, step: Step) -> dict[str, Any]:
         raise NotSupportedYet("an hl7 step: --via fhir skips it (docs/contracts.md §2)")
+
+
+def npi_identifier(npi: str) -> dict[str, str]:
+    return {"system": NPI, "value": npi}
 
 
 def fhir_id(text: str) -> str:

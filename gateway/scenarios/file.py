@@ -39,6 +39,7 @@ from rems_core.model import (
 from rems_core.rda import DispenseRecord, OrderAction, OrderEnd
 from rems_core.registry import RegistryDocument, RegistryInvalid, registry_from, yaml_problem
 from rems_core.rulepack import DEFAULT_PACK
+from rems_core.shipping import ShipmentQuery
 from rems_core.worklist import TaskKind
 
 E = TypeVar("E", bound=StrEnum)
@@ -72,6 +73,7 @@ STEP_KEYS: dict[str, set[str]] = {
     "cancel": {"patient", "request_id", "action"},
     "dispensed": {"patient", "request_id", "drug", "quantity", "days_supply"},
     "hook": {"request", "patient", "feedback"},
+    "ship_check": {"wholesaler", "pharmacy", "on"},
     "hl7": set(),
     "fhir": set(),
 }  # fmt: skip
@@ -91,6 +93,7 @@ EXPECT_KEYS: dict[str, set[str]] = {
     "dispensed": PATIENT_EXPECT | {"outcome", "reasons"},
 }
 EXPECT_KEYS["hook"] = PATIENT_EXPECT | HOOK_EXPECT
+EXPECT_KEYS["ship_check"] = COMMON_EXPECT | {"outcome", "reasons", "rule_pack"}
 EXPECT_KEYS["labs"] = EXPECT_KEYS["lab"]
 EXPECT_KEYS["sign"] = EXPECT_KEYS["psf"]
 EXPECT_KEYS["hl7"] = EXPECT_KEYS["fhir"] = set().union(*EXPECT_KEYS.values()) - {"filed"}
@@ -637,6 +640,16 @@ def review_act(body: Any, where: str, at: datetime, tz: tzinfo) -> ReviewStep:
     return ReviewStep("link", target, to=fields.text("to", required=True), identifier=identifier)
 
 
+def shipment_query(body: Any, where: str, at: datetime, tz: tzinfo) -> ShipmentQuery:
+    """May wholesaler (or distributor) `wholesaler` (its registry id) ship clozapine to pharmacy
+    `pharmacy` (NPI) on `on` (default the step's day)? (rules §10)"""
+    fields = Fields(body, where, STEP_KEYS["ship_check"], tz)
+    on = body.get("on")
+    day = fields.day(on, "on") if on is not None else at.astimezone(tz).date()
+    wholesaler = fields.text("wholesaler", required=True) or ""
+    return ShipmentQuery(None, wholesaler, fields.text("pharmacy", required=True) or "", day)
+
+
 def cds_hook(body: Any, where: str, at: datetime, tz: tzinfo) -> HookStep:
     try:
         return hook_step(body, where, aware, tz)
@@ -660,6 +673,7 @@ PARSERS = {
     "adt": adt_message,
     "review": review_act,
     "hook": cds_hook,
+    "ship_check": shipment_query,
     "hl7": raw_message,
     "fhir": raw_message,
 }

@@ -56,6 +56,7 @@ SYSTEM_SCOPES = [
     "system/Patient.cu",
     "system/GuidanceResponse.rs",
     "system/Task.rs",
+    "system/Organization.r",  # ship_check steps: Organization/$rems-ship-check
 ]
 USER_SCOPES = ["user/QuestionnaireResponse.cru", "user/Questionnaire.rs"]
 ADMIN_SCOPE = "admin"  # POST /admin/registry and /admin/scheduled-work on a running gateway

@@ -193,12 +193,36 @@ def to_lab_report(
     message: Message, sender: SenderConfig, pack: RulePack, default_tz: tzinfo
 ) -> LabReport:
     """``pack``: the codes, units and analyte words results are read with."""
-    tz = ZoneInfo(sender.timezone) if sender.timezone else default_tz
     pid = message.first("PID")
     candidates = patient_candidates(pid, sender) if pid else []
     results: list[LabResult] = []
     locations: list[str] = []
     problems: list[Hl7Problem] = []
+    for read in obx_readings(message, sender, pack, default_tz):
+        problems += read.problems
+        if read.result is not None:
+            results.append(read.result)
+            locations.append(f"OBX^{read.sequence}")
+    return LabReport(resolved(candidates), results, locations, problems, candidates)
+
+
+@dataclass(frozen=True)
+class ObxReading:
+    """One OBX as the gateway reads it: its result (None: ignored, or unusable) and warnings."""
+
+    sequence: int
+    segment: Segment
+    result: LabResult | None
+    problems: list[Hl7Problem]
+
+
+def obx_readings(
+    message: Message, sender: SenderConfig, pack: RulePack, default_tz: tzinfo
+) -> list[ObxReading]:
+    """Every OBX of an ORU in order, each read in the context of its OBR group and SPM (what
+    ``to_lab_report`` takes, and what `rems-gateway explain` shows)."""
+    tz = ZoneInfo(sender.timezone) if sender.timezone else default_tz
+    readings: list[ObxReading] = []
     group_spm = _first_spm_of_each_group(message)
     context = _Context()
     counts = {"OBR": 0, "SPM": 0, "OBX": 0}
@@ -213,11 +237,8 @@ def to_lab_report(
             _read_spm(segment, sequence, sender, context)
         else:
             result, found = _read_obx(segment, sequence, sender, pack, context, tz)
-            problems += found
-            if result is not None:
-                results.append(result)
-                locations.append(f"OBX^{sequence}")
-    return LabReport(resolved(candidates), results, locations, problems, candidates)
+            readings.append(ObxReading(sequence, segment, result, found))
+    return readings
 
 
 def _first_spm_of_each_group(message: Message) -> dict[int, _Stamp]:

@@ -5,9 +5,11 @@ A sender is identified by MSH-3 (sending application) and MSH-4 (sending facilit
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -55,6 +57,27 @@ class SenderConfig(_Strict):
     days_supply_field: str | None = None
     pharmacy_npi: str | None = None
     discharge: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        """Checked when the file is read: a misspelt zone would fail every message later."""
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError("an IANA time zone name, e.g. America/Chicago") from None
+        return value
+
+    @field_validator("charset_fallback")
+    @classmethod
+    def _charset(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError("a character set Python knows, e.g. cp1252") from None
+        return value
 
     @field_validator("days_supply_field")
     @classmethod

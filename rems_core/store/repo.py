@@ -27,6 +27,7 @@ from rems_core.model import (
 )
 from rems_core.store import tables as t
 from rems_core.store.cds_repo import CdsRepo
+from rems_core.store.console_repo import ConsoleRepo
 from rems_core.store.fhir_repo import FhirRepo
 from rems_core.store.lease_repo import LeaseRepo
 from rems_core.store.message_repo import MessageRepo
@@ -264,6 +265,7 @@ class Store(
     SubscriptionRepo,
     LeaseRepo,
     CdsRepo,
+    ConsoleRepo,
 ):
     """One unit of work's reads and writes."""
 

@@ -71,6 +71,15 @@ class ReviewRepo:
         row = self.conn.execute(select(review_t).where(review_t.c.id == item_id)).first()
         return _item(row) if row is not None else None
 
+    def held_of_message(self, message: str) -> list[dict[str, Any]]:
+        """Open items of results of the message ``"MSH-3|MSH-4#MSH-10"``, oldest first."""
+        rows = self.conn.execute(
+            select(review_t)
+            .where(review_t.c.message == message, review_t.c.status == OPEN)
+            .order_by(review_t.c.received, review_t.c.id)
+        ).all()
+        return [_item(row) for row in rows]
+
     def held_for(self, keys: Iterable[Identifier]) -> list[dict[str, Any]]:
         """Open items whose results wait for one of these identifiers, oldest arrival first."""
         pairs = {(k.system, k.value) for k in keys}

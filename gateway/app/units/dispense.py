@@ -22,12 +22,29 @@ from rems_core.model import (
     DispenseRequest,
     Identifier,
     Patient,
+    PsfType,
     decision_from_dict,
     to_plain,
 )
 from rems_core.rda import RdaState
 from rems_core.rulepack import RulePack
 from rems_core.store.repo import Store
+
+
+def with_enrolling_prescriber(
+    store: Store, identifiers: list[Identifier], request: DispenseRequest
+) -> DispenseRequest:
+    """An order naming no prescriber is the patient's enrolling prescriber's: the prescriber of
+    the accepted enrollment PSF ("" when there is none)."""
+    if request.prescriber_npi:
+        return request
+    patient = store.find_patient(identifiers)
+    if patient is None:
+        return request
+    accepted = store.snapshot(patient, [], []).accepted_psfs
+    enrollments = [p for p in accepted if p.form.type == PsfType.ENROLLMENT]
+    npi = enrollments[0].form.prescriber_npi if enrollments else ""
+    return replace(request, prescriber_npi=npi)
 
 
 def request_hash(identifiers: list[Identifier], request: DispenseRequest) -> str:

@@ -16,7 +16,7 @@ from gateway.app.units import labs, worklist
 from gateway.app.units.identity import AMBIGUOUS, PATIENT, UNMATCHED, lab_result
 from gateway.app.values import Source
 from rems_core.identity import REFERENCE_SYSTEM, Candidate, Rule, resolved
-from rems_core.model import Identifier, Patient
+from rems_core.model import Identifier, LabResult, Patient
 from rems_core.store.repo import Store
 
 # --- attaching identifiers and filing what waited for them ---------------------------------------
@@ -103,12 +103,15 @@ def file_item(
     patient: Patient,
     source: Source,
     at: datetime,
+    results: Sequence[LabResult] | None = None,
 ) -> None:
+    """``results``: what to file instead of the item's own (its message read again)."""
     arrival = Source(item["channel"], item["sender"])
-    results = [lab_result(r) for r in item["results"] or []]
+    if results is None:
+        results = [lab_result(r) for r in item["results"] or []]
     resources = item["resources"] or []
     ancs = labs.store_results(
-        ctx, store, patient, results, arrival, item["received"], as_resources=not resources
+        ctx, store, patient, list(results), arrival, item["received"], as_resources=not resources
     )
     store.link_resources(resources, patient.rems_id)
     store.resolve_review_item(
