@@ -33,6 +33,7 @@ FILES += [SCENARIOS / "identity-late-link.yaml", SCENARIOS / "adt-identify.yaml"
 FILES += [SCENARIOS / "fhir-client-patient.yaml"]  # client Patient ids tagged per run
 FILES += [SCENARIOS / "monthly-psf-draft.yaml"]  # Task and draft searches, the draft's PUT
 FILES += [SCENARIOS / "cds-hooks-rationale.yaml"]  # CDS hooks with the runner's JWT, feedback
+NEW_YORK_FILE = SCENARIOS / "timezone-new-york.yaml"  # wants --timezone America/New_York
 KNOWN_NPI = "1992837462"  # valid check digits; a client is made for it
 UNKNOWN_NPI = "1918273644"  # valid check digits; no client for it
 
@@ -65,7 +66,8 @@ def rems_gateway(*args: str) -> str:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     folder = tmp_path_factory.mktemp("fhir-live")
     wrong = lab_file(folder, "wrong", KNOWN_NPI, category="mild")
-    made = rems_gateway("scenario", "clients", *map(str, [*FILES, wrong]), "--out", str(folder))
+    files = [*FILES, wrong, NEW_YORK_FILE]
+    made = rems_gateway("scenario", "clients", *map(str, files), "--out", str(folder))
     assert made.endswith("exit 0"), made
     clients, cds = folder / "smart-clients.yaml", folder / "cds-clients.yaml"
     gateway = start(
@@ -150,3 +152,15 @@ def test_a_prescriber_without_a_client_fails_the_file_naming_it(live: Live, tmp_
 def test_fhir_options_that_do_not_fit_together_exit_2(options: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["scenario", "run", str(LAB_FILE), *options])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_file_for_another_time_zone_fails_with_a_hint(live: Live) -> None:
+    """The gateway runs on UTC; the file's day counts are New York's: its failures say so."""
+    output = run_fhir(live, NEW_YORK_FILE)
+    assert output.endswith("exit 1"), output
+    hint = (
+        "hint: the gateway's time zone is UTC, and this file's is America/New_York: run it "
+        "against a gateway started with --timezone America/New_York"
+    )
+    assert hint in output
+    assert "0 passed, 1 failed, 0 skipped" in output

@@ -163,6 +163,7 @@ def test_files_that_disagree_about_a_prescriber_are_an_error(live: Live, tmp_pat
     assert output.endswith("exit 1"), output
     assert "1 passed, 1 failed" in output
     assert f"prescriber {npi}: certified is False in this file, True in the database" in output
+    assert "Nothing was loaded. Run it against a fresh database" in output
     # Checked before loading: the shared record is as the first file left it.
     assert query(live, "SELECT certified FROM prescriber WHERE npi = ?", npi) == [(1,)]
 
