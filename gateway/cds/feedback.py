@@ -20,6 +20,7 @@ from gateway.cds.hooks import (
     ERROR_RESPONSES,
     authenticated,
     hook_body,
+    json_request,
     known_service,
 )
 from gateway.fhir.http import FhirError
@@ -31,20 +32,13 @@ OUTCOMES = ("accepted", "overridden")
 #: CDS Hooks 3.0's non-adherence reasons: risk-benefit-ratio is a rationale too.
 NON_ADHERENCE_SYSTEM = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
 MAX_ITEMS = 100
-FEEDBACK_REQUEST = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["feedback"],
-                    "properties": {"feedback": {"type": "array", "items": {"type": "object"}}},
-                }
-            }
-        },
+FEEDBACK_REQUEST = json_request(
+    {
+        "type": "object",
+        "required": ["feedback"],
+        "properties": {"feedback": {"type": "array", "items": {"type": "object"}}},
     }
-}
+)
 
 
 @router.post(

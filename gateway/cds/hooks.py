@@ -85,27 +85,27 @@ CDS_ERRORS = {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: _json(OUTCOME_SCHEMA, text, FHIR_JSON) for status, text in CDS_ERRORS.items()
 }
-HOOK_REQUEST = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["hook", "hookInstance", "context"],
-                    "properties": {
-                        "hook": {"type": "string"},
-                        "hookInstance": {"type": "string"},
-                        "context": {"type": "object"},
-                        "prefetch": {"type": "object"},
-                        "fhirServer": {"type": "string"},
-                        "fhirAuthorization": {"type": "object"},
-                    },
-                }
-            }
+
+
+def json_request(schema: dict[str, Any]) -> dict[str, Any]:
+    """An operation's required application/json request body, for /openapi.json."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+HOOK_REQUEST = json_request(
+    {
+        "type": "object",
+        "required": ["hook", "hookInstance", "context"],
+        "properties": {
+            "hook": {"type": "string"},
+            "hookInstance": {"type": "string"},
+            "context": {"type": "object"},
+            "prefetch": {"type": "object"},
+            "fhirServer": {"type": "string"},
+            "fhirAuthorization": {"type": "object"},
         },
     }
-}
+)
 CARDS = {"type": "object", "required": ["cards"], "properties": {"cards": {"type": "array"}}}
 SERVICES = {
     "type": "object",
