@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, func, insert, literal, select, union_all, update
 
 from rems_core.store import tables as t
-from rems_core.store.prepared import PreparedInsert
+from rems_core.store.prepared import PreparedInsert, PreparedQuery
 
 resource_t = t.FhirResourceRow.__table__
 observation_t = t.ObservationRow.__table__
@@ -74,28 +74,36 @@ class ResourceQuery:
     offset: int = 0
 
 
-_current = select(resource_t).where(
-    resource_t.c.resource_type == bindparam("resource_type"),
-    resource_t.c.id == bindparam("id"),
-    resource_t.c.current.is_(True),
+_current = PreparedQuery(
+    select(resource_t).where(
+        resource_t.c.resource_type == bindparam("resource_type"),
+        resource_t.c.id == bindparam("id"),
+        resource_t.c.current.is_(True),
+    )
 )
-_version = select(resource_t).where(
-    resource_t.c.resource_type == bindparam("resource_type"),
-    resource_t.c.id == bindparam("id"),
-    resource_t.c.version_id == bindparam("version_id"),
+_version = PreparedQuery(
+    select(resource_t).where(
+        resource_t.c.resource_type == bindparam("resource_type"),
+        resource_t.c.id == bindparam("id"),
+        resource_t.c.version_id == bindparam("version_id"),
+    )
 )
-_by_identifier = select(resource_t).where(
-    resource_t.c.resource_type == bindparam("resource_type"),
-    resource_t.c.identifier == bindparam("identifier"),
-    resource_t.c.current.is_(True),
+_by_identifier = PreparedQuery(
+    select(resource_t).where(
+        resource_t.c.resource_type == bindparam("resource_type"),
+        resource_t.c.identifier == bindparam("identifier"),
+        resource_t.c.current.is_(True),
+    )
 )
-_by_content = select(resource_t).where(
-    resource_t.c.resource_type == bindparam("resource_type"),
-    resource_t.c.content_hash == bindparam("content_hash"),
-    resource_t.c.owner == bindparam("owner"),
-    resource_t.c.current.is_(True),
+_by_content = PreparedQuery(
+    select(resource_t).where(
+        resource_t.c.resource_type == bindparam("resource_type"),
+        resource_t.c.content_hash == bindparam("content_hash"),
+        resource_t.c.owner == bindparam("owner"),
+        resource_t.c.current.is_(True),
+    )
 )
-_supersede = (
+_supersede = PreparedQuery(
     update(resource_t)
     .where(
         resource_t.c.resource_type == bindparam("of_type"),
@@ -160,32 +168,31 @@ class FhirRepo:
     conn: Connection
 
     def current_resource(self, resource_type: str, resource_id: str) -> StoredResource | None:
-        row = self.conn.execute(_current, {"resource_type": resource_type, "id": resource_id})
-        found = row.first()
+        found = _current.first(self.conn, {"resource_type": resource_type, "id": resource_id})
         return _stored(found) if found is not None else None
 
     def resource_version(
         self, resource_type: str, resource_id: str, version: int
     ) -> StoredResource | None:
-        found = self.conn.execute(
-            _version, {"resource_type": resource_type, "id": resource_id, "version_id": version}
-        ).first()
+        found = _version.first(
+            self.conn, {"resource_type": resource_type, "id": resource_id, "version_id": version}
+        )
         return _stored(found) if found is not None else None
 
     def resource_by_identifier(self, resource_type: str, identifier: str) -> StoredResource | None:
-        found = self.conn.execute(
-            _by_identifier, {"resource_type": resource_type, "identifier": identifier}
-        ).first()
+        found = _by_identifier.first(
+            self.conn, {"resource_type": resource_type, "identifier": identifier}
+        )
         return _stored(found) if found is not None else None
 
     def resource_by_content(
         self, resource_type: str, content_hash: str, owner: str
     ) -> StoredResource | None:
         """A current resource of ``owner``'s with this content: a create sent again."""
-        found = self.conn.execute(
-            _by_content,
+        found = _by_content.first(
+            self.conn,
             {"resource_type": resource_type, "content_hash": content_hash, "owner": owner},
-        ).first()
+        )
         return _stored(found) if found is not None else None
 
     def put_resource(
@@ -203,7 +210,7 @@ class FhirRepo:
         which the caller has read), or as a new resource of ``owner``."""
         version = current.version_id + 1 if current is not None else 1
         if current is not None:
-            self.conn.execute(_supersede, {"of_type": resource_type, "of_id": resource_id})
+            _supersede.run(self.conn, {"of_type": resource_type, "of_id": resource_id})
         stored = with_meta(body, resource_id, version, at)
         owner = current.owner if current is not None else owner
         _insert.run(
