@@ -24,6 +24,7 @@ from rems_core.model import (
 )
 from rems_core.registry import PatientEntry, PharmacyEntry, PrescriberEntry, RegistryConflict
 from rems_core.store import tables as t
+from rems_core.store.prepared import PreparedQuery
 from rems_core.store.subscription_repo import Listener
 
 prescriber_t = t.PrescriberRow.__table__
@@ -37,7 +38,7 @@ identifier_t = t.PatientIdentifierRow.__table__
 PATIENTS_KEPT = 100_000  # identifier lookups remembered between batches
 
 # Built once: building a statement costs more than running it.
-_patient_by_identifier = (
+_patient_by_identifier = PreparedQuery(
     select(patient_t, identifier_t.c.system, identifier_t.c.value)
     .select_from(identifier_t)
     .join(patient_t, patient_t.c.id == identifier_t.c.patient_id)
@@ -50,7 +51,7 @@ _patient_by_identifier = (
         .scalar_subquery()
     )
 )
-_patient_by_id = (
+_patient_by_id = PreparedQuery(
     select(patient_t, identifier_t.c.system, identifier_t.c.value)
     .select_from(patient_t)
     .outerjoin(identifier_t, identifier_t.c.patient_id == patient_t.c.id)
@@ -245,9 +246,9 @@ class RegistryRepo:
     def find_patient(self, identifiers: Iterable[Identifier]) -> Patient | None:
         for ident in identifiers:
             if ident not in self._patients:
-                rows = self.conn.execute(
-                    _patient_by_identifier, {"system": ident.system, "value": ident.value}
-                ).all()
+                rows = _patient_by_identifier.rows(
+                    self.conn, {"system": ident.system, "value": ident.value}
+                )
                 self._patients[ident] = _patient(rows)
             if (patient := self._patients[ident]) is not None:
                 return patient
@@ -273,7 +274,7 @@ class RegistryRepo:
         )
 
     def patient(self, patient_id: str) -> Patient | None:
-        return _patient(self.conn.execute(_patient_by_id, {"patient_id": patient_id}).all())
+        return _patient(_patient_by_id.rows(self.conn, {"patient_id": patient_id}))
 
     def patient_demographics(self, patient_id: str) -> Demographics | None:
         """Name, birth date and sex as the registry holds them (the FHIR Patient; never logged)."""

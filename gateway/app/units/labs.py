@@ -142,7 +142,7 @@ def store_results(
         withdrawn = [cancelled(r) for r in arrived if r.status == ResultStatus.CANCELLED]
         reported += ancs or withdrawn
     if _worklist_may_change(store, patient, derived, results):
-        worklist.refresh(ctx, store, patient.rems_id, received, source)
+        worklist.refresh_for(ctx, store, patient, received, source)
     return reported
 
 

@@ -15,9 +15,9 @@ from gateway.app.units import notifications
 from gateway.app.values import Source
 from mappings.fhir.content import content_hash
 from mappings.fhir.worklist import TASK_SYSTEM, draft_body, prefill, stopped, task_body
-from rems_core.model import Setting, TreatmentStatus
+from rems_core.model import Patient, Setting, TreatmentStatus
 from rems_core.rulepack import OutOfScope
-from rems_core.store.fhir_repo import ResourceIndex
+from rems_core.store.fhir_repo import ResourceIndex, StoredResource
 from rems_core.store.repo import Store
 from rems_core.worklist import PsfDraft, TaskKind, TaskNeed, Worklist, worklist
 
@@ -46,18 +46,24 @@ def refresh(
 ) -> None:
     """The patient's draft and tasks as the file calls for them at ``until``."""
     patient = store.patient(patient_id)
-    if patient is None:
-        return
+    if patient is not None:
+        refresh_for(ctx, store, patient, until, source)
+
+
+def refresh_for(
+    ctx: UnitContext, store: Store, patient: Patient, until: datetime, source: Source
+) -> None:
+    """``refresh`` for a patient the unit has read already."""
     try:
         pack = ctx.pack_for(until)
     except OutOfScope:
         return
     since = until - timedelta(days=pack.psf_window.value)
-    settings = store.dispense_settings_since(patient_id, since)
+    settings = store.dispense_settings_since(patient.rems_id, since)
     inpatient_only = bool(settings) and all(s == Setting.INPATIENT.value for s in settings)
     work = worklist(pack, store.snapshot(patient), until, ctx.tz, inpatient_only)
-    draft_ref = keep_draft(store, patient_id, work, until, ctx)
-    keep_tasks(ctx, store, patient_id, work, draft_ref, until, source)
+    draft_ref = keep_draft(store, patient.rems_id, work, until, ctx)
+    keep_tasks(ctx, store, patient.rems_id, work, draft_ref, until, source)
 
 
 # --- the monthly draft ---------------------------------------------------------------------------
@@ -67,13 +73,16 @@ def keep_draft(
     store: Store, patient_id: str, work: Worklist, until: datetime, ctx: UnitContext
 ) -> str | None:
     """The draft's reference ("QuestionnaireResponse/<id>") while one is open."""
-    wanted = work.draft or _holding_rationale(store, patient_id, work)
-    for draft in store.open_drafts(patient_id):
+    open_rows = store.open_drafts(patient_id)
+    wanted = work.draft or _holding_rationale(open_rows, work)
+    for draft in open_rows:
         if wanted is None or draft["due"] != wanted.due:
             _withdraw(store, draft, until)
     if wanted is None:
         return None
-    row = store.draft_for(patient_id, wanted.due)
+    row = next((d for d in open_rows if d["due"] == wanted.due), None)
+    if row is None:
+        row = store.draft_for(patient_id, wanted.due)
     if row is None:
         return f"{RESPONSE}/{_open_draft(store, patient_id, wanted, until, ctx)}"
     if row["status"] == OPEN:
@@ -82,13 +91,13 @@ def keep_draft(
     return None  # submitted (accepted or pending a signature) or withdrawn: not reopened
 
 
-def _holding_rationale(store: Store, patient_id: str, work: Worklist) -> PsfDraft | None:
+def _holding_rationale(open_rows: list[dict[str, Any]], work: Worklist) -> PsfDraft | None:
     """The period's draft before its lead time, when it holds a prescriber's rationale (a CDS
     override): kept open for the signature."""
     if work.period is None:
         return None
-    row = store.draft_for(patient_id, work.period.due)
-    held = row is not None and row["status"] == OPEN and row["rationale"] is not None
+    due = work.period.due
+    held = any(d["due"] == due and d["rationale"] is not None for d in open_rows)
     return work.period if held else None
 
 
@@ -164,7 +173,7 @@ def _update_draft(
     in_progress = current is not None and current.body.get("status") == "in-progress"
     if digest == row["prefill_hash"] and in_progress:
         return
-    _put(store, RESPONSE, row["id"], body, _draft_index(patient_id), until)
+    _put(store, RESPONSE, row["id"], body, _draft_index(patient_id), until, current)
     store.update_draft(row["id"], prefill_hash=digest, prescriber_npi=draft.prescriber_npi)
 
 
@@ -172,14 +181,8 @@ def _withdraw(store: Store, row: dict[str, Any], until: datetime) -> None:
     """A draft no longer needed (a PSF was accepted without it, or treatment stopped)."""
     current = store.current_resource(RESPONSE, row["id"])
     if current is not None and current.body.get("status") == "in-progress":
-        _put(
-            store,
-            RESPONSE,
-            row["id"],
-            stopped(current.body),
-            _draft_index(row["patient_id"]),
-            until,
-        )
+        index = _draft_index(row["patient_id"])
+        _put(store, RESPONSE, row["id"], stopped(current.body), index, until, current)
     store.update_draft(row["id"], status=WITHDRAWN, closed=until)
 
 
@@ -329,9 +332,12 @@ def _put(
     body: dict[str, Any],
     index: ResourceIndex,
     at: datetime,
+    current: StoredResource | None = None,
 ) -> dict[str, Any]:
-    """The next version of one of the gateway's own resources; the stored body."""
-    current = store.current_resource(resource_type, resource_id)
+    """The next version of one of the gateway's own resources (after ``current``, when the
+    caller has read it); the stored body."""
+    if current is None:
+        current = store.current_resource(resource_type, resource_id)
     stored = store.put_resource(
         resource_type, resource_id, body, content_hash(body), index, at, current
     )
