@@ -4,10 +4,14 @@ limits answer AE naming the limit; the ACK is well-formed whatever it echoes."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from gateway.mllp.intake import Hl7Intake
+from mappings.hl7v2 import limits as limits_check
 from mappings.hl7v2.senders import Hl7Limits, SenderDirectory
+from mappings.hl7v2.tokenizer import Segment
 from rems_core.store import tables
 from tests.conftest import postgresql_only, run
 from tests.test_hl7_intake import LOCAL, NOW, count, errors, fixture, intake, segments
@@ -239,3 +243,20 @@ def test_an_absurd_version_is_ar_203_with_a_well_formed_ack(
     message = with_field(b"MSH", 18, b"UNICODE UTF-8", with_field(b"MSH", 12, version))
     received = run(intake.receive(message, NOW))
     assert received.code == "AR" and errors(received.ack)[0][:2] == ("MSH^1^12", "203")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(["MSH", "PID", "OBX", "NTE"]),
+    fields=st.lists(st.text(alphabet="ab~^\x00", max_size=8), min_size=1, max_size=6),
+    max_repetitions=st.integers(1, 4),
+    max_field_length=st.integers(1, 8),
+)
+def test_the_whole_segment_glance_finds_what_the_field_by_field_check_finds(
+    name: str, fields: list[str], max_repetitions: int, max_field_length: int
+) -> None:
+    limits = Hl7Limits(max_repetitions=max_repetitions, max_field_length=max_field_length)
+    segment = Segment([name, *fields])
+    by_field = limits_check._field_problem("S^1", segment, fields, "~", limits)
+    expected = by_field or limits_check._key_problem("S^1", segment, limits.max_key_length)
+    assert limits_check._segment_problem("S^1", segment, "~", limits) == expected

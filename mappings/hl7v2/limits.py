@@ -42,8 +42,30 @@ def _numbered(message: Message) -> Iterator[tuple[str, Segment]]:
 def _segment_problem(
     location: str, segment: Segment, repetition: str, limits: Hl7Limits
 ) -> Hl7Problem | None:
+    fields = segment.raw_fields()
+    if not _within_at_a_glance(fields, repetition, limits):
+        problem = _field_problem(location, segment, fields, repetition, limits)
+        if problem is not None:
+            return problem
+    return _key_problem(location, segment, limits.max_key_length)
+
+
+def _within_at_a_glance(fields: list[str], repetition: str, limits: Hl7Limits) -> bool:
+    """Whole-segment checks that clear nearly every segment without a look at each field (no
+    NUL, no field too long, fewer repetition marks in all than one field may hold)."""
+    text = "".join(fields)
+    return (
+        "\x00" not in text
+        and text.count(repetition) < limits.max_repetitions
+        and max(map(len, fields), default=0) <= limits.max_field_length
+    )
+
+
+def _field_problem(
+    location: str, segment: Segment, fields: list[str], repetition: str, limits: Hl7Limits
+) -> Hl7Problem | None:
     header = segment.name in HEADER_SEGMENTS
-    for n, raw in enumerate(segment.raw_fields(), start=1):
+    for n, raw in enumerate(fields, start=1):
         where, label = f"{location}^{n}", f"{segment.name}-{n}"
         if "\x00" in raw:
             return _error(where, "102", "NUL_CHARACTER", f"{label} holds a NUL character")
@@ -53,7 +75,7 @@ def _segment_problem(
         if not (header and n <= 2) and raw.count(repetition) >= limits.max_repetitions:
             text = f"{label} has more than max_repetitions {limits.max_repetitions} repetitions"
             return _error(where, "102", "TOO_MANY_REPETITIONS", text)
-    return _key_problem(location, segment, limits.max_key_length)
+    return None
 
 
 def _key_problem(location: str, segment: Segment, longest: int) -> Hl7Problem | None:
