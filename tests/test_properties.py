@@ -8,6 +8,7 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mappings.fhir.content import content_hash, content_hashes
 from rems_core.anc import category_of, specimen_ancs
 from rems_core.audit import digest, digest_of_plain
 from rems_core.dispense import decide
@@ -213,3 +214,25 @@ def test_the_fast_input_digest_is_the_plain_one(
     """Audit input hashes must not change with how they are computed."""
     assert digest_of_plain(results) == digest(to_plain(results))
     assert digest_of_plain(snapshot) == digest(to_plain(snapshot))
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@SETTINGS
+@given(
+    body=st.dictionaries(st.sampled_from(["id", "meta", "authored", "item", "µ", "Z", "a"]), _json),
+    fewer=st.sets(st.sampled_from(["authored", "item", "µ"])),
+)
+def test_the_two_hashes_from_one_encoding_are_the_content_hashes(
+    body: dict[str, object], fewer: set[str]
+) -> None:
+    whole, part = content_hashes(body, fewer)
+    assert whole == content_hash(body)
+    assert part == content_hash({k: v for k, v in body.items() if k not in fewer})

@@ -36,6 +36,14 @@ class StoredResource:
 
 
 @dataclass(frozen=True)
+class ResourceHead:
+    """What the next version of a resource needs of its current one."""
+
+    version_id: int
+    owner: str | None
+
+
+@dataclass(frozen=True)
 class LabRow:
     """A lab result that did not come as a FHIR Observation (HL7 v2, a scenario's lab step): in
     the patient's FHIR record it is the Observation ``lab-<row id>``, rendered when read."""
@@ -76,6 +84,13 @@ class ResourceQuery:
 
 _current = PreparedQuery(
     select(resource_t).where(
+        resource_t.c.resource_type == bindparam("resource_type"),
+        resource_t.c.id == bindparam("id"),
+        resource_t.c.current.is_(True),
+    )
+)
+_current_head = PreparedQuery(
+    select(resource_t.c.version_id, resource_t.c.owner).where(
         resource_t.c.resource_type == bindparam("resource_type"),
         resource_t.c.id == bindparam("id"),
         resource_t.c.current.is_(True),
@@ -171,6 +186,11 @@ class FhirRepo:
         found = _current.first(self.conn, {"resource_type": resource_type, "id": resource_id})
         return _stored(found) if found is not None else None
 
+    def current_head(self, resource_type: str, resource_id: str) -> ResourceHead | None:
+        """The current version's number and owner, without its body."""
+        found = _current_head.first(self.conn, {"resource_type": resource_type, "id": resource_id})
+        return ResourceHead(found.version_id, found.owner) if found is not None else None
+
     def resource_version(
         self, resource_type: str, resource_id: str, version: int
     ) -> StoredResource | None:
@@ -203,7 +223,7 @@ class FhirRepo:
         content_hash: str,
         index: ResourceIndex,
         at: datetime,
-        current: StoredResource | None = None,
+        current: StoredResource | ResourceHead | None = None,
         owner: str | None = None,
     ) -> StoredResource:
         """Store ``body`` as the next version of ``current`` (the resource's current version,

@@ -13,11 +13,18 @@ from gateway.app import audit_records
 from gateway.app.context import UnitContext
 from gateway.app.units import notifications
 from gateway.app.values import Source
-from mappings.fhir.content import content_hash
-from mappings.fhir.worklist import TASK_SYSTEM, draft_body, prefill, stopped, task_body
+from mappings.fhir.content import content_hash, content_hashes
+from mappings.fhir.worklist import (
+    PREFILL_ASIDE,
+    TASK_SYSTEM,
+    draft_body,
+    prefill,
+    stopped,
+    task_body,
+)
 from rems_core.model import Patient, Setting, TreatmentStatus
 from rems_core.rulepack import OutOfScope
-from rems_core.store.fhir_repo import ResourceIndex, StoredResource
+from rems_core.store.fhir_repo import ResourceHead, ResourceIndex, StoredResource
 from rems_core.store.repo import Store
 from rems_core.worklist import PsfDraft, TaskKind, TaskNeed, Worklist, worklist
 
@@ -168,13 +175,17 @@ def _update_draft(
     """A new version when the labs changed what it pre-fills — or when a completion of it was
     rejected (the rejected version stays in its history, with its outcome)."""
     body = draft_body(draft, patient_id, until, row.get("rationale"))
-    digest = content_hash(prefill(body))
-    current = store.current_resource(RESPONSE, row["id"])
-    in_progress = current is not None and current.body.get("status") == "in-progress"
-    if digest == row["prefill_hash"] and in_progress:
-        return
-    _put(store, RESPONSE, row["id"], body, _draft_index(patient_id), until, current)
-    store.update_draft(row["id"], prefill_hash=digest, prescriber_npi=draft.prescriber_npi)
+    digest, pre_filled = content_hashes(body, PREFILL_ASIDE)
+    current: StoredResource | ResourceHead | None
+    if pre_filled == row["prefill_hash"]:
+        current = store.current_resource(RESPONSE, row["id"])
+        if current is not None and current.body.get("status") == "in-progress":
+            return
+    else:
+        current = store.current_head(RESPONSE, row["id"])
+    index = _draft_index(patient_id)
+    store.put_resource(RESPONSE, row["id"], body, digest, index, until, current)
+    store.update_draft(row["id"], prefill_hash=pre_filled, prescriber_npi=draft.prescriber_npi)
 
 
 def _withdraw(store: Store, row: dict[str, Any], until: datetime) -> None:
