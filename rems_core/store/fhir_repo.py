@@ -82,20 +82,17 @@ class ResourceQuery:
     offset: int = 0
 
 
-_current = PreparedQuery(
-    select(resource_t).where(
+def _current_version(*columns: Any) -> Any:
+    """These columns of a resource's current version."""
+    return select(*columns).where(
         resource_t.c.resource_type == bindparam("resource_type"),
         resource_t.c.id == bindparam("id"),
         resource_t.c.current.is_(True),
     )
-)
-_current_head = PreparedQuery(
-    select(resource_t.c.version_id, resource_t.c.owner).where(
-        resource_t.c.resource_type == bindparam("resource_type"),
-        resource_t.c.id == bindparam("id"),
-        resource_t.c.current.is_(True),
-    )
-)
+
+
+_current = PreparedQuery(_current_version(resource_t))
+_current_head = PreparedQuery(_current_version(resource_t.c.version_id, resource_t.c.owner))
 _version = PreparedQuery(
     select(resource_t).where(
         resource_t.c.resource_type == bindparam("resource_type"),
