@@ -128,13 +128,9 @@ def _rationale_source(rationale: dict[str, Any]) -> dict[str, Any]:
     return {"url": RATIONALE_SOURCE, "extension": parts}
 
 
-#: What a draft's versions are not compared on (``content_hash`` leaves out id and meta too).
+#: What a draft's versions are not compared on besides id and meta: when it was written
+#: (``content_hashes(body, PREFILL_ASIDE)[1]`` is its pre-fill's hash).
 PREFILL_ASIDE = ("authored",)
-
-
-def prefill(body: dict[str, Any]) -> dict[str, Any]:
-    """What a draft's versions are compared on: its answers, not when it was written."""
-    return {k: v for k, v in body.items() if k not in ("id", "meta", *PREFILL_ASIDE)}
 
 
 def stopped(body: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from mappings.fhir.worklist import (
     PREFILL_ASIDE,
     TASK_SYSTEM,
     draft_body,
-    prefill,
     stopped,
     task_body,
 )
@@ -152,7 +151,8 @@ def _open_draft(
 ) -> str:
     draft_id = ctx.ids.new_id("psfd")
     body = draft_body(draft, patient_id, until, rationale)
-    _put(store, RESPONSE, draft_id, body, _draft_index(patient_id), until)
+    digest, pre_filled = content_hashes(body, PREFILL_ASIDE)
+    store.put_resource(RESPONSE, draft_id, body, digest, _draft_index(patient_id), until)
     store.add_draft(
         {
             "id": draft_id,
@@ -161,7 +161,7 @@ def _open_draft(
             "period_start": draft.period_start,
             "due": draft.due,
             "status": OPEN,
-            "prefill_hash": content_hash(prefill(body)),
+            "prefill_hash": pre_filled,
             "opened": until,
             "rationale": rationale,
         }
