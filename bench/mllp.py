@@ -185,7 +185,7 @@ def _header(cid: str, sent: datetime, patient: int, rng: random.Random) -> list[
     pid3 = f"{mrn}^^^GH&{MRN_SYSTEM}&ISO^MR"
     if patient % 3 == 0:  # a repeated PID-3: the enterprise id first
         pid3 = f"E{patient:07d}^^^EPIC^EPI~{pid3}"
-    dob = (date(1950, 1, 1) + timedelta(days=patient * 83)).strftime("%Y%m%d")
+    dob = (date(1950, 1, 1) + timedelta(days=patient % 240 * 83)).strftime("%Y%m%d")
     return [
         f"MSH|^~\\&|LAB|GENERAL HOSP|REMS|REMS|{hl7_ts(sent)}||ORU^R01^ORU_R01|{cid}|P|2.5.1",
         f"PID|1||{pid3}||{FAMILY[patient % len(FAMILY)]}^{GIVEN[patient % len(GIVEN)]}^Q"
@@ -194,9 +194,12 @@ def _header(cid: str, sent: datetime, patient: int, rng: random.Random) -> list[
     ]
 
 
-def _cbc(cid: str, n: int, patient: int, drawn: datetime, rng: random.Random) -> str:
-    """A CBC with automated differential: 8 OBX, the ANC among them in some unit."""
-    anc = _anc(rng)
+def _cbc(
+    cid: str, n: int, patient: int, drawn: datetime, rng: random.Random, anc: int | None = None
+) -> str:
+    """A CBC with automated differential: 8 OBX, the ANC (default: drawn from the mix) among
+    them in some unit."""
+    anc = _anc(rng) if anc is None else anc
     pct = rng.uniform(40, 70)
     wbc = anc / pct * 100 / 1000
     unit, factor = _unit(rng)
@@ -306,9 +309,12 @@ KINDS: list[tuple[str, Callable[[str, int, int, datetime, random.Random], str], 
 ]
 
 
-def _order(cid: str, n: int, patient: int, now: datetime, rng: random.Random) -> str:
+def _order(
+    cid: str, n: int, patient: int, now: datetime, rng: random.Random, placer: str = ""
+) -> str:
     """RDE^O11 v2.5.1 as an outpatient pharmacy system sends a clozapine refill: the
-    prescriber in ORC-12, RxNorm in RXE-2, days supply in TQ1-6, the pharmacy in RXE-40."""
+    prescriber in ORC-12, RxNorm in RXE-2, days supply in TQ1-6, the pharmacy in RXE-40; the
+    placer order number ``placer`` (default RX and ``n``) in ORC-2."""
     mrn = f"MRN{patient:06d}"
     sent = hl7_ts(now)
     days = rng.choice([7, 7, 7, 14, 28])
@@ -320,7 +326,9 @@ def _order(cid: str, n: int, patient: int, now: datetime, rng: random.Random) ->
                 f"PID|1||{mrn}^^^GH&{MRN_SYSTEM}&ISO^MR||{FAMILY[patient % len(FAMILY)]}"
                 f"^{GIVEN[patient % len(GIVEN)]}",
                 "PV1|1|O|CLOZ^^^GH",
-                f"ORC|NW|RX{n:08d}|||||||{sent}|||{PRESCRIBER}^Lee^Ann^^^^MD^^NPI" + "|" * 17 + "O",
+                f"ORC|NW|{placer or f'RX{n:08d}'}|||||||{sent}|||{PRESCRIBER}^Lee^Ann^^^^MD^^NPI"
+                + "|" * 17
+                + "O",
                 f"RXE||197536^clozapine 100 MG Oral Tablet^RXNORM|100||mg^milligram^UCUM"
                 f"|TAB^tablet^HL70292||||{tablets}|TAB^tablet^HL70292"
                 + "|" * 29

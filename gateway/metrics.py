@@ -7,14 +7,15 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.app.reads import RemsReads
 from gateway.app.values import REVIEW_KINDS
-from gateway.app.writer import Writer
+from gateway.app.writer import LOCK_BUCKETS, LockTimes, Writer
 from gateway.mllp.intake import DISPOSITIONS, KNOWN_MESSAGE_TYPES, OTHER_TYPE, UNREADABLE
 from gateway.notify import DEAD, DELIVERED, FAILED
 from gateway.scheduler import RESULTS as SCHEDULER_RESULTS
@@ -41,6 +42,37 @@ class WriterCollector(Collector):
         yield CounterMetricFamily(
             "rems_writer_units", "Units of work committed by the writer", value=self.writer.units
         )
+        times = self.writer.times
+        yield CounterMetricFamily(
+            "rems_writer_busy_seconds",
+            "Wall time the writer spent applying and committing batches",
+            value=times.busy,
+        )
+        yield CounterMetricFamily(
+            "rems_writer_cpu_seconds",
+            "CPU time of the writer's own thread in batches (the rest of the process's CPU is "
+            "the edges')",
+            value=times.cpu,
+        )
+        yield _lock_histogram(
+            "rems_writer_chain_lock_wait_seconds",
+            "Per batch: from asking for the audit chain head's row lock to holding it",
+            times.lock_wait,
+        )
+        yield _lock_histogram(
+            "rems_writer_chain_lock_hold_seconds",
+            "Per batch: how long the audit chain head's row lock was held (until COMMIT or "
+            "ROLLBACK returned); every gateway on the database queues on it",
+            times.lock_hold,
+        )
+
+
+def _lock_histogram(name: str, documentation: str, times: LockTimes) -> HistogramMetricFamily:
+    cumulative, buckets = 0, []
+    for bound, count in zip((*LOCK_BUCKETS, float("inf")), times.counts, strict=True):
+        cumulative += count
+        buckets.append((floatToGoString(bound), cumulative))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=times.total)
 
 
 class GatewayMetrics:

@@ -187,6 +187,8 @@ def test_metrics_count_requests_by_route_and_status(gateway: Gateway) -> None:
     assert 'rems_http_requests_total{method="GET",route="/healthz",status="200"}' in text
     assert "rems_http_request_duration_seconds_bucket" in text
     assert "rems_writer_commits_total" in text
+    assert 'rems_writer_chain_lock_hold_seconds_bucket{le="+Inf"}' in text
+    assert "rems_writer_cpu_seconds_total" in text
 
 
 # --- POST /admin/registry -------------------------------------------------------------------

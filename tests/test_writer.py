@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, event, text
 
 from gateway.app.service import RemsService
-from gateway.app.writer import Writer, WriterStopped
+from gateway.app.writer import LOCK_BUCKETS, Writer, WriterStopped
 from rems_core.store.db import make_engine, upgrade
 from rems_core.store.repo import Store
 
@@ -57,6 +57,36 @@ def test_a_caller_is_answered_only_after_the_commit(
     finally:
         gated_commit.set()
         writer.stop()
+
+
+def test_a_second_gateways_writer_waits_for_the_chain_head_lock_and_both_are_timed(
+    engine: Engine, db_url: str, gated_commit: threading.Event
+) -> None:
+    """Two writers on one database, as two gateways: while the first holds the chain head's row
+    lock (its COMMIT held at the gate), the second's batch waits; /metrics reads these times."""
+    first, other_engine = Writer(engine), make_engine(db_url)
+    second = Writer(other_engine)
+    first.start()
+    second.start()
+    try:
+        holding = first.submit(insert_setting)
+        time.sleep(0.3)  # the unit ran; the lock is held until the gate opens
+        waiting = second.submit(insert_setting)
+        time.sleep(0.3)
+        assert not waiting.done()
+        gated_commit.set()
+        assert holding.result(timeout=5) == 1 and waiting.result(timeout=5) == 1
+    finally:
+        gated_commit.set()
+        first.stop()
+        second.stop()
+        other_engine.dispose()
+    assert sum(first.times.lock_hold.counts) == first.commits == 1
+    assert first.times.lock_hold.total >= 0.55
+    assert first.times.lock_hold.counts[LOCK_BUCKETS.index(1.0)] == 1  # in (0.5 s, 1 s]
+    assert second.times.lock_wait.total >= 0.25 > first.times.lock_wait.total
+    assert first.times.busy >= first.times.lock_hold.total
+    assert 0 < first.times.cpu < first.times.busy  # waiting at the gate burns no CPU
 
 
 def test_a_caller_that_gives_up_does_not_stop_the_writer(writer: Writer) -> None:

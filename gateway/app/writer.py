@@ -11,10 +11,12 @@ database), so batches of all writers apply one after another and the chain stays
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar, cast
@@ -57,6 +59,35 @@ class WriterStopped(RuntimeError):
     pass
 
 
+#: Upper bounds (seconds) of the chain-head lock histograms: a batch holds it for a few
+#: milliseconds; waits are long only when another gateway's batch holds it.
+LOCK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class LockTimes:
+    """A histogram of one duration per batch (prometheus-style cumulative on export)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LOCK_BUCKETS) + 1)  # the last one: above every bound
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LOCK_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
+class WriterTimes:
+    """Where the writer's time goes, for /metrics and the benchmarks: how busy it is, the CPU
+    it burns (its own thread's), and how long each batch waits for and holds the chain head's
+    row lock — across gateways on one database, the hold time is what every batch queues on."""
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+        self.cpu = 0.0
+        self.lock_wait = LockTimes()
+        self.lock_hold = LockTimes()
+
+
 class Writer:
     def __init__(self, engine: Engine, max_batch: int = 128) -> None:
         self._engine = engine
@@ -69,6 +100,8 @@ class Writer:
         self._registry: tuple[int, RegistryCache] | None = None
         self.commits = 0
         self.units = 0
+        self.times = WriterTimes()
+        self._locked_at: float | None = None  # when this batch got the chain head's lock
         # Called (on the writer's thread) after a commit that queued notifications.
         self.on_notified: list[Callable[[], None]] = []
         self._checkpointer = WalCheckpointer(engine) if has_wal(engine) else None
@@ -148,7 +181,10 @@ class Writer:
                     if future.set_running_or_notify_cancel()
                 ]
                 if live:
+                    started, cpu = time.perf_counter(), time.thread_time()
                     conn = self._commit_batch(conn, live)
+                    self.times.busy += time.perf_counter() - started
+                    self.times.cpu += time.thread_time() - cpu
         except BaseException as exc:  # the thread ends here; every caller is answered below
             log.critical("the writer stopped: %s", type(exc).__name__)
         finally:
@@ -230,10 +266,23 @@ class Writer:
     def _attempt(
         self, conn: Connection, live: list[tuple[Work, Reply]], careful: bool
     ) -> list[Outcome] | None:
+        self._locked_at = None
+        try:
+            return self._transaction(conn, live, careful)
+        finally:  # committed, rolled back or failed: the chain head's lock is released
+            if self._locked_at is not None:
+                self.times.lock_hold.observe(time.perf_counter() - self._locked_at)
+
+    def _transaction(
+        self, conn: Connection, live: list[tuple[Work, Reply]], careful: bool
+    ) -> list[Outcome] | None:
         store = Store(conn, defer=not careful)
-        transaction = conn.begin()
+        asked = time.perf_counter()
+        transaction = conn.begin()  # SQLite: BEGIN IMMEDIATE, the database's write lock
         try:
             before = store.lock_chain_head()  # one batch at a time across processes, in order
+            self._locked_at = time.perf_counter()
+            self.times.lock_wait.observe(self._locked_at - asked)
             if self._registry is not None and self._registry[0] == store.registry_version:
                 store.share_cache(self._registry[1])
             outcomes = [self._unit(conn, store, work, future, careful) for work, future in live]
