@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -98,12 +99,17 @@ def audit_verify(
 
     _audited_database("audit verify", db)
     previous = _checkpoint_file("audit verify", checkpoint) if checkpoint else None
+    started = time.perf_counter()
     with _database_errors("audit verify", db):
         problem, head = verify_database(db, previous)
     if problem is not None:
         typer.echo(f"audit chain broken: {problem}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"audit chain intact: {head.seq} records, head {head.hash[:16]}…")
+    took = time.perf_counter() - started
+    typer.echo(
+        f"audit chain intact: {head.seq} records, head {head.hash[:16]}… "
+        f"(checked in {took:.1f} s, {head.seq / max(took, 1e-6):,.0f} records/s)"
+    )
 
 
 @audit_app.command("checkpoint")

@@ -6,9 +6,9 @@ lease's time to live (or every interval, if that is shorter). On each tick the h
 lease, and runs the work when the interval has passed since its last run (or its last failure);
 a gateway that does not hold the lease tries to take it, and runs the work at once when it does
 (at start-up, or when the holder died and its lease ran out): the work computes from the files
-up to "now", so that first run catches up with everything that fell due meanwhile. Taking the
-lease and the work are one unit of work (``RemsService.run_scheduled_as``). A clean shutdown
-releases the lease.
+up to "now", so that first run catches up with everything that fell due meanwhile. Each unit
+of the work checks the lease first (``RemsService.run_scheduled_as``). A clean shutdown releases
+the lease.
 
 With ``--clock message`` there is no "now" to run up to: scheduled work then runs only when asked
 (``POST /admin/scheduled-work``, the scenario runner's ``advance_to``), lease or not.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -205,6 +206,7 @@ def test_audit_verify_and_checkpoint_from_the_command_line(
     assert written.returncode == 0 and json.loads(checkpoint.read_text())["seq"] == head_seq(engine)
     intact = cli("audit", "verify", "--db", db_url, "--checkpoint", str(checkpoint))
     assert intact.returncode == 0 and "audit chain intact" in intact.stdout
+    assert re.search(r"checked in \d+\.\d s, [\d,]+ records/s", intact.stdout)
     tamper(engine, "UPDATE audit_record SET actor = 'someone else' WHERE seq = 2")
     broken = cli("audit", "verify", "--db", db_url)
     assert broken.returncode == 1

@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from gateway.app.service import SCHEDULER_LEASE, RemsService
+from gateway.app.units import scheduled
 from gateway.app.values import Source
 from gateway.scheduler import FAILED, RAN, SKIPPED, MonitoringScheduler, Schedule
 from rems_core.registry import RegistryDocument
@@ -33,6 +34,7 @@ TTL = timedelta(seconds=60)
 LEASE = "test-lease"
 alert_t = tables.MonitoringAlert.__table__
 audit_t = tables.AuditRecord.__table__
+lease_t = tables.SchedulerLease.__table__
 
 
 def take(engine: Engine, holder: str, now: datetime, ttl: timedelta = TTL) -> bool:
@@ -115,7 +117,7 @@ def test_a_released_lease_is_taken_at_once_and_the_last_run_stays(engine: Engine
     assert (row["holder"], row["last_run"]) == ("b", T0)
 
 
-# --- the service: the lease and the work in one unit of work ----------------------------------
+# --- the service: the lease checked by every unit of the work -------------------------------------
 
 
 def alerts(engine: Engine) -> list[tuple[str, str]]:
@@ -151,6 +153,54 @@ def test_only_the_lease_holder_runs_the_work_and_records_it(
     assert scheduled_actors(engine) == ["a"]
     row = lease_row(engine, SCHEDULER_LEASE)
     assert (row["holder"], row["last_run"]) == ("a", now + timedelta(seconds=2))
+
+
+def many_patients(count: int) -> RegistryDocument:
+    doc = registry()
+    one = doc["patients"][0]
+    doc["patients"] = [
+        {**one, "id": f"P{k}", "identifiers": [{**one["identifiers"][0], "value": f"M{k:04d}"}]}
+        for k in range(count)
+    ]
+    return RegistryDocument.model_validate(doc)
+
+
+def test_the_work_runs_in_units_of_a_few_dozen_patients_each(
+    service: RemsService, engine: Engine
+) -> None:
+    """Other units of work get in between: a registry of 120 is the housekeeping, three units of
+    patients and the record of the run — and it finds what one unit for all of them finds."""
+    ids = run(service.load_registry(many_patients(120), Source("test")))
+    now, units = datetime.now(UTC), service.writer.units
+    found = run(service.run_scheduled_as("a", now, TTL))
+    assert service.writer.units - units == 1 + 3 + 1
+    assert found is not None and set(found) == set(ids.values())
+    assert all({f.code for f in found[p]} == {"LABS_MISSED", "ANC_OVERDUE"} for p in found)
+    assert lease_row(engine, SCHEDULER_LEASE)["last_run"] == now
+
+
+def test_a_holder_whose_lease_went_to_another_gateway_midway_stops_and_records_no_run(
+    service: RemsService, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(service.load_registry(many_patients(120), Source("test")))
+    done = scheduled.monitoring_alerts
+    calls: list[int] = []
+
+    def then_taken_over(ctx: Any, store: Store, *args: Any) -> Any:
+        found = done(ctx, store, *args)
+        calls.append(len(found))
+        store.conn.execute(  # as if the lease ran out and gateway b took it meanwhile
+            update(lease_t)
+            .where(lease_t.c.name == SCHEDULER_LEASE)
+            .values(holder="b", expires=datetime.now(UTC) + timedelta(hours=1))
+        )
+        return found
+
+    monkeypatch.setattr(scheduled, "monitoring_alerts", then_taken_over)
+    assert run(service.run_scheduled_as("a", datetime.now(UTC), TTL)) is None
+    assert calls == [50]  # the first 50 patients' work is kept; a stopped at the next unit
+    row = lease_row(engine, SCHEDULER_LEASE)
+    assert (row["holder"], row["last_run"]) == ("b", None)
 
 
 def test_admin_scheduler_shows_the_lease_holder_and_the_last_run(
@@ -210,10 +260,10 @@ def test_failed_work_is_tried_again_an_interval_later_not_at_every_tick(
     def broken(*_args: Any) -> None:
         raise RuntimeError("the work failed")
 
-    monkeypatch.setattr(service, "_scheduled_work", broken)
+    monkeypatch.setattr(scheduled, "housekeeping", broken)
 
     async def two_ticks() -> None:
-        await scheduler.tick()  # the lease taken with the work is rolled back with it
+        await scheduler.tick()  # the lease taken with the housekeeping is rolled back with it
         await scheduler.tick()  # within the hour: takes the lease only
 
     run(two_ticks())

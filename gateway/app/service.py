@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
@@ -90,6 +91,9 @@ from rems_core.store.repo import Store
 log = logging.getLogger("rems_gateway.service")
 SCHEDULER = Source("scheduler", "scheduler")
 SCHEDULER_LEASE = "scheduled-work"  # the lease row of the periodic work (one per cluster)
+#: Patients per unit of scheduled work: a lab result or a decision waits behind one such unit at
+#: most (about a second with years of history each), not behind the whole registry.
+SCHEDULED_PATIENTS_PER_UNIT = 50
 REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
 
 
@@ -544,33 +548,64 @@ class RemsService:
         patient_ids: list[str] | None = None,
         source: Source = SCHEDULER,
     ) -> dict[str, tuple[Finding, ...]]:
-        return await self.writer.run(
-            lambda store: self._scheduled_work(store, until, patient_ids, source)
+        """Scheduled work up to ``until`` for these patients (None: every one): the
+        housekeeping, then the patients in units of ``SCHEDULED_PATIENTS_PER_UNIT``."""
+        ids = await self.writer.run(
+            lambda store: scheduled.housekeeping(self.ctx, store, until, patient_ids, source)
         )
-
-    def _scheduled_work(
-        self, store: Store, until: datetime, patient_ids: list[str] | None, source: Source
-    ) -> dict[str, tuple[Finding, ...]]:
-        """The work itself, on demand (``run_scheduled``) or by the lease holder alike."""
-        return scheduled.monitoring_alerts(self.ctx, store, until, patient_ids, source)
+        found: dict[str, tuple[Finding, ...]] = {}
+        for chunk in _chunks(ids, SCHEDULED_PATIENTS_PER_UNIT):
+            found |= await self.writer.run(
+                lambda store, chunk=chunk: scheduled.monitoring_alerts(
+                    self.ctx, store, until, chunk, source
+                )
+            )
+        return found
 
     async def run_scheduled_as(
         self, holder: str, until: datetime, ttl: timedelta
     ) -> dict[str, tuple[Finding, ...]] | None:
         """Scheduled work up to ``until`` for every patient, if ``holder`` holds or takes the
-        scheduler lease (until ``until + ttl``); None when another gateway holds it. The lease
-        and the work are one unit of work: a gateway whose lease ran out meanwhile finds it
-        taken and does nothing, and the work is never half done under a lost lease."""
-        source = Source("scheduler", holder)
+        scheduler lease (until ``until + ttl``); None when another gateway holds it. Each unit
+        of the work first checks that the lease is still ``holder``'s (renewing it as the
+        scheduler's ticks would, every third of ``ttl``), and the run is recorded in the last:
+        a gateway whose lease ran out meanwhile stops, and the new holder runs the work again
+        (it is restart-safe)."""
+        source, started = Source("scheduler", holder), time.monotonic()
 
-        def unit(store: Store) -> dict[str, tuple[Finding, ...]] | None:
+        def held(store: Store) -> bool:
+            elapsed = timedelta(seconds=time.monotonic() - started)
+            if elapsed >= ttl / 3:
+                return store.take_lease(SCHEDULER_LEASE, holder, until + elapsed, ttl)
+            lease = store.lease(SCHEDULER_LEASE)
+            return lease is not None and lease["holder"] == holder
+
+        def start(store: Store) -> list[str] | None:
             if not store.take_lease(SCHEDULER_LEASE, holder, until, ttl):
                 return None
-            found = self._scheduled_work(store, until, None, source)
-            store.record_run(SCHEDULER_LEASE, holder, until)
-            return found
+            return scheduled.housekeeping(self.ctx, store, until, None, source)
 
-        return await self.writer.run(unit)
+        def patients(store: Store, chunk: list[str]) -> dict[str, tuple[Finding, ...]] | None:
+            if not held(store):
+                return None
+            return scheduled.monitoring_alerts(self.ctx, store, until, chunk, source)
+
+        def finish(store: Store) -> bool:
+            if held(store):
+                store.record_run(SCHEDULER_LEASE, holder, until)
+                return True
+            return False
+
+        ids = await self.writer.run(start)
+        if ids is None:
+            return None
+        found: dict[str, tuple[Finding, ...]] = {}
+        for chunk in _chunks(ids, SCHEDULED_PATIENTS_PER_UNIT):
+            part = await self.writer.run(lambda store, chunk=chunk: patients(store, chunk))
+            if part is None:
+                return None
+            found |= part
+        return found if await self.writer.run(finish) else None
 
     async def take_lease(self, holder: str, now: datetime, ttl: timedelta) -> bool:
         """Take or renew the scheduler lease until ``now + ttl``; False while another holds it."""
@@ -615,3 +650,7 @@ class _CardsToKeep:
 def _cards_failed(done: Future[None]) -> None:
     if not done.cancelled() and done.exception() is not None:
         log.warning("CDS cards not kept: %s", type(done.exception()).__name__)
+
+
+def _chunks(values: list[str], size: int) -> list[list[str]]:
+    return [values[start : start + size] for start in range(0, len(values), size)]

@@ -1,7 +1,9 @@
 """§8 scheduled work up to a time: overdue labs, labs missed, the end of legacy enrollment, RDAs
 past their validity, and each patient's worklist (monthly PSF drafts and tasks).
 
-Runs as one unit of work; re-running it for the same time finds nothing new (restart-safe).
+Runs as several units of work: the housekeeping, then the patients a few dozen at a time (so
+that lab results and decisions are not held up behind a whole registry); re-running it for the
+same time finds nothing new (restart-safe), so work cut short is simply run again.
 """
 
 from __future__ import annotations
@@ -20,23 +22,30 @@ from rems_core.store.repo import Store
 from rems_core.worklist import lab_findings
 
 
-def monitoring_alerts(
-    ctx: UnitContext,
-    store: Store,
-    until: datetime,
-    patient_ids: list[str] | None,
-    source: Source,
-) -> dict[str, tuple[Finding, ...]]:
-    """What each patient's file shows at ``until``; new alerts are stored and audited."""
+def housekeeping(
+    ctx: UnitContext, store: Store, until: datetime, patient_ids: list[str] | None, source: Source
+) -> list[str]:
+    """The work that is not one patient's: RDAs past their validity expire, kept messages and
+    review items past their retention go. Returns the patients to look at next (none before
+    the program)."""
     rda.expire(ctx, store, until, source)
     try:
-        pack = ctx.pack_for(until)
+        ctx.pack_for(until)
     except OutOfScope:
-        return {}
+        return []
     store.purge_messages(until)  # HL7 messages without results, kept for replay, age out
     review.purge(ctx, store, until, source)  # results of nobody, past their retention
+    return patient_ids if patient_ids is not None else store.patient_ids()
+
+
+def monitoring_alerts(
+    ctx: UnitContext, store: Store, until: datetime, patient_ids: list[str], source: Source
+) -> dict[str, tuple[Finding, ...]]:
+    """What each patient's file shows at ``until``; new alerts are stored and audited, and
+    the patient's worklist kept."""
+    pack = ctx.pack_for(until)
     found: dict[str, tuple[Finding, ...]] = {}
-    for patient_id in patient_ids if patient_ids is not None else store.patient_ids():
+    for patient_id in patient_ids:
         _patient_alerts(ctx, store, pack, patient_id, until, source, found)
         worklist.refresh(ctx, store, patient_id, until, source)
     return found
