@@ -407,6 +407,21 @@ def test_a_placer_number_used_for_another_order_is_ae_with_no_decision(
     assert decisions(engine) == 1
 
 
+def test_a_control_id_used_before_for_another_order_message_is_ae_not_try_again(
+    loaded: RemsService, engine: Engine
+) -> None:
+    """The same MSH-10 with other content (a pharmacy system that restarted its counter): held
+    as a conflict and answered AE with the reason, never AR 'try again later'."""
+    first = rde(orc("ORD-Y1"), rxe(pharmacy=OUTPATIENT_PHARMACY), tq1("7^d"))
+    other = first.replace("ORD-Y1", "ORD-Y2")
+    answers = exchange(loaded, first, other)
+    assert [of(a, "MSA")[0][1] for a in answers] == ["AA", "AE"]
+    (err,) = of(answers[1], "ERR")
+    assert (err[2], err[3].split("^")[0], err[4]) == ("MSH^1^10", "205", "E")
+    assert of(answers[1], "ORC") == []
+    assert decisions(engine) == 1
+
+
 def test_an_order_naming_no_prescriber_is_checked_with_the_enrolling_one_and_warned(
     loaded: RemsService,
 ) -> None:

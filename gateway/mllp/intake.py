@@ -671,7 +671,10 @@ def lab_ack(
 def orders_answered(
     orders: PharmacyMessage, done: OrdersDone, disposition: str, warnings: list[Hl7Problem]
 ) -> tuple[str, list[OrderAnswer], list[Hl7Problem]]:
-    """Our code, the ORCs and the message-level findings of an RRE/ORP."""
+    """Our code, the ORCs and the message-level findings of an RRE/ORP. A control id used
+    before for another message (``conflict``): no order was decided, none is answered."""
+    if disposition == "conflict":
+        return "AE", [], [REUSED_CONTROL_ID]
     decisions = done.decided
     answers = [_order_answer(o, d) for o, d in zip(orders.orders, decisions, strict=True)]
     answers += [
@@ -679,12 +682,8 @@ def orders_answered(
         for e, result in zip(orders.ends, done.ended, strict=True)
     ]
     answers.sort(key=lambda a: a.sequence)
-    problems = list(warnings)
-    if disposition == "conflict":
-        answers, problems = [], [REUSED_CONTROL_ID]
     refused = any(isinstance(d, Finding) for d in decisions)
-    code = "AE" if disposition == "conflict" or refused else "AA"
-    return code, answers, problems
+    return "AE" if refused else "AA", answers, list(warnings)
 
 
 def order_reply(
