@@ -371,7 +371,15 @@ class Hl7MessageRow(SQLModel, table=True):
     """An HL7 v2 message as received, with the ACK it was answered with (for duplicates)."""
 
     __tablename__ = "hl7_message"
-    __table_args__ = (Index("ix_hl7_message_control", "sender", "control_id"),)
+    __table_args__ = (
+        Index("ix_hl7_message_control", "sender", "control_id"),
+        Index(  # the kept ones, for the scheduled purge
+            "ix_hl7_message_purge",
+            "purge_after",
+            sqlite_where=text("purge_after IS NOT NULL"),
+            postgresql_where=text("purge_after IS NOT NULL"),
+        ),
+    )
     id: int | None = Field(default=None, primary_key=True)
     sender: str  # MSH-3|MSH-4
     control_id: str  # MSH-10
