@@ -38,13 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mllp import registry, workload  # noqa: E402  (the same patients and messages)
+from mllp import order_workload, registry, workload  # noqa: E402  (the same patients and messages)
 
 HOST = "127.0.0.1"
 ADMIN_TOKEN = "bench-admin-token"
 START, END = b"\x0b", b"\x1c\r"
 TICKS = os.sysconf("SC_CLK_TCK")
 TARGETS = {("SQLite", 8): 3000.0, ("SQLite", 1): 1200.0, ("PostgreSQL", 8): 1500.0}
+ORDER_TARGETS = {("SQLite", 8): 800.0}  # RDE^O11 decisions durably stored
 SENDERS_YAML = """accept_unknown: false
 senders:
   - application: LAB
@@ -52,6 +53,8 @@ senders:
   - application: LABSYS
     facility: COUNTY
     local_codes: {ANC: 751-8}
+  - application: PHARMSYS
+    facility: GENERAL HOSP
 """
 PEER_SCRIPT = """
 import asyncio, sys
@@ -93,9 +96,11 @@ def cpu_ticks(pid: int) -> int:
 # --- the load process -------------------------------------------------------------------------
 
 
-def messages(count: int, seed: int) -> list[tuple[str, bytes]]:
-    """``count`` unique ORU^R01 (control id, bytes): bench/mllp.py's mix, resends left out."""
-    work = workload(count + count // 100 + 2, datetime.now(UTC), seed=seed)
+def messages(count: int, seed: int, orders: bool = False) -> list[tuple[str, bytes]]:
+    """``count`` unique ORU^R01 (control id, bytes): bench/mllp.py's mix, resends left out; with
+    ``orders``, RDE^O11 clozapine refills for the same patients instead."""
+    build = order_workload if orders else workload
+    work = build(count + count // 100 + 2, datetime.now(UTC), seed=seed)
     unique = [
         (cid, m)
         for i, (cid, m) in enumerate(zip(work.control_ids, work.messages, strict=True))
@@ -144,8 +149,8 @@ async def load(
 
 
 def load_main(spec: str) -> None:
-    ports, count, connections, seed = json.loads(spec)
-    built = messages(count, seed)
+    ports, count, connections, seed, orders = json.loads(spec)
+    built = messages(count, seed, orders)
     print(json.dumps(asyncio.run(load(ports, built, connections))))
 
 
@@ -324,8 +329,10 @@ def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def measure(server: Server, count: int, connections: int, seed: int) -> dict[str, Any]:
-    spec = json.dumps([server.ports, count, connections, seed])
+def measure(
+    server: Server, count: int, connections: int, seed: int, orders: bool = False
+) -> dict[str, Any]:
+    spec = json.dumps([server.ports, count, connections, seed, orders])
     before, writer_before = server_ticks(server), server.writer_times()
     done = subprocess.run(
         [sys.executable, __file__, "--load", spec], capture_output=True, check=True, timeout=1800
@@ -392,7 +399,7 @@ def bench_server(server: Server, args: argparse.Namespace, check: bool) -> Rows:
             for run in range(args.runs):
                 # unique control ids within one database (and across this script's runs on it)
                 seed = args.seed + run * 10 + connections
-                runs.append(measure(server, args.messages, connections, seed))
+                runs.append(measure(server, args.messages, connections, seed, args.orders))
             if check:
                 bad = {c: n for r in runs for c, n in r["codes"].items() if c not in ("AA", "CA")}
                 if bad:
@@ -448,9 +455,10 @@ def print_writer_table(results: dict[str, Rows]) -> None:
     )
 
 
-def print_targets(results: dict[str, Rows]) -> None:
+def print_targets(results: dict[str, Rows], orders: bool) -> None:
+    targets = ORDER_TARGETS if orders else TARGETS
     parts = []
-    for (database, connections), wanted in TARGETS.items():
+    for (database, connections), wanted in targets.items():
         rows = results.get(f"gateway {database}")
         if rows is None or connections not in rows:
             parts.append(f"{database} >= {wanted:.0f}/s over {connections}: not measured")
@@ -458,7 +466,7 @@ def print_targets(results: dict[str, Rows]) -> None:
         rate = rows[connections][0]["rate"]
         verdict = "met" if rate >= wanted else "NOT met"
         parts.append(f"{database} >= {wanted:.0f}/s over {connections}: {rate:.0f} {verdict}")
-    print("\ntargets (issue 19): " + "; ".join(parts))
+    print(f"\ntargets (issue {14 if orders else 19}): " + "; ".join(parts))
 
 
 def counts(text: str) -> list[int]:
@@ -492,6 +500,12 @@ def main() -> None:
         help="run on this PostgreSQL database as it is (e.g. filled by bench/seed_scale.py)",
     )
     parser.add_argument("--seed", type=int, default=10, help="runs on one database: vary it")
+    parser.add_argument(
+        "--orders",
+        action="store_true",
+        help="RDE^O11 refills (dispense decisions) instead of ORU^R01: on a seeded database, "
+        "where the patients have this month's ANC and PSF",
+    )
     parser.add_argument("--load", help=argparse.SUPPRESS)  # the load process
     args = parser.parse_args()
     if args.load:
@@ -499,9 +513,10 @@ def main() -> None:
         return
     if args.quick:
         args.messages, args.runs = min(args.messages, 600), 1
+    kind = "RDE^O11 refills" if args.orders else "ORU^R01 (bench/mllp.py's mix)"
     print(
-        f"{args.messages} unique ORU^R01 per run (bench/mllp.py's mix), medians of {args.runs} "
-        f"runs; Python {sys.version.split()[0]}, {os.cpu_count()} cores"
+        f"{args.messages} unique {kind} per run, medians of {args.runs} runs; "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} cores"
     )
     print("servers and load in separate processes, loopback; one message at a time per connection")
     results: dict[str, Rows] = {}
@@ -517,7 +532,7 @@ def main() -> None:
             results.update(bench_postgres(args, senders))
     print_table(results)
     print_writer_table(results)
-    print_targets(results)
+    print_targets(results, args.orders)
 
 
 def bench_postgres(args: argparse.Namespace, senders: Path) -> dict[str, Rows]:
