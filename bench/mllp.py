@@ -356,7 +356,8 @@ def order_workload(count: int, now: datetime, seed: int = 2) -> Workload:
             work.kinds["resend (same control id and bytes)"] += 1
             continue
         cid = f"RX{seed:02d}{i:07d}"
-        work.messages.append(_order(cid, i, rng.randrange(PATIENTS), now, rng).encode("ascii"))
+        order = _order(cid, i, rng.randrange(PATIENTS), now, rng, placer=cid)  # unique per seed
+        work.messages.append(order.encode("ascii"))
         work.control_ids.append(cid)
         work.kinds["RDE^O11 clozapine refill (v2.5.1)"] += 1
     return work
