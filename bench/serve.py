@@ -398,7 +398,7 @@ def bench_server(server: Server, args: argparse.Namespace, check: bool) -> Rows:
             runs = []
             for run in range(args.runs):
                 # unique control ids within one database (and across this script's runs on it)
-                seed = args.seed + run * 10 + connections
+                seed = args.seed + len(server.ports) * 100 + run * 10 + connections
                 runs.append(measure(server, args.messages, connections, seed, args.orders))
             if check:
                 bad = {c: n for r in runs for c, n in r["codes"].items() if c not in ("AA", "CA")}
@@ -488,7 +488,7 @@ def main() -> None:
         "--gateways",
         type=counts,
         default=[1],
-        help="PostgreSQL: also 2 and 3 serve processes on one database, the load split (2,3)",
+        help="PostgreSQL: this many serve processes on one database, the load split (1,2,3)",
     )
     parser.add_argument(
         "--sqlite-db",
@@ -500,6 +500,7 @@ def main() -> None:
         help="run on this PostgreSQL database as it is (e.g. filled by bench/seed_scale.py)",
     )
     parser.add_argument("--seed", type=int, default=10, help="runs on one database: vary it")
+    parser.add_argument("--postgres-only", action="store_true", help="no SQLite gateway")
     parser.add_argument(
         "--orders",
         action="store_true",
@@ -527,7 +528,8 @@ def main() -> None:
         sqlite_url = f"sqlite:///{args.sqlite_db or Path(tmp) / 'bench.db'}"
         # A seeded database holds the bench's patients (MRN000000…) already.
         sqlite = Gateway("gateway SQLite", sqlite_url, senders, load_registry=not args.sqlite_db)
-        results["gateway SQLite"] = bench_server(sqlite, args, check=True)
+        if not args.postgres_only:
+            results["gateway SQLite"] = bench_server(sqlite, args, check=True)
         if args.postgres_url or args.postgres_db:
             results.update(bench_postgres(args, senders))
     print_table(results)
@@ -543,7 +545,7 @@ def bench_postgres(args: argparse.Namespace, senders: Path) -> dict[str, Rows]:
     factory = DatabaseFactory(args.postgres_url) if args.postgres_url else None
     results = {}
     try:
-        for processes in sorted({1, *args.gateways}):
+        for processes in sorted(set(args.gateways)):
             url = args.postgres_db or (factory.fresh_url() if factory else "")
             label = "gateway PostgreSQL" + (f" x{processes}" if processes > 1 else "")
             gateway = Gateway(label, url, senders, processes, load_registry=not args.postgres_db)
