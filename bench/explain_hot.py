@@ -184,8 +184,12 @@ def _describe(node: dict[str, Any]) -> str:
     return f"{node['Node Type']} {where}".strip()
 
 
-def short(sql: str, width: int = 96) -> str:
+def short(sql: str, width: int = 160) -> str:
+    """The statement without its column lists (what it reads by is what the plan is about)."""
     text = " ".join(sql.split())
+    text = re.sub(r"^SELECT .*? FROM ", "SELECT … FROM ", text)
+    text = re.sub(r"^UPDATE (\S+) SET .*? WHERE ", r"UPDATE \1 SET … WHERE ", text)
+    text = re.sub(r"\b\w+\.(\w+)", r"\1", text)  # table.column → column
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
